@@ -1,0 +1,36 @@
+import os
+
+from celery import Celery
+from celery.signals import before_task_publish, task_postrun, task_prerun
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
+
+app = Celery("cryptovault")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+# The request id travels with each task, so a worker's log lines can be joined
+# to the HTTP request that enqueued them.
+@before_task_publish.connect
+def _attach_request_id(headers: dict | None = None, **_: object) -> None:
+    from cryptovault.logging import request_id_var
+
+    request_id = request_id_var.get()
+    if headers is not None and request_id:
+        headers.setdefault("request_id", request_id)
+
+
+@task_prerun.connect
+def _restore_request_id(task=None, **_: object) -> None:
+    from cryptovault.logging import request_id_var
+
+    request_id = getattr(task.request, "request_id", None) if task else None
+    request_id_var.set(request_id)
+
+
+@task_postrun.connect
+def _clear_request_id(**_: object) -> None:
+    from cryptovault.logging import request_id_var
+
+    request_id_var.set(None)

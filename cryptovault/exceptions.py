@@ -1,0 +1,83 @@
+"""Domain errors and the one place that turns every error into a DRF-shaped answer."""
+
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import Http404, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+class ApplicationError(Exception):
+    """A domain rule said no. Services raise it; the API layer maps it to HTTP.
+
+    ``code`` is the machine-readable code clients switch on (``insufficient_funds``,
+    ``email_not_verified`` ...); ``status_code`` defaults to 400.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "error",
+        status_code: int = status.HTTP_400_BAD_REQUEST,
+        extra: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.status_code = status_code
+        self.extra = extra or {}
+        self.headers = headers or {}
+
+
+def exception_handler(exc: Exception, context: dict) -> Response | None:
+    if isinstance(exc, ApplicationError):
+        body = {"detail": exc.message, "code": exc.code, **exc.extra}
+        return Response(body, status=exc.status_code, headers=exc.headers)
+    if isinstance(exc, DjangoValidationError):
+        detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+        exc = exceptions.ValidationError(detail)
+    elif isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": "Request body is too large.", "code": "request_too_large"},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+        )
+    elif isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.APIException) and isinstance(response.data, dict):
+        detail = response.data.get("detail")
+        if detail is not None and "code" not in response.data:
+            response.data["code"] = getattr(detail, "code", None) or exc.default_code
+    if isinstance(response.data, list):
+        response.data = {"detail": response.data, "code": "invalid"}
+    return response
+
+
+def _json_error(status_code: int, detail: str, code: str) -> JsonResponse:
+    return JsonResponse({"detail": detail, "code": code}, status=status_code)
+
+
+def handler400(request, exception=None):
+    return _json_error(400, "Bad request.", "bad_request")
+
+
+def handler403(request, exception=None):
+    return _json_error(403, "You do not have permission to perform this action.", "forbidden")
+
+
+def handler404(request, exception=None):
+    return _json_error(404, "Not found.", "not_found")
+
+
+def handler500(request):
+    return _json_error(500, "Internal server error.", "server_error")

@@ -1,0 +1,85 @@
+"""Cross-cutting HTTP middleware: request ids and request body limits.
+
+Both work for sync and async views (the price endpoint is async), so neither
+forces a thread hop on the hot path.
+"""
+
+import re
+import uuid
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from cryptovault.logging import request_id_var
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def request_id_from(request: HttpRequest) -> str:
+    """The client's X-Request-ID when it is sane, else a fresh one."""
+    candidate = request.headers.get(REQUEST_ID_HEADER, "")
+    if _SANE_REQUEST_ID.match(candidate):
+        return candidate
+    return uuid.uuid4().hex
+
+
+class _HybridMiddleware:
+    """Base for middleware that serves sync and async stacks without adaptation."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        if iscoroutinefunction(get_response):
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):
+        if iscoroutinefunction(self):
+            return self._acall(request)
+        early = self.before(request)
+        response = early if early is not None else self.get_response(request)
+        return self.after(request, response)
+
+    async def _acall(self, request: HttpRequest):
+        early = self.before(request)
+        response = early if early is not None else await self.get_response(request)
+        return self.after(request, response)
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        return response
+
+
+class RequestIdMiddleware(_HybridMiddleware):
+    def before(self, request: HttpRequest) -> None:
+        request.request_id = request_id_from(request)
+        request_id_var.set(request.request_id)
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        response[REQUEST_ID_HEADER] = request.request_id
+        return response
+
+
+class BodySizeLimitMiddleware(_HybridMiddleware):
+    """Refuse bodies over DATA_UPLOAD_MAX_MEMORY_SIZE before any parser reads them.
+
+    DRF parses from the raw stream, which bypasses Django's own size check.
+    """
+
+    def before(self, request: HttpRequest) -> HttpResponse | None:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse(
+                {"detail": "Invalid Content-Length header.", "code": "bad_request"}, status=400
+            )
+        if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
+            return JsonResponse(
+                {"detail": "Request body is too large.", "code": "request_too_large"}, status=413
+            )
+        return None

@@ -1,0 +1,28 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from cryptovault.exceptions import handler404 as api_not_found
+from cryptovault.health import health
+
+handler400 = "cryptovault.exceptions.handler400"
+handler403 = "cryptovault.exceptions.handler403"
+handler404 = "cryptovault.exceptions.handler404"
+handler500 = "cryptovault.exceptions.handler500"
+
+api_v1 = [
+    path("auth/", include("accounts.urls")),
+    path("", include("markets.urls")),
+    path("", include("orders.urls")),
+    path("", include("notifications.urls")),
+]
+
+urlpatterns = [
+    path("health", health, name="health"),
+    path("api/v1/", include((api_v1, "api"), namespace="v1")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("admin/", admin.site.urls),
+    # JSON 404s for unknown API paths even with DEBUG on (no HTML debug page for clients).
+    re_path(r"^api/", api_not_found),
+]
