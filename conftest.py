@@ -20,3 +20,26 @@ def _clean_redis():
 @pytest.fixture
 def api_client() -> APIClient:
     return APIClient()
+
+
+@pytest.fixture
+def celery_worker(transactional_db):
+    """A real Celery worker thread consuming the real Redis broker.
+
+    Tasks run in this process against the test database, so tests using it must
+    use the transactional database (the worker has its own DB connection).
+    """
+    from celery.contrib.testing.worker import start_worker
+
+    from cryptovault.celery import app
+
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        queues=["celery", "orders"],
+    ) as worker:
+        yield worker
