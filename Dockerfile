@@ -1,0 +1,16 @@
+# One image for every Django process (web, worker, beat, simulator).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+RUN useradd --create-home --uid 1000 app
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+COPY --chown=app:app . .
+USER app
+
+EXPOSE 8000 8765
+CMD ["python", "-m", "uvicorn", "cryptovault.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
