@@ -27,7 +27,7 @@ seed: migrate
 # `make run` talks to the built-in simulator unless told otherwise.
 run: export MARKET_DATA_URL ?= http://127.0.0.1:$(or $(SIMULATOR_PORT),8765)/api/v3
 run: install services migrate seed
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile --port $${PORT:-8000}
 
 test: install services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
