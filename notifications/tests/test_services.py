@@ -1,0 +1,83 @@
+from decimal import Decimal
+
+import pytest
+from django.core import mail
+
+from markets.services import coins_seed
+from notifications import services
+from notifications.models import Notification, PriceAlert
+from notifications.tests.factories import user_create
+
+pytestmark = pytest.mark.django_db
+
+
+def test_notification_create_persists_and_emails_opted_in_kinds(django_capture_on_commit_callbacks):
+    user = user_create()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        notification = services.notification_create(
+            user=user, kind="price_alert", title="Bitcoin is above 1", data={"coin": "bitcoin"}
+        )
+    assert notification.read is False
+    assert Notification.objects.get().data == {"coin": "bitcoin"}
+    # One realtime push, one email task: price alerts are emailed by default.
+    assert len(callbacks) == 2
+
+
+def test_notification_create_skips_email_for_kinds_not_opted_in(django_capture_on_commit_callbacks):
+    user = user_create()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
+    assert len(callbacks) == 1  # the push only
+
+
+def test_notification_create_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        services.notification_create(user=user_create(), kind="nope", title="x")
+
+
+def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
+    user = user_create()
+    kinds = services.notification_preferences_update(
+        user=user, email={"order_cancelled": True, "price_alert": False}
+    )
+    assert "order_cancelled" in kinds and "price_alert" not in kinds
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        services.notification_create(user=user, kind="price_alert", title="x")
+    assert len(callbacks) == 1
+
+
+def test_email_is_sent_once():
+    user = user_create()
+    notification = services.notification_create(user=user, kind="new_login", title="New login")
+    assert services.notification_email_send(notification_id=notification.pk) is True
+    assert services.notification_email_send(notification_id=notification.pk) is False
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].to == [user.email]
+    assert "New login" in mail.outbox[0].subject
+
+
+def test_price_alerts_fire_once_when_crossed():
+    coins_seed(coin_ids=["bitcoin", "ethereum"])
+    user = user_create()
+    above = services.price_alert_create(
+        user=user, coin_id="bitcoin", condition="above", price=Decimal("70000")
+    )
+    below = services.price_alert_create(
+        user=user, coin_id="ethereum", condition="below", price=Decimal("3000")
+    )
+    assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("69999.99")}) == 0
+    fired = services.price_alerts_evaluate(
+        prices={"bitcoin": Decimal("70000.5"), "ethereum": Decimal("3100")}
+    )
+    assert fired == 1
+    above.refresh_from_db()
+    below.refresh_from_db()
+    assert above.active is False and above.triggered_price == Decimal("70000.5")
+    assert below.active is True
+    # Fires once: a later crossing poll does not notify again.
+    assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("71000")}) == 0
+    notification = Notification.objects.get(user=user)
+    assert notification.kind == "price_alert"
+    assert notification.data["coin"] == "bitcoin"
+    assert notification.data["triggered_price"] == "70000.5"
+    assert PriceAlert.objects.filter(active=True).count() == 1
