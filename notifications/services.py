@@ -150,7 +150,11 @@ def price_alert_create(*, user: User, coin_id: str, condition: str, price: Decim
 
     coin = Coin.objects.filter(pk=coin_id, tracked=True).first()
     if coin is None:
-        raise ApplicationError("Unknown or untracked coin.", code="unknown_coin")
+        raise ApplicationError(
+            "Unknown or untracked coin.",
+            code="unknown_coin",
+            extra={"coin": ["Unknown or untracked coin."]},
+        )
     # Lock the user row so two concurrent creates cannot both pass the cap.
     User.objects.select_for_update().filter(pk=user.pk).first()
     if PriceAlert.objects.filter(user=user, active=True).count() >= MAX_ACTIVE_ALERTS_PER_USER:

@@ -1,0 +1,151 @@
+from decimal import Decimal
+
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cryptovault.pagination import CursorPagination
+from notifications import selectors, services
+from notifications.models import Notification, PriceAlert
+from notifications.serializers import NotificationSerializer, PriceAlertSerializer
+
+
+def _paginated(*, request: Request, view: APIView, queryset, serializer_class) -> Response:
+    paginator = CursorPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class NotificationListApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        unread = serializers.BooleanField(required=False, allow_null=True, default=None)
+
+    OutputSerializer = NotificationSerializer
+
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        notifications = selectors.notification_list(
+            user=request.user, unread=filters.validated_data["unread"]
+        )
+        return _paginated(
+            request=request,
+            view=self,
+            queryset=notifications,
+            serializer_class=self.OutputSerializer,
+        )
+
+
+class NotificationUnreadCountApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        count = serializers.IntegerField()
+
+    def get(self, request: Request) -> Response:
+        count = selectors.notification_unread_count(user=request.user)
+        return Response(self.OutputSerializer({"count": count}).data)
+
+
+class NotificationReadApi(APIView):
+    OutputSerializer = NotificationSerializer
+
+    def post(self, request: Request, notification_id: int) -> Response:
+        notification = selectors.notification_get(
+            user=request.user, notification_id=notification_id
+        )
+        notification = services.notification_mark_read(notification=notification)
+        return Response(self.OutputSerializer(notification).data)
+
+
+class NotificationReadAllApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        updated = serializers.IntegerField()
+
+    def post(self, request: Request) -> Response:
+        updated = services.notifications_mark_all_read(user=request.user)
+        return Response(self.OutputSerializer({"updated": updated}).data)
+
+
+class NotificationDeleteApi(APIView):
+    def delete(self, request: Request, notification_id: int) -> Response:
+        notification = selectors.notification_get(
+            user=request.user, notification_id=notification_id
+        )
+        services.notification_delete(notification=notification)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class NotificationPreferencesApi(APIView):
+    """Which notification kinds are also emailed: ``{"email": {"<kind>": bool, ...}}``."""
+
+    class InputSerializer(serializers.Serializer):
+        email = serializers.DictField(child=serializers.BooleanField())
+
+    class OutputSerializer(serializers.Serializer):
+        email = serializers.DictField(child=serializers.BooleanField())
+
+    def _render(self, kinds: frozenset[str]) -> Response:
+        email = {kind: kind in kinds for kind in Notification.Kind.values}
+        return Response(self.OutputSerializer({"email": email}).data)
+
+    def get(self, request: Request) -> Response:
+        return self._render(services.notification_email_kinds(user=request.user))
+
+    def patch(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        kinds = services.notification_preferences_update(
+            user=request.user, email=payload.validated_data["email"]
+        )
+        return self._render(kinds)
+
+
+class PriceAlertListCreateApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        active = serializers.BooleanField(required=False, allow_null=True, default=None)
+
+    class InputSerializer(serializers.Serializer):
+        coin = serializers.CharField(max_length=100)
+        condition = serializers.ChoiceField(choices=PriceAlert.Condition.choices)
+        price = serializers.DecimalField(max_digits=38, decimal_places=18)
+
+        def validate_price(self, value: Decimal) -> Decimal:
+            if value <= 0:
+                raise serializers.ValidationError("Must be greater than zero.")
+            return value
+
+    OutputSerializer = PriceAlertSerializer
+
+    def get(self, request: Request) -> Response:
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        alerts = selectors.price_alert_list(
+            user=request.user, active=filters.validated_data["active"]
+        )
+        return _paginated(
+            request=request, view=self, queryset=alerts, serializer_class=self.OutputSerializer
+        )
+
+    def post(self, request: Request) -> Response:
+        payload = self.InputSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        alert = services.price_alert_create(
+            user=request.user,
+            coin_id=payload.validated_data["coin"],
+            condition=payload.validated_data["condition"],
+            price=payload.validated_data["price"],
+        )
+        return Response(self.OutputSerializer(alert).data, status=status.HTTP_201_CREATED)
+
+
+class PriceAlertDetailApi(APIView):
+    OutputSerializer = PriceAlertSerializer
+
+    def get(self, request: Request, alert_id: int) -> Response:
+        alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
+        return Response(self.OutputSerializer(alert).data)
+
+    def delete(self, request: Request, alert_id: int) -> Response:
+        alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
+        services.price_alert_delete(alert=alert)
+        return Response(status=status.HTTP_204_NO_CONTENT)
