@@ -43,6 +43,8 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     email_verified_at = models.DateTimeField(null=True, blank=True)
+    # Google's stable account id, set when the user signs in with Google.
+    google_sub = models.CharField(max_length=255, null=True, blank=True, unique=True)
     date_joined = models.DateTimeField(default=timezone.now)
 
     objects = UserManager()
@@ -67,3 +69,106 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def is_email_verified(self) -> bool:
         return self.email_verified_at is not None
+
+
+class EmailVerification(models.Model):
+    """One issued verification: a 6-digit code and a link token, both stored hashed.
+
+    Issuing a new one (signup, resend) replaces the previous one for the user.
+    """
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="email_verifications")
+    code_hash = models.CharField(max_length=64)
+    token_hash = models.CharField(max_length=64, unique=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["user", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"email verification of {self.user_id}"
+
+
+class PasswordResetToken(models.Model):
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="password_resets")
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"password reset of {self.user_id}"
+
+
+class Session(models.Model):
+    """A login session. Redis holds the live copy (sliding idle TTL); this row is for
+    listing, audit and refresh-token rotation (``refresh_jti`` is the only refresh token
+    of the session that may still be used)."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="login_sessions")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+    refresh_jti = models.CharField(max_length=64, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["user", "created_at"],
+                name="accounts_session_live_idx",
+                condition=models.Q(revoked_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"session {self.id} of {self.user_id}"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class AuditEvent(models.Model):
+    """Security and operator audit log. Rows are never updated."""
+
+    class Action(models.TextChoices):
+        SIGNUP = "signup"
+        EMAIL_VERIFIED = "email_verified"
+        LOGIN = "login"
+        LOGIN_FAILED = "login_failed"
+        LOCKOUT = "lockout"
+        LOGOUT = "logout"
+        PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an action name
+        PASSWORD_RESET_REQUESTED = "password_reset_requested"  # noqa: S105 - an action name
+        PASSWORD_RESET = "password_reset"  # noqa: S105 - an action name
+        SESSION_REVOKED = "session_revoked"
+        REFRESH_REUSED = "refresh_reused"
+        GOOGLE_LOGIN = "google_login"
+        PROFILE_UPDATED = "profile_updated"
+
+    # Not limited to the choices above: other apps and admin actions record their own.
+    action = models.CharField(max_length=64, db_index=True)
+    actor = models.ForeignKey(
+        User, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events"
+    )
+    target_type = models.CharField(max_length=100, blank=True)
+    target_id = models.CharField(max_length=64, blank=True)
+    target_repr = models.CharField(max_length=200, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=512, blank=True)
+    request_id = models.CharField(max_length=128, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"

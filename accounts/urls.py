@@ -1,1 +1,33 @@
-urlpatterns: list = []
+from django.urls import path
+
+from accounts import apis
+
+urlpatterns = [
+    path("signup", apis.SignupApi.as_view(), name="auth-signup"),
+    path("verify-email", apis.VerifyEmailApi.as_view(), name="auth-verify-email"),
+    path(
+        "resend-verification",
+        apis.ResendVerificationApi.as_view(),
+        name="auth-resend-verification",
+    ),
+    path("login", apis.LoginApi.as_view(), name="auth-login"),
+    path("token/refresh", apis.TokenRefreshApi.as_view(), name="auth-token-refresh"),
+    path("logout", apis.LogoutApi.as_view(), name="auth-logout"),
+    path("forgot-password", apis.ForgotPasswordApi.as_view(), name="auth-forgot-password"),
+    path(
+        "validate-reset-token/<str:token>",
+        apis.ValidateResetTokenApi.as_view(),
+        name="auth-validate-reset-token",
+    ),
+    path("reset-password", apis.ResetPasswordApi.as_view(), name="auth-reset-password"),
+    path("google", apis.GoogleLoginApi.as_view(), name="auth-google"),
+    path("public-key", apis.PublicKeyApi.as_view(), name="auth-public-key"),
+    path("me", apis.MeApi.as_view(), name="auth-me"),
+    path("me/password", apis.PasswordChangeApi.as_view(), name="auth-me-password"),
+    path("sessions", apis.SessionListApi.as_view(), name="auth-sessions"),
+    path(
+        "sessions/<str:session_id>",
+        apis.SessionRevokeApi.as_view(),
+        name="auth-session-revoke",
+    ),
+]

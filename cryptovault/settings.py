@@ -137,7 +137,8 @@ CELERY_BEAT_SCHEDULE: dict = {}
 # --- Auth --------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"
 PASSWORD_HASHERS = [
-    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    # Argon2id at OWASP's cost; Django's default costs ~0.5 s a hash on 2 cores.
+    "accounts.hashers.Argon2PasswordHasher",
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
 ]
@@ -154,6 +155,8 @@ SIMPLE_JWT = {
     "SIGNING_KEY": env.str("JWT_SIGNING_KEY", default=SECRET_KEY),
     "AUTH_HEADER_TYPES": ("Bearer",),
     "UPDATE_LAST_LOGIN": False,
+    # Expiry is exact; only the configured algorithm is accepted (never "none").
+    "LEEWAY": 0,
 }
 SESSION_IDLE_SECONDS = env.int("SESSION_IDLE_SECONDS", default=1200)
 MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=5)
@@ -190,6 +193,45 @@ PRICE_STALE_SECONDS = env.int("PRICE_STALE_SECONDS", default=60)
 SIGNUP_BONUS_USD = env.str("SIGNUP_BONUS_USD", default="10000")
 TRADING_FEE_RATE = Decimal(env.str("TRADING_FEE_RATE", default="0.001"))
 SIMULATOR_PORT = env.int("SIMULATOR_PORT", default=8765)
+# Market data client: per-call timeouts, retries (5xx/timeouts) with exponential back-off.
+MARKET_DATA_CONNECT_TIMEOUT = env.float("MARKET_DATA_CONNECT_TIMEOUT", default=3.0)
+MARKET_DATA_READ_TIMEOUT = env.float("MARKET_DATA_READ_TIMEOUT", default=5.0)
+MARKET_DATA_RETRIES = env.int("MARKET_DATA_RETRIES", default=2)
+MARKET_DATA_RETRY_BACKOFF = env.float("MARKET_DATA_RETRY_BACKOFF", default=0.5)
+# Venue tickers: one coin per run, round-robin, so 6 s adds 10 calls/min to the 6 of the
+# price poll, inside CoinGecko Demo's ~30/min with room for details and charts.
+TICKERS_POLL_SECONDS = env.int("TICKERS_POLL_SECONDS", default=6)
+ARBITRAGE_MIN_NET_PCT = Decimal(env.str("ARBITRAGE_MIN_NET_PCT", default="0"))
+ARBITRAGE_MAX_AGE_SECONDS = env.int("ARBITRAGE_MAX_AGE_SECONDS", default=600)
+# Taker fee per venue (CoinGecko exchange id); others pay ARBITRAGE_DEFAULT_FEE.
+ARBITRAGE_VENUE_FEES = {
+    "binance": Decimal("0.001"),
+    "gdax": Decimal("0.004"),
+    "kraken": Decimal("0.0026"),
+    "bitstamp": Decimal("0.003"),
+    "okex": Decimal("0.001"),
+}
+ARBITRAGE_DEFAULT_FEE = Decimal(env.str("ARBITRAGE_DEFAULT_FEE", default="0.002"))
+COIN_DETAILS_CACHE_SECONDS = env.int("COIN_DETAILS_CACHE_SECONDS", default=300)
+# One history row per coin per interval (PostgreSQL), kept for a year.
+PRICE_HISTORY_INTERVAL_SECONDS = env.int("PRICE_HISTORY_INTERVAL_SECONDS", default=60)
+PRICE_HISTORY_RETENTION_DAYS = 366
+# Queued runs expire after one period: a worker that was down does not replay a backlog.
+CELERY_BEAT_SCHEDULE["markets-prices-poll"] = {
+    "task": "markets.prices_poll",
+    "schedule": float(PRICE_POLL_SECONDS),
+    "options": {"expires": PRICE_POLL_SECONDS, "expire_seconds": PRICE_POLL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["markets-tickers-poll"] = {
+    "task": "markets.tickers_poll",
+    "schedule": float(TICKERS_POLL_SECONDS),
+    "options": {"expires": TICKERS_POLL_SECONDS, "expire_seconds": TICKERS_POLL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["markets-history-prune"] = {
+    "task": "markets.history_prune",
+    "schedule": 86400.0,
+    "options": {"expires": 3600, "expire_seconds": 3600},
+}
 
 # --- Email ---------------------------------------------------------------------
 _email = env.email_url("EMAIL_URL", default="consolemail://")
@@ -233,7 +275,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework_simplejwt.authentication.JWTAuthentication",
+        # simplejwt + the token's login session must still be alive (instant revocation).
+        "accounts.authentication.SessionJWTAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "cryptovault.pagination.PageNumberPagination",

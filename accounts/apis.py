@@ -1,0 +1,362 @@
+"""Accounts HTTP API under /api/v1/auth/. One class per operation; each validates input,
+calls one service and serializes. Public endpoints skip authentication so a stale
+``Authorization`` header cannot break signup or login."""
+
+from django.core.validators import RegexValidator
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import crypto, selectors, services
+from accounts.models import Session, User
+from accounts.ratelimit import rate_limit
+from cryptovault.exceptions import ApplicationError
+from cryptovault.pagination import PageNumberPagination
+
+username_validator = RegexValidator(
+    r"^[A-Za-z0-9_.-]{3,30}\Z",
+    "Use 3 to 30 letters, digits, '_', '.' or '-'.",
+    code="invalid_username",
+)
+
+
+def _password_field(**kwargs) -> serializers.CharField:
+    # Passwords are taken verbatim: no whitespace trimming.
+    return serializers.CharField(max_length=256, trim_whitespace=False, **kwargs)
+
+
+class _PasswordOrEncrypted(serializers.Serializer):
+    """``password`` in clear, or ``password_encrypted`` (base64 RSA-OAEP-SHA256)."""
+
+    password = _password_field(required=False)
+    password_encrypted = serializers.CharField(max_length=2048, required=False)
+
+    def validate(self, attrs):
+        encrypted = attrs.pop("password_encrypted", None)
+        if encrypted is not None and "password" in attrs:
+            raise serializers.ValidationError(
+                {"password": ["Send either password or password_encrypted, not both."]}
+            )
+        if encrypted is not None:
+            try:
+                attrs["password"] = crypto.decrypt_password(encrypted)
+            except ValueError as exc:
+                raise serializers.ValidationError(
+                    {"password_encrypted": ["Could not decrypt the password."]}
+                ) from exc
+        if not attrs.get("password"):
+            raise serializers.ValidationError({"password": ["This field is required."]})
+        return attrs
+
+
+class UserOutputSerializer(serializers.ModelSerializer):
+    email_verified = serializers.BooleanField(source="is_email_verified")
+
+    class Meta:
+        model = User
+        fields = (
+            "id",
+            "email",
+            "username",
+            "name",
+            "role",
+            "email_verified",
+            "email_verified_at",
+            "date_joined",
+        )
+
+
+class TokensOutputSerializer(serializers.Serializer):
+    access = serializers.CharField()
+    refresh = serializers.CharField()
+    user = UserOutputSerializer()
+
+
+def _current_session_id(request) -> str | None:
+    """The ``sid`` of the access token that authenticated this request."""
+    return request.auth.get("sid") if hasattr(request.auth, "get") else None
+
+
+def _tokens_response(user: User, tokens: dict[str, str]) -> Response:
+    return Response(TokensOutputSerializer({**tokens, "user": user}).data)
+
+
+class _PublicApi(APIView):
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+
+class SignupApi(_PublicApi):
+    class InputSerializer(_PasswordOrEncrypted):
+        email = serializers.EmailField(max_length=254)
+        username = serializers.CharField(
+            max_length=30, required=False, allow_null=True, validators=[username_validator]
+        )
+        name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+
+    @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer})
+    def post(self, request):
+        rate_limit(request, group="signup")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = services.user_signup(**serializer.validated_data, request=request)
+        return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class VerifyEmailApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(max_length=254, required=False)
+        code = serializers.RegexField(
+            r"^\d{6}\Z", required=False, error_messages={"invalid": "Enter the 6-digit code."}
+        )
+        token = serializers.CharField(max_length=128, required=False)
+
+        def validate(self, attrs):
+            if attrs.get("token"):
+                return attrs
+            missing = {f: ["This field is required."] for f in ("email", "code") if f not in attrs}
+            if missing:
+                raise serializers.ValidationError(missing)
+            return attrs
+
+    class OutputSerializer(serializers.Serializer):
+        detail = serializers.CharField()
+        user = UserOutputSerializer()
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def post(self, request):
+        rate_limit(request, group="verify-email")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = services.email_verify(**serializer.validated_data, request=request)
+        return Response(self.OutputSerializer({"detail": "Email verified.", "user": user}).data)
+
+
+_ACCEPTED = inline_serializer("Accepted", {"detail": serializers.CharField()})
+
+
+class ResendVerificationApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(max_length=254)
+
+    @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
+    def post(self, request):
+        rate_limit(request, group="resend-verification")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.verification_resend_request(email=serializer.validated_data["email"])
+        return Response(
+            {"detail": "If the account exists and is unverified, a new code is on its way."},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class LoginApi(_PublicApi):
+    class InputSerializer(_PasswordOrEncrypted):
+        email = serializers.CharField(max_length=254, required=False)
+        username = serializers.CharField(max_length=254, required=False)
+
+        def validate(self, attrs):
+            attrs = super().validate(attrs)
+            identifier = attrs.pop("email", None) or attrs.pop("username", None)
+            if not identifier:
+                raise serializers.ValidationError({"email": ["This field is required."]})
+            attrs.pop("username", None)
+            attrs["identifier"] = identifier
+            return attrs
+
+    @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
+    def post(self, request):
+        # A locked account answers account_locked even once the IP limit kicks in.
+        data = request.data if isinstance(request.data, dict) else {}
+        identifier = data.get("email") or data.get("username")
+        if isinstance(identifier, str) and identifier:
+            services.login_lock_check(identifier=identifier)
+        rate_limit(request, group="login")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user, tokens = services.user_login(**serializer.validated_data, request=request)
+        return _tokens_response(user, tokens)
+
+
+class RefreshInputSerializer(serializers.Serializer):
+    refresh = serializers.CharField(max_length=4096)
+
+
+class TokenRefreshApi(_PublicApi):
+    class OutputSerializer(serializers.Serializer):
+        access = serializers.CharField()
+        refresh = serializers.CharField()
+
+    @extend_schema(request=RefreshInputSerializer, responses=OutputSerializer)
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = services.session_refresh(
+            refresh_token=serializer.validated_data["refresh"], request=request
+        )
+        return Response(self.OutputSerializer(tokens).data)
+
+
+class LogoutApi(_PublicApi):
+    @extend_schema(request=RefreshInputSerializer, responses={204: None})
+    def post(self, request):
+        serializer = RefreshInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.session_logout(refresh_token=serializer.validated_data["refresh"], request=request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ForgotPasswordApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        email = serializers.EmailField(max_length=254)
+
+    @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
+    def post(self, request):
+        rate_limit(request, group="forgot-password")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.password_reset_request(email=serializer.validated_data["email"])
+        return Response(
+            {"detail": "If an account uses this email, a reset link is on its way."},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class ValidateResetTokenApi(_PublicApi):
+    @extend_schema(
+        responses=inline_serializer("ResetTokenValid", {"valid": serializers.BooleanField()})
+    )
+    def get(self, request, token: str):
+        if len(token) > 128 or not selectors.password_reset_token_is_valid(token=token):
+            raise ApplicationError("Invalid or expired reset token.", code="invalid_token")
+        return Response({"valid": True})
+
+
+class ResetPasswordApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        token = serializers.CharField(max_length=128)
+        new_password = _password_field()
+
+    @extend_schema(request=InputSerializer, responses=_ACCEPTED)
+    def post(self, request):
+        rate_limit(request, group="reset-password")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.password_reset(**serializer.validated_data, request=request)
+        return Response({"detail": "Password has been reset. Log in with the new password."})
+
+
+class GoogleLoginApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        id_token = serializers.CharField(max_length=8192)
+
+    @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user, tokens = services.google_sign_in(
+            id_token=serializer.validated_data["id_token"], request=request
+        )
+        return _tokens_response(user, tokens)
+
+
+class PublicKeyApi(_PublicApi):
+    @extend_schema(
+        responses=inline_serializer(
+            "PublicKey",
+            {
+                "kid": serializers.CharField(),
+                "alg": serializers.CharField(),
+                "pem": serializers.CharField(),
+            },
+        )
+    )
+    def get(self, request):
+        return Response(crypto.public_key_info())
+
+
+class MeApi(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    class InputSerializer(serializers.Serializer):
+        username = serializers.CharField(
+            max_length=30, required=False, allow_null=True, validators=[username_validator]
+        )
+        name = serializers.CharField(max_length=150, required=False, allow_blank=True)
+
+    @extend_schema(responses=UserOutputSerializer)
+    def get(self, request):
+        return Response(UserOutputSerializer(request.user).data)
+
+    @extend_schema(request=InputSerializer, responses=UserOutputSerializer)
+    def patch(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user = services.user_profile_update(
+            user=request.user, **serializer.validated_data, request=request
+        )
+        return Response(UserOutputSerializer(user).data)
+
+
+class PasswordChangeApi(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    class InputSerializer(serializers.Serializer):
+        current_password = _password_field()
+        new_password = _password_field()
+
+    @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        tokens = services.user_password_change(
+            user=request.user,
+            session_id=_current_session_id(request),
+            **serializer.validated_data,
+            request=request,
+        )
+        return _tokens_response(request.user, tokens)
+
+
+class SessionOutputSerializer(serializers.ModelSerializer):
+    created = serializers.DateTimeField(source="created_at")
+    last_seen = serializers.DateTimeField(source="last_seen_at")
+    current = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Session
+        fields = ("id", "created", "last_seen", "ip", "user_agent", "current")
+
+    def get_current(self, session: Session) -> bool:
+        return session.pk == self.context.get("current_session_id")
+
+
+class SessionListApi(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(responses=SessionOutputSerializer(many=True))
+    def get(self, request):
+        paginator = PageNumberPagination()
+        sessions = selectors.session_list(user=request.user)
+        page = paginator.paginate_queryset(sessions, request, view=self)
+        context = {"current_session_id": _current_session_id(request)}
+        return paginator.get_paginated_response(
+            SessionOutputSerializer(page, many=True, context=context).data
+        )
+
+
+class SessionRevokeApi(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request, session_id: str):
+        session = selectors.session_get(user=request.user, session_id=session_id)
+        if session is None:
+            raise ApplicationError("Not found.", code="not_found", status_code=404)
+        services.session_revoke(
+            session_id=session.pk, reason="user_revoked", actor=request.user, request=request
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)

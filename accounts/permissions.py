@@ -1,0 +1,23 @@
+"""DRF permissions by role. Superusers pass every role check."""
+
+from rest_framework.permissions import BasePermission
+
+from accounts.models import User
+
+
+def user_has_role(user, *roles: str) -> bool:
+    if not (user and user.is_authenticated and user.is_active):
+        return False
+    return user.is_superuser or user.role in roles
+
+
+class IsOperator(BasePermission):
+    """Operators and admins (staff work: support, limited admin actions)."""
+
+    def has_permission(self, request, view) -> bool:
+        return user_has_role(request.user, User.Role.OPERATOR, User.Role.ADMIN)
+
+
+class IsAdmin(BasePermission):
+    def has_permission(self, request, view) -> bool:
+        return user_has_role(request.user, User.Role.ADMIN)

@@ -1,0 +1,48 @@
+"""Per-IP (or per-key) rate limits on django-ratelimit, answered 429 with Retry-After.
+
+django-ratelimit's own decorator answers 403; the API wants 429 with ``code:
+rate_limited``, so views call :func:`rate_limit` first thing and the exception handler
+renders the ApplicationError. ``RATELIMIT_ENABLE=false`` turns every limit off.
+"""
+
+from collections.abc import Callable
+
+from django_ratelimit.core import get_usage
+from rest_framework import status
+
+from cryptovault.exceptions import ApplicationError
+from cryptovault.net import ratelimit_key_ip
+
+# The contract's limits, per client IP.
+LIMITS = {
+    "signup": "5/m",
+    "login": "10/m",
+    "verify-email": "10/m",
+    "resend-verification": "3/m",
+    "forgot-password": "3/m",
+    "reset-password": "5/m",
+}
+
+
+class RateLimited(ApplicationError):
+    def __init__(self, retry_after: int) -> None:
+        retry_after = max(1, retry_after)
+        super().__init__(
+            f"Too many requests. Try again in {retry_after} seconds.",
+            code="rate_limited",
+            status_code=status.HTTP_429_TOO_MANY_REQUESTS,
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def rate_limit(
+    request,
+    *,
+    group: str,
+    rate: str | None = None,
+    key: str | Callable = ratelimit_key_ip,
+) -> None:
+    """Count this request against ``group`` and raise RateLimited when over the rate."""
+    usage = get_usage(request, group=group, key=key, rate=rate or LIMITS[group], increment=True)
+    if usage is not None and usage["should_limit"]:
+        raise RateLimited(usage["time_left"])
