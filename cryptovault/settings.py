@@ -133,6 +133,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 300)}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict = {}
+# The order queue has its own queue, so a backlog of emails never delays fills.
+CELERY_TASK_ROUTES = {"orders.*": {"queue": "orders"}}
+# Safety net for an order whose enqueue was lost after commit (broker blip).
+CELERY_BEAT_SCHEDULE["orders-queue-sweep"] = {"task": "orders.queue_sweep", "schedule": 30.0}
 
 # --- Auth --------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

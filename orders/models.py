@@ -72,7 +72,7 @@ class Order(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     filled_price = models.DecimalField(null=True, blank=True, **MONEY)
     fee = models.DecimalField(null=True, blank=True, **MONEY)
-    reject_reason = models.CharField(max_length=200, blank=True, default="")
+    reject_reason = models.CharField(max_length=200, null=True, blank=True)
     # What is still reserved for this order (``usd`` for buys, the coin for sells).
     reserved_asset = models.CharField(max_length=100)
     reserved_amount = models.DecimalField(default=0, **MONEY)

@@ -1,10 +1,12 @@
 """Reads for wallets, the ledger and orders."""
 
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 
-from orders.models import Balance, LedgerEntry
+from orders.models import USD, Balance, LedgerEntry, Order
+
+VALUE_QUANTUM = Decimal("0.00000001")
 
 
 def ledger_mismatches(*, user=None) -> list[dict]:
@@ -33,3 +35,58 @@ def ledger_mismatches(*, user=None) -> list[dict]:
         if total != 0:
             mismatches.append({"user_id": user_id, "asset": asset, "ledger": total, "balance": 0})
     return mismatches
+
+
+def order_list(*, user, status: str | None = None, coin: str | None = None) -> QuerySet[Order]:
+    orders = Order.objects.filter(user=user)
+    if status:
+        orders = orders.filter(status=status)
+    if coin:
+        orders = orders.filter(coin_id=coin)
+    return orders
+
+
+def order_get(*, user, order_id: int) -> Order | None:
+    """The user's order, or None (another user's order is as absent as a missing one)."""
+    return Order.objects.filter(user=user, pk=order_id).first()
+
+
+def ledger_entry_list(*, user) -> QuerySet[LedgerEntry]:
+    return LedgerEntry.objects.filter(user=user)
+
+
+def portfolio_get(*, user) -> dict:
+    """Balances valued at the latest cached prices (usd at 1).
+
+    A coin without a known price has ``price``/``value_usd`` null and is left out
+    of the total rather than counted as zero silently.
+    """
+    from markets.selectors import prices_snapshot
+
+    prices = prices_snapshot()["prices"]
+    balances = list(Balance.objects.filter(user=user))
+    if not any(b.asset == USD for b in balances):
+        balances.append(Balance(user=user, asset=USD))
+    # usd first, then coins by name.
+    balances.sort(key=lambda b: (b.asset != USD, b.asset))
+    rows, total = [], Decimal(0)
+    for balance in balances:
+        if balance.asset == USD:
+            price = Decimal(1)
+        else:
+            quote = prices.get(balance.asset)
+            price = Decimal(quote["usd"]) if quote and quote.get("usd") is not None else None
+        value = None
+        if price is not None:
+            value = (balance.total * price).quantize(VALUE_QUANTUM, rounding=ROUND_HALF_EVEN)
+            total += value
+        rows.append(
+            {
+                "asset": balance.asset,
+                "available": balance.available,
+                "locked": balance.locked,
+                "price": price,
+                "value_usd": value,
+            }
+        )
+    return {"balances": rows, "total_value_usd": total}

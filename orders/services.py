@@ -6,22 +6,41 @@ order (so two transactions touching the same rows can never deadlock); the
 database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 """
 
-from decimal import ROUND_DOWN, Decimal
+import logging
+import time
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from rest_framework import status as http
 
 from accounts.models import User
 from cryptovault.exceptions import ApplicationError
-from orders.models import USD, Balance, LedgerEntry
+from markets.models import Coin
+from orders.models import USD, Balance, LedgerEntry, Order
+
+logger = logging.getLogger(__name__)
 
 # Quantities and usd amounts are kept to 8 decimal places (a satoshi, and far
 # below a cent), so every ledger amount is exact in the database.
 QUANTUM = Decimal("0.00000001")
 
+# A market buy reserves its cost at the reference price plus this buffer (capped at
+# what is available), so a price rise between placing and filling is usually covered.
+# A larger rise takes the difference from the available balance at fill time, and if
+# that is not enough the order is rejected (funds released, nothing overspent).
+MARKET_BUY_BUFFER = Decimal("0.02")
+
+# Orders processed per transaction when a user's queue has piled up.
+QUEUE_BATCH_SIZE = 100
+
 
 def quantize_down(value: Decimal) -> Decimal:
     return value.quantize(QUANTUM, rounding=ROUND_DOWN)
+
+
+def quantize_up(value: Decimal) -> Decimal:
+    return value.quantize(QUANTUM, rounding=ROUND_UP)
 
 
 def balances_lock(*, user: User, assets: list[str]) -> dict[str, Balance]:
@@ -138,3 +157,451 @@ def wallet_adjust(
     entry.save()
     _balance_save(balance)
     return entry
+
+
+# --- Orders ------------------------------------------------------------------------
+
+
+def fee_for(notional: Decimal) -> Decimal:
+    return quantize_up(notional * settings.TRADING_FEE_RATE)
+
+
+def buy_cost(*, quantity: Decimal, price: Decimal) -> tuple[Decimal, Decimal]:
+    """(notional, fee) of buying at ``price``; both rounded in the house's favour.
+
+    Monotonic in ``price``, so a reservation made at a limit covers any fill at or
+    below it exactly.
+    """
+    notional = quantize_up(quantity * price)
+    return notional, fee_for(notional)
+
+
+def sell_proceeds(*, quantity: Decimal, price: Decimal) -> tuple[Decimal, Decimal]:
+    """(notional, fee) of selling at ``price``; the usd credited is notional - fee."""
+    notional = quantize_down(quantity * price)
+    return notional, fee_for(notional)
+
+
+def _reference_price(*, coin_id: str) -> Decimal:
+    """The price a market buy reserves against: the latest cached one, even if stale.
+
+    A stale price is still a fair estimate for the reservation; the queue refuses to
+    fill on it and rejects the order (releasing the funds).
+    """
+    from markets.selectors import PriceUnavailable, price_get_fresh, price_quotes
+
+    try:
+        return price_get_fresh(coin_id=coin_id).price
+    except PriceUnavailable as exc:
+        quote = price_quotes().get(coin_id) if exc.code == "price_stale" else None
+        if quote is None:
+            raise
+        return Decimal(quote["usd"])
+
+
+def _queue_enqueue(user_id: int) -> None:
+    from orders.tasks import order_queue_process
+
+    order_queue_process.delay(user_id)
+
+
+def order_place(
+    *,
+    user: User,
+    coin_id: str,
+    side: str,
+    type: str,
+    quantity: Decimal,
+    limit_price: Decimal | None = None,
+    client_order_id: str | None = None,
+) -> tuple[Order, bool]:
+    """Reserve the funds and create a ``pending`` order; processing is enqueued after
+    commit. Returns ``(order, created)``: a repeated ``client_order_id`` returns the
+    first order and reserves nothing, even when the two requests race."""
+    if client_order_id:
+        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
+        if existing is not None:
+            return existing, False
+    if not Coin.objects.filter(pk=coin_id, tracked=True).exists():
+        raise ApplicationError(f"{coin_id} is not a tracked coin.", code="unknown_coin")
+    if (type == Order.Type.LIMIT) != (limit_price is not None):
+        raise ApplicationError(
+            "limit_price is required for limit orders and only for them.", code="invalid"
+        )
+    reference = None
+    if side == Order.Side.BUY and type == Order.Type.MARKET:
+        reference = _reference_price(coin_id=coin_id)
+    try:
+        with transaction.atomic():
+            return _order_place_locked(
+                user=user,
+                coin_id=coin_id,
+                side=side,
+                type=type,
+                quantity=quantity,
+                limit_price=limit_price,
+                reference=reference,
+                client_order_id=client_order_id,
+            )
+    except IntegrityError:
+        # Two requests with one client_order_id raced on different balance rows; the
+        # unique constraint let exactly one through.
+        existing = client_order_id and (
+            Order.objects.filter(user=user, client_order_id=client_order_id).first()
+        )
+        if existing:
+            return existing, False
+        raise
+
+
+def _order_place_locked(
+    *,
+    user: User,
+    coin_id: str,
+    side: str,
+    type: str,
+    quantity: Decimal,
+    limit_price: Decimal | None,
+    reference: Decimal | None,
+    client_order_id: str | None,
+) -> tuple[Order, bool]:
+    reserved_asset = USD if side == Order.Side.BUY else coin_id
+    balance = balances_lock(user=user, assets=[reserved_asset])[reserved_asset]
+    if client_order_id:
+        # The balance lock serialised us behind any racing twin; it has committed now.
+        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
+        if existing is not None:
+            return existing, False
+    if side == Order.Side.SELL:
+        required = reserve = quantity
+    elif type == Order.Type.LIMIT:
+        required = reserve = sum(buy_cost(quantity=quantity, price=limit_price))
+    else:
+        required = sum(buy_cost(quantity=quantity, price=reference))
+        reserve = min(balance.available, quantize_up(required * (1 + MARKET_BUY_BUFFER)))
+    if balance.available < required:
+        raise ApplicationError(
+            "Insufficient funds.",
+            code="insufficient_funds",
+            extra={
+                "asset": reserved_asset,
+                "required": decimal_plain(required),
+                "available": decimal_plain(balance.available),
+            },
+        )
+    balance.available -= reserve
+    balance.locked += reserve
+    _balance_save(balance)
+    order = Order.objects.create(
+        user=user,
+        client_order_id=client_order_id or None,
+        coin_id=coin_id,
+        side=side,
+        type=type,
+        quantity=quantity,
+        limit_price=limit_price,
+        reserved_asset=reserved_asset,
+        reserved_amount=reserve,
+    )
+    order.user = user
+    _order_notify(order)
+    transaction.on_commit(lambda: _queue_enqueue(user.pk), robust=True)
+    return order, True
+
+
+def decimal_plain(value: Decimal) -> str:
+    """A plain decimal string: no exponent, no trailing zeros ("65000", "0.00001")."""
+    text = format(value, "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def order_status_set(*, order: Order, status: str, **fields) -> Order:
+    """The one place an order changes status: saves it and tells the user.
+
+    Runs inside the caller's transaction; pushes go out after commit.
+    """
+    order.status = status
+    for name, value in fields.items():
+        setattr(order, name, value)
+    order.save(update_fields=["status", "updated_at", *fields])
+    _order_notify(order)
+    return order
+
+
+_TERMINAL_NOTIFICATIONS = {
+    Order.Status.FILLED: ("order_filled", "Order filled"),
+    Order.Status.CANCELLED: ("order_cancelled", "Order cancelled"),
+    Order.Status.REJECTED: ("order_rejected", "Order rejected"),
+}
+
+
+def _order_notify(order: Order) -> None:
+    from notifications.services import notification_create, order_event_push
+
+    order_event_push(order=order)
+    if order.status not in _TERMINAL_NOTIFICATIONS:
+        return
+    kind, title = _TERMINAL_NOTIFICATIONS[order.status]
+    what = f"{order.side} {decimal_plain(order.quantity)} {order.coin_id}"
+    if order.status == Order.Status.FILLED:
+        body = (
+            f"Your {order.type} order to {what} filled at {decimal_plain(order.filled_price)} usd "
+        )
+        body += f"(fee {decimal_plain(order.fee)} usd)."
+    elif order.status == Order.Status.REJECTED:
+        body = f"Your {order.type} order to {what} was rejected: {order.reject_reason}"
+    else:
+        body = f"Your {order.type} order to {what} was cancelled; its funds are released."
+    notification_create(
+        user=order.user,
+        kind=kind,
+        title=title,
+        body=body,
+        data={
+            "order_id": order.pk,
+            "coin": order.coin_id,
+            "side": order.side,
+            "type": order.type,
+            "status": order.status,
+        },
+    )
+
+
+def _reservation_release(*, order: Order, balances: dict[str, Balance]) -> None:
+    balance = balances[order.reserved_asset]
+    balance.locked -= order.reserved_amount
+    balance.available += order.reserved_amount
+    order.reserved_amount = Decimal(0)
+
+
+def _order_reject(*, order: Order, balances: dict[str, Balance], reason: str) -> None:
+    _reservation_release(order=order, balances=balances)
+    order_status_set(
+        order=order,
+        status=Order.Status.REJECTED,
+        reject_reason=reason[:200],
+        reserved_amount=order.reserved_amount,
+    )
+
+
+def _order_fill(
+    *, order: Order, price: Decimal, balances: dict[str, Balance], entries: list[LedgerEntry]
+) -> None:
+    """Fill ``order`` at ``price``: book the trade and the fee, release what is unused.
+
+    Balances must be locked (usd and the coin); ledger entries are appended to
+    ``entries`` for the caller to insert.
+    """
+    usd, coin = balances[USD], balances[order.coin_id]
+    _reservation_release(order=order, balances=balances)
+    if order.side == Order.Side.BUY:
+        notional, fee = buy_cost(quantity=order.quantity, price=price)
+        if usd.available < notional + fee:
+            _order_reject(
+                order=order,
+                balances=balances,
+                reason="insufficient_funds: the price rose beyond the reserved funds.",
+            )
+            return
+        posts = [
+            (usd, LedgerEntry.Kind.TRADE_BUY, -notional),
+            (usd, LedgerEntry.Kind.FEE, -fee),
+            (coin, LedgerEntry.Kind.TRADE_BUY, order.quantity),
+        ]
+    else:
+        notional, fee = sell_proceeds(quantity=order.quantity, price=price)
+        posts = [
+            (coin, LedgerEntry.Kind.TRADE_SELL, -order.quantity),
+            (usd, LedgerEntry.Kind.TRADE_SELL, notional),
+            (usd, LedgerEntry.Kind.FEE, -fee),
+        ]
+    for balance, kind, amount in posts:
+        if amount:
+            entries.append(ledger_post(balance=balance, kind=kind, amount=amount, order=order))
+    order_status_set(
+        order=order,
+        status=Order.Status.FILLED,
+        filled_price=price,
+        fee=fee,
+        reserved_amount=order.reserved_amount,
+    )
+
+
+def limit_crosses(*, order: Order, price: Decimal) -> bool:
+    if order.side == Order.Side.BUY:
+        return price <= order.limit_price
+    return price >= order.limit_price
+
+
+def _limit_fill_price(*, order: Order, price: Decimal) -> Decimal:
+    """The better of the limit and the market price for the order's owner."""
+    if order.side == Order.Side.BUY:
+        return min(order.limit_price, price)
+    return max(order.limit_price, price)
+
+
+def order_queue_process(*, user_id: int) -> int:
+    """Work through one user's pending orders, oldest first. Returns how many.
+
+    Market orders fill on the latest cached price (never a stale one: rejected,
+    funds released); limit orders fill at once if the price already crosses them,
+    else rest ``open``. Idempotent: only ``pending`` orders are touched, under row
+    locks taken in id order, so a redelivered or concurrent run processes nothing
+    twice and keeps the order of arrival.
+    """
+    from markets.selectors import PriceUnavailable, price_get_fresh
+
+    processed = 0
+    while True:
+        with transaction.atomic():
+            orders = list(
+                Order.objects.select_for_update(of=("self",))
+                .select_related("user")
+                .filter(user_id=user_id, status=Order.Status.PENDING)
+                .order_by("id")[:QUEUE_BATCH_SIZE]
+            )
+            if not orders:
+                return processed
+            user = orders[0].user
+            balances = balances_lock(user=user, assets=[USD, *(o.coin_id for o in orders)])
+            snapshot = {b.asset: (b.available, b.locked) for b in balances.values()}
+            quotes: dict[str, Decimal | PriceUnavailable] = {}
+            entries: list[LedgerEntry] = []
+            for order in orders:
+                order.user = user
+                if order.coin_id not in quotes:
+                    try:
+                        quotes[order.coin_id] = price_get_fresh(coin_id=order.coin_id).price
+                    except PriceUnavailable as exc:
+                        quotes[order.coin_id] = exc
+                quote = quotes[order.coin_id]
+                if order.type == Order.Type.LIMIT:
+                    if isinstance(quote, Decimal) and limit_crosses(order=order, price=quote):
+                        price = _limit_fill_price(order=order, price=quote)
+                        _order_fill(order=order, price=price, balances=balances, entries=entries)
+                    else:
+                        order_status_set(order=order, status=Order.Status.OPEN)
+                elif isinstance(quote, PriceUnavailable):
+                    _order_reject(order=order, balances=balances, reason=quote.message)
+                else:
+                    _order_fill(order=order, price=quote, balances=balances, entries=entries)
+            LedgerEntry.objects.bulk_create(entries)
+            for balance in balances.values():
+                if snapshot[balance.asset] != (balance.available, balance.locked):
+                    _balance_save(balance)
+            processed += len(orders)
+        if len(orders) < QUEUE_BATCH_SIZE:
+            return processed
+
+
+def limit_orders_on_prices(*, prices: dict[str, Decimal]) -> None:
+    """Hook of the price poll: match resting limit orders against these prices.
+
+    Cheap by design (it runs inside the poll): one task is enqueued, which finds the
+    crossing orders through the partial index on open orders by (coin, side, limit).
+    """
+    from orders.tasks import limit_orders_match
+
+    if prices:
+        limit_orders_match.delay(
+            {coin: decimal_plain(price) for coin, price in prices.items()}, time.time()
+        )
+
+
+def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
+    """Fill every open limit order that ``prices`` (a poll at ``as_of``) crosses.
+
+    Each order fills in its own transaction under its row lock, so a concurrent
+    cancel or a second run of the same poll resolves to exactly one outcome.
+    Prices older than ``PRICE_STALE_SECONDS`` fill nothing.
+    """
+    if time.time() - as_of > settings.PRICE_STALE_SECONDS:
+        logger.warning("skipping limit matching on a stale poll", extra={"as_of": as_of})
+        return 0
+    filled = 0
+    for coin_id, price in prices.items():
+        open_orders = Order.objects.filter(status=Order.Status.OPEN, coin_id=coin_id)
+        crossing = list(
+            open_orders.filter(side=Order.Side.BUY, limit_price__gte=price).values_list(
+                "id", flat=True
+            )
+        ) + list(
+            open_orders.filter(side=Order.Side.SELL, limit_price__lte=price).values_list(
+                "id", flat=True
+            )
+        )
+        for order_id in sorted(crossing):
+            filled += _limit_order_fill(order_id=order_id, price=price)
+    return filled
+
+
+@transaction.atomic
+def _limit_order_fill(*, order_id: int, price: Decimal) -> bool:
+    order = (
+        Order.objects.select_for_update(of=("self",))
+        .select_related("user")
+        .filter(pk=order_id, status=Order.Status.OPEN)
+        .first()
+    )
+    if order is None or not limit_crosses(order=order, price=price):
+        return False
+    balances = balances_lock(user=order.user, assets=[USD, order.coin_id])
+    entries: list[LedgerEntry] = []
+    _order_fill(
+        order=order,
+        price=_limit_fill_price(order=order, price=price),
+        balances=balances,
+        entries=entries,
+    )
+    LedgerEntry.objects.bulk_create(entries)
+    for balance in balances.values():
+        _balance_save(balance)
+    return order.status == Order.Status.FILLED
+
+
+@transaction.atomic
+def order_cancel(*, order_id: int, user: User | None = None) -> Order:
+    """Cancel a pending or open order and release its reservation (else 409).
+
+    ``user`` scopes the lookup (others' orders are 404); operators pass none.
+    Racing a fill, the row lock decides: whichever commits first wins.
+    """
+    orders = Order.objects.select_for_update(of=("self",)).select_related("user")
+    if user is not None:
+        orders = orders.filter(user=user)
+    order = orders.filter(pk=order_id).first()
+    if order is None:
+        raise ApplicationError("Not found.", code="not_found", status_code=http.HTTP_404_NOT_FOUND)
+    if order.status not in Order.ACTIVE_STATUSES:
+        raise ApplicationError(
+            f"Only pending or open orders can be cancelled; this one is {order.status}.",
+            code="order_not_cancellable",
+            status_code=http.HTTP_409_CONFLICT,
+        )
+    balances = balances_lock(user=order.user, assets=[order.reserved_asset])
+    _reservation_release(order=order, balances=balances)
+    _balance_save(balances[order.reserved_asset])
+    return order_status_set(
+        order=order, status=Order.Status.CANCELLED, reserved_amount=order.reserved_amount
+    )
+
+
+def order_queue_sweep(*, older_than_seconds: int = 30) -> int:
+    """Re-enqueue the queue of every user with a pending order older than this.
+
+    The safety net for an enqueue lost after commit (broker briefly down); the
+    queue itself is idempotent, so an extra run costs one query.
+    """
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
+    user_ids = list(
+        Order.objects.filter(status=Order.Status.PENDING, created_at__lt=cutoff)
+        .values_list("user_id", flat=True)
+        .distinct()
+    )
+    for user_id in user_ids:
+        _queue_enqueue(user_id)
+    return len(user_ids)

@@ -19,5 +19,21 @@ def user_create(*, usd: Decimal | str | None = None, **assets: Decimal | str) ->
     )
     funding = {USD: usd, **assets} if usd is not None else dict(assets)
     for asset, amount in funding.items():
+        if Decimal(str(amount)) == 0:
+            continue
         wallet_adjust(user=user, asset=asset, amount=Decimal(str(amount)), reason="test funding")
     return user
+
+
+def coins_and_prices(prices: dict[str, str] | None = None, *, age_seconds: float = 0) -> None:
+    """Track the coins and record their latest prices (``age_seconds`` old)."""
+    from datetime import timedelta
+
+    from markets.services import coins_seed, prices_record
+
+    prices = prices or {"bitcoin": "65000", "ethereum": "3000"}
+    coins_seed(coin_ids=list(prices))
+    prices_record(
+        prices={coin: Decimal(p) for coin, p in prices.items()},
+        as_of=timezone.now() - timedelta(seconds=age_seconds),
+    )

@@ -1,0 +1,207 @@
+"""Trading API: one class per operation (orders list/create share a URL, hence one class
+with ``get``/``post``), each validating input, calling one service, serializing output."""
+
+import re
+from decimal import Decimal
+
+from django.http import Http404
+from rest_framework import serializers, status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.ratelimit import rate_limit
+from cryptovault.pagination import CursorPagination
+from orders import selectors, services
+from orders.models import LedgerEntry, Order
+
+ORDER_CREATE_RATE = "20/m"
+
+
+def _order_rate_key(group: str, request) -> str:
+    return str(request.user.pk)
+
+
+class PlainDecimalField(serializers.Field):
+    """Decimal in and out as a plain string.
+
+    In: a decimal string like ``"0.0015"`` (JSON numbers are tolerated when they read
+    the same way); NaN, infinities, exponents, signs, and more than ``decimal_places``
+    decimals or ``max_integer_digits`` integer digits are refused. Out: no exponent,
+    no trailing zeros (``"65000"``, ``"0.00001"``).
+    """
+
+    default_error_messages = {
+        "invalid": 'Enter a positive decimal number as a string, like "0.0015".',
+        "precision": "At most {places} decimal places and {digits} integer digits.",
+        "positive": "Must be greater than zero.",
+    }
+
+    def __init__(self, *, decimal_places: int = 8, max_integer_digits: int = 12, **kwargs):
+        self.decimal_places = decimal_places
+        self.max_integer_digits = max_integer_digits
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data) -> Decimal:
+        if isinstance(data, bool) or not isinstance(data, str | int | float):
+            self.fail("invalid")
+        text = data.strip() if isinstance(data, str) else repr(data)
+        match = re.fullmatch(r"(\d+)(?:\.(\d+))?", text)
+        if match is None:
+            self.fail("invalid")
+        integer, fraction = match.group(1).lstrip("0"), (match.group(2) or "").rstrip("0")
+        if len(fraction) > self.decimal_places or len(integer) > self.max_integer_digits:
+            self.fail("precision", places=self.decimal_places, digits=self.max_integer_digits)
+        value = Decimal(text)
+        if value <= 0:
+            self.fail("positive")
+        return value
+
+    def to_representation(self, value) -> str | None:
+        return None if value is None else services.decimal_plain(Decimal(value))
+
+
+class OrderOutputSerializer(serializers.ModelSerializer):
+    coin = serializers.CharField(source="coin_id")
+    quantity = PlainDecimalField()
+    limit_price = PlainDecimalField()
+    filled_price = PlainDecimalField()
+    fee = PlainDecimalField()
+
+    class Meta:
+        model = Order
+        fields = (
+            "id",
+            "client_order_id",
+            "coin",
+            "side",
+            "type",
+            "quantity",
+            "limit_price",
+            "status",
+            "filled_price",
+            "fee",
+            "reject_reason",
+            "created_at",
+            "updated_at",
+        )
+        read_only_fields = fields
+
+
+class OrderListCreateApi(APIView):
+    class FilterSerializer(serializers.Serializer):
+        status = serializers.ChoiceField(choices=Order.Status.choices, required=False)
+        coin = serializers.CharField(required=False, max_length=100)
+
+    class InputSerializer(serializers.Serializer):
+        coin = serializers.CharField(max_length=100)
+        side = serializers.ChoiceField(choices=Order.Side.choices)
+        type = serializers.ChoiceField(choices=Order.Type.choices)
+        quantity = PlainDecimalField(decimal_places=8)
+        limit_price = PlainDecimalField(decimal_places=12, required=False, allow_null=True)
+        client_order_id = serializers.RegexField(
+            r"^[A-Za-z0-9_.:-]{1,64}$",
+            required=False,
+            allow_null=True,
+            error_messages={"invalid": "1-64 characters of letters, digits and _ . : -"},
+        )
+
+        def validate_coin(self, value: str) -> str:
+            return value.strip().lower()
+
+        def validate(self, attrs: dict) -> dict:
+            is_limit = attrs["type"] == Order.Type.LIMIT
+            if is_limit and attrs.get("limit_price") is None:
+                raise serializers.ValidationError({"limit_price": ["Required for limit orders."]})
+            if not is_limit and attrs.get("limit_price") is not None:
+                raise serializers.ValidationError(
+                    {"limit_price": ["Only limit orders take a limit price."]}
+                )
+            return attrs
+
+    OutputSerializer = OrderOutputSerializer
+
+    def get(self, request):
+        filters = self.FilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        orders = selectors.order_list(user=request.user, **filters.validated_data)
+        paginator = CursorPagination()
+        page = paginator.paginate_queryset(orders, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+    def post(self, request):
+        rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=_order_rate_key)
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        header_key = request.headers.get("Idempotency-Key")
+        client_order_id = data.get("client_order_id")
+        if client_order_id is None and header_key is not None:
+            client_order_id = (
+                self.InputSerializer().fields["client_order_id"].run_validation(header_key.strip())
+            )
+        order, created = services.order_place(
+            user=request.user,
+            coin_id=data["coin"],
+            side=data["side"],
+            type=data["type"],
+            quantity=data["quantity"],
+            limit_price=data.get("limit_price"),
+            client_order_id=client_order_id,
+        )
+        return Response(
+            self.OutputSerializer(order).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
+
+
+class OrderDetailApi(APIView):
+    OutputSerializer = OrderOutputSerializer
+
+    def get(self, request, order_id: int):
+        order = selectors.order_get(user=request.user, order_id=order_id)
+        if order is None:
+            raise Http404
+        return Response(self.OutputSerializer(order).data)
+
+
+class OrderCancelApi(APIView):
+    OutputSerializer = OrderOutputSerializer
+
+    def post(self, request, order_id: int):
+        order = services.order_cancel(order_id=order_id, user=request.user)
+        return Response(self.OutputSerializer(order).data)
+
+
+class PortfolioApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        class BalanceSerializer(serializers.Serializer):
+            asset = serializers.CharField()
+            available = PlainDecimalField()
+            locked = PlainDecimalField()
+            price = PlainDecimalField()
+            value_usd = PlainDecimalField()
+
+        balances = BalanceSerializer(many=True)
+        total_value_usd = PlainDecimalField()
+
+    def get(self, request):
+        portfolio = selectors.portfolio_get(user=request.user)
+        return Response(self.OutputSerializer(portfolio).data)
+
+
+class TransactionListApi(APIView):
+    class OutputSerializer(serializers.ModelSerializer):
+        amount = PlainDecimalField()
+        balance_after = PlainDecimalField()
+        order = serializers.IntegerField(source="order_id", allow_null=True)
+
+        class Meta:
+            model = LedgerEntry
+            fields = ("id", "kind", "asset", "amount", "balance_after", "order", "created_at")
+            read_only_fields = fields
+
+    def get(self, request):
+        entries = selectors.ledger_entry_list(user=request.user)
+        paginator = CursorPagination()
+        page = paginator.paginate_queryset(entries, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)

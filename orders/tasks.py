@@ -1,0 +1,38 @@
+"""The order queue. Tasks take ids (or plain values), call one service and are
+idempotent: ``acks_late`` means a worker killed mid-task gets the message
+redelivered, and the services only ever act on orders still in the right status."""
+
+from decimal import Decimal
+
+from celery import shared_task
+from django.db import OperationalError
+
+from orders import services
+
+_RETRY = {
+    # Lock timeouts, deadlocks and dropped connections are worth another try.
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 10,
+    "max_retries": 8,
+    "acks_late": True,
+    "soft_time_limit": 60,
+    "time_limit": 90,
+}
+
+
+@shared_task(name="orders.queue_process", **_RETRY)
+def order_queue_process(user_id: int) -> int:
+    return services.order_queue_process(user_id=user_id)
+
+
+@shared_task(name="orders.limit_orders_match", **_RETRY)
+def limit_orders_match(prices: dict[str, str], as_of: float) -> int:
+    return services.limit_orders_fill(
+        prices={coin: Decimal(price) for coin, price in prices.items()}, as_of=as_of
+    )
+
+
+@shared_task(name="orders.queue_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
+def order_queue_sweep() -> int:
+    return services.order_queue_sweep()

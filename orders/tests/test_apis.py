@@ -1,0 +1,263 @@
+from decimal import Decimal
+
+import pytest
+from django.urls import reverse
+
+from orders import services
+from orders.models import Order
+from orders.tests.factories import coins_and_prices, user_create
+
+pytestmark = pytest.mark.django_db
+
+ORDERS = "/api/v1/orders"
+
+
+@pytest.fixture(autouse=True)
+def _market():
+    coins_and_prices({"bitcoin": "65000", "ethereum": "3000"})
+
+
+@pytest.fixture
+def user():
+    return user_create(usd="10000", bitcoin="1")
+
+
+@pytest.fixture
+def client(api_client, user):
+    api_client.force_authenticate(user)
+    return api_client
+
+
+def order_body(**kw):
+    return {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.01", **kw}
+
+
+def test_place_answers_201_with_the_pending_order(client):
+    response = client.post(ORDERS, order_body(client_order_id="c-1"), format="json")
+    assert response.status_code == 201, response.content
+    body = response.json()
+    assert set(body) == {
+        "id",
+        "client_order_id",
+        "coin",
+        "side",
+        "type",
+        "quantity",
+        "limit_price",
+        "status",
+        "filled_price",
+        "fee",
+        "reject_reason",
+        "created_at",
+        "updated_at",
+    }
+    assert body["status"] == "pending"
+    assert (body["coin"], body["quantity"], body["client_order_id"]) == ("bitcoin", "0.01", "c-1")
+    assert body["limit_price"] is None and body["filled_price"] is None
+    assert body["created_at"].endswith("Z")
+
+
+def test_repeat_with_client_order_id_or_idempotency_key_returns_the_first_order(client, user):
+    first = client.post(ORDERS, order_body(client_order_id="same"), format="json")
+    again = client.post(ORDERS, order_body(client_order_id="same"), format="json")
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+
+    keyed = client.post(ORDERS, order_body(), format="json", HTTP_IDEMPOTENCY_KEY="k-9")
+    keyed_again = client.post(ORDERS, order_body(), format="json", HTTP_IDEMPOTENCY_KEY="k-9")
+    assert (keyed.status_code, keyed_again.status_code) == (201, 200)
+    assert keyed_again.json()["id"] == keyed.json()["id"]
+    assert keyed.json()["client_order_id"] == "k-9"
+    assert Order.objects.filter(user=user).count() == 2
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"quantity": "NaN"},
+        {"quantity": "Infinity"},
+        {"quantity": "-Infinity"},
+        {"quantity": "1e-3"},
+        {"quantity": "1E3"},
+        {"quantity": "-0.1"},
+        {"quantity": "0"},
+        {"quantity": "0.000000001"},
+        {"quantity": "abc"},
+        {"quantity": ""},
+        {"quantity": True},
+        {"quantity": 1e-05},
+        {"quantity": ["1"]},
+        {"quantity": "1" * 40},
+        {"coin": "not-a-coin"},
+        {"coin": ""},
+        {"side": "hold"},
+        {"type": "stop"},
+        {"type": "limit"},
+        {"type": "limit", "limit_price": "-5"},
+        {"type": "limit", "limit_price": "NaN"},
+        {"limit_price": "60000"},
+        {"client_order_id": "x" * 65},
+        {"client_order_id": "no spaces"},
+    ],
+)
+def test_bad_input_is_400_never_500(client, changes):
+    response = client.post(ORDERS, order_body(**changes), format="json")
+    assert response.status_code == 400, response.content
+    assert not Order.objects.exists()
+
+
+def test_missing_fields_and_non_json_are_400(client):
+    assert client.post(ORDERS, {}, format="json").status_code == 400
+    response = client.post(ORDERS, "{not json", content_type="application/json")
+    assert response.status_code == 400
+    response = client.post(ORDERS, '{"quantity": NaN}', content_type="application/json")
+    assert response.status_code == 400
+
+
+def test_json_number_quantity_is_accepted_when_plain(client):
+    response = client.post(ORDERS, order_body(quantity=0.5, side="sell"), format="json")
+    assert response.status_code == 201, response.content
+    assert response.json()["quantity"] == "0.5"
+
+
+def test_insufficient_funds_is_400_with_code(client):
+    response = client.post(ORDERS, order_body(quantity="10"), format="json")
+    assert response.status_code == 400
+    assert response.json()["code"] == "insufficient_funds"
+
+
+def test_unauthenticated_is_401(api_client):
+    assert api_client.post(ORDERS, order_body(), format="json").status_code == 401
+    assert api_client.get(ORDERS).status_code == 401
+    assert api_client.get("/api/v1/portfolio").status_code == 401
+    assert api_client.get("/api/v1/transactions").status_code == 401
+
+
+def test_list_filters_and_paginates_newest_first(client, user):
+    ids = []
+    for i in range(5):
+        body = order_body(type="limit", limit_price="1000", quantity="0.01", coin="ethereum")
+        if i % 2:
+            body = order_body(quantity="0.001")
+        ids.append(client.post(ORDERS, body, format="json").json()["id"])
+    services.order_queue_process(user_id=user.pk)
+
+    page = client.get(ORDERS, {"page_size": 2}).json()
+    assert [o["id"] for o in page["results"]] == ids[::-1][:2]
+    assert page["previous"] is None and page["next"]
+    rest = client.get(page["next"]).json()
+    assert [o["id"] for o in rest["results"]] == ids[::-1][2:4]
+
+    open_ = client.get(ORDERS, {"status": "open"}).json()["results"]
+    assert [o["id"] for o in open_] == [ids[4], ids[2], ids[0]]
+    filled = client.get(ORDERS, {"status": "filled", "coin": "bitcoin"}).json()["results"]
+    assert [o["id"] for o in filled] == [ids[3], ids[1]]
+    assert client.get(ORDERS, {"coin": "solana"}).json()["results"] == []
+    assert client.get(ORDERS, {"status": "bogus"}).status_code == 400
+
+
+def test_detail_and_cancel_of_others_orders_are_404(client, api_client):
+    other = user_create(usd="10000")
+    theirs = services.order_place(
+        user=other,
+        coin_id="bitcoin",
+        side="buy",
+        type="limit",
+        quantity=Decimal("0.01"),
+        limit_price=Decimal("100"),
+    )[0]
+    assert client.get(f"{ORDERS}/{theirs.pk}").status_code == 404
+    assert client.post(f"{ORDERS}/{theirs.pk}/cancel").status_code == 404
+    assert client.get(f"{ORDERS}/999999999").status_code == 404
+    assert client.get(f"{ORDERS}/abc").status_code == 404
+    theirs.refresh_from_db()
+    assert theirs.status == "pending"
+
+
+def test_detail_and_cancel(client):
+    created = client.post(
+        ORDERS, order_body(type="limit", limit_price="50000"), format="json"
+    ).json()
+    detail = client.get(f"{ORDERS}/{created['id']}")
+    assert detail.status_code == 200
+    assert detail.json()["limit_price"] == "50000"
+    cancelled = client.post(f"{ORDERS}/{created['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] == "cancelled"
+    again = client.post(f"{ORDERS}/{created['id']}/cancel")
+    assert again.status_code == 409
+    assert again.json()["code"] == "order_not_cancellable"
+
+
+def test_portfolio_values_balances_at_latest_prices(client, user):
+    client.post(
+        ORDERS, order_body(type="limit", limit_price="50000", quantity="0.1"), format="json"
+    )
+    body = client.get("/api/v1/portfolio").json()
+    assert body == {
+        "balances": [
+            {
+                "asset": "usd",
+                "available": "4995",
+                "locked": "5005",
+                "price": "1",
+                "value_usd": "10000",
+            },
+            {
+                "asset": "bitcoin",
+                "available": "1",
+                "locked": "0",
+                "price": "65000",
+                "value_usd": "65000",
+            },
+        ],
+        "total_value_usd": "75000",
+    }
+
+
+def test_portfolio_of_a_new_user_is_zero_usd(api_client):
+    api_client.force_authenticate(user_create())
+    assert api_client.get("/api/v1/portfolio").json() == {
+        "balances": [
+            {"asset": "usd", "available": "0", "locked": "0", "price": "1", "value_usd": "0"}
+        ],
+        "total_value_usd": "0",
+    }
+
+
+def test_transactions_are_signed_ledger_entries_newest_first(client, user):
+    order_id = client.post(ORDERS, order_body(quantity="0.1"), format="json").json()["id"]
+    services.order_queue_process(user_id=user.pk)
+    body = client.get(reverse("v1:transactions")).json()
+    rows = [
+        (r["kind"], r["asset"], r["amount"], r["balance_after"], r["order"])
+        for r in body["results"]
+    ]
+    assert rows == [
+        ("trade_buy", "bitcoin", "0.1", "1.1", order_id),
+        ("fee", "usd", "-6.5", "3493.5", order_id),
+        ("trade_buy", "usd", "-6500", "3500", order_id),
+        ("operator_credit", "bitcoin", "1", "1", None),
+        ("operator_credit", "usd", "10000", "10000", None),
+    ]
+    assert set(body["results"][0]) == {
+        "id",
+        "kind",
+        "asset",
+        "amount",
+        "balance_after",
+        "order",
+        "created_at",
+    }
+
+
+def test_order_create_is_rate_limited_per_user(client, settings):
+    settings.RATELIMIT_ENABLE = True
+    for _ in range(20):
+        assert client.post(ORDERS, order_body(quantity="0.0001"), format="json").status_code == 201
+    response = client.post(ORDERS, order_body(quantity="0.0001"), format="json")
+    assert response.status_code == 429
+    assert int(response["Retry-After"]) >= 1
+    # Another user has a bucket of their own.
+    client.force_authenticate(user_create(usd="100"))
+    assert client.post(ORDERS, order_body(quantity="0.0001"), format="json").status_code == 201

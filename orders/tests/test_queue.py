@@ -1,0 +1,192 @@
+"""The order queue end to end: real worker thread, real broker, racing requests."""
+
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+from django.db import connection
+
+from cryptovault.exceptions import ApplicationError
+from orders import services
+from orders.models import USD, Balance, LedgerEntry, Order
+from orders.tasks import order_queue_process
+from orders.tests.factories import coins_and_prices, user_create
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def _market():
+    coins_and_prices({"bitcoin": "65000", "ethereum": "3000"})
+
+
+def _queued() -> int:
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default").llen("orders")
+
+
+def wait_until(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def race(n: int, fn):
+    """Run ``fn(i)`` in ``n`` threads released together; returns results/exceptions."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def run(i):
+        barrier.wait()
+        try:
+            results[i] = fn(i)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertions
+            results[i] = exc
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_api_order_is_filled_by_the_worker(celery_worker, api_client):
+    user = user_create(usd="10000")
+    api_client.force_authenticate(user)
+    response = api_client.post(
+        "/api/v1/orders",
+        {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.1"},
+        format="json",
+    )
+    assert response.status_code == 201
+    order_id = response.json()["id"]
+    wait_until(lambda: Order.objects.get(pk=order_id).status == "filled")
+    body = api_client.get(f"/api/v1/orders/{order_id}").json()
+    assert (body["filled_price"], body["fee"]) == ("65000", "6.5")
+    assert Balance.objects.get(user=user, asset=USD).available == Decimal("3493.5")
+
+
+def test_16_concurrent_orders_racing_for_one_balance_never_overspend(celery_worker):
+    # Each order costs 650 + 0.65 fee; 10000 covers 15 of them, not 16.
+    user = user_create(usd="10000")
+
+    def place(_):
+        return services.order_place(
+            user=user,
+            coin_id="bitcoin",
+            side="buy",
+            type="limit",
+            quantity=Decimal("0.01"),
+            limit_price=Decimal("65000"),
+        )[0]
+
+    results = race(16, place)
+    accepted = [r for r in results if isinstance(r, Order)]
+    refused = [r for r in results if isinstance(r, ApplicationError)]
+    assert (len(accepted), len(refused)) == (15, 1), results
+    assert refused[0].code == "insufficient_funds"
+    wait_until(lambda: Order.objects.filter(user=user, status="filled").count() == 15)
+    usd = Balance.objects.get(user=user, asset=USD)
+    assert (usd.available, usd.locked) == (Decimal("10000") - 15 * Decimal("650.65"), 0)
+    assert Balance.objects.get(user=user, asset="bitcoin").available == Decimal("0.15")
+
+
+def test_racing_repeats_of_one_client_order_id_create_one_order_and_one_reservation():
+    user = user_create(usd="10000")
+
+    def place(i):
+        # Half buy, half sell: the twins lock different balance rows, so only the
+        # unique constraint can stop the second one.
+        return services.order_place(
+            user=user,
+            coin_id="bitcoin",
+            side="buy" if i % 2 else "sell",
+            type="limit",
+            quantity=Decimal("0.01"),
+            limit_price=Decimal("60000"),
+            client_order_id="twin",
+        )
+
+    services.wallet_adjust(user=user, asset="bitcoin", amount=Decimal("1"), reason="sells")
+    results = race(8, place)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    assert sum(created for _, created in results) == 1
+    assert len({order.pk for order, _ in results}) == 1
+    assert Order.objects.filter(user=user).count() == 1
+    locked = Balance.objects.filter(user=user).values_list("locked", flat=True)
+    assert sorted(locked) == sorted([Decimal(0), Order.objects.get().reserved_amount])
+
+
+def test_cancel_racing_a_fill_resolves_to_one_outcome():
+    for _ in range(5):
+        user = user_create(usd="10000")
+        order = services.order_place(
+            user=user,
+            coin_id="bitcoin",
+            side="buy",
+            type="limit",
+            quantity=Decimal("0.1"),
+            limit_price=Decimal("60000"),
+        )[0]
+        services.order_queue_process(user_id=user.pk)
+
+        def act(i, order=order, user=user):
+            if i == 0:
+                return services.order_cancel(order_id=order.pk, user=user).status
+            return services.limit_orders_fill(
+                prices={"bitcoin": Decimal("59000")}, as_of=time.time()
+            )
+
+        outcome = race(2, act)
+        order.refresh_from_db()
+        if order.status == "cancelled":
+            assert outcome == ["cancelled", 0]
+            assert not LedgerEntry.objects.filter(order=order).exists()
+        else:
+            assert order.status == "filled"
+            assert isinstance(outcome[0], ApplicationError) and outcome[1] == 1
+            assert LedgerEntry.objects.filter(order=order).count() == 3
+        assert Balance.objects.get(user=user, asset=USD).locked == 0
+
+
+def test_redelivered_task_fills_once(celery_worker):
+    user = user_create(usd="10000")
+    order = services.order_place(
+        user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.1")
+    )[0]
+    wait_until(lambda: Order.objects.get(pk=order.pk).status == "filled")
+    # The broker hands the same message out again (worker died before the ack).
+    order_queue_process.delay(user.pk)
+    order_queue_process.apply(args=(user.pk,))
+    wait_until(lambda: not _queued())
+    assert LedgerEntry.objects.filter(order=order).count() == 3
+    assert Balance.objects.get(user=user, asset=USD).available == Decimal("3493.5")
+
+
+def test_users_are_processed_in_parallel_each_in_arrival_order(celery_worker):
+    users = [user_create(usd="100000", bitcoin="2") for _ in range(4)]
+    placed = {u.pk: [] for u in users}
+    for i in range(6):
+        for u in users:
+            side = "sell" if i % 2 else "buy"
+            placed[u.pk].append(
+                services.order_place(
+                    user=u,
+                    coin_id="bitcoin",
+                    side=side,
+                    type="market",
+                    quantity=Decimal("0.1"),
+                )[0].pk
+            )
+    wait_until(lambda: Order.objects.filter(status="filled").count() == 24)
+    for u in users:
+        booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]

@@ -1,0 +1,296 @@
+from decimal import Decimal
+
+import pytest
+from django.db import transaction
+from django.test import override_settings
+
+from cryptovault.exceptions import ApplicationError
+from orders import services
+from orders.models import USD, Balance, LedgerEntry, Order
+from orders.tests.factories import coins_and_prices, user_create
+
+pytestmark = pytest.mark.django_db
+
+
+def bal(user, asset=USD) -> tuple[Decimal, Decimal]:
+    b = Balance.objects.filter(user=user, asset=asset).first()
+    return (b.available, b.locked) if b else (Decimal(0), Decimal(0))
+
+
+def place(user, **kw) -> Order:
+    kw.setdefault("coin_id", "bitcoin")
+    kw.setdefault("side", "buy")
+    kw.setdefault("type", "market")
+    kw["quantity"] = Decimal(kw.get("quantity", "0.1"))
+    if kw.get("limit_price") is not None:
+        kw["limit_price"] = Decimal(kw["limit_price"])
+    order, created = services.order_place(user=user, **kw)
+    assert created
+    return order
+
+
+def process(user) -> None:
+    services.order_queue_process(user_id=user.pk)
+
+
+@pytest.fixture(autouse=True)
+def _market():
+    coins_and_prices({"bitcoin": "65000", "ethereum": "3000"})
+
+
+def test_market_buy_reserves_with_buffer_then_fills_with_fee_and_releases_the_rest():
+    user = user_create(usd="10000")
+    order = place(user, quantity="0.1")
+    assert order.status == "pending"
+    # 6500 notional + 6.5 fee, plus the 2% buffer.
+    assert bal(user) == (Decimal("10000") - Decimal("6636.63"), Decimal("6636.63"))
+    process(user)
+    order.refresh_from_db()
+    assert order.status == "filled"
+    assert order.filled_price == Decimal("65000")
+    assert order.fee == Decimal("6.5")
+    assert bal(user) == (Decimal("3493.5"), 0)
+    assert bal(user, "bitcoin") == (Decimal("0.1"), 0)
+    entries = {(e.asset, e.kind): e.amount for e in LedgerEntry.objects.filter(order=order)}
+    assert entries == {
+        ("usd", "trade_buy"): Decimal("-6500"),
+        ("usd", "fee"): Decimal("-6.5"),
+        ("bitcoin", "trade_buy"): Decimal("0.1"),
+    }
+
+
+def test_market_buy_of_everything_reserves_only_what_is_available():
+    user = user_create(usd="6506.5")
+    place(user, quantity="0.1")
+    assert bal(user) == (0, Decimal("6506.5"))
+    process(user)
+    assert bal(user) == (0, 0)
+    assert bal(user, "bitcoin") == (Decimal("0.1"), 0)
+
+
+def test_market_sell_credits_proceeds_minus_fee():
+    user = user_create(usd="0", bitcoin="1")
+    order = place(user, side="sell", quantity="0.5")
+    assert bal(user, "bitcoin") == (Decimal("0.5"), Decimal("0.5"))
+    process(user)
+    order.refresh_from_db()
+    assert (order.status, order.fee) == ("filled", Decimal("32.5"))
+    assert bal(user) == (Decimal("32467.5"), 0)
+    assert bal(user, "bitcoin") == (Decimal("0.5"), 0)
+
+
+@pytest.mark.parametrize(
+    ("funding", "order"),
+    [
+        ({"usd": "6506.49"}, {"quantity": "0.1"}),
+        ({"usd": "100", "bitcoin": "0.1"}, {"side": "sell", "quantity": "0.10000001"}),
+        ({"usd": "6000"}, {"type": "limit", "limit_price": "60000", "quantity": "0.1"}),
+    ],
+)
+def test_insufficient_funds_reserves_nothing(funding, order):
+    user = user_create(**funding)
+    before = list(Balance.objects.filter(user=user).values_list("asset", "available", "locked"))
+    with pytest.raises(ApplicationError) as exc:
+        place(user, **order)
+    assert exc.value.code == "insufficient_funds"
+    assert not Order.objects.filter(user=user).exists()
+    after = list(Balance.objects.filter(user=user).values_list("asset", "available", "locked"))
+    assert after == before
+
+
+def test_price_rising_beyond_the_reservation_rejects_and_releases():
+    user = user_create(usd="6600")
+    order = place(user, quantity="0.1")
+    coins_and_prices({"bitcoin": "70000"})
+    process(user)
+    order.refresh_from_db()
+    assert order.status == "rejected"
+    assert order.reject_reason.startswith("insufficient_funds")
+    assert bal(user) == (Decimal("6600"), 0)
+
+
+def test_price_rising_within_available_takes_the_difference():
+    user = user_create(usd="10000")
+    order = place(user, quantity="0.1")
+    coins_and_prices({"bitcoin": "70000"})
+    process(user)
+    order.refresh_from_db()
+    assert (order.status, order.filled_price, order.fee) == ("filled", 70000, Decimal("7"))
+    assert bal(user) == (Decimal("2993"), 0)
+
+
+@override_settings(PRICE_STALE_SECONDS=60)
+def test_stale_price_rejects_with_reason_and_releases_funds():
+    user = user_create(usd="10000", bitcoin="1")
+    coins_and_prices({"bitcoin": "65000"}, age_seconds=120)
+    buy = place(user, quantity="0.1")  # reserved against the last (stale) price
+    sell = place(user, side="sell", quantity="0.2")
+    process(user)
+    for order in (buy, sell):
+        order.refresh_from_db()
+        assert order.status == "rejected"
+        assert "stale" in order.reject_reason
+    assert bal(user) == (Decimal("10000"), 0)
+    assert bal(user, "bitcoin") == (Decimal("1"), 0)
+
+
+def test_market_buy_without_any_price_is_refused_at_once():
+    user = user_create(usd="10000")
+    from markets.services import coins_seed
+
+    coins_seed(coin_ids=["solana"])
+    with pytest.raises(ApplicationError) as exc:
+        place(user, coin_id="solana")
+    assert (exc.value.code, exc.value.status_code) == ("price_unavailable", 503)
+
+
+def test_untracked_coin_is_refused():
+    user = user_create(usd="10000")
+    with pytest.raises(ApplicationError) as exc:
+        place(user, coin_id="not-a-coin")
+    assert exc.value.code == "unknown_coin"
+
+
+def test_limit_buy_rests_open_then_fills_on_the_first_crossing_poll_at_the_better_price():
+    user = user_create(usd="10000")
+    order = place(user, type="limit", limit_price="60000", quantity="0.1")
+    # 6000 + 6 fee reserved, exactly.
+    assert bal(user) == (Decimal("3994"), Decimal("6006"))
+    process(user)
+    order.refresh_from_db()
+    assert order.status == "open"
+
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("60001")}, as_of=now()) == 0
+    order.refresh_from_db()
+    assert order.status == "open"
+
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("59000")}, as_of=now()) == 1
+    order.refresh_from_db()
+    assert (order.status, order.filled_price, order.fee) == ("filled", 59000, Decimal("5.9"))
+    assert bal(user) == (Decimal("10000") - Decimal("5905.9"), 0)
+    assert bal(user, "bitcoin") == (Decimal("0.1"), 0)
+    # A later poll finds nothing more to do.
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("58000")}, as_of=now()) == 0
+
+
+def test_limit_sell_fills_when_the_price_reaches_it():
+    user = user_create(usd="0", ethereum="2")
+    order = place(
+        user, coin_id="ethereum", side="sell", type="limit", limit_price="3500", quantity="2"
+    )
+    process(user)
+    assert services.limit_orders_fill(prices={"ethereum": Decimal("3499.99")}, as_of=now()) == 0
+    assert services.limit_orders_fill(prices={"ethereum": Decimal("3600")}, as_of=now()) == 1
+    order.refresh_from_db()
+    assert (order.status, order.filled_price, order.fee) == ("filled", 3600, Decimal("7.2"))
+    assert bal(user) == (Decimal("7192.8"), 0)
+    assert bal(user, "ethereum") == (0, 0)
+
+
+def test_marketable_limit_fills_at_once_at_the_market_price():
+    user = user_create(usd="10000")
+    order = place(user, type="limit", limit_price="70000", quantity="0.1")
+    process(user)
+    order.refresh_from_db()
+    assert (order.status, order.filled_price) == ("filled", 65000)
+    assert bal(user) == (Decimal("3493.5"), 0)
+
+
+def test_limit_matching_ignores_a_stale_poll():
+    user = user_create(usd="10000")
+    order = place(user, type="limit", limit_price="60000", quantity="0.1")
+    process(user)
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() - 3600) == 0
+    order.refresh_from_db()
+    assert order.status == "open"
+
+
+def test_cancel_pending_and_open_release_funds_anything_else_is_409():
+    user = user_create(usd="10000")
+    pending = place(user, type="limit", limit_price="60000", quantity="0.1")
+    services.order_cancel(order_id=pending.pk, user=user)
+    assert bal(user) == (Decimal("10000"), 0)
+
+    resting = place(user, type="limit", limit_price="60000", quantity="0.1")
+    process(user)
+    cancelled = services.order_cancel(order_id=resting.pk, user=user)
+    assert cancelled.status == "cancelled"
+    assert bal(user) == (Decimal("10000"), 0)
+
+    with pytest.raises(ApplicationError) as exc:
+        services.order_cancel(order_id=resting.pk, user=user)
+    assert (exc.value.status_code, exc.value.code) == (409, "order_not_cancellable")
+    # A cancelled order no longer fills.
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now()) == 0
+
+
+def test_cancel_of_someone_elses_order_is_not_found():
+    owner, other = user_create(usd="10000"), user_create(usd="10000")
+    order = place(owner, type="limit", limit_price="60000", quantity="0.1")
+    with pytest.raises(ApplicationError) as exc:
+        services.order_cancel(order_id=order.pk, user=other)
+    assert exc.value.status_code == 404
+
+
+def test_queue_processes_each_users_orders_in_the_order_received():
+    user = user_create(usd="100000", bitcoin="1")
+    orders = [
+        place(user, quantity="0.1"),
+        place(user, side="sell", quantity="0.3"),
+        place(user, coin_id="ethereum", quantity="1"),
+        place(user, side="sell", quantity="0.2"),
+    ]
+    process(user)
+    filled_in = list(
+        LedgerEntry.objects.filter(user=user, order__isnull=False)
+        .order_by("id")
+        .values_list("order_id", flat=True)
+        .distinct()
+    )
+    assert list(dict.fromkeys(filled_in)) == [o.pk for o in orders]
+
+
+def test_client_order_id_repeat_returns_the_first_order_and_reserves_once():
+    user = user_create(usd="10000")
+    first = place(user, quantity="0.1", client_order_id="abc-1")
+    again, created = services.order_place(
+        user=user,
+        coin_id="bitcoin",
+        side="buy",
+        type="market",
+        quantity=Decimal("0.1"),
+        client_order_id="abc-1",
+    )
+    assert (created, again.pk) == (False, first.pk)
+    assert Order.objects.filter(user=user).count() == 1
+    assert bal(user)[1] == Decimal("6636.63")
+    # The same key belongs to each user separately.
+    other = user_create(usd="10000")
+    place(other, quantity="0.1", client_order_id="abc-1")
+
+
+def test_a_crash_mid_queue_loses_nothing_and_a_rerun_fills_once():
+    user = user_create(usd="10000")
+    order = place(user, quantity="0.1")
+
+    class WorkerKilled(Exception):
+        pass
+
+    with pytest.raises(WorkerKilled), transaction.atomic():
+        process(user)
+        raise WorkerKilled
+    order.refresh_from_db()
+    assert order.status == "pending"
+    assert not LedgerEntry.objects.filter(order=order).exists()
+
+    process(user)
+    process(user)  # the redelivered message
+    order.refresh_from_db()
+    assert order.status == "filled"
+    assert LedgerEntry.objects.filter(order=order).count() == 3
+
+
+def now() -> float:
+    import time
+
+    return time.time()
