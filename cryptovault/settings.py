@@ -197,6 +197,45 @@ PRICE_STALE_SECONDS = env.int("PRICE_STALE_SECONDS", default=60)
 SIGNUP_BONUS_USD = env.str("SIGNUP_BONUS_USD", default="10000")
 TRADING_FEE_RATE = Decimal(env.str("TRADING_FEE_RATE", default="0.001"))
 SIMULATOR_PORT = env.int("SIMULATOR_PORT", default=8765)
+# Market data client: per-call timeouts, retries (5xx/timeouts) with exponential back-off.
+MARKET_DATA_CONNECT_TIMEOUT = env.float("MARKET_DATA_CONNECT_TIMEOUT", default=3.0)
+MARKET_DATA_READ_TIMEOUT = env.float("MARKET_DATA_READ_TIMEOUT", default=5.0)
+MARKET_DATA_RETRIES = env.int("MARKET_DATA_RETRIES", default=2)
+MARKET_DATA_RETRY_BACKOFF = env.float("MARKET_DATA_RETRY_BACKOFF", default=0.5)
+# Venue tickers: one coin per run, round-robin, so 6 s adds 10 calls/min to the 6 of the
+# price poll, inside CoinGecko Demo's ~30/min with room for details and charts.
+TICKERS_POLL_SECONDS = env.int("TICKERS_POLL_SECONDS", default=6)
+ARBITRAGE_MIN_NET_PCT = Decimal(env.str("ARBITRAGE_MIN_NET_PCT", default="0"))
+ARBITRAGE_MAX_AGE_SECONDS = env.int("ARBITRAGE_MAX_AGE_SECONDS", default=600)
+# Taker fee per venue (CoinGecko exchange id); others pay ARBITRAGE_DEFAULT_FEE.
+ARBITRAGE_VENUE_FEES = {
+    "binance": Decimal("0.001"),
+    "gdax": Decimal("0.004"),
+    "kraken": Decimal("0.0026"),
+    "bitstamp": Decimal("0.003"),
+    "okex": Decimal("0.001"),
+}
+ARBITRAGE_DEFAULT_FEE = Decimal(env.str("ARBITRAGE_DEFAULT_FEE", default="0.002"))
+COIN_DETAILS_CACHE_SECONDS = env.int("COIN_DETAILS_CACHE_SECONDS", default=300)
+# One history row per coin per interval (PostgreSQL), kept for a year.
+PRICE_HISTORY_INTERVAL_SECONDS = env.int("PRICE_HISTORY_INTERVAL_SECONDS", default=60)
+PRICE_HISTORY_RETENTION_DAYS = 366
+# Queued runs expire after one period: a worker that was down does not replay a backlog.
+CELERY_BEAT_SCHEDULE["markets-prices-poll"] = {
+    "task": "markets.prices_poll",
+    "schedule": float(PRICE_POLL_SECONDS),
+    "options": {"expires": PRICE_POLL_SECONDS, "expire_seconds": PRICE_POLL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["markets-tickers-poll"] = {
+    "task": "markets.tickers_poll",
+    "schedule": float(TICKERS_POLL_SECONDS),
+    "options": {"expires": TICKERS_POLL_SECONDS, "expire_seconds": TICKERS_POLL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["markets-history-prune"] = {
+    "task": "markets.history_prune",
+    "schedule": 86400.0,
+    "options": {"expires": 3600, "expire_seconds": 3600},
+}
 
 # --- Email ---------------------------------------------------------------------
 _email = env.email_url("EMAIL_URL", default="consolemail://")

@@ -16,3 +16,22 @@ class Coin(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.symbol.upper()})"
+
+
+class PricePoint(models.Model):
+    """One usd price of a coin per history interval (``PRICE_HISTORY_INTERVAL_SECONDS``),
+    appended by the poller; ``ts`` is the start of the interval, so a retried poll never
+    writes a second row for the same interval."""
+
+    coin = models.ForeignKey(Coin, on_delete=models.CASCADE, related_name="price_points")
+    ts = models.DateTimeField()
+    price = models.DecimalField(max_digits=40, decimal_places=18)
+
+    class Meta:
+        ordering = ("coin", "ts")
+        constraints = [
+            models.UniqueConstraint(fields=["coin", "ts"], name="markets_pricepoint_coin_ts")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.coin_id} {self.ts:%Y-%m-%d %H:%M} {self.price}"

@@ -1,1 +1,7 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from markets.consumers import PricesConsumer
+
+websocket_urlpatterns = [
+    path("ws/prices", PricesConsumer.as_asgi()),
+]

@@ -10,21 +10,33 @@ Redis layout of the price store (written only by ``markets.services.prices_recor
   volume, per-coin ``as_of`` and ``source``) for callers that need one coin or typed values.
 """
 
+import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
 
 import orjson
 from django.conf import settings
+from django.db import connection
+from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.utils import timezone
 from django_redis import get_redis_connection
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
+from markets.models import Coin, PricePoint
+from markets.sources import SourceError, SourceNotFound, source_client
+
+logger = logging.getLogger(__name__)
 
 PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
 PRICES_BODY_KEY = "cv:markets:prices:body"
 PRICES_QUOTES_KEY = "cv:markets:prices:quotes"
+TICKERS_KEY_PREFIX = "cv:markets:tickers:coin:"
+DETAILS_KEY_PREFIX = "cv:markets:details:"
+CHART_KEY_PREFIX = "cv:markets:chart:"
+PCT = Decimal("0.0001")
 
 # The stale flag sits before "prices" in the stored body, so the first match is the flag.
 STALE_FALSE = b'"stale":false'
@@ -102,3 +114,237 @@ def price_get_fresh(*, coin_id: str) -> PriceQuote:
         as_of=datetime.fromtimestamp(quote["as_of"], tz=UTC),
         source=quote["source"],
     )
+
+
+# --- coins -----------------------------------------------------------------------------------
+def coin_get(*, coin_id: str) -> Coin | None:
+    return Coin.objects.filter(pk=coin_id).first()
+
+
+def _coins_matching(search: str) -> QuerySet[Coin]:
+    """Tracked coins matching ``search``, annotated with ``rank``: 0 exact id or symbol,
+    1 prefix of id, symbol or name, 2 name (or id) contains."""
+    term = search.strip()
+    return (
+        Coin.objects.filter(tracked=True)
+        .annotate(
+            rank=Case(
+                When(Q(id__iexact=term) | Q(symbol__iexact=term), then=Value(0)),
+                When(
+                    Q(id__istartswith=term)
+                    | Q(symbol__istartswith=term)
+                    | Q(name__istartswith=term),
+                    then=Value(1),
+                ),
+                When(Q(name__icontains=term) | Q(id__icontains=term), then=Value(2)),
+                default=None,
+                output_field=IntegerField(),
+            )
+        )
+        .filter(rank__isnull=False)
+    )
+
+
+def coin_list(*, search: str | None = None) -> list[dict]:
+    """Tracked coins with their latest quote, biggest market cap first (or, when searching,
+    best match first). Tracked coins are few, so ranking happens here, not in SQL."""
+    coins = (
+        _coins_matching(search) if search and search.strip() else Coin.objects.filter(tracked=True)
+    )
+    quotes = price_quotes()
+    rows = []
+    for coin in coins:
+        quote = quotes.get(coin.id, {})
+        rows.append(
+            {
+                "id": coin.id,
+                "symbol": coin.symbol,
+                "name": coin.name,
+                "price": quote.get("usd"),
+                "change_24h_pct": quote.get("change_24h_pct"),
+                "market_cap": quote.get("market_cap"),
+                "volume_24h": quote.get("volume_24h"),
+                "last_updated": quote.get("last_updated"),
+                "_rank": getattr(coin, "rank", 0),
+            }
+        )
+    rows.sort(
+        key=lambda r: (
+            r.pop("_rank"),
+            r["market_cap"] is None,
+            -Decimal(r["market_cap"] or 0),
+            r["id"],
+        )
+    )
+    return rows
+
+
+def coin_details(*, coin: Coin) -> dict:
+    """Description, links, supply, ATH/ATL from the source (cached in Redis for
+    ``COIN_DETAILS_CACHE_SECONDS``), with our own latest quote on top. When the source is
+    down and nothing is cached, the coin is still served, with empty details."""
+    redis = get_redis_connection("default")
+    key = DETAILS_KEY_PREFIX + coin.id
+    raw = redis.get(key)
+    if raw is not None:
+        details = orjson.loads(raw)
+    else:
+        try:
+            with source_client() as client:
+                details = client.coin_details(coin_id=coin.id)
+        except SourceNotFound:
+            details = {}
+        except SourceError as exc:
+            logger.warning("coin details unavailable", extra={"coin": coin.id, "error": str(exc)})
+            details = None
+        if details is not None:
+            redis.set(key, orjson.dumps(details), ex=settings.COIN_DETAILS_CACHE_SECONDS)
+    details = details or {}
+    market = details.get("market_data") or {}
+    quote = price_quotes().get(coin.id, {})
+    empty_extreme = {"price": None, "change_pct": None, "date": None}
+    return {
+        "id": coin.id,
+        "symbol": coin.symbol,
+        "name": coin.name,
+        "tracked": coin.tracked,
+        "price": quote.get("usd") or market.get("price"),
+        "change_24h_pct": quote.get("change_24h_pct") or market.get("change_24h_pct"),
+        "market_cap": quote.get("market_cap") or market.get("market_cap"),
+        "volume_24h": quote.get("volume_24h") or market.get("volume_24h"),
+        "high_24h": market.get("high_24h"),
+        "low_24h": market.get("low_24h"),
+        "last_updated": quote.get("last_updated") or market.get("last_updated"),
+        "market_cap_rank": details.get("market_cap_rank"),
+        "description": details.get("description", ""),
+        "categories": details.get("categories", []),
+        "genesis_date": details.get("genesis_date"),
+        "image": details.get("image"),
+        "links": details.get("links", {}),
+        "supply": details.get("supply", {"circulating": None, "total": None, "max": None}),
+        "ath": details.get("ath", empty_extreme),
+        "atl": details.get("atl", empty_extreme),
+    }
+
+
+# --- history -----------------------------------------------------------------------------------
+def history_step_seconds(days: int) -> int:
+    """CoinGecko's market_chart granularity: 5-minutely for 1 day, hourly to 90, daily beyond."""
+    return 300 if days <= 1 else 3600 if days <= 90 else 86400
+
+
+def _history_from_db(*, coin_id: str, since: datetime, step: int) -> list[list]:
+    # The last price of each step-wide bucket, bucketed by PostgreSQL (a year of minutes
+    # is half a million rows; only the buckets travel).
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT DISTINCT ON (bucket) date_bin(%s::interval, ts, %s) AS bucket, ts, price
+            FROM {PricePoint._meta.db_table}
+            WHERE coin_id = %s AND ts >= %s
+            ORDER BY bucket, ts DESC
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            [timedelta(seconds=step), datetime(2000, 1, 1, tzinfo=UTC), coin_id, since],
+        )
+        return [
+            [int(ts.timestamp() * 1000), format(price.normalize(), "f")]
+            for _bucket, ts, price in cursor.fetchall()
+        ]
+
+
+def coin_history(*, coin_id: str, days: int) -> list[list]:
+    """``[[epoch ms, "price"], ...]`` over the last ``days``: from our own history when it
+    reaches back that far, else from the source's ``market_chart`` (cached)."""
+    step = history_step_seconds(days)
+    since = timezone.now() - timedelta(days=days)
+    earliest = (
+        PricePoint.objects.filter(coin_id=coin_id)
+        .order_by("ts")
+        .values_list("ts", flat=True)
+        .first()
+    )
+    covered = earliest is not None and earliest <= since + timedelta(
+        seconds=max(step, settings.PRICE_HISTORY_INTERVAL_SECONDS)
+    )
+    if covered:
+        return _history_from_db(coin_id=coin_id, since=since, step=step)
+    redis = get_redis_connection("default")
+    key = f"{CHART_KEY_PREFIX}{coin_id}:{days}"
+    cached = redis.get(key)
+    if cached is not None:
+        return orjson.loads(cached)
+    try:
+        with source_client() as client:
+            points = client.market_chart(coin_id=coin_id, days=days)
+    except SourceError as exc:
+        logger.warning("market chart unavailable", extra={"coin": coin_id, "error": str(exc)})
+        if earliest is not None:  # a partial history beats none
+            return _history_from_db(coin_id=coin_id, since=since, step=step)
+        raise ApplicationError(
+            "Price history is unavailable right now.",
+            code="history_unavailable",
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        ) from exc
+    encoded = [[ms, format(price.normalize(), "f")] for ms, price in points]
+    redis.set(key, orjson.dumps(encoded), ex=min(step, 3600))
+    return encoded
+
+
+# --- arbitrage ---------------------------------------------------------------------------
+def _venue_fee(exchange: str) -> Decimal:
+    return settings.ARBITRAGE_VENUE_FEES.get(exchange, settings.ARBITRAGE_DEFAULT_FEE)
+
+
+def _best_pair(venues: list[dict]) -> dict | None:
+    """The (buy, sell) venue pair with the best return after both taker fees."""
+    best = None
+    for buy in venues:
+        cost = Decimal(buy["price"]) * (1 + _venue_fee(buy["exchange"]))
+        for sell in venues:
+            if sell is buy:
+                continue
+            proceeds = Decimal(sell["price"]) * (1 - _venue_fee(sell["exchange"]))
+            net_pct = (proceeds - cost) / cost * 100
+            if best is None or net_pct > best[0]:
+                best = (net_pct, buy, sell)
+    if best is None:
+        return None
+    net_pct, buy, sell = best
+    buy_price, sell_price = Decimal(buy["price"]), Decimal(sell["price"])
+    return {
+        "buy_exchange": buy["exchange"],
+        "buy_price": buy["price"],
+        "buy_fee_rate": format(_venue_fee(buy["exchange"]), "f"),
+        "sell_exchange": sell["exchange"],
+        "sell_price": sell["price"],
+        "sell_fee_rate": format(_venue_fee(sell["exchange"]), "f"),
+        "spread_pct": (sell_price - buy_price) / buy_price * 100,
+        "net_pct": net_pct,
+    }
+
+
+def arbitrage_opportunities(*, min_net_pct: Decimal | None = None) -> dict:
+    """Best buy venue vs best sell venue per tracked coin, from the polled venue tickers;
+    only pairs whose ``net_pct`` (after both venues' fees) beats the threshold, best first."""
+    threshold = settings.ARBITRAGE_MIN_NET_PCT if min_net_pct is None else min_net_pct
+    coin_ids = sorted(Coin.objects.filter(tracked=True).values_list("id", flat=True))
+    raws = (
+        get_redis_connection("default").mget([TICKERS_KEY_PREFIX + c for c in coin_ids])
+        if coin_ids
+        else []
+    )
+    opportunities, latest = [], None
+    for coin_id, raw in zip(coin_ids, raws, strict=True):
+        if raw is None:
+            continue
+        data = orjson.loads(raw)
+        latest = max(latest or 0.0, data["as_of"])
+        pair = _best_pair(data["venues"])
+        if pair is not None and pair["net_pct"] > threshold:
+            opportunities.append({"coin": coin_id, **pair})
+    opportunities.sort(key=lambda o: o["net_pct"], reverse=True)
+    for opportunity in opportunities:
+        for field in ("spread_pct", "net_pct"):
+            opportunity[field] = format(opportunity[field].quantize(PCT, ROUND_HALF_EVEN), "f")
+    as_of = datetime.fromtimestamp(latest, tz=UTC) if latest is not None else None
+    return {"as_of": as_of, "opportunities": opportunities}

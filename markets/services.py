@@ -1,21 +1,39 @@
 """Writes of market data: coins in PostgreSQL, the latest prices in Redis."""
 
-from datetime import UTC, datetime
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
 from markets import realtime
-from markets.models import Coin
+from markets.models import Coin, PricePoint
 from markets.selectors import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
     PRICES_QUOTES_KEY,
+    TICKERS_KEY_PREFIX,
+    price_quotes,
+    prices_are_stale,
     prices_snapshot,
 )
+from markets.sources import (
+    CoinGeckoClient,
+    MarketQuote,
+    SourceError,
+    simulated_fallback_reset,
+    simulated_quotes,
+    source_client,
+)
+
+logger = logging.getLogger(__name__)
+
+TICKERS_CURSOR_KEY = "cv:markets:tickers:cursor"
 
 # Names for the default tracked coins, so a fresh install shows sensible rows
 # before the first poll fills in whatever the source reports.
@@ -34,8 +52,8 @@ KNOWN_COINS: dict[str, tuple[str, str]] = {
 
 
 def decimal_str(value: Decimal | None) -> str | None:
-    """A plain decimal string (never exponent notation, so ``1E-8`` reads ``0.00000001``)."""
-    return None if value is None else format(value, "f")
+    """A plain decimal string without trailing zeros or exponent (``1E-8`` -> ``0.00000001``)."""
+    return None if value is None else format(value.normalize(), "f")
 
 
 def iso_utc(moment: datetime) -> str:
@@ -150,3 +168,150 @@ def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list
     snapshot = prices_snapshot()
     realtime.prices_tick_publish(as_of=snapshot["as_of"], prices=snapshot["prices"])
     limit_orders_on_prices(prices=prices)
+
+
+@dataclass(frozen=True)
+class PollResult:
+    as_of: datetime
+    source: str
+    prices: dict[str, Decimal]
+    changed: list[str]
+
+
+def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
+    """One price poll: fetch ``coins/markets`` for every tracked coin in one call, record
+    the prices in Redis, append history and fan the tick out.
+
+    On a source failure the last good prices stay as they are (they turn stale on their
+    own). With ``MARKET_DATA_FALLBACK=simulated`` and no fresh prices left, the simulator's
+    model serves instead, continuing from the last good prices, marked ``simulated``.
+    Returns ``None`` when nothing was recorded.
+    """
+    coins = {c.id: c for c in Coin.objects.filter(tracked=True)}
+    if not coins:
+        return None
+    source = "coingecko"
+    try:
+        if client is None:
+            with source_client() as own_client:
+                quotes = own_client.coins_markets(ids=sorted(coins))
+        else:
+            quotes = client.coins_markets(ids=sorted(coins))
+        simulated_fallback_reset()
+    except SourceError as exc:
+        logger.warning("price poll failed", extra={"error": str(exc)})
+        quotes = _fallback_quotes(coins)
+        if quotes is None:
+            return None
+        source = "simulated"
+    if not quotes:
+        return None
+    previous = {coin_id: quote["usd"] for coin_id, quote in price_quotes().items()}
+    prices = {quote.id: quote.price for quote in quotes}
+    as_of = prices_record(
+        prices=prices,
+        source=source,
+        extra={
+            quote.id: {
+                "change_24h_pct": quote.change_24h_pct,
+                "market_cap": quote.market_cap,
+                "volume_24h": quote.volume_24h,
+                "last_updated": quote.last_updated,
+            }
+            for quote in quotes
+        },
+    )
+    if source == "coingecko":
+        # Simulated prices are not history: charts show only what a source reported.
+        history_append(as_of=as_of, prices=prices)
+        _coins_refresh_names(coins=coins, quotes=quotes)
+    changed = [
+        coin_id for coin_id, price in prices.items() if previous.get(coin_id) != decimal_str(price)
+    ]
+    prices_on_tick(as_of=as_of, prices=prices, changed=changed)
+    return PollResult(as_of=as_of, source=source, prices=prices, changed=changed)
+
+
+def _fallback_quotes(coins: dict[str, Coin]) -> list[MarketQuote] | None:
+    if settings.MARKET_DATA_FALLBACK != "simulated":
+        return None
+    redis = get_redis_connection("default")
+    as_of_raw = redis.get(PRICES_AS_OF_KEY)
+    last = price_quotes()
+    last_source = next(iter(last.values()), {}).get("source")
+    real_and_fresh = last_source == "coingecko" and not prices_are_stale(
+        as_of_epoch=float(as_of_raw) if as_of_raw else None
+    )
+    if real_and_fresh:
+        return None  # the last good prices still serve; no need to make any up
+    return simulated_quotes(
+        coins={c.id: (c.symbol, c.name) for c in coins.values()},
+        anchor={coin_id: Decimal(q["usd"]) for coin_id, q in last.items() if coin_id in coins},
+    )
+
+
+def _coins_refresh_names(*, coins: dict[str, Coin], quotes: list[MarketQuote]) -> None:
+    """Take symbol and name from the source (seeded rows may carry placeholder names)."""
+    for quote in quotes:
+        coin = coins.get(quote.id)
+        if coin is not None and (coin.symbol, coin.name) != (quote.symbol, quote.name):
+            coin.symbol, coin.name = quote.symbol, quote.name
+            coin.save(update_fields=["symbol", "name", "updated_at"])
+
+
+def history_append(*, as_of: datetime, prices: dict[str, Decimal]) -> int:
+    """One row per coin per history interval; a second write in the same interval is a
+    no-op (idempotent retries, and a 10 s poll does not grow the table 6x)."""
+    interval = settings.PRICE_HISTORY_INTERVAL_SECONDS
+    bucket = datetime.fromtimestamp(as_of.timestamp() // interval * interval, tz=UTC)
+    rows = [
+        PricePoint(coin_id=coin_id, ts=bucket, price=price) for coin_id, price in prices.items()
+    ]
+    return len(PricePoint.objects.bulk_create(rows, ignore_conflicts=True))
+
+
+def history_prune() -> int:
+    cutoff = timezone.now() - timedelta(days=settings.PRICE_HISTORY_RETENTION_DAYS)
+    deleted, _ = PricePoint.objects.filter(ts__lt=cutoff).delete()
+    return deleted
+
+
+def tickers_poll(*, client: CoinGeckoClient | None = None) -> str | None:
+    """Fetch venue tickers for the next tracked coin (round-robin, one call per run, so the
+    call rate stays fixed however many coins are tracked) and store them for arbitrage."""
+    coin_ids = sorted(Coin.objects.filter(tracked=True).values_list("id", flat=True))
+    if not coin_ids:
+        return None
+    redis = get_redis_connection("default")
+    coin_id = coin_ids[(redis.incr(TICKERS_CURSOR_KEY) - 1) % len(coin_ids)]
+    try:
+        if client is None:
+            with source_client() as own_client:
+                venues = own_client.tickers(coin_id=coin_id)
+        else:
+            venues = client.tickers(coin_id=coin_id)
+    except SourceError as exc:
+        logger.warning("tickers poll failed", extra={"coin": coin_id, "error": str(exc)})
+        return None
+    tickers_record(coin_id=coin_id, venues=[(v.exchange, v.name, v.price) for v in venues])
+    return coin_id
+
+
+def tickers_record(
+    *, coin_id: str, venues: list[tuple[str, str, Decimal]], as_of: datetime | None = None
+) -> None:
+    """Store one coin's venue quotes ``[(exchange id, name, usd price)]``; they expire
+    after ``ARBITRAGE_MAX_AGE_SECONDS`` so arbitrage never runs on old quotes."""
+    as_of = as_of or timezone.now()
+    body = orjson.dumps(
+        {
+            "as_of": as_of.timestamp(),
+            "venues": [
+                {"exchange": exchange, "name": name, "price": decimal_str(price)}
+                for exchange, name, price in venues
+            ],
+        }
+    )
+    get_redis_connection("default").set(
+        TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS
+    )

@@ -1,0 +1,185 @@
+"""Market data API. Every endpoint is public (market data is not personal), so none runs
+authentication: a stale or bogus token in a browser never breaks a price chart."""
+
+import asyncio
+import logging
+import weakref
+
+import redis.asyncio as aioredis
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from drf_spectacular.utils import extend_schema
+from redis.exceptions import RedisError
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cryptovault.pagination import PageNumberPagination
+from markets import selectors
+
+logger = logging.getLogger(__name__)
+
+
+class PublicApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+class CoinListApi(PublicApi):
+    class InputSerializer(serializers.Serializer):
+        search = serializers.CharField(required=False, allow_blank=True, max_length=100)
+
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.CharField()
+        symbol = serializers.CharField()
+        name = serializers.CharField()
+        price = serializers.CharField(allow_null=True)
+        change_24h_pct = serializers.CharField(allow_null=True)
+        market_cap = serializers.CharField(allow_null=True)
+        volume_24h = serializers.CharField(allow_null=True)
+        last_updated = serializers.CharField(allow_null=True)
+
+    @extend_schema(parameters=[InputSerializer], responses=OutputSerializer(many=True))
+    def get(self, request):
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        coins = selectors.coin_list(search=params.validated_data.get("search"))
+        paginator = PageNumberPagination()
+        page = paginator.paginate_queryset(coins, request, view=self)
+        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+
+
+def _coin_or_404(coin_id: str):
+    coin = selectors.coin_get(coin_id=coin_id)
+    if coin is None:
+        raise Http404
+    return coin
+
+
+class CoinDetailApi(PublicApi):
+    class OutputSerializer(serializers.Serializer):
+        id = serializers.CharField()
+        symbol = serializers.CharField()
+        name = serializers.CharField()
+        tracked = serializers.BooleanField()
+        price = serializers.CharField(allow_null=True)
+        change_24h_pct = serializers.CharField(allow_null=True)
+        market_cap = serializers.CharField(allow_null=True)
+        volume_24h = serializers.CharField(allow_null=True)
+        high_24h = serializers.CharField(allow_null=True)
+        low_24h = serializers.CharField(allow_null=True)
+        last_updated = serializers.CharField(allow_null=True)
+        market_cap_rank = serializers.CharField(allow_null=True)
+        description = serializers.CharField(allow_blank=True)
+        categories = serializers.ListField(child=serializers.CharField())
+        genesis_date = serializers.CharField(allow_null=True)
+        image = serializers.CharField(allow_null=True)
+        links = serializers.JSONField()
+        supply = serializers.JSONField()
+        ath = serializers.JSONField()
+        atl = serializers.JSONField()
+
+    @extend_schema(responses=OutputSerializer)
+    def get(self, request, coin_id: str):
+        details = selectors.coin_details(coin=_coin_or_404(coin_id))
+        return Response(self.OutputSerializer(details).data)
+
+
+class CoinHistoryApi(PublicApi):
+    class InputSerializer(serializers.Serializer):
+        days = serializers.IntegerField(min_value=1, max_value=365, default=7)
+
+    class OutputSerializer(serializers.Serializer):
+        coin = serializers.CharField()
+        days = serializers.IntegerField()
+        prices = serializers.ListField(child=serializers.ListField())
+
+    @extend_schema(parameters=[InputSerializer], responses=OutputSerializer)
+    def get(self, request, coin_id: str):
+        coin = _coin_or_404(coin_id)
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        days = params.validated_data["days"]
+        prices = selectors.coin_history(coin_id=coin.id, days=days)
+        return Response(
+            self.OutputSerializer({"coin": coin.id, "days": days, "prices": prices}).data
+        )
+
+
+class ArbitrageApi(PublicApi):
+    class InputSerializer(serializers.Serializer):
+        min_net_pct = serializers.DecimalField(
+            max_digits=12, decimal_places=4, required=False, min_value=-100, max_value=1000
+        )
+
+    class OpportunitySerializer(serializers.Serializer):
+        coin = serializers.CharField()
+        buy_exchange = serializers.CharField()
+        buy_price = serializers.CharField()
+        buy_fee_rate = serializers.CharField()
+        sell_exchange = serializers.CharField()
+        sell_price = serializers.CharField()
+        sell_fee_rate = serializers.CharField()
+        spread_pct = serializers.CharField()
+        net_pct = serializers.CharField()
+
+    class OutputSerializer(serializers.Serializer):
+        as_of = serializers.DateTimeField(allow_null=True)
+        opportunities = serializers.ListField()
+
+    @extend_schema(parameters=[InputSerializer], responses=OutputSerializer)
+    def get(self, request):
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        result = selectors.arbitrage_opportunities(
+            min_net_pct=params.validated_data.get("min_net_pct")
+        )
+        result["opportunities"] = self.OpportunitySerializer(
+            result["opportunities"], many=True
+        ).data
+        return Response(self.OutputSerializer(result).data)
+
+
+# --- GET /prices: the hottest endpoint -----------------------------------------------------------
+# A plain async Django view rather than DRF: no ORM, no serializer, no thread hop. The body
+# is encoded once per poll by ``prices_record``; a request costs one Redis MGET.
+_redis_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_redis() -> aioredis.Redis:
+    # redis.asyncio connections belong to one event loop; tests run several loops.
+    loop = asyncio.get_running_loop()
+    client = _redis_by_loop.get(loop)
+    if client is None:
+        client = aioredis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+        )
+        _redis_by_loop[loop] = client
+    return client
+
+
+async def prices(request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "HEAD"):
+        response = JsonResponse(
+            {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"},
+            status=405,
+        )
+        response["Allow"] = "GET, HEAD"
+        return response
+    try:
+        body, as_of = await _async_redis().mget(
+            selectors.PRICES_BODY_KEY, selectors.PRICES_AS_OF_KEY
+        )
+    except RedisError:
+        logger.warning("prices unavailable: redis error", exc_info=True)
+        return JsonResponse(
+            {"detail": "Prices are unavailable right now.", "code": "price_unavailable"},
+            status=503,
+        )
+    return HttpResponse(
+        selectors.prices_body_render(body=body, as_of_raw=as_of),
+        content_type="application/json",
+    )

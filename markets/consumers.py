@@ -1,0 +1,318 @@
+"""``/ws/prices``: the public price stream, and the per-process feed behind it.
+
+Fan-out: ``markets.realtime.prices_tick_publish`` publishes each tick once, already
+encoded, on one Redis pub/sub channel. Every web process holds a single subscription
+(``PriceFeed``) and hands that same text to each of its sockets; sockets that
+subscribed to some coins get a narrowed frame, built once per tick per distinct coin
+set. Nothing is written per socket in Redis, so the cost of a tick in Redis does not
+grow with the audience (unlike ``group_send``, which writes once per member and
+drops silently on full channels).
+
+Each socket has a bounded outbox drained by its own writer task, so one slow client
+never delays the others. A socket whose outbox overflows gets one fresh snapshot
+instead of its backlog; after a Redis reconnect every socket gets a fresh snapshot,
+because ticks published while the subscription was down are lost.
+"""
+
+import asyncio
+import logging
+import os
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from markets.realtime import prices_channel
+from markets.selectors import prices_snapshot_bytes
+
+logger = logging.getLogger(__name__)
+
+# Ticks a socket may have queued before it is considered too slow and re-synced.
+OUTBOX_LIMIT = 32
+# New connections within this window share one snapshot read (a tick invalidates it).
+SNAPSHOT_CACHE_SECONDS = 1.0
+TRACKED_CACHE_SECONDS = 60.0
+MAX_CLIENT_MESSAGE_CHARS = 4096
+MAX_SUBSCRIBED_COINS = 200
+_COIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_RESYNC = object()
+
+
+def _parse_as_of(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _encode(frame: dict) -> str:
+    return orjson.dumps(frame).decode()
+
+
+class PriceFeed:
+    """This process's one subscription to price ticks, fanned out to its sockets."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _bind(self) -> None:
+        # One feed per event loop: a process serves one loop, tests start a new one each.
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        self._loop = loop
+        self._sockets: set[PricesConsumer] = set()
+        self._task: asyncio.Task | None = None
+        self._ready = asyncio.Event()
+        self._snapshot: tuple[float, datetime | None, str] | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._tracked: tuple[float, frozenset[str]] | None = None
+        self.resyncs = 0
+
+    async def join(self, socket: "PricesConsumer") -> None:
+        """Register a socket; returns once ticks are flowing (or Redis is known down)."""
+        self._bind()
+        self._sockets.add(socket)
+        if self._task is None or self._task.done():
+            self._ready.clear()
+            self._task = asyncio.ensure_future(self._run())
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout=2)
+        except TimeoutError:
+            logger.warning("price feed not subscribed yet; the socket is re-synced later")
+
+    def leave(self, socket: "PricesConsumer") -> None:
+        if self._loop is not asyncio.get_running_loop():
+            return
+        self._sockets.discard(socket)
+        if not self._sockets and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def snapshot(self) -> tuple[datetime | None, str]:
+        """The ``snapshot`` frame text (as of the latest poll), shared by new connections."""
+        async with self._snapshot_lock:
+            cached = self._snapshot
+            if cached is None or time.monotonic() - cached[0] > SNAPSHOT_CACHE_SECONDS:
+                body = await sync_to_async(prices_snapshot_bytes, thread_sensitive=False)()
+                as_of = _parse_as_of(orjson.loads(body).get("as_of"))
+                # The stored body is the GET /prices object; prefix the type, no re-encoding.
+                text = '{"type":"snapshot",' + body.decode()[1:]
+                cached = self._snapshot = (time.monotonic(), as_of, text)
+            return cached[1], cached[2]
+
+    async def tracked_coins(self) -> frozenset[str]:
+        from markets.models import Coin
+
+        cached = self._tracked
+        if cached is None or time.monotonic() - cached[0] > TRACKED_CACHE_SECONDS:
+            ids = await database_sync_to_async(
+                lambda: frozenset(Coin.objects.filter(tracked=True).values_list("id", flat=True))
+            )()
+            cached = self._tracked = (time.monotonic(), ids)
+        return cached[1]
+
+    async def _run(self) -> None:
+        delay = 0.2
+        subscribed_before = False
+        while True:
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL,
+                socket_connect_timeout=2,
+                socket_keepalive=True,
+                health_check_interval=15,
+                client_name=f"cv-price-feed-{os.getpid()}",
+            )
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(prices_channel())
+                self._ready.set()
+                if subscribed_before:
+                    self._resync_all()
+                subscribed_before = True
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is not None and message["type"] == "message":
+                        self._fan_out(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("price feed lost Redis; reconnecting in %.1fs", delay, exc_info=True)
+                self._ready.clear()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:  # noqa: S110 - the connection is being dropped anyway
+                    pass
+
+    def _resync_all(self) -> None:
+        self.resyncs += 1
+        self._snapshot = None
+        for socket in list(self._sockets):
+            socket.resync()
+
+    def _fan_out(self, data: bytes) -> None:
+        text = data.decode()
+        try:
+            tick = orjson.loads(data)
+            as_of = _parse_as_of(tick["as_of"])
+            prices = tick["prices"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            logger.error("malformed price tick on %s: %.200s", prices_channel(), text)
+            return
+        self._snapshot = None
+        narrowed: dict[frozenset[str], str] = {}
+        for socket in list(self._sockets):
+            coins = socket.coins
+            if coins is None:
+                socket.deliver(as_of, text)
+                continue
+            frame = narrowed.get(coins)
+            if frame is None:
+                subset = {coin: entry for coin, entry in prices.items() if coin in coins}
+                frame = narrowed[coins] = _encode(
+                    {"type": "tick", "as_of": tick["as_of"], "prices": subset}
+                )
+            socket.deliver(as_of, frame)
+
+
+price_feed = PriceFeed()
+
+
+class PricesConsumer(AsyncWebsocketConsumer):
+    """Public price stream: snapshot on connect, then a tick per poll.
+
+    Client messages: ``{"type":"ping"}`` → ``{"type":"pong"}``;
+    ``{"type":"subscribe","coins":[...]}`` narrows ticks to those coins;
+    ``{"type":"unsubscribe"}`` widens them again. Anything else gets
+    ``{"type":"error","code","detail"}`` and the socket stays open.
+    """
+
+    # Ticks come from the process's PriceFeed, not from the channel layer, so this
+    # consumer needs no channel of its own (an unconfigured alias means none).
+    channel_layer_alias = "prices-feed-no-channel-layer"
+
+    coins: frozenset[str] | None = None
+    dropped = 0
+
+    async def dispatch(self, message: dict) -> None:
+        # The base class closes stale DB connections (a thread hop) before every
+        # message; this consumer never touches the database on the hot path.
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def connect(self) -> None:
+        self._outbox: asyncio.Queue = asyncio.Queue()
+        self._writer: asyncio.Task | None = None
+        await self.accept()
+        await price_feed.join(self)
+        try:
+            as_of, snapshot = await price_feed.snapshot()
+        except Exception:
+            logger.exception("price snapshot unavailable")
+            await self.close(code=1011)
+            return
+        # Ticks queued while the snapshot was read and no newer than it are in it already.
+        self._discard_until(as_of)
+        await self.send(text_data=snapshot)
+        self._writer = asyncio.ensure_future(self._write())
+
+    async def disconnect(self, code: int) -> None:
+        price_feed.leave(self)
+        if getattr(self, "_writer", None) is not None:
+            self._writer.cancel()
+
+    def deliver(self, as_of: datetime | None, frame: str) -> None:
+        """Queue a tick (called by the feed, in the event loop; never blocks)."""
+        backlog = self._outbox.qsize()
+        if backlog >= OUTBOX_LIMIT:
+            self.dropped += backlog
+            logger.info("price socket too slow; replacing %d frames with a snapshot", backlog)
+            self.resync()
+            return
+        self._outbox.put_nowait((as_of, frame))
+
+    def resync(self) -> None:
+        """Replace whatever is queued with one fresh snapshot."""
+        while not self._outbox.empty():
+            self._outbox.get_nowait()
+        self._outbox.put_nowait((None, _RESYNC))
+
+    def _discard_until(self, as_of: datetime | None) -> None:
+        queued = []
+        while not self._outbox.empty():
+            queued.append(self._outbox.get_nowait())
+        for item in queued:
+            if as_of is None or item[0] is None or item[0] > as_of:
+                self._outbox.put_nowait(item)
+
+    async def _write(self) -> None:
+        # The only task that writes to this socket, so frames never interleave.
+        while True:
+            _, frame = await self._outbox.get()
+            if frame is _RESYNC:
+                try:
+                    _, frame = await price_feed.snapshot()
+                except Exception:
+                    logger.warning("snapshot for re-sync unavailable", exc_info=True)
+                    continue
+            await self.send(text_data=frame)
+
+    def _reply(self, frame: dict) -> None:
+        self._outbox.put_nowait((None, _encode(frame)))
+
+    def _error(self, code: str, detail: str, **extra: Any) -> None:
+        self._reply({"type": "error", "code": code, "detail": detail, **extra})
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if text_data is None:
+            return self._error("invalid_message", "Send JSON text frames.")
+        if len(text_data) > MAX_CLIENT_MESSAGE_CHARS:
+            return self._error("invalid_message", "Message too large.")
+        try:
+            message = orjson.loads(text_data)
+        except orjson.JSONDecodeError:
+            return self._error("invalid_message", "Message is not valid JSON.")
+        if not isinstance(message, dict):
+            return self._error("invalid_message", "Message must be a JSON object.")
+        kind = message.get("type")
+        if kind == "ping":
+            return self._reply({"type": "pong"})
+        if kind == "subscribe":
+            return await self._subscribe(message.get("coins"))
+        if kind == "unsubscribe":
+            self.coins = None
+            return None
+        return self._error("unknown_type", "Expected type ping, subscribe or unsubscribe.")
+
+    async def _subscribe(self, coins: Any) -> None:
+        if (
+            not isinstance(coins, list)
+            or not coins
+            or len(coins) > MAX_SUBSCRIBED_COINS
+            or not all(isinstance(coin, str) and _COIN_ID.match(coin) for coin in coins)
+        ):
+            return self._error(
+                "invalid_coins",
+                f"coins must be a list of 1 to {MAX_SUBSCRIBED_COINS} coin ids.",
+            )
+        unknown = sorted(set(coins) - await price_feed.tracked_coins())
+        if unknown:
+            return self._error("unknown_coins", "Not tracked coins.", coins=unknown)
+        self.coins = frozenset(coins)
+        return None

@@ -1,0 +1,216 @@
+"""The simulator's market: seeded random-walk prices around realistic levels, per-venue
+quotes, and synthetic history.
+
+Pure Python with no I/O, so the same model answers HTTP in the ``simulator`` process and
+serves prices in-process when ``MARKET_DATA_FALLBACK=simulated`` and the source is down.
+Thread-safe (a Celery worker may use it from several threads).
+"""
+
+import math
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+# id -> (symbol, name, price in usd, circulating supply, max supply or None, genesis date)
+CATALOG: dict[str, tuple[str, str, float, float, float | None, str | None]] = {
+    "bitcoin": ("btc", "Bitcoin", 65000.0, 19_790_000, 21_000_000, "2009-01-03"),
+    "ethereum": ("eth", "Ethereum", 3200.0, 120_300_000, None, "2015-07-30"),
+    "tether": ("usdt", "Tether", 1.0, 120_000_000_000, None, None),
+    "binancecoin": ("bnb", "BNB", 580.0, 145_900_000, 200_000_000, "2017-07-08"),
+    "solana": ("sol", "Solana", 150.0, 470_000_000, None, "2020-03-16"),
+    "ripple": ("xrp", "XRP", 0.55, 56_000_000_000, 100_000_000_000, None),
+    "usd-coin": ("usdc", "USDC", 1.0, 35_000_000_000, None, None),
+    "cardano": ("ada", "Cardano", 0.45, 35_500_000_000, 45_000_000_000, "2017-09-23"),
+    "dogecoin": ("doge", "Dogecoin", 0.15, 146_000_000_000, None, "2013-12-08"),
+    "tron": ("trx", "TRON", 0.12, 87_000_000_000, None, "2017-09-13"),
+    "litecoin": ("ltc", "Litecoin", 80.0, 75_000_000, 84_000_000, "2011-10-07"),
+    "polkadot": ("dot", "Polkadot", 6.5, 1_450_000_000, None, "2020-05-26"),
+    "chainlink": ("link", "Chainlink", 14.0, 608_000_000, 1_000_000_000, "2017-09-19"),
+    "avalanche-2": ("avax", "Avalanche", 30.0, 395_000_000, 720_000_000, "2020-09-21"),
+    "shiba-inu": ("shib", "Shiba Inu", 0.000018, 589_000_000_000_000, None, "2020-08-01"),
+    "stellar": ("xlm", "Stellar", 0.11, 29_000_000_000, 50_001_806_812, "2014-07-31"),
+    "monero": ("xmr", "Monero", 160.0, 18_400_000, None, "2014-04-18"),
+    "bitcoin-cash": ("bch", "Bitcoin Cash", 380.0, 19_700_000, 21_000_000, "2017-08-01"),
+    "uniswap": ("uni", "Uniswap", 8.0, 600_000_000, 1_000_000_000, "2020-09-17"),
+    "near": ("near", "NEAR Protocol", 5.0, 1_100_000_000, None, "2020-04-22"),
+}
+STABLECOINS = frozenset({"tether", "usd-coin"})
+
+# Venue id (CoinGecko exchange identifier) -> (display name, taker fee rate). The
+# platform's default fee table (settings.ARBITRAGE_VENUE_FEES) mirrors these.
+VENUES: dict[str, tuple[str, float]] = {
+    "binance": ("Binance", 0.001),
+    "gdax": ("Coinbase Exchange", 0.004),
+    "kraken": ("Kraken", 0.0026),
+    "bitstamp": ("Bitstamp", 0.003),
+    "okex": ("OKX", 0.001),
+}
+DEFAULT_VENUE_FEE = 0.002
+
+DAILY_VOLATILITY = 0.03
+VENUE_DISPERSION = 0.0015  # std-dev of a venue's price around the mid
+MAX_STEP_SECONDS = 3600.0  # an idle model does not jump by days at once
+
+
+def significant(value: float, digits: int = 8) -> float:
+    """Round to ``digits`` significant figures, as exchanges quote."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return round(value, digits - 1 - math.floor(math.log10(abs(value))))
+
+
+@dataclass
+class CoinState:
+    id: str
+    symbol: str
+    name: str
+    mid: float
+    open_24h: float
+    circulating_supply: float
+    max_supply: float | None
+    genesis_date: str | None
+    frozen: bool = False
+    venue_offsets: dict[str, float] = field(default_factory=dict)
+    venue_overrides: dict[str, float] = field(default_factory=dict)
+
+
+class MarketModel:
+    def __init__(self, *, seed: int = 42, now: float | None = None) -> None:
+        self.seed = seed
+        self._rng = random.Random(seed)  # noqa: S311 - simulated prices, not secrets
+        self._lock = threading.Lock()
+        self.walk_enabled = True
+        self.updated_at = now if now is not None else time.time()
+        self.venues: dict[str, tuple[str, float]] = dict(VENUES)
+        self.coins: dict[str, CoinState] = {}
+        for coin_id, (symbol, name, price, supply, max_supply, genesis) in CATALOG.items():
+            self._add(coin_id, symbol, name, price, supply, max_supply, genesis)
+
+    def _add(self, coin_id, symbol, name, price, supply, max_supply, genesis) -> CoinState:
+        change = 0.0 if coin_id in STABLECOINS else self._rng.uniform(-0.05, 0.05)
+        state = CoinState(
+            id=coin_id,
+            symbol=symbol,
+            name=name,
+            mid=price,
+            open_24h=price / (1 + change),
+            circulating_supply=supply,
+            max_supply=max_supply,
+            genesis_date=genesis,
+        )
+        state.venue_offsets = self._draw_offsets(coin_id)
+        self.coins[coin_id] = state
+        return state
+
+    def _draw_offsets(self, coin_id: str) -> dict[str, float]:
+        scale = VENUE_DISPERSION / 10 if coin_id in STABLECOINS else VENUE_DISPERSION
+        return {venue: self._rng.gauss(0.0, scale) for venue in self.venues}
+
+    # --- time ---------------------------------------------------------------------
+    def advance(self, now: float | None = None) -> None:
+        """Walk every unfrozen coin forward to ``now`` (a geometric random walk whose
+        variance grows with elapsed time, so polling frequency does not change volatility)."""
+        now = now if now is not None else time.time()
+        with self._lock:
+            elapsed = min(now - self.updated_at, MAX_STEP_SECONDS)
+            if elapsed < 0.5:
+                return
+            self.updated_at = now
+            if not self.walk_enabled:
+                return
+            sigma = DAILY_VOLATILITY * math.sqrt(elapsed / 86400)
+            for coin in self.coins.values():
+                if coin.frozen:
+                    continue
+                if coin.id in STABLECOINS:
+                    # Stablecoins hover around their peg instead of wandering off.
+                    coin.mid = 1.0 + self._rng.gauss(0.0, 0.0005)
+                else:
+                    coin.mid *= math.exp(self._rng.gauss(0.0, sigma) - sigma * sigma / 2)
+                coin.venue_offsets = self._draw_offsets(coin.id)
+
+    # --- control --------------------------------------------------------------------
+    def set_price(
+        self, coin_id: str, usd: float | None, venues: dict[str, float] | None = None
+    ) -> None:
+        """Pin a coin's mid (and optionally venue prices) and freeze its walk. Venues not
+        given then quote the mid exactly, so tests can predict the best venues."""
+        with self._lock:
+            coin = self.coins.get(coin_id)
+            if coin is None:
+                base = usd if usd is not None else 1.0
+                coin = self._add(coin_id, coin_id[:6], coin_id.replace("-", " ").title(), base,
+                                 1_000_000_000, None, None)  # fmt: skip
+            if usd is not None:
+                coin.mid = usd
+            coin.frozen = True
+            coin.venue_offsets = dict.fromkeys(self.venues, 0.0)
+            coin.venue_overrides = {}
+            for venue, price in (venues or {}).items():
+                if venue not in self.venues:
+                    self.venues[venue] = (venue.replace("-", " ").title(), DEFAULT_VENUE_FEE)
+                coin.venue_overrides[venue] = price
+
+    def set_walk(self, enabled: bool) -> None:
+        with self._lock:
+            self.walk_enabled = enabled
+            if enabled:
+                for coin in self.coins.values():
+                    coin.frozen = False
+                    coin.venue_overrides = {}
+
+    def anchor(self, prices: dict[str, float]) -> None:
+        """Continue walking from these prices (the fallback starts from the last good ones
+        rather than jumping to the catalog levels)."""
+        with self._lock:
+            for coin_id, price in prices.items():
+                coin = self.coins.get(coin_id)
+                if coin is None:
+                    coin = self._add(coin_id, coin_id[:6], coin_id.title(), price,
+                                     1_000_000_000, None, None)  # fmt: skip
+                coin.open_24h *= price / coin.mid
+                coin.mid = price
+
+    # --- quotes --------------------------------------------------------------------------
+    def price(self, coin_id: str) -> float:
+        return significant(self.coins[coin_id].mid)
+
+    def change_24h_pct(self, coin_id: str) -> float:
+        coin = self.coins[coin_id]
+        return round((coin.mid / coin.open_24h - 1) * 100, 5)
+
+    def venue_quotes(self, coin_id: str) -> list[tuple[str, str, float, float]]:
+        """``[(venue id, venue name, price, fee rate)]`` for one coin."""
+        coin = self.coins[coin_id]
+        quotes = []
+        for venue, (name, fee) in self.venues.items():
+            if venue in coin.venue_overrides:
+                price = coin.venue_overrides[venue]
+            else:
+                price = coin.mid * (1 + coin.venue_offsets.get(venue, 0.0))
+            quotes.append((venue, name, significant(price), fee))
+        return quotes
+
+    def chart(self, coin_id: str, days: int, now: float | None = None) -> list[list[float]]:
+        """``[[epoch ms, price]]`` over ``days`` ending at the current mid, with CoinGecko's
+        granularity (5-minutely for 1 day, hourly up to 90 days, daily beyond).
+        Deterministic for a given seed, coin and range."""
+        now = now if now is not None else time.time()
+        step = 300 if days <= 1 else 3600 if days <= 90 else 86400
+        count = int(days * 86400 // step)
+        rng = random.Random(f"{self.seed}:{coin_id}:{days}")  # noqa: S311
+        sigma = DAILY_VOLATILITY * math.sqrt(step / 86400)
+        price = self.coins[coin_id].mid
+        points = []
+        for index in range(count + 1):
+            points.append([int((now - index * step) * 1000), significant(price)])
+            if coin_id not in STABLECOINS:
+                price /= math.exp(rng.gauss(0.0, sigma))
+        points.reverse()
+        return points
+
+    def last_updated_iso(self) -> str:
+        moment = datetime.fromtimestamp(self.updated_at, tz=UTC)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

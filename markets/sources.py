@@ -1,0 +1,479 @@
+"""The market data source: a CoinGecko v3 client (or anything speaking its API, such as
+the built-in simulator), and the in-process simulated fallback.
+
+Every payload is validated strictly before anything is returned: a field of the wrong
+type, a non-finite or non-positive price, or invalid JSON raises ``SourceError`` so
+callers keep their last good data instead of caching garbage.
+
+Rate limits: CoinGecko counts every call (errors too), so a 429 puts the whole platform
+in a shared back-off (a Redis key) until the reset its ``x-ratelimit-*`` / ``Retry-After``
+headers announce; calls made meanwhile fail fast with ``SourceRateLimited`` without
+spending budget. Server errors and timeouts are retried with exponential back-off.
+"""
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django_redis import get_redis_connection
+
+from markets.simulator.model import MarketModel
+
+logger = logging.getLogger(__name__)
+
+BACKOFF_UNTIL_KEY = "cv:markets:source:backoff_until"
+DEFAULT_RATE_LIMIT_WAIT = 60.0  # CoinGecko's window is one minute
+MAX_RATE_LIMIT_WAIT = 300.0
+_COIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
+_STABLE_TARGETS = ("USD", "USDT", "USDC")
+
+
+class SourceError(Exception):
+    """The source failed or answered something we cannot trust."""
+
+
+class SourceRateLimited(SourceError):
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class SourceNotFound(SourceError):
+    """The source does not know this coin (its 404)."""
+
+
+@dataclass(frozen=True, slots=True)
+class MarketQuote:
+    id: str
+    symbol: str
+    name: str
+    price: Decimal
+    change_24h_pct: Decimal | None
+    market_cap: Decimal | None
+    volume_24h: Decimal | None
+    last_updated: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class VenueQuote:
+    exchange: str
+    name: str
+    price: Decimal
+
+
+# --- strict decoding ------------------------------------------------------------------------
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-finite number {name}")
+
+
+def decode_json(content: bytes) -> Any:
+    """JSON with every number as a ``Decimal`` (exact prices) and NaN/Infinity refused."""
+    try:
+        return json.loads(
+            content, parse_float=Decimal, parse_int=Decimal, parse_constant=_reject_constant
+        )
+    except (ValueError, RecursionError) as exc:
+        raise SourceError(f"invalid JSON from source: {exc}") from exc
+
+
+def _number(value: Any, what: str, *, required: bool = False, positive: bool = False):
+    if value is None:
+        if required:
+            raise SourceError(f"{what} is missing")
+        return None
+    if not isinstance(value, Decimal) or not value.is_finite():
+        raise SourceError(f"{what} is not a number: {value!r}")
+    if positive and value <= 0:
+        raise SourceError(f"{what} is not positive: {value}")
+    return value
+
+
+def _text(value: Any, what: str, *, required: bool = True, max_length: int = 200) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value) or len(value) > max_length:
+        raise SourceError(f"{what} is not a valid string: {value!r:.80}")
+    return value
+
+
+def _object(value: Any, what: str, *, required: bool = True) -> dict:
+    if value is None and not required:
+        return {}
+    if not isinstance(value, dict):
+        raise SourceError(f"{what} is not an object")
+    return value
+
+
+def _timestamp(value: Any, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise SourceError(f"{what} is not a timestamp: {value!r:.80}")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise SourceError(f"{what} is not a timestamp: {value!r:.80}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value.normalize(), "f")
+
+
+# --- rate limits --------------------------------------------------------------------------
+def rate_limit_wait(headers: httpx.Headers, *, now: float | None = None) -> float:
+    """Seconds to wait after a 429, from ``Retry-After`` or ``x-ratelimit-reset`` (epoch
+    seconds, seconds from now, or a date), clamped to a sane range."""
+    now = now if now is not None else time.time()
+    wait = None
+    retry_after = headers.get("retry-after")
+    if retry_after:
+        try:
+            wait = float(retry_after)
+        except ValueError:
+            try:
+                wait = parsedate_to_datetime(retry_after).timestamp() - now
+            except (TypeError, ValueError):
+                wait = None
+    reset = headers.get("x-ratelimit-reset")
+    if wait is None and reset:
+        try:
+            number = float(reset)
+            wait = number - now if number > 1e9 else number
+        except ValueError:
+            try:
+                wait = datetime.fromisoformat(reset.replace(" +0000", "+00:00")).timestamp() - now
+            except ValueError:
+                wait = None
+    if wait is None or not math.isfinite(wait):
+        wait = DEFAULT_RATE_LIMIT_WAIT
+    return min(max(wait, 1.0), MAX_RATE_LIMIT_WAIT)
+
+
+def rate_limited_for() -> float:
+    """Seconds left in the shared back-off (0 when calls may go out)."""
+    raw = get_redis_connection("default").get(BACKOFF_UNTIL_KEY)
+    return max(0.0, float(raw) - time.time()) if raw else 0.0
+
+
+def _rate_limit_start(wait: float) -> None:
+    get_redis_connection("default").set(
+        BACKOFF_UNTIL_KEY, repr(time.time() + wait), ex=math.ceil(wait)
+    )
+
+
+# --- the client ------------------------------------------------------------------------------
+class CoinGeckoClient:
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        plan: str | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        api_key = settings.COINGECKO_API_KEY if api_key is None else api_key
+        plan = (plan or settings.COINGECKO_PLAN).lower()
+        headers = {"accept": "application/json", "user-agent": "CryptoVault/1.0"}
+        if api_key:
+            headers["x-cg-pro-api-key" if plan == "pro" else "x-cg-demo-api-key"] = api_key
+        self.retries = settings.MARKET_DATA_RETRIES
+        self.backoff = settings.MARKET_DATA_RETRY_BACKOFF
+        self._http = httpx.Client(
+            base_url=(base_url or settings.MARKET_DATA_URL).rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(
+                settings.MARKET_DATA_READ_TIMEOUT,
+                connect=settings.MARKET_DATA_CONNECT_TIMEOUT,
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+
+    def __enter__(self) -> "CoinGeckoClient":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        """GET ``path`` and decode it; retries 5xx and timeouts, honours rate limits."""
+        waiting = rate_limited_for()
+        if waiting:
+            raise SourceRateLimited(f"rate limited for {waiting:.0f}s more", retry_after=waiting)
+        attempt = 0
+        while True:
+            try:
+                response = self._http.get(path, params=params)
+            except httpx.TransportError as exc:  # timeouts, refused connections, resets
+                error: SourceError = SourceError(f"{path}: {type(exc).__name__}: {exc}")
+            else:
+                if response.status_code == 429:
+                    wait = rate_limit_wait(response.headers)
+                    _rate_limit_start(wait)
+                    logger.warning("market data rate limited", extra={"wait_seconds": wait})
+                    raise SourceRateLimited(f"{path}: 429", retry_after=wait)
+                if response.status_code == 404:
+                    raise SourceNotFound(f"{path}: not found")
+                if response.status_code < 400:
+                    if response.headers.get("x-ratelimit-remaining") == "0":
+                        # Budget spent: stop before the source has to answer 429.
+                        _rate_limit_start(rate_limit_wait(response.headers))
+                    return decode_json(response.content)
+                error = SourceError(f"{path}: HTTP {response.status_code}")
+                if response.status_code < 500:
+                    raise error
+            if attempt >= self.retries:
+                raise error
+            time.sleep(self.backoff * 2**attempt)
+            attempt += 1
+
+    # --- endpoints ------------------------------------------------------------------------
+    def ping(self) -> bool:
+        return isinstance(self.get("ping"), dict)
+
+    def coins_markets(self, *, ids: list[str]) -> list[MarketQuote]:
+        """Latest market data for ``ids`` (one call per 250 coins, CoinGecko's page cap)."""
+        quotes: list[MarketQuote] = []
+        for start in range(0, len(ids), 250):
+            chunk = ids[start : start + 250]
+            payload = self.get(
+                "coins/markets",
+                {"vs_currency": "usd", "ids": ",".join(chunk), "per_page": str(len(chunk))},
+            )
+            quotes.extend(parse_coins_markets(payload, wanted=set(chunk)))
+        return quotes
+
+    def coin_details(self, *, coin_id: str) -> dict:
+        payload = self.get(
+            f"coins/{coin_id}",
+            {
+                "localization": "false",
+                "tickers": "false",
+                "community_data": "false",
+                "developer_data": "false",
+            },
+        )
+        return parse_coin_details(payload, coin_id=coin_id)
+
+    def market_chart(self, *, coin_id: str, days: int) -> list[tuple[int, Decimal]]:
+        payload = self.get(
+            f"coins/{coin_id}/market_chart", {"vs_currency": "usd", "days": str(days)}
+        )
+        return parse_market_chart(payload)
+
+    def tickers(self, *, coin_id: str) -> list[VenueQuote]:
+        return parse_tickers(self.get(f"coins/{coin_id}/tickers"))
+
+
+# --- payload validation (CoinGecko field names) ---------------------------------------------
+def parse_coins_markets(payload: Any, *, wanted: set[str]) -> list[MarketQuote]:
+    if not isinstance(payload, list):
+        raise SourceError("coins/markets: expected a JSON array")
+    quotes = []
+    for row in payload:
+        row = _object(row, "coins/markets item")
+        coin_id = _text(row.get("id"), "id")
+        if coin_id not in wanted:
+            continue
+        price = _number(row.get("current_price"), f"{coin_id}.current_price", positive=True)
+        if price is None:  # listed but not trading: no price to record
+            continue
+        quotes.append(
+            MarketQuote(
+                id=coin_id,
+                symbol=_text(row.get("symbol"), f"{coin_id}.symbol", max_length=32),
+                name=_text(row.get("name"), f"{coin_id}.name"),
+                price=price,
+                change_24h_pct=_number(
+                    row.get("price_change_percentage_24h"), f"{coin_id}.price_change_24h"
+                ),
+                market_cap=_number(row.get("market_cap"), f"{coin_id}.market_cap"),
+                volume_24h=_number(row.get("total_volume"), f"{coin_id}.total_volume"),
+                last_updated=_timestamp(row.get("last_updated"), f"{coin_id}.last_updated"),
+            )
+        )
+    return quotes
+
+
+def _usd(block: dict, key: str) -> Decimal | None:
+    value = _object(block.get(key), key, required=False).get("usd")
+    return _number(value, f"market_data.{key}.usd")
+
+
+def parse_coin_details(payload: Any, *, coin_id: str) -> dict:
+    """The details we serve for ``GET coins/<id>``, as JSON-ready values (decimal strings)."""
+    payload = _object(payload, f"coins/{coin_id}")
+    if payload.get("id") != coin_id:
+        raise SourceError(f"coins/{coin_id}: answered for {payload.get('id')!r:.40}")
+    description = _object(payload.get("description"), "description", required=False)
+    links = _object(payload.get("links"), "links", required=False)
+    image = _object(payload.get("image"), "image", required=False)
+    market = _object(payload.get("market_data"), "market_data", required=False)
+    homepage = [u for u in links.get("homepage") or [] if isinstance(u, str) and u]
+    explorers = [u for u in links.get("blockchain_site") or [] if isinstance(u, str) and u]
+    repos = _object(links.get("repos_url"), "repos_url", required=False).get("github") or []
+    ath_date = _object(market.get("ath_date"), "ath_date", required=False).get("usd")
+    atl_date = _object(market.get("atl_date"), "atl_date", required=False).get("usd")
+    categories = [c for c in payload.get("categories") or [] if isinstance(c, str) and c]
+    return {
+        "id": coin_id,
+        "symbol": _text(payload.get("symbol"), "symbol", max_length=32),
+        "name": _text(payload.get("name"), "name"),
+        "description": _text(
+            description.get("en"), "description", required=False, max_length=100_000
+        )
+        or "",
+        "categories": categories,
+        "genesis_date": _text(payload.get("genesis_date"), "genesis_date", required=False),
+        "image": _text(image.get("large"), "image", required=False, max_length=2000),
+        "links": {
+            "homepage": homepage,
+            "blockchain_site": explorers,
+            "subreddit_url": _text(
+                links.get("subreddit_url"), "subreddit", required=False, max_length=2000
+            )
+            or None,
+            "repos": [u for u in repos if isinstance(u, str) and u],
+        },
+        "market_cap_rank": _plain(_number(payload.get("market_cap_rank"), "market_cap_rank")),
+        "market_data": {
+            "price": _plain(_usd(market, "current_price")),
+            "market_cap": _plain(_usd(market, "market_cap")),
+            "volume_24h": _plain(_usd(market, "total_volume")),
+            "high_24h": _plain(_usd(market, "high_24h")),
+            "low_24h": _plain(_usd(market, "low_24h")),
+            "change_24h_pct": _plain(
+                _number(market.get("price_change_percentage_24h"), "price_change_24h")
+            ),
+            "last_updated": _text(market.get("last_updated"), "last_updated", required=False),
+        },
+        "supply": {
+            "circulating": _plain(_number(market.get("circulating_supply"), "circulating")),
+            "total": _plain(_number(market.get("total_supply"), "total_supply")),
+            "max": _plain(_number(market.get("max_supply"), "max_supply")),
+        },
+        "ath": {
+            "price": _plain(_usd(market, "ath")),
+            "change_pct": _plain(_usd(market, "ath_change_percentage")),
+            "date": _text(ath_date, "ath_date", required=False),
+        },
+        "atl": {
+            "price": _plain(_usd(market, "atl")),
+            "change_pct": _plain(_usd(market, "atl_change_percentage")),
+            "date": _text(atl_date, "atl_date", required=False),
+        },
+    }
+
+
+def parse_market_chart(payload: Any) -> list[tuple[int, Decimal]]:
+    payload = _object(payload, "market_chart")
+    points = payload.get("prices")
+    if not isinstance(points, list):
+        raise SourceError("market_chart: prices is not an array")
+    parsed = []
+    for point in points:
+        if not isinstance(point, list) or len(point) != 2:
+            raise SourceError("market_chart: a point is not [ms, price]")
+        epoch_ms = _number(point[0], "market_chart time", required=True, positive=True)
+        price = _number(point[1], "market_chart price", required=True, positive=True)
+        parsed.append((int(epoch_ms), price))
+    return parsed
+
+
+def parse_tickers(payload: Any) -> list[VenueQuote]:
+    """One usd-converted quote per venue (its first stable-quoted, non-anomalous ticker)."""
+    payload = _object(payload, "tickers")
+    tickers = payload.get("tickers")
+    if not isinstance(tickers, list):
+        raise SourceError("tickers: tickers is not an array")
+    venues: dict[str, VenueQuote] = {}
+    for ticker in tickers:
+        ticker = _object(ticker, "ticker")
+        market = _object(ticker.get("market"), "ticker.market")
+        exchange = _text(market.get("identifier"), "market.identifier", max_length=100)
+        name = _text(market.get("name"), "market.name")
+        converted = _object(ticker.get("converted_last"), "converted_last")
+        price = _number(converted.get("usd"), f"{exchange}.converted_last.usd", positive=True)
+        target = ticker.get("target")
+        if (
+            price is None
+            or ticker.get("is_anomaly") is True
+            or ticker.get("is_stale") is True
+            or not isinstance(target, str)
+            or target.upper() not in _STABLE_TARGETS
+            or exchange in venues
+        ):
+            continue
+        venues[exchange] = VenueQuote(exchange=exchange, name=name, price=price)
+    return list(venues.values())
+
+
+def source_client() -> CoinGeckoClient:
+    return CoinGeckoClient()
+
+
+def is_valid_coin_id(value: str) -> bool:
+    return bool(_COIN_ID.match(value))
+
+
+# --- the simulated fallback ------------------------------------------------------------------
+_fallback_model: MarketModel | None = None
+_fallback_lock = threading.Lock()
+
+
+def simulated_quotes(*, coins: dict[str, tuple[str, str]], anchor: dict[str, Decimal]) -> list:
+    """Quotes from the simulator's model, in-process, for ``MARKET_DATA_FALLBACK=simulated``.
+
+    ``coins`` maps id -> (symbol, name); ``anchor`` holds the last good prices: a model
+    created during an outage starts walking from them instead of jumping to its own levels.
+    """
+    global _fallback_model
+    with _fallback_lock:
+        if _fallback_model is None:
+            _fallback_model = MarketModel(seed=int(time.time()))
+            _fallback_model.anchor({c: float(p) for c, p in anchor.items()})
+        model = _fallback_model
+    missing = {c: 1.0 for c in coins if c not in model.coins}
+    if missing:
+        model.anchor(missing)
+    model.advance()
+    now = datetime.fromtimestamp(model.updated_at, tz=UTC)
+    quotes = []
+    for coin_id, (symbol, name) in coins.items():
+        price = Decimal(repr(model.price(coin_id)))
+        state = model.coins[coin_id]
+        market_cap = Decimal(repr(round(model.price(coin_id) * state.circulating_supply, 2)))
+        quotes.append(
+            MarketQuote(
+                id=coin_id,
+                symbol=symbol,
+                name=name,
+                price=price,
+                change_24h_pct=Decimal(repr(model.change_24h_pct(coin_id))),
+                market_cap=market_cap,
+                volume_24h=(market_cap * Decimal("0.03")).quantize(Decimal("0.01")),
+                last_updated=now,
+            )
+        )
+    return quotes
+
+
+def simulated_fallback_reset() -> None:
+    """Forget the fallback model once the source is back (the next outage re-anchors)."""
+    global _fallback_model
+    with _fallback_lock:
+        _fallback_model = None

@@ -1,0 +1,69 @@
+"""Market data polling on beat. Each run holds a Redis lock so runs never overlap, and
+expires (see ``CELERY_BEAT_SCHEDULE``) so a worker back from downtime skips the backlog
+instead of replaying it."""
+
+import logging
+from collections.abc import Callable
+
+from celery import shared_task
+from django.conf import settings
+from django_redis import get_redis_connection
+from redis.exceptions import LockError
+
+from markets import services
+
+logger = logging.getLogger(__name__)
+
+PRICES_POLL_LOCK = "cv:markets:lock:prices_poll"
+TICKERS_POLL_LOCK = "cv:markets:lock:tickers_poll"
+
+
+def _poll_budget_seconds() -> int:
+    """Worst case of one run: every retry timing out, plus the back-off between them."""
+    attempts = settings.MARKET_DATA_RETRIES + 1
+    per_attempt = settings.MARKET_DATA_CONNECT_TIMEOUT + settings.MARKET_DATA_READ_TIMEOUT
+    backoff = settings.MARKET_DATA_RETRY_BACKOFF * (2**attempts)
+    return int(attempts * per_attempt + backoff) + 10
+
+
+def run_exclusive(lock_name: str, work: Callable[[], object]) -> object | None:
+    """Run ``work`` unless another run holds the lock. The lock expires on its own if a
+    worker dies mid-run, after the longest a run can take."""
+    lock = get_redis_connection("default").lock(lock_name, timeout=_poll_budget_seconds())
+    if not lock.acquire(blocking=False):
+        logger.info("previous run still going, skipped", extra={"lock": lock_name})
+        return None
+    try:
+        return work()
+    finally:
+        try:
+            lock.release()
+        except LockError:  # expired meanwhile; nothing of ours to release
+            logger.warning("poll lock expired before release", extra={"lock": lock_name})
+
+
+@shared_task(
+    name="markets.prices_poll",
+    ignore_result=True,
+    expires=settings.PRICE_POLL_SECONDS,
+    soft_time_limit=_poll_budget_seconds(),
+    time_limit=_poll_budget_seconds() + 5,
+)
+def prices_poll() -> None:
+    run_exclusive(PRICES_POLL_LOCK, services.prices_poll)
+
+
+@shared_task(
+    name="markets.tickers_poll",
+    ignore_result=True,
+    expires=settings.TICKERS_POLL_SECONDS,
+    soft_time_limit=_poll_budget_seconds(),
+    time_limit=_poll_budget_seconds() + 5,
+)
+def tickers_poll() -> None:
+    run_exclusive(TICKERS_POLL_LOCK, services.tickers_poll)
+
+
+@shared_task(name="markets.history_prune", ignore_result=True, time_limit=600)
+def history_prune() -> None:
+    services.history_prune()
