@@ -190,3 +190,37 @@ def test_users_are_processed_in_parallel_each_in_arrival_order(celery_worker):
     for u in users:
         booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
         assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
+
+
+def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_worker):
+    from markets.services import prices_on_tick, prices_record
+
+    buyer, seller = user_create(usd="10000"), user_create(ethereum="1")
+    buy = services.order_place(
+        user=buyer,
+        coin_id="bitcoin",
+        side="buy",
+        type="limit",
+        quantity=Decimal("0.1"),
+        limit_price=Decimal("60000"),
+    )[0]
+    sell = services.order_place(
+        user=seller,
+        coin_id="ethereum",
+        side="sell",
+        type="limit",
+        quantity=Decimal("1"),
+        limit_price=Decimal("3100"),
+    )[0]
+    wait_until(lambda: Order.objects.filter(status="open").count() == 2)
+
+    prices = {"bitcoin": Decimal("59500"), "ethereum": Decimal("3050")}
+    prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=list(prices))
+    wait_until(lambda: Order.objects.get(pk=buy.pk).status == "filled")
+    assert Order.objects.get(pk=buy.pk).filled_price == Decimal("59500")
+    assert Order.objects.get(pk=sell.pk).status == "open"
+
+    prices = {"bitcoin": Decimal("59500"), "ethereum": Decimal("3200")}
+    prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=["ethereum"])
+    wait_until(lambda: Order.objects.get(pk=sell.pk).status == "filled")
+    assert Balance.objects.get(user=seller, asset=USD).available == Decimal("3196.8")
