@@ -1,1 +1,8 @@
-websocket_urlpatterns: list = []
+from django.urls import path
+
+from notifications.consumers import UserConsumer
+from notifications.middleware import JWTAuthMiddleware
+
+websocket_urlpatterns = [
+    path("ws/user", JWTAuthMiddleware(UserConsumer.as_asgi())),
+]
