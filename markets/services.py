@@ -163,11 +163,13 @@ def prices_forget(*, coin_ids: list[str]) -> None:
 def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list[str]) -> None:
     """Fan a successful poll out to whoever reacts to prices. Each hook must be cheap
     (enqueue a Celery task or publish to the channel layer): this runs inside the poll."""
+    from notifications.services import price_alerts_evaluate
     from orders.services import limit_orders_on_prices
 
     snapshot = prices_snapshot()
     realtime.prices_tick_publish(as_of=snapshot["as_of"], prices=snapshot["prices"])
     limit_orders_on_prices(prices=prices)
+    price_alerts_evaluate(prices=prices)
 
 
 @dataclass(frozen=True)
