@@ -169,20 +169,41 @@ def price_alert_delete(*, alert: PriceAlert) -> None:
     alert.delete()
 
 
-def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> int:
-    """Fire every active alert the polled prices cross; returns how many fired.
-
-    An ``above`` alert fires at the first poll whose price is at or above its
-    price (``below`` likewise), then deactivates, so it fires once. One indexed
-    range query per poll; rows locked with SKIP LOCKED so overlapping polls never
-    fire an alert twice.
-    """
+def _crossing(prices: dict[str, Decimal]) -> Q:
     crossing = Q()
     for coin_id, price in prices.items():
         if price is None:
             continue
         crossing |= Q(coin_id=coin_id, condition=PriceAlert.Condition.ABOVE, price__lte=price)
         crossing |= Q(coin_id=coin_id, condition=PriceAlert.Condition.BELOW, price__gte=price)
+    return crossing
+
+
+def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> bool:
+    """Hook of the price poll: enqueue the firing of alerts these prices cross.
+
+    Cheap by design (it runs inside the poll): one indexed existence query on the
+    active alerts of the polled coins; the firing itself runs in a task, only when
+    something is due. Returns whether a task was enqueued.
+    """
+    crossing = _crossing(prices)
+    if not crossing or not PriceAlert.objects.filter(crossing, active=True).exists():
+        return False
+    from notifications.tasks import price_alerts_fire
+
+    payload = {coin: decimal_str(price) for coin, price in prices.items() if price is not None}
+    transaction.on_commit(lambda: price_alerts_fire.delay(payload))
+    return True
+
+
+def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
+    """Fire every active alert these prices cross; returns how many fired.
+
+    An ``above`` alert fires at the first poll whose price is at or above its
+    price (``below`` likewise), then deactivates, so it fires once. Rows are locked
+    with SKIP LOCKED, so overlapping runs never fire an alert twice.
+    """
+    crossing = _crossing(prices)
     if not crossing:
         return 0
     fired = 0

@@ -1,3 +1,5 @@
+from decimal import Decimal
+
 from celery import shared_task
 
 from notifications import services
@@ -14,3 +16,16 @@ from notifications import services
 )
 def notification_email_send(notification_id: int) -> bool:
     return services.notification_email_send(notification_id=notification_id)
+
+
+@shared_task(
+    name="notifications.price_alerts_fire",
+    acks_late=True,
+    soft_time_limit=120,
+    time_limit=150,
+)
+def price_alerts_fire(prices: dict[str, str]) -> int:
+    """Prices travel as decimal strings (JSON); firing is idempotent (alerts deactivate)."""
+    return services.price_alerts_fire(
+        prices={coin: Decimal(price) for coin, price in prices.items()}
+    )

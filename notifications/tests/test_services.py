@@ -65,8 +65,8 @@ def test_price_alerts_fire_once_when_crossed():
     below = services.price_alert_create(
         user=user, coin_id="ethereum", condition="below", price=Decimal("3000")
     )
-    assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("69999.99")}) == 0
-    fired = services.price_alerts_evaluate(
+    assert services.price_alerts_fire(prices={"bitcoin": Decimal("69999.99")}) == 0
+    fired = services.price_alerts_fire(
         prices={"bitcoin": Decimal("70000.5"), "ethereum": Decimal("3100")}
     )
     assert fired == 1
@@ -75,9 +75,26 @@ def test_price_alerts_fire_once_when_crossed():
     assert above.active is False and above.triggered_price == Decimal("70000.5")
     assert below.active is True
     # Fires once: a later crossing poll does not notify again.
-    assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("71000")}) == 0
+    assert services.price_alerts_fire(prices={"bitcoin": Decimal("71000")}) == 0
     notification = Notification.objects.get(user=user)
     assert notification.kind == "price_alert"
     assert notification.data["coin"] == "bitcoin"
     assert notification.data["triggered_price"] == "70000.5"
     assert PriceAlert.objects.filter(active=True).count() == 1
+
+
+def test_price_alerts_evaluate_enqueues_only_when_something_is_due(
+    django_capture_on_commit_callbacks,
+):
+    coins_seed(coin_ids=["bitcoin"])
+    services.price_alert_create(
+        user=user_create(), coin_id="bitcoin", condition="below", price=Decimal("60000")
+    )
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("60001")}) is False
+        assert services.price_alerts_evaluate(prices={"ethereum": Decimal("1")}) is False
+        assert services.price_alerts_evaluate(prices={}) is False
+    assert callbacks == []
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("60000")}) is True
+    assert len(callbacks) == 1
