@@ -1,0 +1,159 @@
+"""Operators: wallets (credit/debit through the ledger), orders (cancel), the ledger.
+
+Nothing here writes money directly: every change goes through ``orders.services``
+and is recorded in the audit log.
+"""
+
+from decimal import Decimal, InvalidOperation
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+
+from accounts.services import audit_record
+from cryptovault.exceptions import ApplicationError
+from orders import services
+from orders.models import Balance, LedgerEntry, Order
+
+
+class WalletAdjustForm(forms.Form):
+    email = forms.EmailField(help_text="The account to credit or debit.")
+    asset = forms.CharField(max_length=100, initial="usd", help_text="usd or a coin id.")
+    amount = forms.CharField(help_text="Positive credits, negative debits (e.g. 250 or -10.5).")
+    reason = forms.CharField(max_length=200, help_text="Kept in the ledger memo and audit log.")
+
+    def clean_email(self) -> object:
+        user = get_user_model().objects.filter(email__iexact=self.cleaned_data["email"]).first()
+        if user is None:
+            raise forms.ValidationError("No account with this email.")
+        return user
+
+    def clean_amount(self) -> Decimal:
+        try:
+            amount = Decimal(self.cleaned_data["amount"].strip())
+        except InvalidOperation:
+            raise forms.ValidationError("Enter a decimal number.") from None
+        if not amount.is_finite() or amount == 0:
+            raise forms.ValidationError("Enter a non-zero decimal number.")
+        return amount
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Balance)
+class BalanceAdmin(ReadOnlyAdmin):
+    list_display = ("user", "asset", "available", "locked", "updated_at")
+    list_filter = ("asset",)
+    search_fields = ("user__email", "asset")
+    list_select_related = ("user",)
+    change_list_template = "admin/orders/balance/change_list.html"
+
+    def get_urls(self):
+        adjust = self.admin_site.admin_view(self.adjust_view)
+        return [path("adjust/", adjust, name="orders_balance_adjust"), *super().get_urls()]
+
+    def adjust_view(self, request):
+        if not request.user.has_perm("orders.change_balance"):
+            raise PermissionDenied
+        form = WalletAdjustForm(request.POST or None, initial=request.GET or None)
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                entry = services.wallet_adjust(
+                    user=data["email"],
+                    asset=data["asset"],
+                    amount=data["amount"],
+                    actor=request.user,
+                    reason=data["reason"],
+                )
+            except ApplicationError as exc:
+                form.add_error(None, exc.message)
+            else:
+                audit_record(
+                    action="wallet_adjusted",
+                    actor=request.user,
+                    target=data["email"],
+                    request=request,
+                    data={
+                        "asset": entry.asset,
+                        "amount": services.decimal_plain(entry.amount),
+                        "reason": data["reason"],
+                        "ledger_entry": entry.pk,
+                    },
+                )
+                amount, after = map(services.decimal_plain, (entry.amount, entry.balance_after))
+                self.message_user(
+                    request,
+                    f"{entry.kind}: {amount} {entry.asset} for {data['email']}; "
+                    f"balance now {after}.",
+                    messages.SUCCESS,
+                )
+                return redirect(reverse("admin:orders_balance_changelist"))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Credit or debit a wallet",
+            "form": form,
+        }
+        return TemplateResponse(request, "admin/orders/balance/adjust.html", context)
+
+
+@admin.register(Order)
+class OrderAdmin(ReadOnlyAdmin):
+    list_display = (
+        "id", "user", "coin", "side", "type", "quantity", "limit_price", "status",
+        "filled_price", "fee", "created_at",
+    )  # fmt: skip
+    list_filter = ("status", "side", "type", "coin")
+    search_fields = ("user__email", "client_order_id", "=id")
+    list_select_related = ("user",)
+    actions = ("cancel_orders",)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed for the cancel action; the change form itself stays read-only.
+        return request.user.has_perm("orders.change_order")
+
+    def get_readonly_fields(self, request, obj=None):
+        return [f.name for f in self.model._meta.fields]
+
+    @admin.action(description="Cancel selected pending/open orders", permissions=["change"])
+    def cancel_orders(self, request, queryset):
+        cancelled, skipped = 0, 0
+        for order_id in queryset.values_list("id", flat=True):
+            try:
+                order = services.order_cancel(order_id=order_id)
+            except ApplicationError:
+                skipped += 1
+                continue
+            audit_record(
+                action="order_cancelled_by_operator",
+                actor=request.user,
+                target=order,
+                request=request,
+                data={"user_id": order.user_id},
+            )
+            cancelled += 1
+        self.message_user(
+            request, f"Cancelled {cancelled} order(s); {skipped} were not pending or open."
+        )
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "user", "kind", "asset", "amount", "balance_after", "order", "created_at")
+    list_filter = ("kind", "asset")
+    search_fields = ("user__email", "memo", "=order__id")
+    list_select_related = ("user",)
