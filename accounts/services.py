@@ -317,7 +317,10 @@ def _sessions_end(*, session_ids: list[str], reason: str) -> list[str]:
     """End these sessions; returns the ids that were still open in PostgreSQL."""
     if not session_ids:
         return []
+    from notifications.services import sessions_revoked_push
+
     session_store.delete(session_ids)
+    sessions_revoked_push(session_ids=session_ids)
     open_ids = list(
         Session.objects.filter(pk__in=session_ids, revoked_at__isnull=True).values_list(
             "pk", flat=True

@@ -1,5 +1,3 @@
-from decimal import Decimal
-
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -8,7 +6,12 @@ from rest_framework.views import APIView
 from cryptovault.pagination import CursorPagination
 from notifications import selectors, services
 from notifications.models import Notification, PriceAlert
-from notifications.serializers import NotificationSerializer, PriceAlertSerializer
+from notifications.serializers import (
+    PRICE_FIELD,
+    NotificationSerializer,
+    PriceAlertSerializer,
+)
+from orders.apis import PlainDecimalField
 
 
 def _paginated(*, request: Request, view: APIView, queryset, serializer_class) -> Response:
@@ -107,12 +110,7 @@ class PriceAlertListCreateApi(APIView):
     class InputSerializer(serializers.Serializer):
         coin = serializers.CharField(max_length=100)
         condition = serializers.ChoiceField(choices=PriceAlert.Condition.choices)
-        price = serializers.DecimalField(max_digits=38, decimal_places=18)
-
-        def validate_price(self, value: Decimal) -> Decimal:
-            if value <= 0:
-                raise serializers.ValidationError("Must be greater than zero.")
-            return value
+        price = PlainDecimalField(**PRICE_FIELD)
 
     OutputSerializer = PriceAlertSerializer
 

@@ -15,6 +15,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
+from orders.apis import OrderOutputSerializer
+
 WS_CLOSE_UNAUTHORIZED = 4401
 
 
@@ -46,29 +48,6 @@ def sessions_close(*, session_ids: list[str]) -> None:
     async_to_sync(close_all)()
 
 
-ORDER_FIELDS = (
-    "id",
-    "client_order_id",
-    "coin",
-    "side",
-    "type",
-    "quantity",
-    "limit_price",
-    "status",
-    "filled_price",
-    "fee",
-    "reject_reason",
-    "created_at",
-    "updated_at",
-)
-
-
 def order_payload(order) -> dict:
-    """The order as the REST API shows it (the contract's order fields)."""
-    from notifications.serializers import decimal_str
-
-    values = {field: getattr(order, field, None) for field in ORDER_FIELDS}
-    values["coin"] = order.coin_id
-    for field in ("quantity", "limit_price", "filled_price", "fee"):
-        values[field] = decimal_str(values[field])
-    return json.loads(frame_encode(values))
+    """The order exactly as the orders API shows it."""
+    return OrderOutputSerializer(order).data

@@ -1,23 +1,12 @@
 """Output shapes shared by the REST API and the realtime push, so both agree."""
 
-from decimal import Decimal
-
 from rest_framework import serializers
 
 from notifications.models import Notification, PriceAlert
+from orders.apis import PlainDecimalField
 
-
-def decimal_str(value: Decimal | None) -> str | None:
-    """A plain decimal string without exponent or trailing zeros (``"0.00001"``, ``"70000"``)."""
-    if value is None:
-        return None
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
-
-
-class PlainDecimalField(serializers.DecimalField):
-    def to_representation(self, value):
-        return decimal_str(Decimal(value))
+# Alert prices: enough places for sub-cent coins, enough digits for any price.
+PRICE_FIELD = {"decimal_places": 12, "max_integer_digits": 20}
 
 
 class NotificationSerializer(serializers.ModelSerializer):
@@ -31,8 +20,8 @@ class NotificationSerializer(serializers.ModelSerializer):
 
 class PriceAlertSerializer(serializers.ModelSerializer):
     coin = serializers.CharField(source="coin_id")
-    price = PlainDecimalField(max_digits=38, decimal_places=18)
-    triggered_price = PlainDecimalField(max_digits=38, decimal_places=18, allow_null=True)
+    price = PlainDecimalField(**PRICE_FIELD)
+    triggered_price = PlainDecimalField(**PRICE_FIELD)
 
     class Meta:
         model = PriceAlert

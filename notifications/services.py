@@ -22,7 +22,8 @@ from notifications.models import (
     NotificationPreference,
     PriceAlert,
 )
-from notifications.serializers import NotificationSerializer, decimal_str
+from notifications.serializers import NotificationSerializer
+from orders.services import decimal_plain
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +136,19 @@ def order_event_push(*, order) -> None:
 
 
 def sessions_revoked_push(*, session_ids: Iterable[Any]) -> None:
-    """After commit, close every socket opened with one of these sessions (code 4401)."""
+    """Close every socket opened with one of these sessions (code 4401).
+
+    Immediate, not after commit: revocation itself (deleting the live session in
+    Redis) is immediate too. A failed push is logged, never raised, so revoking a
+    session cannot fail because Redis pub/sub hiccupped.
+    """
     ids = [str(sid) for sid in session_ids]
-    if ids:
-        transaction.on_commit(lambda: realtime.sessions_close(session_ids=ids), robust=True)
+    if not ids:
+        return
+    try:
+        realtime.sessions_close(session_ids=ids)
+    except Exception:
+        logger.exception("could not push the revocation of sessions %s", ids)
 
 
 # --- Price alerts -----------------------------------------------------------------
@@ -191,7 +201,7 @@ def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> bool:
         return False
     from notifications.tasks import price_alerts_fire
 
-    payload = {coin: decimal_str(price) for coin, price in prices.items() if price is not None}
+    payload = {coin: decimal_plain(price) for coin, price in prices.items() if price is not None}
     transaction.on_commit(lambda: price_alerts_fire.delay(payload))
     return True
 
@@ -232,8 +242,8 @@ def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
 
 def _price_alert_notify(*, alert: PriceAlert) -> Notification:
     coin = alert.coin
-    threshold = decimal_str(alert.price)
-    traded = decimal_str(alert.triggered_price)
+    threshold = decimal_plain(alert.price)
+    traded = decimal_plain(alert.triggered_price)
     return notification_create(
         user=alert.user,
         kind=Notification.Kind.PRICE_ALERT,
