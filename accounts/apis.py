@@ -90,6 +90,9 @@ class _PublicApi(APIView):
 
 class SignupApi(_PublicApi):
     class InputSerializer(_PasswordOrEncrypted):
+        class Meta:
+            ref_name = "SignupInput"
+
         email = serializers.EmailField(max_length=254)
         username = serializers.CharField(
             max_length=30, required=False, allow_null=True, validators=[username_validator]
@@ -107,6 +110,9 @@ class SignupApi(_PublicApi):
 
 class VerifyEmailApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "VerifyEmailInput"
+
         email = serializers.EmailField(max_length=254, required=False)
         code = serializers.RegexField(
             r"^\d{6}\Z", required=False, error_messages={"invalid": "Enter the 6-digit code."}
@@ -122,6 +128,9 @@ class VerifyEmailApi(_PublicApi):
             return attrs
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "VerifyEmailOutput"
+
         detail = serializers.CharField()
         user = UserOutputSerializer()
 
@@ -139,6 +148,9 @@ _ACCEPTED = inline_serializer("Accepted", {"detail": serializers.CharField()})
 
 class ResendVerificationApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ResendVerificationInput"
+
         email = serializers.EmailField(max_length=254)
 
     @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
@@ -155,6 +167,9 @@ class ResendVerificationApi(_PublicApi):
 
 class LoginApi(_PublicApi):
     class InputSerializer(_PasswordOrEncrypted):
+        class Meta:
+            ref_name = "LoginInput"
+
         email = serializers.CharField(max_length=254, required=False)
         username = serializers.CharField(max_length=254, required=False)
 
@@ -187,6 +202,9 @@ class RefreshInputSerializer(serializers.Serializer):
 
 class TokenRefreshApi(_PublicApi):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TokenRefreshOutput"
+
         access = serializers.CharField()
         refresh = serializers.CharField()
 
@@ -211,6 +229,9 @@ class LogoutApi(_PublicApi):
 
 class ForgotPasswordApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ForgotPasswordInput"
+
         email = serializers.EmailField(max_length=254)
 
     @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
@@ -237,6 +258,9 @@ class ValidateResetTokenApi(_PublicApi):
 
 class ResetPasswordApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ResetPasswordInput"
+
         token = serializers.CharField(max_length=128)
         new_password = _password_field()
 
@@ -251,6 +275,9 @@ class ResetPasswordApi(_PublicApi):
 
 class GoogleLoginApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "GoogleLoginInput"
+
         id_token = serializers.CharField(max_length=8192)
 
     @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
@@ -282,6 +309,9 @@ class MeApi(APIView):
     permission_classes = (IsAuthenticated,)
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "MeInput"
+
         username = serializers.CharField(
             max_length=30, required=False, allow_null=True, validators=[username_validator]
         )
@@ -305,6 +335,9 @@ class PasswordChangeApi(APIView):
     permission_classes = (IsAuthenticated,)
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "PasswordChangeInput"
+
         current_password = _password_field()
         new_password = _password_field()
 
