@@ -73,6 +73,7 @@ class Simulator:
     def __init__(self, *, seed: int = 42, hang_seconds: float = 30.0) -> None:
         self.model = MarketModel(seed=seed)
         self.fault = "none"
+        self.calls = 0  # /api/v3 calls answered, faults included (CoinGecko counts those too)
         self.rate_limit_reset_seconds = 5
         self.hang_seconds = hang_seconds
         self.routes: dict[tuple[str, str], Callable] = {
@@ -369,6 +370,7 @@ class Simulator:
             return exc.status, [], orjson.dumps({"error": exc.message})
 
     async def _api_response(self, method, path, scope):
+        self.calls += 1
         fault = self.fault
         if fault == "error":
             return 500, [], orjson.dumps({"error": "Internal Server Error"})
