@@ -107,28 +107,28 @@ async def test_ping_pong(tracked):
     await communicator.disconnect()
 
 
-@pytest.mark.parametrize(
-    ("frame", "code"),
-    [
-        ("not json", "invalid_message"),
-        ("[1, 2]", "invalid_message"),
-        ('{"type": "dance"}', "unknown_type"),
-        ('{"no": "type"}', "unknown_type"),
-        ('{"type": "subscribe"}', "invalid_coins"),
-        ('{"type": "subscribe", "coins": "bitcoin"}', "invalid_coins"),
-        ('{"type": "subscribe", "coins": []}', "invalid_coins"),
-        ('{"type": "subscribe", "coins": [1]}', "invalid_coins"),
-        ('{"type": "subscribe", "coins": ["nope-coin"]}', "unknown_coins"),
-        ("x" * 5000, "invalid_message"),
-    ],
-)
-async def test_bad_messages_get_an_error_and_the_socket_stays_open(tracked, frame, code):
+BAD_MESSAGES = [
+    ("not json", "invalid_message"),
+    ("[1, 2]", "invalid_message"),
+    ('{"type": "dance"}', "unknown_type"),
+    ('{"no": "type"}', "unknown_type"),
+    ('{"type": "subscribe"}', "invalid_coins"),
+    ('{"type": "subscribe", "coins": "bitcoin"}', "invalid_coins"),
+    ('{"type": "subscribe", "coins": []}', "invalid_coins"),
+    ('{"type": "subscribe", "coins": [1]}', "invalid_coins"),
+    ('{"type": "subscribe", "coins": ["nope-coin"]}', "unknown_coins"),
+    ("x" * 5000, "invalid_message"),
+]
+
+
+async def test_bad_messages_get_an_error_and_the_socket_stays_open(tracked):
     communicator, _ = await _connected()
-    await communicator.send_to(text_data=frame)
-    error = await ws_receive(communicator)
-    assert error["type"] == "error"
-    assert error["code"] == code
-    assert error["detail"]
+    for frame, code in BAD_MESSAGES:
+        await communicator.send_to(text_data=frame)
+        error = await ws_receive(communicator)
+        assert error["type"] == "error", frame
+        assert error["code"] == code, frame
+        assert error["detail"]
     await communicator.send_json_to({"type": "ping"})
     assert await ws_receive(communicator) == {"type": "pong"}
     await communicator.disconnect()

@@ -1,0 +1,206 @@
+"""/ws/user end to end: real tokens and sessions, the Redis channel layer, real pushes."""
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
+from rest_framework_simplejwt.tokens import AccessToken
+
+from accounts import services as account_services
+from notifications import services
+from notifications.models import Notification
+from notifications.tests.factories import user_create
+from notifications.tests.ws import ws_closed_with, ws_connect, ws_receive, ws_receive_type
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+def _login(user=None):
+    user = user or user_create()
+    session, tokens = account_services.session_start(user=user)
+    return user, session, tokens["access"]
+
+
+async def _open(token: str):
+    communicator, connected, subprotocol = await ws_connect(f"/ws/user?token={token}")
+    assert connected
+    return communicator
+
+
+async def test_notification_pushed_with_the_rest_shape():
+    user, _, token = await sync_to_async(_login)()
+    communicator = await _open(token)
+    notification = await sync_to_async(services.notification_create)(
+        user=user, kind="new_login", title="New login", body="From 1.2.3.4", data={"ip": "1.2.3.4"}
+    )
+    frame = await ws_receive(communicator)
+    assert frame["type"] == "notification"
+    assert frame["notification"] == {
+        "id": notification.pk,
+        "kind": "new_login",
+        "title": "New login",
+        "body": "From 1.2.3.4",
+        "data": {"ip": "1.2.3.4"},
+        "read": False,
+        "created_at": frame["notification"]["created_at"],
+    }
+    assert frame["notification"]["created_at"].endswith("Z")
+    await communicator.disconnect()
+
+
+async def test_subprotocol_bearer_token():
+    user, _, token = await sync_to_async(_login)()
+    communicator, connected, subprotocol = await ws_connect(
+        "/ws/user", subprotocols=["bearer", token]
+    )
+    assert connected and subprotocol == "bearer"
+    await sync_to_async(services.notification_create)(user=user, kind="email_verified", title="x")
+    assert (await ws_receive(communicator))["notification"]["kind"] == "email_verified"
+    await communicator.disconnect()
+
+
+async def test_events_reach_only_their_user_and_every_socket_of_it():
+    user, _, token = await sync_to_async(_login)()
+    _, _, other_token = await sync_to_async(_login)()
+    first, second, other = await _open(token), await _open(token), await _open(other_token)
+    await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
+    assert (await ws_receive(first))["type"] == "notification"
+    assert (await ws_receive(second))["type"] == "notification"
+    assert await other.receive_nothing(timeout=0.3)
+    for communicator in (first, second, other):
+        await communicator.disconnect()
+
+
+async def test_nothing_is_pushed_for_a_rolled_back_notification():
+    user, _, token = await sync_to_async(_login)()
+    communicator = await _open(token)
+
+    def create_then_roll_back():
+        from django.db import transaction
+
+        with transaction.atomic():
+            services.notification_create(user=user, kind="price_alert", title="x")
+            transaction.set_rollback(True)
+
+    await sync_to_async(create_then_roll_back)()
+    assert await communicator.receive_nothing(timeout=0.3)
+    assert not await Notification.objects.filter(user=user).aexists()
+    await communicator.disconnect()
+
+
+async def test_ping_and_bad_messages():
+    _, _, token = await sync_to_async(_login)()
+    communicator = await _open(token)
+    await communicator.send_json_to({"type": "ping"})
+    assert await ws_receive(communicator) == {"type": "pong"}
+    for frame in ("nope", '{"type": "dance"}'):
+        await communicator.send_to(text_data=frame)
+        assert (await ws_receive(communicator))["type"] == "error"
+    await communicator.send_json_to({"type": "ping"})
+    assert await ws_receive(communicator) == {"type": "pong"}
+    await communicator.disconnect()
+
+
+def _expired_access_token(token: str) -> str:
+    expired = AccessToken(token)
+    expired.set_exp(from_time=timezone.now() - timedelta(hours=1))
+    return str(expired)
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "expired", "revoked", "bad_subprotocol"])
+async def test_unauthenticated_sockets_are_closed_4401(case):
+    _, session, token = await sync_to_async(_login)()
+    path, subprotocols = f"/ws/user?token={token}", None
+    if case == "missing":
+        path = "/ws/user"
+    elif case == "garbage":
+        path = "/ws/user?token=not.a.jwt"
+    elif case == "expired":
+        path = f"/ws/user?token={await sync_to_async(_expired_access_token)(token)}"
+    elif case == "revoked":
+        await sync_to_async(account_services.session_revoke)(session_id=session.pk)
+    elif case == "bad_subprotocol":
+        path, subprotocols = "/ws/user", ["bearer", token[:-3] + "abc"]
+    communicator, connected, _ = await ws_connect(path, subprotocols=subprotocols)
+    assert connected  # accepted first, so the client sees the 4401 close code
+    assert await ws_closed_with(communicator) == 4401
+
+
+async def test_session_revoked_while_connected_is_disconnected():
+    user, session, token = await sync_to_async(_login)()
+    _, _, other_token = await sync_to_async(_login)(user)
+    revoked, kept = await _open(token), await _open(other_token)
+    await sync_to_async(account_services.session_revoke)(session_id=session.pk)
+    assert await ws_closed_with(revoked) == 4401
+    await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
+    assert (await ws_receive(kept))["type"] == "notification"
+    await kept.disconnect()
+
+
+async def test_all_sessions_revoked_disconnects_every_socket():
+    user, _, token = await sync_to_async(_login)()
+    _, _, second_token = await sync_to_async(_login)(user)
+    sockets = [await _open(token), await _open(second_token)]
+    await sync_to_async(account_services.user_sessions_revoke_all)(user=user)
+    for communicator in sockets:
+        assert await ws_closed_with(communicator) == 4401
+
+
+class TestEndToEnd:
+    """Through the real order queue and price poll fan-out, on a real Celery worker."""
+
+    async def test_order_events_and_fill_notification(self, celery_worker):
+        from orders.services import order_place
+        from orders.tests.factories import coins_and_prices
+        from orders.tests.factories import user_create as funded_user_create
+
+        await sync_to_async(coins_and_prices)({"bitcoin": "50000"})
+        user = await sync_to_async(funded_user_create)(usd="1000")
+        _, _, token = await sync_to_async(_login)(user)
+        communicator = await _open(token)
+
+        order, _ = await sync_to_async(order_place)(
+            user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.01")
+        )
+        statuses = []
+        while "filled" not in statuses:
+            frame = await ws_receive_type(communicator, "order")
+            assert frame["order"]["id"] == order.pk
+            assert frame["order"]["quantity"] == "0.01"
+            statuses.append(frame["order"]["status"])
+        assert statuses[0] == "pending"
+        filled = frame["order"]
+        assert filled["filled_price"] == "50000" and filled["fee"]
+        notification = (await ws_receive_type(communicator, "notification"))["notification"]
+        assert notification["kind"] == "order_filled"
+        assert notification["data"]["order_id"] == order.pk
+        await communicator.disconnect()
+
+    async def test_price_alert_fires_once_from_the_poll(self, celery_worker):
+        from markets.services import coins_seed, prices_on_tick, prices_record
+
+        def tick(price: str) -> None:
+            prices = {"bitcoin": Decimal(price)}
+            as_of = prices_record(prices=prices)
+            prices_on_tick(as_of=as_of, prices=prices, changed=["bitcoin"])
+
+        await sync_to_async(coins_seed)(coin_ids=["bitcoin"])
+        user, _, token = await sync_to_async(_login)()
+        alert = await sync_to_async(services.price_alert_create)(
+            user=user, coin_id="bitcoin", condition="above", price=Decimal("70000")
+        )
+        communicator = await _open(token)
+        await sync_to_async(tick)("69000")
+        await sync_to_async(tick)("70500.25")
+        notification = (await ws_receive_type(communicator, "notification"))["notification"]
+        assert notification["kind"] == "price_alert"
+        assert notification["data"]["alert_id"] == alert.pk
+        assert notification["data"]["triggered_price"] == "70500.25"
+        await sync_to_async(tick)("71000")
+        assert await communicator.receive_nothing(timeout=0.5)
+        assert await Notification.objects.filter(user=user).acount() == 1
+        await alert.arefresh_from_db()
+        assert alert.active is False
+        await communicator.disconnect()
