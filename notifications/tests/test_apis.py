@@ -1,4 +1,5 @@
 import pytest
+from django.test import Client
 from django.urls import reverse
 
 from markets.services import coins_seed
@@ -169,3 +170,19 @@ class TestAlerts:
         response = client.post("/api/v1/alerts", payload, format="json")
         assert response.status_code == 400
         assert response.json()["code"] == "too_many_alerts"
+
+
+def test_admin_lists_notifications_and_alerts(client, user):
+    coins_seed(coin_ids=["bitcoin"])
+    _notify(user)
+    services.price_alert_create(user=user, coin_id="bitcoin", condition="above", price=1)
+    staff = user_create(is_staff=True, is_superuser=True)
+    browser = Client()
+    browser.force_login(staff)
+    for url in (
+        "/admin/notifications/notification/",
+        "/admin/notifications/pricealert/",
+        "/admin/notifications/notificationpreference/",
+        f"/admin/notifications/notification/{Notification.objects.get().pk}/change/",
+    ):
+        assert browser.get(url).status_code == 200, url

@@ -1,0 +1,44 @@
+from django.contrib import admin, messages
+
+from notifications import services
+from notifications.models import Notification, NotificationPreference, PriceAlert
+
+
+@admin.register(Notification)
+class NotificationAdmin(admin.ModelAdmin):
+    list_display = ("id", "user", "kind", "title", "read_at", "emailed_at", "created_at")
+    list_filter = ("kind", ("read_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__email", "title")
+    list_select_related = ("user",)
+    date_hierarchy = "created_at"
+    readonly_fields = ("user", "kind", "title", "body", "data", "emailed_at", "created_at")
+    actions = ("mark_read",)
+
+    def has_add_permission(self, request):
+        # Notifications come from services (with their push and email), not by hand.
+        return False
+
+    @admin.action(description="Mark selected notifications as read")
+    def mark_read(self, request, queryset):
+        for notification in queryset.filter(read_at__isnull=True):
+            services.notification_mark_read(notification=notification)
+        self.message_user(request, "Marked as read.", messages.SUCCESS)
+
+
+@admin.register(PriceAlert)
+class PriceAlertAdmin(admin.ModelAdmin):
+    list_display = ("id", "user", "coin", "condition", "price", "active", "triggered_at")
+    list_filter = ("active", "condition", "coin")
+    search_fields = ("user__email",)
+    list_select_related = ("user", "coin")
+    readonly_fields = ("user", "coin", "condition", "price", "triggered_at", "triggered_price")
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(NotificationPreference)
+class NotificationPreferenceAdmin(admin.ModelAdmin):
+    list_display = ("user", "email_kinds", "updated_at")
+    search_fields = ("user__email",)
+    readonly_fields = ("user",)
