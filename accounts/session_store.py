@@ -24,18 +24,10 @@ if not uid then return {false, 0} end
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then return {uid, 1} end
 return {uid, 0}
 """
-_touch_script = None
 
 
 def _redis():
     return get_redis_connection("default")
-
-
-def _script():
-    global _touch_script
-    if _touch_script is None:
-        _touch_script = _redis().register_script(_TOUCH_LUA)
-    return _touch_script
 
 
 def store(*, session_id: str, user_id: int) -> None:
@@ -44,7 +36,8 @@ def store(*, session_id: str, user_id: int) -> None:
 
 def touch(*, session_id: str) -> tuple[str | None, bool]:
     """(user id or None when the session is gone, whether to persist last_seen now)."""
-    uid, due = _script()(
+    # register_script only hashes the source; EVALSHA falls back to EVAL once per server.
+    uid, due = _redis().register_script(_TOUCH_LUA)(
         keys=[SESSION_KEY.format(session_id), SEEN_KEY.format(session_id)],
         args=[settings.SESSION_IDLE_SECONDS, LAST_SEEN_WRITE_SECONDS],
     )

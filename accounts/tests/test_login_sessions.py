@@ -246,3 +246,18 @@ def test_deactivated_user_is_refused_at_once(api, user):
     user.is_active = False
     user.save()
     assert api.get("me", token=body["access"]).status_code == 401
+
+
+def test_redis_down_is_503_not_500(api, user, settings):
+    access = api.login(user.email)["access"]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+    response = api.get("me", token=access)
+    assert (response.status_code, response.json()["code"]) == (503, "service_unavailable")
+    response = api.post("forgot-password", {"email": user.email})
+    assert response.status_code == 503
