@@ -261,3 +261,14 @@ def test_redis_down_is_503_not_500(api, user, settings):
     assert (response.status_code, response.json()["code"]) == (503, "service_unavailable")
     response = api.post("forgot-password", {"email": user.email})
     assert response.status_code == 503
+
+
+def test_bcrypt_hashes_are_accepted_and_upgraded_to_argon2(api):
+    from django.contrib.auth.hashers import make_password
+
+    user = user_create()
+    user.password = make_password(PASSWORD, hasher="bcrypt_sha256")
+    user.save(update_fields=["password"])
+    api.login(user.email)
+    user.refresh_from_db()
+    assert user.password.startswith("argon2$argon2id$")
