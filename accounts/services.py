@@ -811,3 +811,44 @@ def user_profile_update(
             data={"fields": fields},
         )
     return user
+
+
+# --- Housekeeping ------------------------------------------------------------------
+
+SESSION_ROW_RETENTION = timedelta(days=30)
+VERIFICATION_ROW_RETENTION = timedelta(days=7)
+RESET_ROW_RETENTION = timedelta(days=1)
+
+
+def accounts_prune(*, batch_size: int = 500) -> dict[str, int]:
+    """Close session rows whose Redis session idled out, and delete rows nobody can use
+    any more (ended sessions after 30 days, expired codes and reset links). The audit
+    log is kept."""
+    now = timezone.now()
+    closed = 0
+    last_pk = ""
+    while True:
+        ids = list(
+            Session.objects.filter(revoked_at__isnull=True, pk__gt=last_pk)
+            .order_by("pk")
+            .values_list("pk", flat=True)[:batch_size]
+        )
+        if not ids:
+            break
+        last_pk = ids[-1]
+        alive = session_store.live(ids)
+        closed += Session.objects.filter(
+            pk__in=[sid for sid in ids if sid not in alive], revoked_at__isnull=True
+        ).update(revoked_at=now, revoked_reason="expired")
+    return {
+        "sessions_closed": closed,
+        "sessions_deleted": Session.objects.filter(
+            revoked_at__lt=now - SESSION_ROW_RETENTION
+        ).delete()[0],
+        "verifications_deleted": EmailVerification.objects.filter(
+            expires_at__lt=now - VERIFICATION_ROW_RETENTION
+        ).delete()[0],
+        "resets_deleted": PasswordResetToken.objects.filter(
+            expires_at__lt=now - RESET_ROW_RETENTION
+        ).delete()[0],
+    }

@@ -35,3 +35,8 @@ def welcome_email_send(user_id: int) -> bool:
 @shared_task(name="accounts.password_reset_email_send", **_EMAIL_TASK)
 def password_reset_email_send(email: str) -> bool:
     return services.password_reset_email_send(email=email)
+
+
+@shared_task(name="accounts.prune", acks_late=True, soft_time_limit=600, time_limit=660)
+def prune() -> dict[str, int]:
+    return services.accounts_prune()

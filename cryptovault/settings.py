@@ -164,6 +164,8 @@ SIMPLE_JWT = {
 }
 SESSION_IDLE_SECONDS = env.int("SESSION_IDLE_SECONDS", default=1200)
 MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=5)
+# Daily: close idled-out session rows, drop expired codes and reset links.
+CELERY_BEAT_SCHEDULE["accounts-prune"] = {"task": "accounts.prune", "schedule": 86400.0}
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")
 RSA_PRIVATE_KEY_FILE = env.str("RSA_PRIVATE_KEY_FILE", default=str(BASE_DIR / ".keys/rsa.pem"))
 GOOGLE_CLIENT_IDS = env.list("GOOGLE_CLIENT_IDS", default=[])

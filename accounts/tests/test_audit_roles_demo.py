@@ -89,3 +89,35 @@ def test_emails_go_through_a_real_worker(celery_worker, api_client):
     assert _wait_for(lambda: mails_to("worker@example.com", "Welcome"))
     assert len(mails_to("worker@example.com", "Welcome")) == 1
     mail.outbox.clear()
+
+
+@pytest.mark.django_db
+def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
+    from datetime import timedelta
+
+    import jwt
+    from django.utils import timezone
+    from django_redis import get_redis_connection
+
+    from accounts import session_store
+    from accounts.models import EmailVerification, PasswordResetToken, Session
+    from accounts.services import accounts_prune
+
+    live = api.login(user.email)
+    idle = api.login(user.email)
+    idle_sid = jwt.decode(idle["access"], options={"verify_signature": False})["sid"]
+    get_redis_connection("default").delete(session_store.SESSION_KEY.format(idle_sid))
+    old = timezone.now() - timedelta(days=40)
+    Session.objects.create(id="0" * 32, user=user, revoked_at=old, revoked_reason="logout")
+    EmailVerification.objects.create(user=user, code_hash="x", token_hash="y", expires_at=old)
+    PasswordResetToken.objects.create(user=user, token_hash="z", expires_at=old)
+
+    assert accounts_prune(batch_size=1) == {
+        "sessions_closed": 1,
+        "sessions_deleted": 1,
+        "verifications_deleted": 1,
+        "resets_deleted": 1,
+    }
+    assert Session.objects.get(pk=idle_sid).revoked_reason == "expired"
+    assert api.get("me", token=live["access"]).status_code == 200
+    assert api.get("me", token=idle["access"]).status_code == 401
