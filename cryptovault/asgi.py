@@ -10,10 +10,12 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from cryptovault.routing import AllowedHostsOriginValidator, websocket_urlpatterns  # noqa: E402
+from markets.asgi import prices_fast_lane  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py).
+        "http": prices_fast_lane(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
     }
 )

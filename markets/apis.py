@@ -1,13 +1,10 @@
 """Market data API. Every endpoint is public (market data is not personal), so none runs
 authentication: a stale or bogus token in a browser never breaks a price chart."""
 
-import asyncio
 import logging
-import weakref
 
-import redis.asyncio as aioredis
-from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
 from redis.exceptions import RedisError
 from rest_framework import serializers
@@ -28,9 +25,15 @@ class PublicApi(APIView):
 
 class CoinListApi(PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinListInput"
+
         search = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinListItem"
+
         id = serializers.CharField()
         symbol = serializers.CharField()
         name = serializers.CharField()
@@ -59,6 +62,9 @@ def _coin_or_404(coin_id: str):
 
 class CoinDetailApi(PublicApi):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinDetail"
+
         id = serializers.CharField()
         symbol = serializers.CharField()
         name = serializers.CharField()
@@ -88,9 +94,15 @@ class CoinDetailApi(PublicApi):
 
 class CoinHistoryApi(PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinHistoryInput"
+
         days = serializers.IntegerField(min_value=1, max_value=365, default=7)
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinHistory"
+
         coin = serializers.CharField()
         days = serializers.IntegerField()
         prices = serializers.ListField(child=serializers.ListField())
@@ -109,11 +121,17 @@ class CoinHistoryApi(PublicApi):
 
 class ArbitrageApi(PublicApi):
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ArbitrageInput"
+
         min_net_pct = serializers.DecimalField(
             max_digits=12, decimal_places=4, required=False, min_value=-100, max_value=1000
         )
 
     class OpportunitySerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ArbitrageOpportunity"
+
         coin = serializers.CharField()
         buy_exchange = serializers.CharField()
         buy_price = serializers.CharField()
@@ -125,6 +143,9 @@ class ArbitrageApi(PublicApi):
         net_pct = serializers.CharField()
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "Arbitrage"
+
         as_of = serializers.DateTimeField(allow_null=True)
         opportunities = serializers.ListField()
 
@@ -142,25 +163,11 @@ class ArbitrageApi(PublicApi):
 
 
 # --- GET /prices: the hottest endpoint -----------------------------------------------------------
-# A plain async Django view rather than DRF: no ORM, no serializer, no thread hop. The body
-# is encoded once per poll by ``prices_record``; a request costs one Redis MGET.
-_redis_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis]" = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _async_redis() -> aioredis.Redis:
-    # redis.asyncio connections belong to one event loop; tests run several loops.
-    loop = asyncio.get_running_loop()
-    client = _redis_by_loop.get(loop)
-    if client is None:
-        client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
-        )
-        _redis_by_loop[loop] = client
-    return client
-
-
+# A plain async Django view rather than DRF: no ORM, no serializer. The body is encoded
+# once per poll by ``prices_record``; a request costs one Redis MGET. In production
+# ``markets.asgi.prices_fast_lane`` answers most requests before Django's middleware;
+# this view serves whatever that lane hands on.
+@csrf_exempt  # read-only: any unsafe method gets a 405, never a CSRF 403
 async def prices(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         response = JsonResponse(
@@ -170,16 +177,11 @@ async def prices(request: HttpRequest) -> HttpResponse:
         response["Allow"] = "GET, HEAD"
         return response
     try:
-        body, as_of = await _async_redis().mget(
-            selectors.PRICES_BODY_KEY, selectors.PRICES_AS_OF_KEY
-        )
+        body = await selectors.prices_snapshot_bytes_async()
     except RedisError:
         logger.warning("prices unavailable: redis error", exc_info=True)
         return JsonResponse(
             {"detail": "Prices are unavailable right now.", "code": "price_unavailable"},
             status=503,
         )
-    return HttpResponse(
-        selectors.prices_body_render(body=body, as_of_raw=as_of),
-        content_type="application/json",
-    )
+    return HttpResponse(body, content_type="application/json")
