@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import password_validation
 from django.contrib.auth.hashers import make_password
+from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
@@ -264,8 +265,6 @@ def user_email_mark_verified(*, user: User, request=None) -> bool:
 def welcome_email_send(*, user_id: int) -> bool:
     # Guard against a redelivered task mailing twice (acks_late); released on failure.
     guard = f"accounts:welcome-sent:{user_id}"
-    from django.core.cache import cache
-
     user = User.objects.filter(pk=user_id, email_verified_at__isnull=False).first()
     if user is None or not cache.add(guard, 1, timeout=7 * 24 * 3600):
         return False
