@@ -90,3 +90,32 @@ def portfolio_get(*, user) -> dict:
             }
         )
     return {"balances": rows, "total_value_usd": total}
+
+
+def reservation_mismatches(*, user=None) -> list[dict]:
+    """Every balance whose ``locked`` differs from what its active orders reserve.
+
+    The second invariant: funds are locked only for pending/open orders, exactly.
+    """
+    orders = Order.objects.filter(status__in=Order.ACTIVE_STATUSES)
+    balances = Balance.objects.all()
+    if user is not None:
+        orders = orders.filter(user=user)
+        balances = balances.filter(user=user)
+    reserved = {
+        (row["user_id"], row["reserved_asset"]): row["total"]
+        for row in orders.values("user_id", "reserved_asset").annotate(total=Sum("reserved_amount"))
+    }
+    mismatches = []
+    for b in balances.only("user_id", "asset", "locked"):
+        expected = reserved.pop((b.user_id, b.asset), Decimal(0))
+        if expected != b.locked:
+            mismatches.append(
+                {"user_id": b.user_id, "asset": b.asset, "reserved": expected, "locked": b.locked}
+            )
+    mismatches.extend(
+        {"user_id": user_id, "asset": asset, "reserved": total, "locked": None}
+        for (user_id, asset), total in reserved.items()
+        if total
+    )
+    return mismatches

@@ -199,10 +199,32 @@ def _reference_price(*, coin_id: str) -> Decimal:
         return Decimal(quote["usd"])
 
 
-def _queue_enqueue(user_id: int) -> None:
+def _queue_key(user_id: int) -> str:
+    return f"cv:orders:queued:{user_id}"
+
+
+# A run of the queue that was enqueued but never started (message lost) stops
+# suppressing new runs after this long; the sweep re-enqueues its orders anyway.
+QUEUE_MARK_SECONDS = 60
+
+
+def _queue_enqueue(user_id: int, *, force: bool = False) -> None:
+    """Enqueue a run of the user's queue unless one is already waiting to start.
+
+    The mark is set here and cleared by the run as it starts, before it reads the
+    pending orders: an order committed before that read is in the run, one committed
+    after finds no mark and enqueues the next run. Under load a user's orders pile up
+    behind one queued run and are processed in one batch.
+    """
+    from django_redis import get_redis_connection
+
     from orders.tasks import order_queue_process
 
-    order_queue_process.delay(user_id)
+    marked = get_redis_connection("default").set(
+        _queue_key(user_id), 1, nx=True, ex=QUEUE_MARK_SECONDS
+    )
+    if marked or force:
+        order_queue_process.delay(user_id)
 
 
 def order_place(
@@ -449,8 +471,11 @@ def order_queue_process(*, user_id: int) -> int:
     locks taken in id order, so a redelivered or concurrent run processes nothing
     twice and keeps the order of arrival.
     """
+    from django_redis import get_redis_connection
+
     from markets.selectors import PriceUnavailable, price_get_fresh
 
+    get_redis_connection("default").delete(_queue_key(user_id))
     processed = 0
     while True:
         with transaction.atomic():
@@ -603,5 +628,5 @@ def order_queue_sweep(*, older_than_seconds: int = 30) -> int:
         .distinct()
     )
     for user_id in user_ids:
-        _queue_enqueue(user_id)
+        _queue_enqueue(user_id, force=True)
     return len(user_ids)

@@ -224,3 +224,22 @@ def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_w
     prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=["ethereum"])
     wait_until(lambda: Order.objects.get(pk=sell.pk).status == "filled")
     assert Balance.objects.get(user=seller, asset=USD).available == Decimal("3196.8")
+
+
+def test_a_users_orders_pile_up_behind_one_queued_run():
+    user = user_create(usd="10000")
+
+    def place():
+        return services.order_place(
+            user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.01")
+        )[0]
+
+    for _ in range(5):
+        place()
+    assert _queued() == 1
+    assert services.order_queue_process(user_id=user.pk) == 5
+    # The run cleared its mark as it started: the next order enqueues a new run.
+    place()
+    assert _queued() == 2
+    assert services.order_queue_process(user_id=user.pk) == 1
+    assert Order.objects.filter(user=user, status="filled").count() == 6

@@ -1,0 +1,274 @@
+"""Order throughput: users placing market orders over real HTTP, filled by a real worker.
+
+    DATABASE_URL=postgres://postgres@localhost:5432/cv_orders \\
+    REDIS_URL=redis://localhost:6379/12 .venv/bin/python bench/orders.py
+
+Starts its own uvicorn (``--port``, default 8612) and Celery worker against the given
+database and Redis db (use your own: the Redis db is flushed first), creates
+``--users`` funded users with live sessions, keeps prices fresh, and has
+``--concurrency`` keep-alive connections POST market orders for ``--duration``
+seconds. Then it waits for the queue to drain and prints: orders/s accepted and
+filled, p50/p99 POST latency, p50/p99 place→filled latency (from the orders'
+own timestamps), and checks the ledger invariant. Rate limits are switched off
+for the run (``RATELIMIT_ENABLE=false``), as load tests need.
+
+Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
+"""
+
+import argparse
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from decimal import Decimal
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
+
+COINS = {"bitcoin": Decimal("65000"), "ethereum": Decimal("3000")}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--users", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--port", type=int, default=8612)
+    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument("--worker-concurrency", type=int, default=2)
+    parser.add_argument("--drain-timeout", type=float, default=120.0)
+    return parser.parse_args()
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
+
+
+def prepare(n_users: int) -> list[str]:
+    """Migrate, seed coins and prices, and return one access token per funded user."""
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django_redis import get_redis_connection
+
+    from accounts.models import User
+    from accounts.services import session_start
+    from markets.services import coins_seed, prices_record
+    from orders.models import Balance
+    from orders.services import wallet_adjust
+
+    call_command("migrate", verbosity=0)
+    get_redis_connection("default").flushdb()
+    coins_seed(coin_ids=list(COINS))
+    prices_record(prices=COINS)
+    funding = {"usd": Decimal("10000000"), "bitcoin": Decimal("100"), "ethereum": Decimal("1000")}
+    tokens = []
+    for i in range(n_users):
+        user, _ = User.objects.get_or_create(
+            email=f"bench-trader-{i}@bench.invalid",
+            defaults={"email_verified_at": django.utils.timezone.now()},
+        )
+        for asset, amount in funding.items():
+            balance = Balance.objects.filter(user=user, asset=asset).first()
+            have = balance.available if balance else Decimal(0)
+            if have < amount:
+                wallet_adjust(user=user, asset=asset, amount=amount - have, reason="bench")
+        _, issued = session_start(user=user)
+        tokens.append(issued["access"])
+    return tokens
+
+
+def keep_prices_fresh(stop: threading.Event) -> None:
+    """What the poller does every few seconds (without the tick fan-out)."""
+    from django.db import connection
+
+    from markets.services import prices_record
+
+    while not stop.wait(5):
+        prices_record(prices=COINS)
+    connection.close()
+
+
+def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
+    env = {**os.environ, "RATELIMIT_ENABLE": "false", "LOG_LEVEL": "WARNING"}
+    env.setdefault("CONN_MAX_AGE", "60")
+    python = sys.executable
+    web = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
+        [
+            python, "-m", "uvicorn", "cryptovault.asgi:application",
+            "--host", "127.0.0.1", "--port", str(args.port),
+            "--workers", str(args.web_workers), "--no-access-log", "--log-level", "warning",
+        ],
+        cwd=ROOT, env=env,
+    )  # fmt: skip
+    worker = subprocess.Popen(  # noqa: S603
+        [
+            python, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders,celery",
+            "--concurrency", str(args.worker_concurrency), "--loglevel", "WARNING",
+            "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return [web, worker]
+
+
+async def wait_healthy(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+            status_line = await reader.readline()
+            writer.close()
+            if b" 200 " in status_line:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.3)
+    raise RuntimeError("server did not become healthy")
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        return status, await reader.readexactly(int(headers["content-length"]))
+    body = b""
+    while True:  # chunked
+        size = int((await reader.readline()).strip(), 16)
+        chunk = await reader.readexactly(size + 2)
+        if size == 0:
+            return status, body
+        body += chunk[:-2]
+
+
+async def client(port: int, tokens: list[str], until: float, stats: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while time.monotonic() < until:
+            token = random.choice(tokens)
+            coin = random.choice(list(COINS))
+            side = random.choice(("buy", "sell"))
+            body = (
+                f'{{"coin":"{coin}","side":"{side}","type":"market","quantity":"0.0001"}}'
+            ).encode()
+            request = (
+                f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode() + body
+            started = time.monotonic()
+            writer.write(request)
+            await writer.drain()
+            status, _ = await read_response(reader)
+            stats["latency"].append(time.monotonic() - started)
+            stats["status"][status] = stats["status"].get(status, 0) + 1
+    finally:
+        writer.close()
+
+
+async def load(args: argparse.Namespace, tokens: list[str]) -> dict:
+    stats: dict = {"latency": [], "status": {}}
+    until = time.monotonic() + args.duration
+    await asyncio.gather(
+        *(client(args.port, tokens, until, stats) for _ in range(args.concurrency))
+    )
+    return stats
+
+
+def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
+    from django.db.models import Q
+
+    from orders.models import Balance, Order
+    from orders.selectors import ledger_mismatches, reservation_mismatches
+
+    window = Order.objects.filter(created_at__gte=t0, created_at__lte=t1)
+    deadline = time.monotonic() + args.drain_timeout
+    while window.filter(status="pending").exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    accepted = stats["status"].get(201, 0)
+    filled_in_window = Order.objects.filter(
+        status="filled", updated_at__gte=t0, updated_at__lte=t1
+    ).count()
+    lags = [
+        (updated - created).total_seconds()
+        for created, updated in window.filter(status="filled").values_list(
+            "created_at", "updated_at"
+        )
+    ]
+    statuses = dict((s, window.filter(status=s).count()) for s in ("pending", "filled", "rejected"))
+    latencies = stats["latency"]
+    seconds = (t1 - t0).total_seconds()
+    print(f"users={args.users} connections={args.concurrency} duration={seconds:.1f}s")
+    print(f"HTTP statuses: {stats['status']}   orders in window: {statuses}")
+    print(f"accepted: {accepted / seconds:8.1f} orders/s")
+    print(f"filled:   {filled_in_window / seconds:8.1f} orders/s (filled within the window)")
+    print(
+        f"POST latency   p50 {percentile(latencies, 50) * 1000:7.1f} ms"
+        f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
+    )
+    print(
+        f"place->filled  p50 {percentile(lags, 50) * 1000:7.1f} ms"
+        f"   p99 {percentile(lags, 99) * 1000:7.1f} ms"
+    )
+    mismatches = ledger_mismatches()
+    reservations = reservation_mismatches()
+    negative = Balance.objects.filter(Q(available__lt=0) | Q(locked__lt=0)).count()
+    ok = not mismatches and not reservations and not negative
+    print(
+        f"ledger invariant: {'OK' if not mismatches else mismatches[:5]}; "
+        f"reservations: {'OK' if not reservations else reservations[:5]}; "
+        f"negative balances: {negative}"
+    )
+    print(
+        f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
+        f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
+    )
+    return ok
+
+
+def main() -> int:
+    args = parse_args()
+    tokens = prepare(args.users)
+    from django.utils import timezone
+
+    processes = start_processes(args)
+    stop = threading.Event()
+    refresher = threading.Thread(target=keep_prices_fresh, args=(stop,), daemon=True)
+    refresher.start()
+    try:
+        asyncio.run(wait_healthy(args.port))
+        t0 = timezone.now()
+        stats = asyncio.run(load(args, tokens))
+        t1 = timezone.now()
+        ok = report(args, stats, t0, t1)
+    finally:
+        stop.set()
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
