@@ -9,8 +9,7 @@
 #   3. reads that tolerate lag reach the replica; orders stay on the primary,
 #   4. a WebSocket subscriber on instance B (and one through nginx) receives ticks,
 #   5. killing one web instance mid-load loses no request nginx can retry.
-# With --bench it then runs bench/prices.py and bench/orders.py through nginx with one
-# and with two web processes and prints the scaling factor.
+# The throughput of one vs two web processes behind the same nginx is bench/scale.py.
 #
 # The shared primary is never restarted: if it refuses replication connections, one
 # `host replication` trust line for 127.0.0.1 is added to its pg_hba.conf and the
@@ -21,14 +20,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 
-BENCH=""
-for arg in "$@"; do
-  case "$arg" in
-    --bench) BENCH=1 ;;
-    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [--bench]" >&2; exit 2 ;;
-  esac
-done
+case "${1:-}" in
+  "") ;;
+  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+  *) echo "usage: $0 (no arguments; ports and names via environment, see below)" >&2; exit 2 ;;
+esac
 
 PY="${PYTHON_BIN:-$ROOT/.venv/bin/python}"
 PRIMARY_HOST=127.0.0.1
@@ -421,34 +417,3 @@ print(f"[scale-demo] OK   nginx log: {len(rows)} requests, answered by {per}; {l
 start_web web_a "$WEB_A_PORT"
 wait_http "http://127.0.0.1:$WEB_A_PORT/health" 60 || die "web A did not come back"
 ok "web A restarted and healthy; nginx puts it back after fail_timeout"
-
-# --- benchmarks: one vs two web processes ------------------------------------------------------
-if [ -n "$BENCH" ]; then
-  bench_run() {  # bench_run LABEL PORT...: reconfigure nginx's upstream, run both benches
-    local label=$1; shift
-    write_nginx_conf "$@"
-    nginx "${NGINX_ARGS[@]}" -g "pid $WORK/nginx/nginx.pid; user www-data;" -s reload
-    sleep 1
-    for bench in prices orders; do
-      [ -f "bench/$bench.py" ] || die "bench/$bench.py does not exist"
-      say "bench/$bench.py through nginx, $label"
-      BENCH_URL="http://127.0.0.1:$NGINX_PORT" "$PY" "bench/$bench.py" --url "http://127.0.0.1:$NGINX_PORT" \
-        | tee "$WORK/bench-$bench-$label.txt"
-    done
-  }
-  bench_run one "$WEB_A_PORT"
-  bench_run two "$WEB_A_PORT" "$WEB_B_PORT"
-  for bench in prices orders; do
-    "$PY" - "$WORK/bench-$bench-one.txt" "$WORK/bench-$bench-two.txt" "$bench" <<'PYTHON'
-import re, sys
-def rate(path):
-    found = re.findall(r"([0-9.]+)\s*(?:req/s|requests/s|rps|orders/s)", open(path).read())
-    return float(found[-1]) if found else None
-one, two = rate(sys.argv[1]), rate(sys.argv[2])
-if one and two:
-    print(f"[scale-demo] bench/{sys.argv[3]}.py: {one:.0f}/s with one web, {two:.0f}/s with two: scaling factor {two / one:.2f}x")
-else:
-    print(f"[scale-demo] bench/{sys.argv[3]}.py: could not read a rate from its output")
-PYTHON
-  done
-fi
