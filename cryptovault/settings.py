@@ -204,6 +204,8 @@ MARKET_DATA_CONNECT_TIMEOUT = env.float("MARKET_DATA_CONNECT_TIMEOUT", default=3
 MARKET_DATA_READ_TIMEOUT = env.float("MARKET_DATA_READ_TIMEOUT", default=5.0)
 MARKET_DATA_RETRIES = env.int("MARKET_DATA_RETRIES", default=2)
 MARKET_DATA_RETRY_BACKOFF = env.float("MARKET_DATA_RETRY_BACKOFF", default=0.5)
+# No retry starts unless it can end within this many seconds of the first attempt.
+MARKET_DATA_DEADLINE = env.float("MARKET_DATA_DEADLINE", default=8.0)
 # Venue tickers: one coin per run, round-robin, so 6 s adds 10 calls/min to the 6 of the
 # price poll, inside CoinGecko Demo's ~30/min with room for details and charts.
 TICKERS_POLL_SECONDS = env.int("TICKERS_POLL_SECONDS", default=6)

@@ -8,7 +8,8 @@ callers keep their last good data instead of caching garbage.
 Rate limits: CoinGecko counts every call (errors too), so a 429 puts the whole platform
 in a shared back-off (a Redis key) until the reset its ``x-ratelimit-*`` / ``Retry-After``
 headers announce; calls made meanwhile fail fast with ``SourceRateLimited`` without
-spending budget. Server errors and timeouts are retried with exponential back-off.
+spending budget. Server errors and timeouts are retried with exponential back-off while
+a retry can still finish within ``MARKET_DATA_DEADLINE`` seconds of the first attempt.
 """
 
 import json
@@ -189,6 +190,8 @@ class CoinGeckoClient:
             headers["x-cg-pro-api-key" if plan == "pro" else "x-cg-demo-api-key"] = api_key
         self.retries = settings.MARKET_DATA_RETRIES
         self.backoff = settings.MARKET_DATA_RETRY_BACKOFF
+        self.read_timeout = settings.MARKET_DATA_READ_TIMEOUT
+        self.deadline = settings.MARKET_DATA_DEADLINE
         self._http = httpx.Client(
             base_url=(base_url or settings.MARKET_DATA_URL).rstrip("/") + "/",
             headers=headers,
@@ -214,6 +217,7 @@ class CoinGeckoClient:
         waiting = rate_limited_for()
         if waiting:
             raise SourceRateLimited(f"rate limited for {waiting:.0f}s more", retry_after=waiting)
+        started = time.monotonic()
         attempt = 0
         while True:
             try:
@@ -236,9 +240,13 @@ class CoinGeckoClient:
                 error = SourceError(f"{path}: HTTP {response.status_code}")
                 if response.status_code < 500:
                     raise error
-            if attempt >= self.retries:
+            pause = self.backoff * 2**attempt
+            # A retry that could not finish before the deadline would only hold a worker
+            # slot (orders share the worker); the next scheduled run is the retry then.
+            worst_next = time.monotonic() - started + pause + self.read_timeout
+            if attempt >= self.retries or worst_next > self.deadline:
                 raise error
-            time.sleep(self.backoff * 2**attempt)
+            time.sleep(pause)
             attempt += 1
 
     # --- endpoints ------------------------------------------------------------------------

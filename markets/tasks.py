@@ -19,11 +19,10 @@ TICKERS_POLL_LOCK = "cv:markets:lock:tickers_poll"
 
 
 def _poll_budget_seconds() -> int:
-    """Worst case of one run: every retry timing out, plus the back-off between them."""
-    attempts = settings.MARKET_DATA_RETRIES + 1
-    per_attempt = settings.MARKET_DATA_CONNECT_TIMEOUT + settings.MARKET_DATA_READ_TIMEOUT
-    backoff = settings.MARKET_DATA_RETRY_BACKOFF * (2**attempts)
-    return int(attempts * per_attempt + backoff) + 10
+    """Worst case of one run: the client's deadline plus one attempt that started just
+    before it (connect and read timeouts), with slack for Redis and PostgreSQL."""
+    attempt = settings.MARKET_DATA_CONNECT_TIMEOUT + settings.MARKET_DATA_READ_TIMEOUT
+    return int(settings.MARKET_DATA_DEADLINE + attempt) + 10
 
 
 def run_exclusive(lock_name: str, work: Callable[[], object]) -> object | None:

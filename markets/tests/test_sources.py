@@ -327,3 +327,12 @@ def test_coin_details_for_another_coin_refused(fast_client_settings):
     )
     with CoinGeckoClient() as client, pytest.raises(SourceError):
         client.coin_details(coin_id="bitcoin")
+
+
+@pytest.mark.parametrize(("deadline", "calls"), [(0.5, 1), (5.0, 2)])
+def test_timeouts_are_retried_only_within_the_deadline(simulator, settings, deadline, calls):
+    settings.MARKET_DATA_DEADLINE = deadline  # read timeout 0.3 s, one retry allowed
+    simulator.fault = "timeout"
+    with CoinGeckoClient() as client, pytest.raises(SourceError):
+        client.coins_markets(ids=["bitcoin"])
+    assert simulator.calls == calls
