@@ -110,6 +110,26 @@ def user_role_set(*, user: User, role: str) -> User:
     return user
 
 
+@transaction.atomic
+def user_lock(*, user: User, actor: User | None = None, request=None) -> User:
+    """Operator lock: the account can no longer log in and its sessions end now."""
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    user_sessions_revoke_all(user=user, reason="locked", actor=actor, request=request)
+    audit_record(action="user_locked", actor=actor, target=user, request=request)
+    return user
+
+
+@transaction.atomic
+def user_unlock(*, user: User, actor: User | None = None, request=None) -> User:
+    """Undo an operator lock and any failed-login lockout."""
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    login_failures_clear(user=user)
+    audit_record(action="user_unlocked", actor=actor, target=user, request=request)
+    return user
+
+
 # --- Signup and verification -------------------------------------------------------
 
 

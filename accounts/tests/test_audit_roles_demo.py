@@ -121,3 +121,24 @@ def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
     assert Session.objects.get(pk=idle_sid).revoked_reason == "expired"
     assert api.get("me", token=live["access"]).status_code == 200
     assert api.get("me", token=idle["access"]).status_code == 401
+
+
+@pytest.mark.django_db
+def test_operator_lock_ends_sessions_and_unlock_restores_login(api, user):
+    from accounts.services import user_lock, user_unlock
+
+    operator = user_create()
+    token = api.login(user.email)["access"]
+    user_lock(user=user, actor=operator)
+    assert api.get("me", token=token).status_code == 401
+    assert api.post("login", {"email": user.email, "password": PASSWORD}).status_code == 401
+    user_unlock(user=user, actor=operator)
+    api.login(user.email)
+    assert list(AuditEvent.objects.filter(actor=operator).values_list("action", flat=True)) == [
+        "user_unlocked",
+        "session_revoked",
+        "user_locked",
+    ] or {
+        "user_locked",
+        "user_unlocked",
+    } <= set(AuditEvent.objects.filter(actor=operator).values_list("action", flat=True))
