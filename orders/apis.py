@@ -136,9 +136,11 @@ class OrderListCreateApi(APIView):
         header_key = request.headers.get("Idempotency-Key")
         client_order_id = data.get("client_order_id")
         if client_order_id is None and header_key is not None:
-            client_order_id = (
-                self.InputSerializer().fields["client_order_id"].run_validation(header_key.strip())
-            )
+            key_field = self.InputSerializer().fields["client_order_id"]
+            try:
+                client_order_id = key_field.run_validation(header_key.strip())
+            except serializers.ValidationError as exc:
+                raise serializers.ValidationError({"Idempotency-Key": exc.detail}) from None
         order, created = services.order_place(
             user=request.user,
             coin_id=data["coin"],

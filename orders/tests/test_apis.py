@@ -106,6 +106,12 @@ def test_bad_input_is_400_never_500(client, changes):
     assert not Order.objects.exists()
 
 
+def test_bad_idempotency_key_is_400(client):
+    response = client.post(ORDERS, order_body(), format="json", HTTP_IDEMPOTENCY_KEY="x" * 65)
+    assert response.status_code == 400
+    assert "Idempotency-Key" in response.json()
+
+
 def test_missing_fields_and_non_json_are_400(client):
     assert client.post(ORDERS, {}, format="json").status_code == 400
     response = client.post(ORDERS, "{not json", content_type="application/json")
