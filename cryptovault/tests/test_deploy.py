@@ -3,15 +3,18 @@
 Kubernetes manifests are validated offline against the Kubernetes OpenAPI schemas
 bundled in kubernetes-validate (strict: unknown fields fail), then checked for what
 the schemas cannot tell: probes, autoscalers, selectors. docker-compose.yml is parsed
-with PyYAML (anchors resolved) and deploy/nginx.conf with ``nginx -t`` when nginx is
-installed (scripts/scale_demo.sh installs it).
+with PyYAML (anchors resolved); deploy/nginx.conf is checked with ``nginx -t`` and then
+served by a real nginx when one is installed (scripts/scale_demo.sh installs it).
 """
 
 import re
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import kubernetes_validate
 import pytest
 import yaml
@@ -152,17 +155,57 @@ def test_nginx_conf_balances_http_and_websockets_and_passes_client_headers():
         assert directive in conf
 
 
-@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
-def test_nginx_accepts_the_configuration(tmp_path):
-    # `web` only resolves inside compose; the syntax check needs a resolvable name.
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def edge(tmp_path):
+    """nginx with deploy/nginx.conf on a free port, its upstream a closed port."""
+    if shutil.which("nginx") is None:
+        pytest.skip("nginx is not installed")
+    port = free_port()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(NGINX_CONF.read_text().replace("server web:8000", "server 127.0.0.1:8000"))
-
-    result = subprocess.run(  # noqa: S603 - fixed arguments
-        ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-g", f"pid {tmp_path}/nginx.pid;"],  # noqa: S607
-        capture_output=True,
-        text=True,
-        timeout=30,
+    conf.write_text(
+        NGINX_CONF.read_text()
+        .replace("server web:8000", f"server 127.0.0.1:{free_port()}")
+        .replace("listen 80;", f"listen 127.0.0.1:{port};")
     )
+    command = ["nginx", "-p", str(tmp_path), "-c", str(conf)]
+    globals_ = f"pid {tmp_path}/nginx.pid; daemon off;"
+    checked = subprocess.run(  # noqa: S603 - fixed arguments
+        [*command, "-t", "-g", globals_], capture_output=True, text=True, timeout=30
+    )
+    assert checked.returncode == 0, checked.stderr
+    process = subprocess.Popen(  # noqa: S603
+        [*command, "-g", globals_], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() < deadline, "nginx did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=10)
 
-    assert result.returncode == 0, result.stderr
+
+def test_nginx_answers_in_the_api_error_format_when_no_instance_is_up(edge):
+    response = httpx.get(f"{edge}/api/v1/coins", headers={"X-Request-ID": "edge-test-1"})
+
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"
+    assert response.headers["Retry-After"] == "5"
+    assert response.headers["X-Request-ID"] == "edge-test-1"
+
+
+def test_nginx_refuses_huge_bodies_in_the_api_error_format(edge):
+    response = httpx.post(f"{edge}/api/v1/orders", content=b"x" * (2 * 1024 * 1024))
+
+    assert response.status_code == 413
+    assert response.json()["code"] == "request_too_large"
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])  # nginx's own id
