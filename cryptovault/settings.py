@@ -111,10 +111,13 @@ CACHES = {
         },
     }
 }
+# The channel layer carries per-user events (groups ``user.<id>``, ``session.<sid>``);
+# price ticks bypass it (one Redis publish per tick, see markets.consumers). Group
+# membership outlives the default day so a long-lived /ws/user socket keeps its events.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cv:ws"},
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cv:ws", "group_expiry": 7 * 86400},
     }
 }
 

@@ -202,7 +202,8 @@ def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> bool:
     from notifications.tasks import price_alerts_fire
 
     payload = {coin: decimal_plain(price) for coin, price in prices.items() if price is not None}
-    transaction.on_commit(lambda: price_alerts_fire.delay(payload))
+    # robust: a broker hiccup is logged and must not fail the price poll.
+    transaction.on_commit(lambda: price_alerts_fire.delay(payload), robust=True)
     return True
 
 

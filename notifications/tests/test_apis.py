@@ -155,6 +155,20 @@ class TestAlerts:
         assert response.status_code == 400
         assert field in response.json()
 
+    def test_active_filter(self, client, user):
+        fired = services.price_alert_create(
+            user=user, coin_id="bitcoin", condition="above", price=1
+        )
+        services.price_alerts_fire(prices={"bitcoin": 2})
+        waiting = services.price_alert_create(
+            user=user, coin_id="bitcoin", condition="above", price=10
+        )
+        active = client.get("/api/v1/alerts?active=true").json()["results"]
+        assert [a["id"] for a in active] == [waiting.pk]
+        done = client.get("/api/v1/alerts?active=false").json()["results"]
+        assert [a["id"] for a in done] == [fired.pk]
+        assert done[0]["triggered_price"] == "2" and done[0]["triggered_at"]
+
     def test_other_users_alerts_are_404(self, client):
         other = services.price_alert_create(
             user=user_create(), coin_id="bitcoin", condition="below", price=1

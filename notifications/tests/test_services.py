@@ -98,3 +98,25 @@ def test_price_alerts_evaluate_enqueues_only_when_something_is_due(
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("60000")}) is True
     assert len(callbacks) == 1
+
+
+def test_alert_already_beyond_its_price_fires_at_the_next_poll():
+    coins_seed(coin_ids=["bitcoin"])
+    alert = services.price_alert_create(
+        user=user_create(), coin_id="bitcoin", condition="below", price=Decimal("80000")
+    )
+    assert services.price_alerts_fire(prices={"bitcoin": Decimal("65000")}) == 1
+    alert.refresh_from_db()
+    assert alert.active is False
+
+
+def test_price_alerts_fire_in_batches(monkeypatch):
+    monkeypatch.setattr(services, "ALERT_FIRE_BATCH", 2)
+    coins_seed(coin_ids=["bitcoin"])
+    user = user_create()
+    for _ in range(5):
+        services.price_alert_create(
+            user=user, coin_id="bitcoin", condition="above", price=Decimal("1")
+        )
+    assert services.price_alerts_fire(prices={"bitcoin": Decimal("2")}) == 5
+    assert Notification.objects.filter(user=user, kind="price_alert").count() == 5
