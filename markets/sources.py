@@ -15,7 +15,6 @@ a retry can still finish within ``MARKET_DATA_DEADLINE`` seconds of the first at
 import json
 import logging
 import math
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 from django.conf import settings
@@ -35,7 +35,6 @@ logger = logging.getLogger(__name__)
 BACKOFF_UNTIL_KEY = "cv:markets:source:backoff_until"
 DEFAULT_RATE_LIMIT_WAIT = 60.0  # CoinGecko's window is one minute
 MAX_RATE_LIMIT_WAIT = 300.0
-_COIN_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,99}$")
 _STABLE_TARGETS = ("USD", "USDT", "USDC")
 
 
@@ -267,7 +266,7 @@ class CoinGeckoClient:
 
     def coin_details(self, *, coin_id: str) -> dict:
         payload = self.get(
-            f"coins/{coin_id}",
+            f"coins/{quote(coin_id, safe='')}",
             {
                 "localization": "false",
                 "tickers": "false",
@@ -279,12 +278,13 @@ class CoinGeckoClient:
 
     def market_chart(self, *, coin_id: str, days: int) -> list[tuple[int, Decimal]]:
         payload = self.get(
-            f"coins/{coin_id}/market_chart", {"vs_currency": "usd", "days": str(days)}
+            f"coins/{quote(coin_id, safe='')}/market_chart",
+            {"vs_currency": "usd", "days": str(days)},
         )
         return parse_market_chart(payload)
 
     def tickers(self, *, coin_id: str) -> list[VenueQuote]:
-        return parse_tickers(self.get(f"coins/{coin_id}/tickers"))
+        return parse_tickers(self.get(f"coins/{quote(coin_id, safe='')}/tickers"))
 
 
 # --- payload validation (CoinGecko field names) ---------------------------------------------
@@ -432,10 +432,6 @@ def parse_tickers(payload: Any) -> list[VenueQuote]:
 
 def source_client() -> CoinGeckoClient:
     return CoinGeckoClient()
-
-
-def is_valid_coin_id(value: str) -> bool:
-    return bool(_COIN_ID.match(value))
 
 
 # --- the simulated fallback ------------------------------------------------------------------

@@ -336,3 +336,13 @@ def test_timeouts_are_retried_only_within_the_deadline(simulator, settings, dead
     with CoinGeckoClient() as client, pytest.raises(SourceError):
         client.coins_markets(ids=["bitcoin"])
     assert simulator.calls == calls
+
+
+@respx.mock
+def test_coin_id_cannot_escape_its_path(fast_client_settings):
+    route = respx.get(url__regex=r".*").respond(404, json={"error": "coin not found"})
+    with CoinGeckoClient() as client, pytest.raises(SourceNotFound):
+        client.coin_details(coin_id="../exchanges/x?y=1")
+    assert route.calls.last.request.url.raw_path.startswith(
+        b"/api/v3/coins/..%2Fexchanges%2Fx%3Fy%3D1"
+    )
