@@ -160,16 +160,26 @@ def prices_forget(*, coin_ids: list[str]) -> None:
     redis.set(PRICES_BODY_KEY, _snapshot_body(as_of=as_of, source=source, quotes=quotes))
 
 
+def _tick_hook(hook, **kwargs) -> None:
+    # One failing subscriber must not keep the tick from the others, nor fail the poll
+    # (the prices are already recorded).
+    try:
+        hook(**kwargs)
+    except Exception:
+        logger.exception("price tick hook failed", extra={"hook": hook.__qualname__})
+
+
 def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list[str]) -> None:
     """Fan a successful poll out to whoever reacts to prices. Each hook must be cheap
-    (enqueue a Celery task or publish to the channel layer): this runs inside the poll."""
+    (enqueue a Celery task or publish to the channel layer): this runs inside the poll.
+    A new subscriber is one more ``_tick_hook(...)`` line."""
     from notifications.services import price_alerts_evaluate
     from orders.services import limit_orders_on_prices
 
     snapshot = prices_snapshot()
-    realtime.prices_tick_publish(as_of=snapshot["as_of"], prices=snapshot["prices"])
-    limit_orders_on_prices(prices=prices)
-    price_alerts_evaluate(prices=prices)
+    _tick_hook(realtime.prices_tick_publish, as_of=snapshot["as_of"], prices=snapshot["prices"])
+    _tick_hook(limit_orders_on_prices, prices=prices)
+    _tick_hook(price_alerts_evaluate, prices=prices)
 
 
 @dataclass(frozen=True)

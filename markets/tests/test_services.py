@@ -3,6 +3,7 @@
 from datetime import timedelta
 from decimal import Decimal
 
+import orjson
 import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -179,3 +180,22 @@ def test_tickers_poll_failure_keeps_previous(simulator, tracked):
     simulator.fault = "garbage"
     assert tickers_poll() is None
     assert arbitrage_opportunities()["opportunities"][0]["coin"] == "bitcoin"
+
+
+def test_poll_publishes_a_tick(simulator, tracked):
+    from markets.realtime import prices_channel
+
+    pubsub = get_redis_connection("default").pubsub()
+    pubsub.subscribe(prices_channel())
+    pubsub.get_message(timeout=1)  # the subscribe confirmation
+    simulator.model.set_price("bitcoin", 65000)
+    prices_poll()
+    message = pubsub.get_message(timeout=2)
+    pubsub.close()
+    frame = orjson.loads(message["data"])
+    assert frame["type"] == "tick"
+    assert frame["as_of"] == prices_snapshot()["as_of"]
+    assert frame["prices"]["bitcoin"] == {
+        "usd": "65000",
+        "change_24h_pct": frame["prices"]["bitcoin"]["change_24h_pct"],
+    }
