@@ -243,3 +243,23 @@ def test_a_users_orders_pile_up_behind_one_queued_run():
     assert _queued() == 2
     assert services.order_queue_process(user_id=user.pk) == 1
     assert Order.objects.filter(user=user, status="filled").count() == 6
+
+
+def test_the_sweep_recovers_an_order_whose_enqueue_was_lost():
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_redis import get_redis_connection
+
+    user = user_create(usd="10000")
+    order = services.order_place(
+        user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.01")
+    )[0]
+    get_redis_connection("default").delete("orders")  # the message is lost
+    assert services.order_queue_sweep() == 0  # too young to be considered stuck
+    Order.objects.filter(pk=order.pk).update(created_at=timezone.now() - timedelta(minutes=5))
+    assert services.order_queue_sweep() == 1
+    assert _queued() == 1
+    services.order_queue_process(user_id=user.pk)
+    assert Order.objects.get(pk=order.pk).status == "filled"
+    assert services.order_queue_sweep() == 0
