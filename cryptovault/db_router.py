@@ -10,13 +10,24 @@ its balance roll back right after a write.
 Writes always go to the primary, and so does any query that will write or lock
 (Django routes ``select_for_update``, ``get_or_create`` and friends with
 ``db_for_write``). Migrations run on the primary only; the standby replays them.
+
+A client also reads its own writes of lag-tolerant data: ``ReplicaPinningMiddleware``
+keeps every read of a writing request (POST, PATCH, DELETE …) on the primary, and for
+``PIN_SECONDS`` afterwards every read of requests carrying the same credentials — so
+``POST notifications/read-all`` followed by ``GET notifications/unread-count`` says 0.
 """
 
+import contextvars
+import hashlib
 import logging
 import time
 
+from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
 from django.db.models import Model
+from django.http import HttpRequest, HttpResponse
+
+from cryptovault.middleware import _HybridMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +37,15 @@ LAG_TOLERANT_APPS = frozenset({"markets"})
 # A notification appearing a moment late in the list is harmless; its writes
 # (mark read, delete) and the alerts that create it stay on the primary.
 LAG_TOLERANT_MODELS = frozenset({"notifications.notification"})
+# Longer than the replication lag we tolerate at all.
+PIN_SECONDS = 10
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+_reads_pinned_to_primary = contextvars.ContextVar("cv_reads_pinned_to_primary", default=False)
+
+
+def replica_configured() -> bool:
+    return REPLICA_DB_ALIAS in connections.settings
 
 
 class ReplicaRouter:
@@ -42,9 +62,9 @@ class ReplicaRouter:
         self._replica_down_until = 0.0
 
     def db_for_read(self, model: type[Model], **hints) -> str:
-        if not self._tolerates_lag(model):
+        if not self._tolerates_lag(model) or not replica_configured():
             return DEFAULT_DB_ALIAS
-        if REPLICA_DB_ALIAS not in connections.settings:
+        if _reads_pinned_to_primary.get():
             return DEFAULT_DB_ALIAS
         # Inside a transaction on the primary a read may need that transaction's own
         # writes (and must see one consistent snapshot), which no replica has.
@@ -84,3 +104,38 @@ class ReplicaRouter:
             )
             return False
         return True
+
+
+def _pin_key(request: HttpRequest) -> str | None:
+    credentials = request.headers.get("Authorization", "")
+    if not credentials:
+        return None
+    return "db:pin:" + hashlib.sha256(credentials.encode()).hexdigest()[:32]
+
+
+class ReplicaPinningMiddleware(_HybridMiddleware):
+    """Read-your-writes for clients: pin a writer's reads to the primary for a while.
+
+    Keyed on the request's credentials (the ``Authorization`` header, hashed), so it
+    works for JWT clients without cookies. Does nothing when no replica is configured.
+    """
+
+    def before(self, request: HttpRequest) -> None:
+        request._replica_pin_token = None
+        if not replica_configured():
+            return None
+        key = _pin_key(request)
+        writing = request.method not in SAFE_METHODS
+        if writing or (key is not None and cache.get(key)):
+            request._replica_pin_token = _reads_pinned_to_primary.set(True)
+        return None
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        token = getattr(request, "_replica_pin_token", None)
+        if token is None:
+            return response
+        _reads_pinned_to_primary.reset(token)
+        key = _pin_key(request)
+        if key is not None and request.method not in SAFE_METHODS and response.status_code < 400:
+            cache.set(key, 1, PIN_SECONDS)
+        return response

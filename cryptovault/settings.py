@@ -53,6 +53,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "cryptovault.middleware.RequestIdMiddleware",
     "cryptovault.middleware.BodySizeLimitMiddleware",
+    "cryptovault.db_router.ReplicaPinningMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

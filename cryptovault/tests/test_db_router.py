@@ -16,10 +16,21 @@ from pathlib import Path
 
 import pytest
 from django.apps import apps
+from django.core.cache import cache
 from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.http import HttpResponse
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.test import APIClient
 
-from cryptovault.db_router import REPLICA_DB_ALIAS, ReplicaRouter
+from accounts.services import session_start
+from cryptovault.db_router import (
+    PIN_SECONDS,
+    REPLICA_DB_ALIAS,
+    ReplicaPinningMiddleware,
+    ReplicaRouter,
+)
 from markets.models import Coin
 from notifications.models import Notification, PriceAlert
 from orders.models import Order
@@ -172,12 +183,68 @@ def test_a_replica_that_comes_back_is_used_again(unreachable_replica):
     assert replica_router.db_for_read(Coin) == REPLICA_DB_ALIAS
 
 
-def test_without_a_replica_everything_uses_the_primary():
+def client_of(user) -> APIClient:
+    with transaction.atomic():
+        _, tokens = session_start(user=user)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access']}")
+    return client
+
+
+def replica_queries(call) -> tuple[object, int]:
+    with CaptureQueriesContext(connections[REPLICA_DB_ALIAS]) as on_replica:
+        result = call()
+    return result, len(on_replica)
+
+
+@pytest.mark.django_db(transaction=True, databases=BOTH)
+def test_a_client_reads_its_own_writes_from_the_primary(django_user_model):
+    user = django_user_model.objects.create_user(
+        "pinned@example.com", "pw-Long-enough-1", email_verified_at=timezone.now()
+    )
+    Notification.objects.create(user=user, kind="price_alert", title="BTC above 70k")
+    writer, bystander = client_of(user), client_of(user)
+
+    response, on_replica = replica_queries(lambda: writer.get("/api/v1/notifications/unread-count"))
+    assert response.json()["count"] == 1 and on_replica > 0
+
+    response, on_replica = replica_queries(lambda: writer.post("/api/v1/notifications/read-all"))
+    assert response.status_code == 200 and on_replica == 0
+
+    # Right after its write, this client's reads skip the possibly lagging replica...
+    response, on_replica = replica_queries(lambda: writer.get("/api/v1/notifications/unread-count"))
+    assert response.json()["count"] == 0 and on_replica == 0
+    # ...for a while, while other credentials keep reading from the replica.
+    response, on_replica = replica_queries(
+        lambda: bystander.get("/api/v1/notifications/unread-count")
+    )
+    assert response.status_code == 200 and on_replica > 0
+    pins = cache.keys("db:pin:*")
+    assert len(pins) == 1 and 0 < cache.ttl(pins[0]) <= PIN_SECONDS
+
+
+@pytest.mark.django_db(transaction=True, databases=BOTH)
+def test_a_refused_write_does_not_pin_the_client(django_user_model):
+    user = django_user_model.objects.create_user(
+        "refused@example.com", "pw-Long-enough-1", email_verified_at=timezone.now()
+    )
+    client = client_of(user)
+
+    response = client.post("/api/v1/notifications/999999/read")
+
+    assert response.status_code == 404
+    assert cache.keys("db:pin:*") == []
+
+
+def test_without_a_replica_everything_uses_the_primary_and_nothing_is_pinned():
+    middleware = ReplicaPinningMiddleware(lambda request: HttpResponse(status=201))
     replica = connections.settings.pop(REPLICA_DB_ALIAS)
     try:
         assert ReplicaRouter().db_for_read(Coin) == DEFAULT_DB_ALIAS
+        middleware(RequestFactory().post("/api/v1/orders", HTTP_AUTHORIZATION="Bearer x"))
     finally:
         connections.settings[REPLICA_DB_ALIAS] = replica
+    assert cache.keys("db:pin:*") == []
 
 
 def test_migrations_run_on_the_primary_only():
