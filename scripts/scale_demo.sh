@@ -265,6 +265,9 @@ def session():
     address = f"scale-{int(time.time() * 1000)}@example.com"
     password = "Scale-demo-passw0rd!"
     with httpx.Client(timeout=10) as http:
+        echoed = expect(http.get(f"{NGINX}/health", headers={"X-Request-ID": "scale-demo-1"}), 200)
+        if echoed.headers.get("X-Request-ID") != "scale-demo-1":
+            fail(f"X-Request-ID not passed through nginx: {echoed.headers.get('X-Request-ID')}")
         expect(http.post(f"{NGINX}{API}/auth/signup", json={"email": address, "password": password}), 201)
         expect(http.post(f"{A}{API}/auth/verify-email", json={"token": verification_token(address)}), 200)
         tokens = expect(http.post(f"{A}{API}/auth/login", json={"email": address, "password": password}), 200).json()
