@@ -1,19 +1,297 @@
-from django.contrib import admin
-from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+"""Operators' view of accounts: users (with their actions), sessions, the audit log.
 
-from accounts.models import User
+Privileges are guarded here: a user's role, staff/superuser flags, groups and
+permissions are only editable by role managers (``accounts.roles.ROLE_MANAGER_PERMISSION``,
+the ``admin`` group and superusers); operators act on regular users only, and only through
+the actions below, which call ``accounts.services`` (those audit who did what, when).
+"""
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.urls import reverse
+from django.utils.html import format_html
+from django_celery_beat import admin as beat_admin
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
+
+from accounts import services
+from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
+from accounts.roles import ROLE_MANAGER_PERMISSION
+from cryptovault.admin import AuditedAdmin, ReadOnlyAdmin, admin_audit
+
+admin.site.site_header = "CryptoVault operations"
+admin.site.site_title = "CryptoVault admin"
+admin.site.index_title = "Operations console"
+admin.site.index_template = "admin/cryptovault_index.html"
+
+PRIVILEGE_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissions")
+# Changed only through actions, which run the services' side effects (bonus, sessions).
+SERVICE_FIELDS = ("email_verified_at", "is_active", "google_sub", "last_login", "date_joined")
+
+
+def can_manage_roles(request) -> bool:
+    return request.user.has_perm(ROLE_MANAGER_PERMISSION)
+
+
+def is_privileged(user: User) -> bool:
+    return user.is_staff or user.is_superuser or user.role != User.Role.USER
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
-    ordering = ("-date_joined",)
-    list_display = ("email", "username", "role", "is_active", "email_verified_at", "date_joined")
-    list_filter = ("role", "is_active", "is_staff")
-    search_fields = ("email", "username", "name")
+class UserAdmin(AuditedAdmin, DjangoUserAdmin):
+    # By id, not date_joined: same order, and the primary key index serves it.
+    ordering = ("-id",)
+    list_display = (
+        "email", "username", "name", "role", "is_active", "verified", "date_joined", "last_login",
+    )  # fmt: skip
+    list_filter = (
+        "role",
+        "is_active",
+        ("email_verified_at", admin.EmptyFieldListFilter),
+        "is_staff",
+        "is_superuser",
+        "date_joined",
+    )
+    search_fields = ("email", "username", "name", "=id")
     fieldsets = (
         (None, {"fields": ("email", "password")}),
-        ("Profile", {"fields": ("username", "name", "role", "email_verified_at")}),
-        ("Permissions", {"fields": ("is_active", "is_staff", "is_superuser", "groups")}),
+        ("Profile", {"fields": ("username", "name", "email_verified_at", "google_sub")}),
+        ("Status", {"fields": ("is_active", "sessions")}),
+        ("Privileges", {"fields": PRIVILEGE_FIELDS}),
         ("Dates", {"fields": ("last_login", "date_joined")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "password1", "password2")}),)
+    actions = (
+        "verify_email",
+        "resend_verification",
+        "lock",
+        "unlock",
+        "revoke_sessions",
+        "set_role_user",
+        "set_role_operator",
+        "set_role_admin",
+    )
+
+    @admin.display(boolean=True, description="verified", ordering="email_verified_at")
+    def verified(self, user: User) -> bool:
+        return user.is_email_verified
+
+    @admin.display(description="sessions")
+    def sessions(self, user: User) -> str:
+        url = reverse("admin:accounts_session_changelist") + f"?user__id__exact={user.pk}"
+        return format_html('<a href="{}">Login sessions of this user</a>', url)
+
+    def get_readonly_fields(self, request, obj=None):
+        if obj is None:
+            return ()
+        fields = ("sessions", *SERVICE_FIELDS)
+        if not can_manage_roles(request):
+            # A new email would skip verification and open the account to a reset.
+            fields += ("email", *PRIVILEGE_FIELDS)
+        else:
+            # A role is more than a flag: user_role_set keeps staff and groups in step.
+            fields += ("role",)
+        return fields
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if not super().has_change_permission(request, obj):
+            return False
+        # Operators look after regular users; staff and superusers are the admins' job.
+        return obj is None or not is_privileged(obj) or can_manage_roles(request)
+
+    def user_change_password(self, request, id, form_url=""):
+        # Setting someone's password is taking over their account: admins only.
+        if not can_manage_roles(request):
+            raise PermissionDenied
+        return super().user_change_password(request, id, form_url)
+
+    # --- actions -------------------------------------------------------------------
+
+    def _targets(self, request, queryset) -> list[User]:
+        users = list(queryset)
+        if can_manage_roles(request):
+            return users
+        allowed = [u for u in users if not is_privileged(u)]
+        if len(allowed) < len(users):
+            self.message_user(
+                request,
+                f"Skipped {len(users) - len(allowed)} staff account(s): only admins act on them.",
+                messages.WARNING,
+            )
+        return allowed
+
+    @admin.action(description="Mark email verified (credits the signup bonus once)")
+    def verify_email(self, request, queryset):
+        done = 0
+        for user in self._targets(request, queryset):
+            with transaction.atomic():
+                if services.user_email_mark_verified(user=user, request=request):
+                    admin_audit(request, action="email_verified_by_operator", target=user)
+                    done += 1
+        self.message_user(request, f"Verified {done} email(s).", messages.SUCCESS)
+
+    @admin.action(description="Resend the verification email")
+    def resend_verification(self, request, queryset):
+        from accounts.tasks import verification_email_send
+
+        sent = 0
+        for user in self._targets(request, queryset):
+            if user.is_email_verified or not user.is_active:
+                continue
+            admin_audit(request, action="verification_resent_by_operator", target=user)
+            # The task issues a fresh code and link (the old ones stop working).
+            transaction.on_commit(lambda pk=user.pk: verification_email_send.delay(pk))
+            sent += 1
+        self.message_user(
+            request, f"Verification email queued for {sent} unverified user(s).", messages.SUCCESS
+        )
+
+    @admin.action(description="Lock (log out everywhere, no more logins)")
+    def lock(self, request, queryset):
+        users = [u for u in self._targets(request, queryset) if u.pk != request.user.pk]
+        for user in users:
+            services.user_lock(user=user, actor=request.user, request=request)
+        self.message_user(request, f"Locked {len(users)} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Unlock (also clears failed-login lockouts)")
+    def unlock(self, request, queryset):
+        users = self._targets(request, queryset)
+        for user in users:
+            services.user_unlock(user=user, actor=request.user, request=request)
+        self.message_user(request, f"Unlocked {len(users)} user(s).", messages.SUCCESS)
+
+    @admin.action(description="Revoke all login sessions")
+    def revoke_sessions(self, request, queryset):
+        ended = sum(
+            services.user_sessions_revoke_all(
+                user=user, reason="operator", actor=request.user, request=request
+            )
+            for user in self._targets(request, queryset)
+        )
+        self.message_user(request, f"Revoked {ended} session(s).", messages.SUCCESS)
+
+    def _role_set(self, request, queryset, role: str) -> None:
+        users = [u for u in queryset if u.pk != request.user.pk]
+        for user in users:
+            services.user_role_set(user=user, role=role, actor=request.user, request=request)
+        skipped = " (not your own)" if len(users) < len(queryset) else ""
+        self.message_user(
+            request, f"Role {role} set on {len(users)} user(s){skipped}.", messages.SUCCESS
+        )
+
+    @admin.action(description="Set role: user", permissions=["manage_roles"])
+    def set_role_user(self, request, queryset):
+        self._role_set(request, queryset, User.Role.USER)
+
+    @admin.action(description="Set role: operator", permissions=["manage_roles"])
+    def set_role_operator(self, request, queryset):
+        self._role_set(request, queryset, User.Role.OPERATOR)
+
+    @admin.action(description="Set role: admin", permissions=["manage_roles"])
+    def set_role_admin(self, request, queryset):
+        self._role_set(request, queryset, User.Role.ADMIN)
+
+    def has_manage_roles_permission(self, request) -> bool:
+        return can_manage_roles(request)
+
+
+@admin.register(Session)
+class SessionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "user", "ip", "user_agent", "created_at", "last_seen_at", "revoked")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("user__email", "=id", "=ip")
+    list_select_related = ("user",)
+    show_full_result_count = False
+    actions = ("revoke",)
+
+    @admin.display(boolean=True, ordering="revoked_at")
+    def revoked(self, session: Session) -> bool:
+        return session.is_revoked
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the revoke action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_session")
+
+    @admin.action(description="Revoke selected sessions", permissions=["change"])
+    def revoke(self, request, queryset):
+        sessions = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
+        ended = 0
+        for session in sessions:
+            if is_privileged(session.user) and not can_manage_roles(request):
+                continue
+            ended += services.session_revoke(
+                session_id=session.pk, reason="operator", actor=request.user, request=request
+            )
+        self.message_user(request, f"Revoked {ended} session(s).", messages.SUCCESS)
+
+
+class AuditActionFilter(admin.SimpleListFilter):
+    """Known actions, without a DISTINCT over the whole log (other apps add their own
+    actions; the search box finds any action by its exact name)."""
+
+    title = "action"
+    parameter_name = "action"
+    OPERATOR_ACTIONS = (
+        "admin_added",
+        "admin_changed",
+        "admin_deleted",
+        "email_verified_by_operator",
+        "order_cancelled_by_operator",
+        "role_set",
+        "user_locked",
+        "user_unlocked",
+        "verification_resent_by_operator",
+        "wallet_adjusted",
+    )
+
+    def lookups(self, request, model_admin):
+        names = sorted({*AuditEvent.Action.values, *self.OPERATOR_ACTIONS})
+        return [(name, name.replace("_", " ")) for name in names]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(action=self.value()) if self.value() else queryset
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ("created_at", "action", "actor", "target_repr", "ip", "request_id")
+    list_filter = (AuditActionFilter, "created_at")
+    search_fields = ("=action", "actor__email", "target_repr", "=target_id", "=request_id")
+    list_select_related = ("actor",)
+    date_hierarchy = "created_at"
+    # COUNT(*) over the whole log on every page is the slow part of a large log.
+    show_full_result_count = False
+
+
+@admin.register(EmailVerification, PasswordResetToken)
+class SecretTokenAdmin(ReadOnlyAdmin):
+    """Only hashes are stored; operators see that a code or link exists, never its value.
+    Hidden from operators (they have no permission on these models)."""
+
+    list_display = ("user", "created_at", "expires_at", "used_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("code_hash", "token_hash")
+
+
+# Schedules and groups come from other apps' admins; re-registered with the audit trail.
+# (This module is autodiscovered after django.contrib.auth's and django_celery_beat's.)
+for _model, _base in (
+    (Group, GroupAdmin),
+    (PeriodicTask, beat_admin.PeriodicTaskAdmin),
+    (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
+    (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
+    (SolarSchedule, beat_admin.SolarScheduleAdmin),
+    (ClockedSchedule, beat_admin.ClockedScheduleAdmin),
+):
+    admin.site.unregister(_model)
+    admin.site.register(_model, type(_base.__name__, (AuditedAdmin, _base), {}))

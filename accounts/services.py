@@ -102,11 +102,31 @@ def _password_validate(*, password: str, user: User, field: str) -> None:
         raise ValidationError({field: exc.messages}) from exc
 
 
-def user_role_set(*, user: User, role: str) -> User:
-    """Roles map onto Django's flags: operators and admins are staff (admin site)."""
+@transaction.atomic
+def user_role_set(*, user: User, role: str, actor: User | None = None, request=None) -> User:
+    """Roles map onto Django's flags and groups (accounts.roles): operators and admins
+    are staff and members of their role's group, and of no other role group."""
+    from django.contrib.auth.models import Group
+
+    from accounts.roles import ROLE_GROUPS
+
+    if role not in User.Role.values:
+        raise ApplicationError(f"Unknown role {role!r}.", code="invalid_role")
+    previous = user.role
     user.role = role
     user.is_staff = role in (User.Role.OPERATOR, User.Role.ADMIN) or user.is_superuser
     user.save(update_fields=["role", "is_staff"])
+    wanted = ROLE_GROUPS.get(role)
+    user.groups.remove(*Group.objects.filter(name__in=ROLE_GROUPS.values()).exclude(name=wanted))
+    if wanted:
+        user.groups.add(Group.objects.get_or_create(name=wanted)[0])
+    audit_record(
+        action="role_set",
+        actor=actor,
+        target=user,
+        request=request,
+        data={"role": role, "previous": previous},
+    )
     return user
 
 

@@ -1,0 +1,90 @@
+"""Admin building blocks shared by every app's ``admin.py``.
+
+Every change an operator makes from the admin lands in the audit log
+(``accounts.AuditEvent``) with who, what and when, next to Django's own admin log:
+form saves and deletions through :class:`AuditedAdmin`, actions by calling services
+that audit, or :func:`admin_audit` for actions that have no service of their own.
+"""
+
+import functools
+
+from django.contrib import admin
+
+from accounts.services import audit_record
+
+# Enough to identify a hand-picked selection; "select all" on a big list is summarised.
+AUDITED_IDS = 100
+
+
+def admin_audit(request, *, action: str, target=None, data: dict | None = None) -> None:
+    audit_record(action=action, actor=request.user, target=target, request=request, data=data)
+
+
+def _changes(message) -> list | str:
+    # Django passes a JSON-able list of {"added"/"changed"/"deleted": ...} or a string.
+    return message if isinstance(message, list | str) else str(message)
+
+
+class AuditedAdmin(admin.ModelAdmin):
+    """Mirrors the admin's add/change/delete log into the audit log, and records every
+    action run (which action, on which objects) before it runs."""
+
+    def get_action(self, action):
+        found = super().get_action(action)
+        if found is None:
+            return None
+        func, name, description = found
+
+        @functools.wraps(func)  # keeps allowed_permissions and the description
+        def audited(modeladmin, request, queryset):
+            ids = [str(pk) for pk in queryset.values_list("pk", flat=True)[:AUDITED_IDS]]
+            admin_audit(
+                request,
+                action="admin_action",
+                target=f"{name} on {self.opts.verbose_name_plural}",
+                data={"model": self.opts.label_lower, "action": name, "ids": ids},
+            )
+            return func(modeladmin, request, queryset)
+
+        return audited, name, description
+
+    def log_addition(self, request, obj, message):
+        admin_audit(
+            request,
+            action="admin_added",
+            target=obj,
+            data={"model": obj._meta.label_lower, "changes": _changes(message)},
+        )
+        return super().log_addition(request, obj, message)
+
+    def log_change(self, request, obj, message):
+        admin_audit(
+            request,
+            action="admin_changed",
+            target=obj,
+            data={"model": obj._meta.label_lower, "changes": _changes(message)},
+        )
+        return super().log_change(request, obj, message)
+
+    def log_deletions(self, request, queryset):
+        for obj in queryset:
+            admin_audit(
+                request,
+                action="admin_deleted",
+                target=obj,
+                data={"model": obj._meta.label_lower},
+            )
+        return super().log_deletions(request, queryset)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records nobody edits by hand: they come from services (the ledger, the audit log)."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
