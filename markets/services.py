@@ -26,7 +26,6 @@ from markets.sources import (
     CoinGeckoClient,
     MarketQuote,
     SourceError,
-    simulated_fallback_reset,
     simulated_quotes,
     source_client,
 )
@@ -209,7 +208,6 @@ def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
                 quotes = own_client.coins_markets(ids=sorted(coins))
         else:
             quotes = client.coins_markets(ids=sorted(coins))
-        simulated_fallback_reset()
     except SourceError as exc:
         logger.warning("price poll failed", extra={"error": str(exc)})
         quotes = _fallback_quotes(coins)
@@ -247,18 +245,16 @@ def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
 def _fallback_quotes(coins: dict[str, Coin]) -> list[MarketQuote] | None:
     if settings.MARKET_DATA_FALLBACK != "simulated":
         return None
-    redis = get_redis_connection("default")
-    as_of_raw = redis.get(PRICES_AS_OF_KEY)
+    as_of_raw = get_redis_connection("default").get(PRICES_AS_OF_KEY)
+    last_as_of = float(as_of_raw) if as_of_raw else None
     last = price_quotes()
     last_source = next(iter(last.values()), {}).get("source")
-    real_and_fresh = last_source == "coingecko" and not prices_are_stale(
-        as_of_epoch=float(as_of_raw) if as_of_raw else None
-    )
-    if real_and_fresh:
+    if last_source == "coingecko" and not prices_are_stale(as_of_epoch=last_as_of):
         return None  # the last good prices still serve; no need to make any up
     return simulated_quotes(
         coins={c.id: (c.symbol, c.name) for c in coins.values()},
-        anchor={coin_id: Decimal(q["usd"]) for coin_id, q in last.items() if coin_id in coins},
+        last=last,
+        last_as_of=last_as_of,
     )
 
 

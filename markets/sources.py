@@ -15,7 +15,6 @@ a retry can still finish within ``MARKET_DATA_DEADLINE`` seconds of the first at
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -435,32 +434,37 @@ def source_client() -> CoinGeckoClient:
 
 
 # --- the simulated fallback ------------------------------------------------------------------
-_fallback_model: MarketModel | None = None
-_fallback_lock = threading.Lock()
-
-
-def simulated_quotes(*, coins: dict[str, tuple[str, str]], anchor: dict[str, Decimal]) -> list:
+def simulated_quotes(
+    *, coins: dict[str, tuple[str, str]], last: dict[str, dict], last_as_of: float | None
+) -> list[MarketQuote]:
     """Quotes from the simulator's model, in-process, for ``MARKET_DATA_FALLBACK=simulated``.
 
-    ``coins`` maps id -> (symbol, name); ``anchor`` holds the last good prices: a model
-    created during an outage starts walking from them instead of jumping to its own levels.
+    ``coins`` maps id -> (symbol, name); ``last`` holds the last recorded quotes (as in
+    ``price_quotes()``) and ``last_as_of`` their epoch. Each call walks one step from
+    those, over the time elapsed since: no state lives in the process, so every worker
+    process continues the same series instead of each walking its own.
     """
-    global _fallback_model
-    with _fallback_lock:
-        if _fallback_model is None:
-            _fallback_model = MarketModel(seed=int(time.time()))
-            _fallback_model.anchor({c: float(p) for c, p in anchor.items()})
-        model = _fallback_model
-    missing = {c: 1.0 for c in coins if c not in model.coins}
-    if missing:
-        model.anchor(missing)
-    model.advance()
-    now = datetime.fromtimestamp(model.updated_at, tz=UTC)
+    now = time.time()
+    model = MarketModel(seed=time.time_ns(), now=last_as_of if last_as_of else now - 1)
+    for coin_id, recorded in last.items():
+        if coin_id in coins and recorded.get("usd"):
+            change = recorded.get("change_24h_pct")
+            model.anchor(coin_id, float(recorded["usd"]), float(change) if change else None)
+    for coin_id in coins:
+        if coin_id not in model.coins:  # neither recorded nor in the catalog
+            model.anchor(coin_id, 1.0)
+    model.advance(now)
+    moment = datetime.fromtimestamp(now, tz=UTC)
     quotes = []
     for coin_id, (symbol, name) in coins.items():
         price = Decimal(repr(model.price(coin_id)))
-        state = model.coins[coin_id]
-        market_cap = Decimal(repr(round(model.price(coin_id) * state.circulating_supply, 2)))
+        previous = last.get(coin_id, {})
+        if previous.get("market_cap") and previous.get("usd"):
+            # Keep the source's market cap, moved with the price.
+            market_cap = Decimal(previous["market_cap"]) * price / Decimal(previous["usd"])
+        else:
+            market_cap = price * Decimal(repr(model.coins[coin_id].circulating_supply))
+        market_cap = market_cap.quantize(Decimal("1"))
         quotes.append(
             MarketQuote(
                 id=coin_id,
@@ -469,15 +473,8 @@ def simulated_quotes(*, coins: dict[str, tuple[str, str]], anchor: dict[str, Dec
                 price=price,
                 change_24h_pct=Decimal(repr(model.change_24h_pct(coin_id))),
                 market_cap=market_cap,
-                volume_24h=(market_cap * Decimal("0.03")).quantize(Decimal("0.01")),
-                last_updated=now,
+                volume_24h=(market_cap * Decimal("0.03")).quantize(Decimal("1")),
+                last_updated=moment,
             )
         )
     return quotes
-
-
-def simulated_fallback_reset() -> None:
-    """Forget the fallback model once the source is back (the next outage re-anchors)."""
-    global _fallback_model
-    with _fallback_lock:
-        _fallback_model = None

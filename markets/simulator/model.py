@@ -161,17 +161,19 @@ class MarketModel:
                     coin.frozen = False
                     coin.venue_overrides = {}
 
-    def anchor(self, prices: dict[str, float]) -> None:
-        """Continue walking from these prices (the fallback starts from the last good ones
-        rather than jumping to the catalog levels)."""
+    def anchor(self, coin_id: str, price: float, change_24h_pct: float | None = None) -> None:
+        """Continue walking from this price (and 24h change): the fallback carries on from
+        the last recorded prices rather than jumping to the catalog levels."""
         with self._lock:
-            for coin_id, price in prices.items():
-                coin = self.coins.get(coin_id)
-                if coin is None:
-                    coin = self._add(coin_id, coin_id[:6], coin_id.title(), price,
-                                     1_000_000_000, None, None)  # fmt: skip
+            coin = self.coins.get(coin_id)
+            if coin is None:
+                coin = self._add(coin_id, coin_id[:6], coin_id.title(), price,
+                                 1_000_000_000, None, None)  # fmt: skip
+            if change_24h_pct is not None and change_24h_pct > -100:
+                coin.open_24h = price / (1 + change_24h_pct / 100)
+            else:
                 coin.open_24h *= price / coin.mid
-                coin.mid = price
+            coin.mid = price
 
     # --- quotes --------------------------------------------------------------------------
     def price(self, coin_id: str) -> float:

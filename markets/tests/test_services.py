@@ -24,14 +24,7 @@ from markets.services import (
     prices_record,
     tickers_poll,
 )
-from markets.sources import BACKOFF_UNTIL_KEY, simulated_fallback_reset
-
-
-@pytest.fixture(autouse=True)
-def _fresh_fallback():
-    simulated_fallback_reset()
-    yield
-    simulated_fallback_reset()
+from markets.sources import BACKOFF_UNTIL_KEY
 
 
 def test_poll_records_prices_history_and_names(simulator, tracked):
@@ -199,3 +192,22 @@ def test_poll_publishes_a_tick(simulator, tracked):
         "usd": "65000",
         "change_24h_pct": frame["prices"]["bitcoin"]["change_24h_pct"],
     }
+
+
+def test_fallback_walks_on_from_whatever_was_recorded_last(simulator, tracked, settings):
+    # Worker processes share nothing but Redis: each simulated step starts from the
+    # latest recorded prices, so processes taking turns continue one series.
+    settings.MARKET_DATA_FALLBACK = "simulated"
+    simulator.fault = "error"
+    prices_record(
+        prices={"bitcoin": Decimal("50000")},
+        source="simulated",
+        as_of=timezone.now() - timedelta(seconds=10),
+        extra={"bitcoin": {"change_24h_pct": Decimal("2"), "market_cap": Decimal("1000000")}},
+    )
+    prices_poll()
+    quote = price_quotes()["bitcoin"]
+    price = Decimal(quote["usd"])
+    assert abs(price - 50000) / 50000 < Decimal("0.01")
+    assert abs(Decimal(quote["change_24h_pct"]) - 2) < Decimal("0.1")
+    assert Decimal(quote["market_cap"]) == (Decimal(1000000) * price / 50000).quantize(Decimal(1))
