@@ -173,31 +173,25 @@ def _rate_limit_start(wait: float) -> None:
 
 # --- the client ------------------------------------------------------------------------------
 class CoinGeckoClient:
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        plan: str | None = None,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        api_key = settings.COINGECKO_API_KEY if api_key is None else api_key
-        plan = (plan or settings.COINGECKO_PLAN).lower()
+    """Configured from settings: ``MARKET_DATA_URL``, the key for ``COINGECKO_PLAN``,
+    timeouts, retries and deadline."""
+
+    def __init__(self) -> None:
         headers = {"accept": "application/json", "user-agent": "CryptoVault/1.0"}
-        if api_key:
-            headers["x-cg-pro-api-key" if plan == "pro" else "x-cg-demo-api-key"] = api_key
+        if settings.COINGECKO_API_KEY:
+            pro = settings.COINGECKO_PLAN.lower() == "pro"
+            headers["x-cg-pro-api-key" if pro else "x-cg-demo-api-key"] = settings.COINGECKO_API_KEY
         self.retries = settings.MARKET_DATA_RETRIES
         self.backoff = settings.MARKET_DATA_RETRY_BACKOFF
         self.read_timeout = settings.MARKET_DATA_READ_TIMEOUT
         self.deadline = settings.MARKET_DATA_DEADLINE
         self._http = httpx.Client(
-            base_url=(base_url or settings.MARKET_DATA_URL).rstrip("/") + "/",
+            base_url=settings.MARKET_DATA_URL.rstrip("/") + "/",
             headers=headers,
             timeout=httpx.Timeout(
                 settings.MARKET_DATA_READ_TIMEOUT,
                 connect=settings.MARKET_DATA_CONNECT_TIMEOUT,
             ),
-            transport=transport,
             follow_redirects=False,
         )
 
