@@ -69,10 +69,10 @@ def prices_age_seconds() -> float | None:
     return round(max(0.0, time.time() - float(raw)), 3)
 
 
-def prices_are_stale(*, as_of_epoch: float | None, now: float | None = None) -> bool:
+def prices_are_stale(*, as_of_epoch: float | None) -> bool:
     if as_of_epoch is None:
         return True
-    return (now if now is not None else time.time()) - as_of_epoch > settings.PRICE_STALE_SECONDS
+    return time.time() - as_of_epoch > settings.PRICE_STALE_SECONDS
 
 
 def prices_body_render(*, body: bytes | None, as_of_raw: bytes | None) -> bytes:
