@@ -11,7 +11,7 @@ import time
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from rest_framework import status as http
 
 from accounts.models import User
@@ -470,53 +470,92 @@ def order_queue_process(*, user_id: int) -> int:
     else rest ``open``. Idempotent: only ``pending`` orders are touched, under row
     locks taken in id order, so a redelivered or concurrent run processes nothing
     twice and keeps the order of arrival.
+
+    A batch that fails for a non-transient reason is retried one order at a time,
+    and an order that fails on its own is rejected (funds released), so one bad
+    order can never block the user's queue.
     """
     from django_redis import get_redis_connection
 
+    # Cleared before reading the orders: see _queue_enqueue.
+    get_redis_connection("default").delete(_queue_key(user_id))
+    processed, batch_size = 0, QUEUE_BATCH_SIZE
+    while True:
+        try:
+            count = _queue_batch_process(user_id=user_id, limit=batch_size)
+        except OperationalError:
+            raise  # transient (lock timeout, lost connection): the task retries
+        except Exception:
+            if batch_size > 1:
+                logger.exception("order batch failed; isolating", extra={"user_id": user_id})
+                batch_size = 1
+                continue
+            logger.exception("order failed on its own; rejecting it", extra={"user_id": user_id})
+            count = _queue_head_reject(user_id=user_id)
+        processed += count
+        if count < batch_size:
+            return processed
+
+
+@transaction.atomic
+def _queue_batch_process(*, user_id: int, limit: int) -> int:
     from markets.selectors import PriceUnavailable, price_get_fresh
 
-    get_redis_connection("default").delete(_queue_key(user_id))
-    processed = 0
-    while True:
-        with transaction.atomic():
-            orders = list(
-                Order.objects.select_for_update(of=("self",))
-                .select_related("user")
-                .filter(user_id=user_id, status=Order.Status.PENDING)
-                .order_by("id")[:QUEUE_BATCH_SIZE]
-            )
-            if not orders:
-                return processed
-            user = orders[0].user
-            balances = balances_lock(user=user, assets=[USD, *(o.coin_id for o in orders)])
-            snapshot = {b.asset: (b.available, b.locked) for b in balances.values()}
-            quotes: dict[str, Decimal | PriceUnavailable] = {}
-            entries: list[LedgerEntry] = []
-            for order in orders:
-                order.user = user
-                if order.coin_id not in quotes:
-                    try:
-                        quotes[order.coin_id] = price_get_fresh(coin_id=order.coin_id).price
-                    except PriceUnavailable as exc:
-                        quotes[order.coin_id] = exc
-                quote = quotes[order.coin_id]
-                if order.type == Order.Type.LIMIT:
-                    if isinstance(quote, Decimal) and limit_crosses(order=order, price=quote):
-                        price = _limit_fill_price(order=order, price=quote)
-                        _order_fill(order=order, price=price, balances=balances, entries=entries)
-                    else:
-                        order_status_set(order=order, status=Order.Status.OPEN)
-                elif isinstance(quote, PriceUnavailable):
-                    _order_reject(order=order, balances=balances, reason=quote.message)
-                else:
-                    _order_fill(order=order, price=quote, balances=balances, entries=entries)
-            LedgerEntry.objects.bulk_create(entries)
-            for balance in balances.values():
-                if snapshot[balance.asset] != (balance.available, balance.locked):
-                    _balance_save(balance)
-            processed += len(orders)
-        if len(orders) < QUEUE_BATCH_SIZE:
-            return processed
+    orders = list(
+        Order.objects.select_for_update(of=("self",))
+        .select_related("user")
+        .filter(user_id=user_id, status=Order.Status.PENDING)
+        .order_by("id")[:limit]
+    )
+    if not orders:
+        return 0
+    user = orders[0].user
+    balances = balances_lock(user=user, assets=[USD, *(o.coin_id for o in orders)])
+    snapshot = {b.asset: (b.available, b.locked) for b in balances.values()}
+    quotes: dict[str, Decimal | PriceUnavailable] = {}
+    entries: list[LedgerEntry] = []
+    for order in orders:
+        order.user = user
+        if order.coin_id not in quotes:
+            try:
+                quotes[order.coin_id] = price_get_fresh(coin_id=order.coin_id).price
+            except PriceUnavailable as exc:
+                quotes[order.coin_id] = exc
+        quote = quotes[order.coin_id]
+        if order.type == Order.Type.LIMIT:
+            if isinstance(quote, Decimal) and limit_crosses(order=order, price=quote):
+                price = _limit_fill_price(order=order, price=quote)
+                _order_fill(order=order, price=price, balances=balances, entries=entries)
+            else:
+                order_status_set(order=order, status=Order.Status.OPEN)
+        elif isinstance(quote, PriceUnavailable):
+            _order_reject(order=order, balances=balances, reason=quote.message)
+        else:
+            _order_fill(order=order, price=quote, balances=balances, entries=entries)
+    LedgerEntry.objects.bulk_create(entries)
+    for balance in balances.values():
+        if snapshot[balance.asset] != (balance.available, balance.locked):
+            _balance_save(balance)
+    return len(orders)
+
+
+@transaction.atomic
+def _queue_head_reject(*, user_id: int) -> int:
+    order = (
+        Order.objects.select_for_update(of=("self",))
+        .select_related("user")
+        .filter(user_id=user_id, status=Order.Status.PENDING)
+        .order_by("id")
+        .first()
+    )
+    if order is None:
+        return 0
+    balances = balances_lock(user=order.user, assets=[order.reserved_asset])
+    _order_reject(
+        order=order, balances=balances, reason="internal_error: the order could not be processed."
+    )
+    _balance_save(balances[order.reserved_asset])
+    return 1
 
 
 def limit_orders_on_prices(*, prices: dict[str, Decimal]) -> None:

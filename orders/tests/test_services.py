@@ -294,3 +294,18 @@ def now() -> float:
     import time
 
     return time.time()
+
+
+def test_an_order_that_cannot_be_booked_is_rejected_without_blocking_the_queue():
+    # 10^12 coins sold at 10^10 usd is beyond what the ledger can hold.
+    user = user_create(usd="10000", bitcoin="999999999999")
+    coins_and_prices({"bitcoin": "10000000000"})
+    huge = place(user, side="sell", quantity="999999999999")
+    normal = place(user, quantity="0.0000001")
+    process(user)
+    huge.refresh_from_db()
+    normal.refresh_from_db()
+    assert huge.status == "rejected"
+    assert huge.reject_reason.startswith("internal_error")
+    assert normal.status == "filled"
+    assert bal(user, "bitcoin") == (Decimal("999999999999.0000001"), 0)
