@@ -8,17 +8,21 @@ set. Nothing is written per socket in Redis, so the cost of a tick in Redis does
 grow with the audience (unlike ``group_send``, which writes once per member and
 drops silently on full channels).
 
-Each socket has a bounded outbox drained by its own writer task, so one slow client
-never delays the others. A socket whose outbox overflows gets one fresh snapshot
+Frames are written to each socket right away; only a socket whose client stopped
+reading gets a backlog, in its own bounded outbox drained by its own task, so one slow
+client never delays the others. A socket whose outbox overflows gets one fresh snapshot
 instead of its backlog; after a Redis reconnect every socket gets a fresh snapshot,
 because ticks published while the subscription was down are lost.
 """
 
 import asyncio
+import functools
 import logging
 import os
 import re
 import time
+from collections import deque
+from collections.abc import Awaitable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -192,6 +196,25 @@ class PriceFeed:
 price_feed = PriceFeed()
 
 
+async def _finish(coroutine: Coroutine, pending: Any) -> None:
+    """Carry on a coroutine that suspended while driven by hand, as its Task would:
+    wait for what it yielded, then resume it (or throw what that raised into it)."""
+    while True:
+        try:
+            if pending is None:  # a bare yield (sleep(0)): just give the loop a turn
+                await asyncio.sleep(0)
+            else:
+                await pending
+        except BaseException as exc:  # noqa: B036 - cancellation is forwarded too
+            step = functools.partial(coroutine.throw, exc)
+        else:
+            step = functools.partial(coroutine.send, None)
+        try:
+            pending = step()
+        except StopIteration:
+            return
+
+
 class PricesConsumer(AsyncWebsocketConsumer):
     """Public price stream: snapshot on connect, then a tick per poll.
 
@@ -217,8 +240,9 @@ class PricesConsumer(AsyncWebsocketConsumer):
         await handler(message)
 
     async def connect(self) -> None:
-        self._outbox: asyncio.Queue = asyncio.Queue()
-        self._writer: asyncio.Task | None = None
+        self._outbox: deque[tuple[datetime | None, Any]] = deque()
+        self._drain_task: asyncio.Task | None = None
+        self._live = False  # set once the snapshot went out; ticks queue until then
         await self.accept()
         await price_feed.join(self)
         try:
@@ -228,53 +252,73 @@ class PricesConsumer(AsyncWebsocketConsumer):
             await self.close(code=1011)
             return
         # Ticks queued while the snapshot was read and no newer than it are in it already.
-        self._discard_until(as_of)
+        self._outbox = deque(
+            item for item in self._outbox if as_of is None or item[0] is None or item[0] > as_of
+        )
         await self.send(text_data=snapshot)
-        self._writer = asyncio.ensure_future(self._write())
+        self._live = True
+        if self._outbox:
+            self._drain_task = asyncio.ensure_future(self._drain())
 
     async def disconnect(self, code: int) -> None:
         price_feed.leave(self)
-        if getattr(self, "_writer", None) is not None:
-            self._writer.cancel()
+        if getattr(self, "_drain_task", None) is not None:
+            self._drain_task.cancel()
 
-    def deliver(self, as_of: datetime | None, frame: str) -> None:
-        """Queue a tick (called by the feed, in the event loop; never blocks)."""
-        backlog = self._outbox.qsize()
-        if backlog >= OUTBOX_LIMIT:
-            self.dropped += backlog
-            logger.info("price socket too slow; replacing %d frames with a snapshot", backlog)
-            self.resync()
+    def deliver(self, as_of: datetime | None, frame: Any) -> None:
+        """Send or queue a frame (called in the event loop by the feed; never blocks).
+
+        Fast path: nothing queued, so the frame is written right away by driving the
+        server's send coroutine by hand; it completes without suspending unless the
+        client stopped reading (the transport is paused). That saves a task switch per
+        socket per tick, the main per-socket cost besides the write itself. A send
+        that does suspend is finished by a drain task, and later frames queue behind it.
+        """
+        if self._live and self._drain_task is None and not self._outbox and frame is not _RESYNC:
+            send = self.base_send({"type": "websocket.send", "text": frame})
+            try:
+                pending = send.send(None)
+            except StopIteration:
+                return
+            except Exception:
+                return  # the client is gone; disconnect() cleans up
+            self._drain_task = asyncio.ensure_future(self._drain(_finish(send, pending)))
             return
-        self._outbox.put_nowait((as_of, frame))
+        if len(self._outbox) >= OUTBOX_LIMIT:
+            self.dropped += len(self._outbox)
+            logger.info(
+                "price socket too slow; replacing %d frames with a snapshot", len(self._outbox)
+            )
+            self._outbox.clear()
+            frame = _RESYNC
+        self._outbox.append((as_of, frame))
+        if self._live and self._drain_task is None:
+            self._drain_task = asyncio.ensure_future(self._drain())
 
     def resync(self) -> None:
         """Replace whatever is queued with one fresh snapshot."""
-        while not self._outbox.empty():
-            self._outbox.get_nowait()
-        self._outbox.put_nowait((None, _RESYNC))
+        self._outbox.clear()
+        self.deliver(None, _RESYNC)
 
-    def _discard_until(self, as_of: datetime | None) -> None:
-        queued = []
-        while not self._outbox.empty():
-            queued.append(self._outbox.get_nowait())
-        for item in queued:
-            if as_of is None or item[0] is None or item[0] > as_of:
-                self._outbox.put_nowait(item)
-
-    async def _write(self) -> None:
-        # The only task that writes to this socket, so frames never interleave.
-        while True:
-            _, frame = await self._outbox.get()
-            if frame is _RESYNC:
-                try:
-                    _, frame = await price_feed.snapshot()
-                except Exception:
-                    logger.warning("snapshot for re-sync unavailable", exc_info=True)
-                    continue
-            await self.send(text_data=frame)
+    async def _drain(self, unfinished: Awaitable[None] | None = None) -> None:
+        # While it runs, this task is the only writer to the socket: frames stay in order.
+        try:
+            if unfinished is not None:
+                await unfinished
+            while self._outbox:
+                _, frame = self._outbox.popleft()
+                if frame is _RESYNC:
+                    try:
+                        _, frame = await price_feed.snapshot()
+                    except Exception:
+                        logger.warning("snapshot for re-sync unavailable", exc_info=True)
+                        continue
+                await self.send(text_data=frame)
+        finally:
+            self._drain_task = None
 
     def _reply(self, frame: dict) -> None:
-        self._outbox.put_nowait((None, _encode(frame)))
+        self.deliver(None, _encode(frame))
 
     def _error(self, code: str, detail: str, **extra: Any) -> None:
         self._reply({"type": "error", "code": code, "detail": detail, **extra})

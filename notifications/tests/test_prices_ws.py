@@ -1,5 +1,6 @@
 """/ws/prices over the real Redis pub/sub feed and the real price store."""
 
+import asyncio
 import os
 from decimal import Decimal
 
@@ -179,13 +180,22 @@ async def test_resync_after_redis_reconnect(tracked):
 async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
     communicator, _ = await _connected()
     (socket,) = price_feed._sockets
+    # A client that stopped reading: the server's send suspends until the gate opens.
+    gate = asyncio.Event()
+    send = socket.base_send
+
+    async def paused_send(message):
+        await gate.wait()
+        await send(message)
+
+    socket.base_send = paused_send
+    frame = '{"type":"tick","as_of":null,"prices":{}}'
     for _ in range(100):
-        socket.deliver(None, '{"type":"tick","as_of":null,"prices":{}}')
-    frames = []
-    while len(frames) < 40:
-        frames.append(await ws_receive(communicator))
-        if frames[-1]["type"] == "snapshot":
-            break
-    assert frames[-1]["type"] == "snapshot"
+        socket.deliver(None, frame)
     assert socket.dropped > 0
+    gate.set()
+    assert (await ws_receive(communicator))["type"] == "tick"  # the one in flight
+    assert (await ws_receive(communicator))["type"] == "snapshot"  # instead of the backlog
+    await communicator.send_json_to({"type": "ping"})
+    assert await ws_receive_type(communicator, "pong") == {"type": "pong"}
     await communicator.disconnect()
