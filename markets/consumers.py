@@ -314,6 +314,9 @@ class PricesConsumer(AsyncWebsocketConsumer):
                         logger.warning("snapshot for re-sync unavailable", exc_info=True)
                         continue
                 await self.send(text_data=frame)
+        except Exception:
+            # The client went away mid-send; disconnect() follows and cleans up.
+            self._outbox.clear()
         finally:
             self._drain_task = None
 
