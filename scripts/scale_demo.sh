@@ -221,7 +221,7 @@ ok "replica on :$REPLICA_PORT is a hot standby streaming from :$PRIMARY_PORT (pg
 
 # The HTTP and WebSocket checks are Python; every request is a real one.
 cat >"$WORK/checks.py" <<'PYTHON'
-import asyncio, concurrent.futures, email, json, os, re, sys, threading, time
+import asyncio, concurrent.futures, email, json, os, re, signal, sys, threading, time
 from pathlib import Path
 
 import httpx, websockets
@@ -324,37 +324,38 @@ def ticks():
     print(f"[scale-demo] OK   WebSocket on web B got a tick as of {on_b['as_of']} ({coins}, ...), and so did one through nginx")
 
 
-def load(total, kill_after, pid):
-    """``total`` GETs through nginx from 8 threads; SIGKILL ``pid`` after ``kill_after``."""
+def load(total, kill_after, pid, signame, who):
+    """``total`` GETs through nginx from 8 threads; send ``signame`` to ``pid`` after ``kill_after``."""
     paths = [f"{API}/coins", f"{API}/prices", f"{API}/coins/bitcoin", f"{API}/coins/bitcoin/history?days=1"]
     done, failures, lock = 0, [], threading.Lock()
     killed = threading.Event()
 
     durations = {p: [] for p in paths}
 
+    http = httpx.Client(base_url=NGINX, timeout=30, limits=httpx.Limits(max_connections=8))
+
     def one(i):
         nonlocal done
         path = paths[i % len(paths)]
         began = time.monotonic()
-        with httpx.Client(base_url=NGINX, timeout=30) as http:
-            response = http.get(path, headers={"X-Request-ID": f"scale-load-{i}"})
+        response = http.get(path, headers={"X-Request-ID": f"scale-load-{i}"})
         with lock:
             durations[path].append(time.monotonic() - began)
             done += 1
             if response.status_code != 200:
                 failures.append(f"{paths[i % len(paths)]} -> {response.status_code}")
             if done == kill_after and not killed.is_set():
-                os.kill(pid, 9)
+                os.kill(pid, getattr(signal, signame))
                 killed.set()
 
     started = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    with http, concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(one, range(total)))
     if not killed.is_set():
         fail("the web instance was never killed")
     if failures:
-        fail(f"{len(failures)} of {total} requests failed after killing web A: {failures[:5]}")
-    print(f"[scale-demo] OK   {total} GETs through nginx in {time.monotonic() - started:.1f}s, web A SIGKILLed after {kill_after}: 0 failed")
+        fail(f"{len(failures)} of {total} requests failed after {signame} to {who}: {failures[:5]}")
+    print(f"[scale-demo] OK   {total} GETs through nginx in {time.monotonic() - started:.1f}s, {who} got {signame} after {kill_after}: 0 failed")
     medians = ", ".join(f"{p} {sorted(d)[len(d) // 2] * 1000:.0f}" for p, d in durations.items())
     print(f"[scale-demo]      median ms: {medians}")
 
@@ -362,7 +363,7 @@ def load(total, kill_after, pid):
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     {"session": session, "reads": lambda n: reads(int(n)), "ticks": ticks,
-     "load": lambda t, k, p: load(int(t), int(k), int(p))}[command](*args)
+     "load": lambda t, k, p, s, w: load(int(t), int(k), int(p), s, w)}[command](*args)
 PYTHON
 export NGINX_PORT WEB_A_PORT WEB_B_PORT WORK
 checks() { "$PY" "$WORK/checks.py" "$@"; }
@@ -402,21 +403,30 @@ ok "the user who signed up through nginx is on the replica too (replay lag: $lag
 # --- 4. ticks on instance B -----------------------------------------------------------------
 checks ticks
 
-# --- 5. kill one instance under load -----------------------------------------------------------
-lines_before=$(grep -c '"uri"' "$WORK/logs/nginx.log" || true)
-checks load 400 100 "${PIDS[web_a]}"
-wait "${PIDS[web_a]}" 2>/dev/null || true
-unset 'PIDS[web_a]'
-tail -n +"$((lines_before + 1))" "$WORK/logs/nginx.log" | "$PY" -c '
+# --- 5. stop one instance under load, then crash the other ------------------------------------
+# SIGTERM is a rolling deploy (uvicorn drains and exits), SIGKILL a crash (in-flight
+# requests are cut). Either way nginx must retry every GET on the surviving instance.
+stop_under_load() {  # stop_under_load NAME PORT SIGNAL
+  local name=$1 port=$2 signal=$3 lines_before
+  lines_before=$(wc -l <"$WORK/logs/nginx.log")
+  checks load 400 100 "${PIDS[$name]}" "$signal" "$name"
+  wait "${PIDS[$name]}" 2>/dev/null || true
+  unset "PIDS[$name]"
+  tail -n +"$((lines_before + 1))" "$WORK/logs/nginx.log" | "$PY" -c '
 import json, sys
 rows = [json.loads(line) for line in sys.stdin if line.startswith("{")]
 rows = [r for r in rows if r["uri"].startswith(("/api/v1/coins", "/api/v1/prices"))]
-retried = [r for r in rows if "," in r["upstream"]]
+retried = sum("," in r["upstream"] for r in rows)
 per = {}
 for r in rows:
-    per[r["upstream"].split(",")[-1].strip()] = per.get(r["upstream"].split(",")[-1].strip(), 0) + 1
-print(f"[scale-demo] OK   nginx log: {len(rows)} requests, answered by {per}; {len(retried)} retried on the other instance after web A died")
+    last = r["upstream"].split(",")[-1].strip()
+    per[last] = per.get(last, 0) + 1
+print(f"[scale-demo] OK   nginx log: {len(rows)} requests, answered by {per}; {retried} retried on the other instance")
 '
-start_web web_a "$WEB_A_PORT"
-wait_http "http://127.0.0.1:$WEB_A_PORT/health" 60 || die "web A did not come back"
-ok "web A restarted and healthy; nginx puts it back after fail_timeout"
+  start_web "$name" "$port"
+  wait_http "http://127.0.0.1:$port/health" 60 || die "$name did not come back"
+  ok "$name restarted and healthy; nginx takes it back after fail_timeout"
+}
+stop_under_load web_b "$WEB_B_PORT" SIGTERM
+sleep 10  # nginx's fail_timeout: web B is back in rotation before web A goes
+stop_under_load web_a "$WEB_A_PORT" SIGKILL
