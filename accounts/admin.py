@@ -6,7 +6,9 @@ the ``admin`` group and superusers); operators act on regular users only, and on
 the actions below, which call ``accounts.services`` (those audit who did what, when).
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import Group
@@ -24,6 +26,7 @@ from django_celery_beat.models import (
 )
 
 from accounts import services
+from accounts.apis import username_validator
 from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
 from accounts.roles import ROLE_MANAGER_PERMISSION
 from cryptovault.admin import AuditedAdmin, ReadOnlyAdmin, admin_audit
@@ -46,6 +49,25 @@ def is_privileged(user: User) -> bool:
     return user.is_staff or user.is_superuser or user.role != User.Role.USER
 
 
+class UserChangeForm(auth_forms.UserChangeForm):
+    """Django's user form with our username rules (as in the API): optional, 3-30 of
+    ``[A-Za-z0-9_.-]``, unique whatever the case (the model constraint, form-checked)."""
+
+    username = forms.CharField(required=False, max_length=30, validators=[username_validator])
+
+    class Meta(auth_forms.UserChangeForm.Meta):
+        model = User
+        fields = "__all__"
+        field_classes: dict = {}
+
+    def clean_username(self) -> str | None:
+        username = self.cleaned_data["username"] or None
+        taken = User.objects.filter(username__iexact=username).exclude(pk=self.instance.pk)
+        if username and taken.exists():
+            raise forms.ValidationError("This username is taken.")
+        return username
+
+
 @admin.register(User)
 class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     # By id, not date_joined: same order, and the primary key index serves it.
@@ -62,6 +84,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
         "date_joined",
     )
     search_fields = ("email", "username", "name", "=id")
+    form = UserChangeForm
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         ("Profile", {"fields": ("username", "name", "email_verified_at", "google_sub")}),
