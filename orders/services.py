@@ -78,18 +78,14 @@ def ledger_post(
     amount: Decimal,
     order=None,
     memo: str = "",
-    from_locked: bool = False,
 ) -> LedgerEntry:
-    """Change ``balance`` by ``amount`` (signed) and record it. Balance must be locked.
+    """Change ``balance.available`` by ``amount`` (signed) and return the unsaved entry.
 
-    Credits go to ``available``; debits come out of ``available`` unless
-    ``from_locked`` (a fill consuming its reservation). Callers save the balance.
+    The balance must be locked; callers save it and the entry. Fills release their
+    reservation into ``available`` first, so trades never touch ``locked`` here.
     """
-    if from_locked:
-        balance.locked += amount
-    else:
-        balance.available += amount
-    if balance.available < 0 or balance.locked < 0:
+    balance.available += amount
+    if balance.available < 0:
         raise ApplicationError("Insufficient funds.", code="insufficient_funds")
     return LedgerEntry(
         user_id=balance.user_id,
