@@ -18,12 +18,13 @@ tick), each carrying its send time as ``as_of``, and prints:
 - web process RSS growth per 1,000 connections.
 
 Goal: 5,000 subscribers, p99 <= 100 ms, zero drops; 10,000 idle connections per
-process within 1.5 GiB. Clients offer permessage-deflate like browsers do unless
-``--no-compression``.
+process within 1.5 GiB. ``--client raw`` (default) is a minimal client that costs little
+CPU per message; ``--client websockets`` offers permessage-deflate as browsers do.
 """
 
 import argparse
 import asyncio
+import base64
 import multiprocessing as mp
 import os
 import socket
@@ -56,67 +57,165 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=8661)
-    parser.add_argument("--no-compression", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=["raw", "websockets"],
+        default="raw",
+        help="raw: a minimal client without compression; websockets: the websockets "
+        "library offering permessage-deflate, as browsers do (costlier per message)",
+    )
     return parser.parse_args()
 
 
 # --- client processes ---------------------------------------------------------------
 
 
-def client_process(url, count, compression, ready, stop, results) -> None:
-    asyncio.run(_client(url, count, compression, ready, stop, results))
+class Recorder:
+    """Tick latencies and frame counts of one client process."""
+
+    def __init__(self) -> None:
+        import orjson
+
+        self._loads = orjson.loads
+        self.latencies: list[float] = []
+        self.counts = {"ticks": 0, "snapshots": 0, "failed": 0}
+
+    def frame(self, payload: bytes | str) -> str:
+        received = time.time()
+        frame = self._loads(payload)
+        if frame["type"] == "tick":
+            self.counts["ticks"] += 1
+            self.latencies.append(received - datetime.fromisoformat(frame["as_of"]).timestamp())
+        elif frame["type"] == "snapshot":
+            self.counts["snapshots"] += 1
+        return frame["type"]
 
 
-async def _client(url, count, compression, ready, stop, results) -> None:
-    import orjson
+class RawSubscriber(asyncio.Protocol):
+    """A minimal RFC 6455 client: handshake, unmasked server frames, pong replies.
+
+    The ``websockets`` client spends ~50 us of Python per message, as much as the
+    server spends per socket; on a box shared by both it would dominate the figures.
+    """
+
+    def __init__(self, host: str, path: str, recorder: Recorder, opened: asyncio.Future):
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
+        ).encode()
+        self.recorder, self.opened = recorder, opened
+        self.buffer = bytearray()
+        self.upgraded = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def connection_lost(self, exc) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed before the snapshot"))
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer
+        buffer += data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                self.transport.close()
+                return
+            del buffer[: end + 4]
+            self.upgraded = True
+        while len(buffer) >= 2:
+            opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    return
+                length, offset = int.from_bytes(buffer[2:4], "big"), 4
+            elif length == 127:
+                if len(buffer) < 10:
+                    return
+                length, offset = int.from_bytes(buffer[2:10], "big"), 10
+            if len(buffer) < offset + length:
+                return
+            payload = bytes(buffer[offset : offset + length])
+            del buffer[: offset + length]
+            if opcode == 0x1:
+                kind = self.recorder.frame(payload)
+                if kind == "snapshot" and not self.opened.done():
+                    self.opened.set_result(self)
+            elif opcode == 0x9:  # the server's keepalive ping: answer with a masked pong
+                mask = os.urandom(4)
+                masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + mask + masked)
+            elif opcode == 0x8:
+                self.transport.close()
+
+
+def client_process(url, count, client, ready, stop, results) -> None:
+    import uvloop
+
+    uvloop.run(_client(url, count, client, ready, stop, results))
+
+
+async def _client(url, count, client, ready, stop, results) -> None:
+    from urllib.parse import urlsplit
+
     from websockets.asyncio.client import connect
 
-    latencies: list[float] = []
-    counters = {"ticks": 0, "snapshots": 0, "failed": 0}
+    recorder = Recorder()
     gate = asyncio.Semaphore(64)
+    target = urlsplit(url)
+    loop = asyncio.get_running_loop()
+
+    async def open_raw():
+        opened = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: RawSubscriber(target.netloc, target.path, recorder, opened),
+            target.hostname,
+            target.port,
+        )
+        await asyncio.wait_for(opened, timeout=30)
+        return transport
+
+    async def open_websockets():
+        ws = await connect(url, compression="deflate", ping_interval=None, max_queue=None)
+        assert recorder.frame(await ws.recv()) == "snapshot"
+
+        async def read() -> None:
+            try:
+                async for message in ws:
+                    recorder.frame(message)
+            except Exception:  # noqa: S110 - a socket closing at the end of the run
+                pass
+
+        ws.reader = asyncio.ensure_future(read())
+        return ws
 
     async def open_one():
         async with gate:
             for attempt in range(5):
                 try:
-                    ws = await connect(
-                        url,
-                        compression="deflate" if compression else None,
-                        ping_interval=None,
-                        open_timeout=30,
-                        max_queue=None,
-                    )
-                    first = orjson.loads(await ws.recv())
-                    assert first["type"] == "snapshot", first
-                    return ws
-                except OSError:
+                    return await (open_raw() if client == "raw" else open_websockets())
+                except (OSError, TimeoutError):
                     await asyncio.sleep(0.2 * (attempt + 1))
-            counters["failed"] += 1
+            recorder.counts["failed"] += 1
             return None
 
-    async def read(ws) -> None:
-        try:
-            async for message in ws:
-                received = time.time()
-                frame = orjson.loads(message)
-                if frame["type"] == "tick":
-                    counters["ticks"] += 1
-                    sent = datetime.fromisoformat(frame["as_of"]).timestamp()
-                    latencies.append(received - sent)
-                elif frame["type"] == "snapshot":
-                    counters["snapshots"] += 1
-        except Exception:  # noqa: S110 - a socket closing at the end of the run
-            pass
-
     sockets = [ws for ws in await asyncio.gather(*(open_one() for _ in range(count))) if ws]
-    readers = [asyncio.ensure_future(read(ws)) for ws in sockets]
+    recorder.counts["snapshots"] = 0  # count only re-sync snapshots from here on
     ready.put(len(sockets))
     while not stop.is_set():
         await asyncio.sleep(0.05)
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    for task in readers:
-        task.cancel()
-    results.put({"latencies": latencies, **counters, "open": len(sockets)})
+    for ws in sockets:
+        if client == "raw":
+            ws.close()
+        else:
+            ws.reader.cancel()
+            await ws.close()
+    results.put({"latencies": recorder.latencies, **recorder.counts, "open": len(sockets)})
 
 
 # --- server ---------------------------------------------------------------------------
@@ -189,7 +288,7 @@ def run_round(args, server, subscribers: int) -> None:
     clients = [
         ctx.Process(
             target=client_process,
-            args=(url, share, not args.no_compression, ready, stop, results),
+            args=(url, share, args.client, ready, stop, results),
         )
         for share in shares
     ]
@@ -253,7 +352,8 @@ def main() -> None:
         print(
             f"fanout bench: uvicorn x{args.web_processes} on :{args.port}, "
             f"{args.client_processes} client processes, "
-            f"compression={'off' if args.no_compression else 'deflate (as browsers)'}, "
+            f"client={args.client} "
+            f"({'permessage-deflate' if args.client == 'websockets' else 'no compression'}), "
             f"{os.cpu_count()} CPUs shared by server and clients, "
             f"load average {os.getloadavg()[0]:.1f} before the run",
             flush=True,
