@@ -89,8 +89,11 @@ class OrderOutputSerializer(serializers.ModelSerializer):
 
 class OrderListCreateApi(APIView):
     class FilterSerializer(serializers.Serializer):
-        status = serializers.ChoiceField(choices=Order.Status.choices, required=False)
-        coin = serializers.CharField(required=False, max_length=100)
+        # Blank values (``?status=&coin=``) mean "no filter".
+        status = serializers.ChoiceField(
+            choices=Order.Status.choices, required=False, allow_blank=True
+        )
+        coin = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
     class InputSerializer(serializers.Serializer):
         coin = serializers.CharField(max_length=100)

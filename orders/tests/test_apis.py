@@ -160,6 +160,8 @@ def test_list_filters_and_paginates_newest_first(client, user):
     assert [o["id"] for o in filled] == [ids[3], ids[1]]
     assert client.get(ORDERS, {"coin": "solana"}).json()["results"] == []
     assert client.get(ORDERS, {"status": "bogus"}).status_code == 400
+    everything = client.get(f"{ORDERS}?status=&coin=").json()["results"]
+    assert [o["id"] for o in everything] == ids[::-1]
 
 
 def test_detail_and_cancel_of_others_orders_are_404(client, api_client):
