@@ -95,6 +95,9 @@ class OrderListCreateApi(APIView):
         )
         coin = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
+        def validate_coin(self, value: str) -> str:
+            return value.strip().lower()
+
     class InputSerializer(serializers.Serializer):
         coin = serializers.CharField(max_length=100)
         side = serializers.ChoiceField(choices=Order.Side.choices)
