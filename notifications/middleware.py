@@ -13,6 +13,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 from rest_framework_simplejwt.tokens import AccessToken
 
+from accounts.selectors import user_from_access_token
+
 BEARER_SUBPROTOCOL = "bearer"
 MAX_TOKEN_CHARS = 4096
 
@@ -30,8 +32,6 @@ def token_from_scope(scope: dict) -> tuple[str | None, str | None]:
 
 @database_sync_to_async
 def _authenticate(token: str):
-    from accounts.selectors import user_from_access_token
-
     user = user_from_access_token(token=token)
     if user is None:
         return None, None
