@@ -113,6 +113,13 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
         url = reverse("admin:accounts_session_changelist") + f"?user__id__exact={user.pk}"
         return format_html('<a href="{}">Login sessions of this user</a>', url)
 
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or can_manage_roles(request):
+            return fieldsets
+        # No password section: setting one is for admins (see user_change_password).
+        return ((None, {"fields": ("email",)}), *fieldsets[1:])
+
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
@@ -264,9 +271,12 @@ class AuditActionFilter(admin.SimpleListFilter):
     title = "action"
     parameter_name = "action"
     OPERATOR_ACTIONS = (
+        "admin_action",
         "admin_added",
         "admin_changed",
         "admin_deleted",
+        "admin_login",
+        "admin_login_failed",
         "email_verified_by_operator",
         "order_cancelled_by_operator",
         "role_set",
@@ -290,8 +300,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_filter = (AuditActionFilter, "created_at")
     search_fields = ("=action", "actor__email", "target_repr", "=target_id", "=request_id")
     list_select_related = ("actor",)
-    date_hierarchy = "created_at"
-    # COUNT(*) over the whole log on every page is the slow part of a large log.
+    # No date_hierarchy: its year/month links are a DISTINCT over the whole log.
     show_full_result_count = False
 
 

@@ -9,11 +9,18 @@ that audit, or :func:`admin_audit` for actions that have no service of their own
 import functools
 
 from django.contrib import admin
+from django.http import JsonResponse
 
+from accounts.ratelimit import rate_limit
 from accounts.services import audit_record
+from cryptovault.exceptions import ApplicationError
 
 # Enough to identify a hand-picked selection; "select all" on a big list is summarised.
 AUDITED_IDS = 100
+
+
+# Like the API's login: the admin login is a password form too.
+ADMIN_LOGIN_RATE = "10/m"
 
 
 def admin_audit(request, *, action: str, target=None, data: dict | None = None) -> None:
@@ -88,3 +95,26 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+def admin_login(request, extra_context=None):
+    """The admin's login page, rate limited per client address, every attempt audited
+    (who got into the console, and who tried)."""
+    if request.method == "POST":
+        try:
+            rate_limit(request, group="admin-login", rate=ADMIN_LOGIN_RATE)
+        except ApplicationError as exc:  # over the limit (429) or Redis down (503)
+            body = {"detail": exc.message, "code": exc.code}
+            return JsonResponse(body, status=exc.status_code, headers=exc.headers)
+    response = admin.site.login(request, extra_context)
+    if request.method == "POST":
+        if response.status_code == 302:  # logged in, on the way to the console
+            audit_record(
+                action="admin_login", actor=request.user, target=request.user, request=request
+            )
+        else:
+            identifier = request.POST.get("username", "")[:254]
+            audit_record(
+                action="admin_login_failed", request=request, data={"identifier": identifier}
+            )
+    return response

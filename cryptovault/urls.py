@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from cryptovault.admin import admin_login
 from cryptovault.dashboard import admin_dashboard
 from cryptovault.exceptions import handler404 as api_not_found
 from cryptovault.health import health
@@ -24,6 +25,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("admin/dashboard/", admin_dashboard, name="admin-dashboard"),
+    path("admin/login/", admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     # JSON 404s for unknown API paths even with DEBUG on (no HTML debug page for clients).
     re_path(r"^api/", api_not_found),
