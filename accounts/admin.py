@@ -29,7 +29,7 @@ from accounts import services
 from accounts.apis import username_validator
 from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
 from accounts.roles import ROLE_MANAGER_PERMISSION
-from cryptovault.admin import AuditedAdmin, ReadOnlyAdmin, admin_audit
+from cryptovault.admin import AuditedAdmin, LargeTablePaginator, ReadOnlyAdmin, admin_audit
 
 admin.site.site_header = "CryptoVault operations"
 admin.site.site_title = "CryptoVault admin"
@@ -84,6 +84,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
         "date_joined",
     )
     search_fields = ("email", "username", "name", "=id")
+    paginator = LargeTablePaginator
     form = UserChangeForm
     fieldsets = (
         (None, {"fields": ("email", "password")}),
@@ -241,6 +242,7 @@ class SessionAdmin(ReadOnlyAdmin):
     search_fields = ("user__email", "=id", "=ip")
     list_select_related = ("user",)
     show_full_result_count = False
+    paginator = LargeTablePaginator
     actions = ("revoke",)
 
     @admin.display(boolean=True, ordering="revoked_at")
@@ -302,6 +304,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
     list_select_related = ("actor",)
     # No date_hierarchy: its year/month links are a DISTINCT over the whole log.
     show_full_result_count = False
+    paginator = LargeTablePaginator
 
 
 @admin.register(EmailVerification, PasswordResetToken)

@@ -9,7 +9,10 @@ that audit, or :func:`admin_audit` for actions that have no service of their own
 import functools
 
 from django.contrib import admin
+from django.core.paginator import Paginator
+from django.db import connections
 from django.http import JsonResponse
+from django.utils.functional import cached_property
 
 from accounts.ratelimit import rate_limit
 from accounts.services import audit_record
@@ -82,6 +85,28 @@ class AuditedAdmin(admin.ModelAdmin):
                 data={"model": obj._meta.label_lower},
             )
         return super().log_deletions(request, queryset)
+
+
+class LargeTablePaginator(Paginator):
+    """The unfiltered list of a big table (price history, the ledger, the audit log) shows
+    PostgreSQL's row estimate instead of a COUNT(*) that reads the whole table; filtered
+    lists and small tables are counted exactly."""
+
+    EXACT_UP_TO = 100_000
+
+    @cached_property
+    def count(self) -> int:
+        queryset = self.object_list
+        if not queryset.query.where:
+            with connections[queryset.db].cursor() as cursor:
+                cursor.execute(
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    [queryset.model._meta.db_table],
+                )
+                estimate = cursor.fetchone()[0]
+            if estimate > self.EXACT_UP_TO:  # -1 when the table was never analysed
+                return estimate
+        return super().count
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
