@@ -41,4 +41,5 @@ class PriceAlertAdmin(admin.ModelAdmin):
 class NotificationPreferenceAdmin(admin.ModelAdmin):
     list_display = ("user", "email_kinds", "updated_at")
     search_fields = ("user__email",)
+    list_select_related = ("user",)
     readonly_fields = ("user",)
