@@ -119,7 +119,7 @@ class OrderAdmin(ReadOnlyAdmin):
     )  # fmt: skip
     list_filter = ("status", "side", "type", "coin")
     search_fields = ("user__email", "client_order_id", "=id")
-    list_select_related = ("user",)
+    list_select_related = ("user", "coin")
     actions = ("cancel_orders",)
 
     def has_change_permission(self, request, obj=None) -> bool:
@@ -156,4 +156,4 @@ class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "kind", "asset", "amount", "balance_after", "order", "created_at")
     list_filter = ("kind", "asset")
     search_fields = ("user__email", "memo", "=order__id")
-    list_select_related = ("user",)
+    list_select_related = ("user", "order")
