@@ -1,3 +1,4 @@
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -14,6 +15,18 @@ from notifications.serializers import (
 from orders.apis import PlainDecimalField
 
 
+def _page_schema(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
+    """The OpenAPI shape of a cursor page of ``item``."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item(many=True),
+        },
+    )
+
+
 def _paginated(*, request: Request, view: APIView, queryset, serializer_class) -> Response:
     paginator = CursorPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
@@ -22,10 +35,17 @@ def _paginated(*, request: Request, view: APIView, queryset, serializer_class) -
 
 class NotificationListApi(APIView):
     class FilterSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "NotificationListFilter"
+
         unread = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     OutputSerializer = NotificationSerializer
 
+    @extend_schema(
+        parameters=[FilterSerializer],
+        responses=_page_schema("NotificationPage", NotificationSerializer),
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -42,8 +62,12 @@ class NotificationListApi(APIView):
 
 class NotificationUnreadCountApi(APIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "NotificationUnreadCount"
+
         count = serializers.IntegerField()
 
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         count = selectors.notification_unread_count(user=request.user)
         return Response(self.OutputSerializer({"count": count}).data)
@@ -52,6 +76,7 @@ class NotificationUnreadCountApi(APIView):
 class NotificationReadApi(APIView):
     OutputSerializer = NotificationSerializer
 
+    @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request: Request, notification_id: int) -> Response:
         notification = selectors.notification_get(
             user=request.user, notification_id=notification_id
@@ -62,14 +87,19 @@ class NotificationReadApi(APIView):
 
 class NotificationReadAllApi(APIView):
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "NotificationReadAll"
+
         updated = serializers.IntegerField()
 
+    @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request: Request) -> Response:
         updated = services.notifications_mark_all_read(user=request.user)
         return Response(self.OutputSerializer({"updated": updated}).data)
 
 
 class NotificationDeleteApi(APIView):
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, notification_id: int) -> Response:
         notification = selectors.notification_get(
             user=request.user, notification_id=notification_id
@@ -82,18 +112,26 @@ class NotificationPreferencesApi(APIView):
     """Which notification kinds are also emailed: ``{"email": {"<kind>": bool, ...}}``."""
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "NotificationPreferencesInput"
+
         email = serializers.DictField(child=serializers.BooleanField())
 
     class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "NotificationPreferences"
+
         email = serializers.DictField(child=serializers.BooleanField())
 
     def _render(self, kinds: frozenset[str]) -> Response:
         email = {kind: kind in kinds for kind in Notification.Kind.values}
         return Response(self.OutputSerializer({"email": email}).data)
 
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
         return self._render(services.notification_email_kinds(user=request.user))
 
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
     def patch(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -105,15 +143,26 @@ class NotificationPreferencesApi(APIView):
 
 class PriceAlertListCreateApi(APIView):
     class FilterSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "PriceAlertListFilter"
+
         active = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "PriceAlertInput"
+
         coin = serializers.CharField(max_length=100)
         condition = serializers.ChoiceField(choices=PriceAlert.Condition.choices)
         price = PlainDecimalField(**PRICE_FIELD)
 
     OutputSerializer = PriceAlertSerializer
 
+    @extend_schema(
+        operation_id="alerts_list",
+        parameters=[FilterSerializer],
+        responses=_page_schema("PriceAlertPage", PriceAlertSerializer),
+    )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -124,6 +173,7 @@ class PriceAlertListCreateApi(APIView):
             request=request, view=self, queryset=alerts, serializer_class=self.OutputSerializer
         )
 
+    @extend_schema(request=InputSerializer, responses={201: OutputSerializer})
     def post(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
@@ -139,10 +189,12 @@ class PriceAlertListCreateApi(APIView):
 class PriceAlertDetailApi(APIView):
     OutputSerializer = PriceAlertSerializer
 
+    @extend_schema(operation_id="alerts_retrieve", responses=OutputSerializer)
     def get(self, request: Request, alert_id: int) -> Response:
         alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
         return Response(self.OutputSerializer(alert).data)
 
+    @extend_schema(responses={204: None})
     def delete(self, request: Request, alert_id: int) -> Response:
         alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
         services.price_alert_delete(alert=alert)
