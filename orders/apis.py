@@ -5,6 +5,12 @@ import re
 from decimal import Decimal
 
 from django.http import Http404
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +27,19 @@ def _order_rate_key(group: str, request) -> str:
     return str(request.user.pk)
 
 
+def _page_of(name: str, item: serializers.Serializer) -> serializers.Serializer:
+    """OpenAPI shape of a cursor page (the views paginate by hand)."""
+    return inline_serializer(
+        name=name,
+        fields={
+            "next": serializers.URLField(allow_null=True),
+            "previous": serializers.URLField(allow_null=True),
+            "results": item,
+        },
+    )
+
+
+@extend_schema_field({"type": "string", "format": "decimal", "example": "0.0015"})
 class PlainDecimalField(serializers.Field):
     """Decimal in and out as a plain string.
 
@@ -111,6 +130,9 @@ class OrderListCreateApi(APIView):
             error_messages={"invalid": "1-64 characters of letters, digits and _ . : -"},
         )
 
+        class Meta:
+            ref_name = "OrderPlace"
+
         def validate_coin(self, value: str) -> str:
             return value.strip().lower()
 
@@ -126,6 +148,11 @@ class OrderListCreateApi(APIView):
 
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(
+        operation_id="orders_list",
+        parameters=[FilterSerializer],
+        responses=_page_of("OrderPage", OrderOutputSerializer(many=True)),
+    )
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -134,6 +161,19 @@ class OrderListCreateApi(APIView):
         page = paginator.paginate_queryset(orders, request, view=self)
         return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
 
+    @extend_schema(
+        operation_id="orders_create",
+        request=InputSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                location=OpenApiParameter.HEADER,
+                required=False,
+                description="Same as client_order_id: a repeat returns the first order (200).",
+            )
+        ],
+        responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
+    )
     def post(self, request):
         rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=_order_rate_key)
         serializer = self.InputSerializer(data=request.data)
@@ -165,6 +205,7 @@ class OrderListCreateApi(APIView):
 class OrderDetailApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(operation_id="orders_retrieve", responses=OutputSerializer)
     def get(self, request, order_id: int):
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
@@ -175,6 +216,7 @@ class OrderDetailApi(APIView):
 class OrderCancelApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
+    @extend_schema(operation_id="orders_cancel", request=None, responses=OutputSerializer)
     def post(self, request, order_id: int):
         order = services.order_cancel(order_id=order_id, user=request.user)
         return Response(self.OutputSerializer(order).data)
@@ -192,6 +234,10 @@ class PortfolioApi(APIView):
         balances = BalanceSerializer(many=True)
         total_value_usd = PlainDecimalField()
 
+        class Meta:
+            ref_name = "Portfolio"
+
+    @extend_schema(responses=OutputSerializer)
     def get(self, request):
         portfolio = selectors.portfolio_get(user=request.user)
         return Response(self.OutputSerializer(portfolio).data)
@@ -205,9 +251,11 @@ class TransactionListApi(APIView):
 
         class Meta:
             model = LedgerEntry
+            ref_name = "Transaction"
             fields = ("id", "kind", "asset", "amount", "balance_after", "order", "created_at")
             read_only_fields = fields
 
+    @extend_schema(responses=_page_of("TransactionPage", OutputSerializer(many=True)))
     def get(self, request):
         entries = selectors.ledger_entry_list(user=request.user)
         paginator = CursorPagination()
