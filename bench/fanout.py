@@ -58,6 +58,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--client-processes", type=int, default=2)
     parser.add_argument("--port", type=int, default=8661)
     parser.add_argument(
+        "--ws",
+        default="auto",
+        help="uvicorn --ws implementation (auto, as the Procfile, is websockets-sansio)",
+    )
+    parser.add_argument(
+        "--no-deflate",
+        action="store_true",
+        help="serve with --ws-per-message-deflate false (only matters for --client websockets)",
+    )
+    parser.add_argument(
         "--client",
         choices=["raw", "websockets"],
         default="raw",
@@ -221,11 +231,13 @@ async def _client(url, count, client, ready, stop, results) -> None:
 # --- server ---------------------------------------------------------------------------
 
 
-def start_server(port: int, workers: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace) -> subprocess.Popen:
+    port, workers = args.port, args.web_processes
     command = [
         sys.executable, "-m", "uvicorn", "cryptovault.asgi:application",
         "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log", "--log-level", "warning", "--ws", args.ws,
+        "--ws-per-message-deflate", "false" if args.no_deflate else "true",
     ]  # fmt: skip
     server = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - fixed arguments
     deadline = time.monotonic() + 30
@@ -347,10 +359,10 @@ def main() -> None:
     from markets.services import prices_record
 
     prices_record(prices={coin: Decimal(price) for coin, price in PRICES.items()})
-    server = start_server(args.port, args.web_processes)
+    server = start_server(args)
     try:
         print(
-            f"fanout bench: uvicorn x{args.web_processes} on :{args.port}, "
+            f"fanout bench: uvicorn x{args.web_processes} (--ws {args.ws}) on :{args.port}, "
             f"{args.client_processes} client processes, "
             f"client={args.client} "
             f"({'permessage-deflate' if args.client == 'websockets' else 'no compression'}), "
