@@ -41,7 +41,11 @@ BOTH = [DEFAULT_DB_ALIAS, REPLICA_DB_ALIAS]
 
 @pytest.fixture(scope="module", autouse=True)
 def replica_alias(django_db_setup):
-    """Add the ``replica`` alias for this module only, mirroring the test database."""
+    """Add the ``replica`` alias for this module only, mirroring the test database
+    (unless DATABASE_REPLICA_URL already configured one, which is then a mirror too)."""
+    if REPLICA_DB_ALIAS in connections.settings:
+        yield
+        return
     replica = copy.deepcopy(connections.settings[DEFAULT_DB_ALIAS])
     replica["TEST"]["MIRROR"] = DEFAULT_DB_ALIAS
     connections.settings[REPLICA_DB_ALIAS] = replica
