@@ -348,6 +348,8 @@ class PricesConsumer(AsyncWebsocketConsumer):
         return self._error("unknown_type", "Expected type ping, subscribe or unsubscribe.")
 
     async def _subscribe(self, coins: Any) -> None:
+        if isinstance(coins, list) and all(isinstance(coin, str) for coin in coins):
+            coins = [coin.strip().lower() for coin in coins]  # ids are lowercase
         if (
             not isinstance(coins, list)
             or not coins

@@ -81,7 +81,7 @@ async def test_every_socket_gets_the_tick(tracked):
 async def test_subscribe_narrows_ticks(tracked):
     narrow, _ = await _connected()
     wide, _ = await _connected()
-    await narrow.send_json_to({"type": "subscribe", "coins": ["ethereum", "solana"]})
+    await narrow.send_json_to({"type": "subscribe", "coins": ["ethereum", "Solana"]})
     # A ping answered means the subscribe before it was handled.
     await narrow.send_json_to({"type": "ping"})
     assert await ws_receive(narrow) == {"type": "pong"}
