@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
+from django.core.mail import send_mail
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -82,9 +84,6 @@ def notification_preferences_update(*, user: User, email: dict[str, bool]) -> fr
 
 def notification_email_send(*, notification_id: int) -> bool:
     """Email one notification at most once; False when there is nothing to send."""
-    from django.conf import settings
-    from django.core.mail import send_mail
-
     with transaction.atomic():
         notification = (
             Notification.objects.select_for_update()
