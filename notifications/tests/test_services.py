@@ -1,3 +1,4 @@
+import time
 from decimal import Decimal
 
 import pytest
@@ -120,3 +121,15 @@ def test_price_alerts_fire_in_batches(monkeypatch):
         )
     assert services.price_alerts_fire(prices={"bitcoin": Decimal("2")}) == 5
     assert Notification.objects.filter(user=user, kind="price_alert").count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_opted_in_kinds_are_emailed_by_the_worker(celery_worker):
+    user = user_create()
+    services.notification_create(user=user, kind="price_alert", title="Bitcoin is above 1")
+    services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
+    deadline = time.monotonic() + 10
+    while not mail.outbox and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.subject for m in mail.outbox] == ["CryptoVault: Bitcoin is above 1"]
+    assert Notification.objects.get(kind="price_alert").emailed_at is not None
