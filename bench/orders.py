@@ -99,8 +99,19 @@ def keep_prices_fresh(stop: threading.Event) -> None:
 
 
 def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
-    env = {**os.environ, "RATELIMIT_ENABLE": "false", "LOG_LEVEL": "WARNING"}
-    env.setdefault("CONN_MAX_AGE", "60")
+    env = {
+        **os.environ,
+        # A production-like configuration: no debug query log, no rate limits.
+        "DEBUG": "false",
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-" + os.urandom(16).hex()),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "RATELIMIT_ENABLE": "false",
+        "LOG_LEVEL": "WARNING",
+    }
+    # Persistent connections leak under ASGI (a thread per request), so the web
+    # process connects per request; the prefork worker keeps its connection.
+    web_env = {**env, "CONN_MAX_AGE": "0"}
+    worker_env = {**env, "CONN_MAX_AGE": env.get("CONN_MAX_AGE", "300")}
     python = sys.executable
     web = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
         [
@@ -108,7 +119,7 @@ def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
             "--host", "127.0.0.1", "--port", str(args.port),
             "--workers", str(args.web_workers), "--no-access-log", "--log-level", "warning",
         ],
-        cwd=ROOT, env=env,
+        cwd=ROOT, env=web_env,
     )  # fmt: skip
     worker = subprocess.Popen(  # noqa: S603
         [
@@ -116,9 +127,27 @@ def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
             "--concurrency", str(args.worker_concurrency), "--loglevel", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return [web, worker]
+
+
+def wait_worker_ready(timeout: float = 180.0) -> None:
+    """Until the worker has run a task from the ``orders`` queue (its startup runs the
+    system checks and can take a while on a busy machine)."""
+    from django_redis import get_redis_connection
+
+    from orders.services import _queue_key
+    from orders.tasks import order_queue_process
+
+    redis = get_redis_connection("default")
+    redis.set(_queue_key(0), 1)
+    order_queue_process.delay(0)  # no such user: the run only clears its mark
+    deadline = time.monotonic() + timeout
+    while redis.exists(_queue_key(0)):
+        if time.monotonic() > deadline:
+            raise RuntimeError("worker did not start")
+        time.sleep(0.2)
 
 
 async def wait_healthy(port: int, timeout: float = 30.0) -> None:
@@ -254,6 +283,7 @@ def main() -> int:
     refresher.start()
     try:
         asyncio.run(wait_healthy(args.port))
+        wait_worker_ready()
         t0 = timezone.now()
         stats = asyncio.run(load(args, tokens))
         t1 = timezone.now()

@@ -309,3 +309,24 @@ def test_an_order_that_cannot_be_booked_is_rejected_without_blocking_the_queue()
     assert huge.reject_reason.startswith("internal_error")
     assert normal.status == "filled"
     assert bal(user, "bitcoin") == (Decimal("999999999999.0000001"), 0)
+
+
+def test_terminal_status_changes_notify_the_user():
+    from notifications.models import Notification
+
+    user = user_create(usd="10000", bitcoin="1")
+    filled = place(user, quantity="0.01")
+    process(user)
+    cancelled = place(user, type="limit", limit_price="1000", quantity="0.01")
+    services.order_cancel(order_id=cancelled.pk, user=user)
+    coins_and_prices({"bitcoin": "65000"}, age_seconds=3600)
+    rejected = place(user, side="sell", quantity="0.5")
+    process(user)
+    notes = {n.data["order_id"]: n for n in Notification.objects.filter(user=user)}
+    assert {pk: n.kind for pk, n in notes.items()} == {
+        filled.pk: "order_filled",
+        cancelled.pk: "order_cancelled",
+        rejected.pk: "order_rejected",
+    }
+    assert "filled at 65000 usd (fee 0.65 usd)" in notes[filled.pk].body
+    assert "stale" in notes[rejected.pk].body
