@@ -514,7 +514,11 @@ def _queue_batch_process(*, user_id: int, limit: int) -> int:
         order.user = user
         if order.coin_id not in quotes:
             try:
-                quotes[order.coin_id] = price_get_fresh(coin_id=order.coin_id).price
+                price = price_get_fresh(coin_id=order.coin_id).price
+                if not price.is_finite() or price <= 0:
+                    # Never trade at a nonsensical price (it would give coins away).
+                    raise PriceUnavailable(f"No usable price for {order.coin_id}.")
+                quotes[order.coin_id] = price
             except PriceUnavailable as exc:
                 quotes[order.coin_id] = exc
         quote = quotes[order.coin_id]
@@ -580,6 +584,8 @@ def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
         return 0
     filled = 0
     for coin_id, price in prices.items():
+        if not price.is_finite() or price <= 0:
+            continue  # a nonsensical price crosses every buy; never trade on it
         open_orders = Order.objects.filter(status=Order.Status.OPEN, coin_id=coin_id)
         crossing = list(
             open_orders.filter(side=Order.Side.BUY, limit_price__gte=price).values_list(

@@ -330,3 +330,19 @@ def test_terminal_status_changes_notify_the_user():
     }
     assert "filled at 65000 usd (fee 0.65 usd)" in notes[filled.pk].body
     assert "stale" in notes[rejected.pk].body
+
+
+def test_a_zero_price_is_never_traded_on():
+    user = user_create(usd="10000", bitcoin="1")
+    order = place(user, side="sell", quantity="0.5")
+    coins_and_prices({"bitcoin": "0"})
+    process(user)
+    order.refresh_from_db()
+    assert order.status == "rejected"
+    assert bal(user, "bitcoin") == (Decimal("1"), 0)
+    resting = place(user, type="limit", limit_price="60000", quantity="0.1")
+    coins_and_prices({"bitcoin": "65000"})
+    process(user)
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("0")}, as_of=now()) == 0
+    resting.refresh_from_db()
+    assert resting.status == "open"
