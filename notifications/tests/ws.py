@@ -5,7 +5,7 @@ from channels.testing import WebsocketCommunicator
 from cryptovault.asgi import application
 
 # Long enough for a Redis round trip on a loaded CI box, short enough to fail fast.
-RECEIVE_TIMEOUT = 3
+RECEIVE_TIMEOUT = 5
 
 
 async def ws_connect(path: str, *, headers=None, subprotocols=None):
