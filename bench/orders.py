@@ -29,6 +29,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
+# A production-like configuration (no debug query log), shared with the server and
+# worker started below, which must verify the tokens this process issues.
+os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
+os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
+os.environ["DEBUG"] = "false"
 
 COINS = {"bitcoin": Decimal("65000"), "ethereum": Decimal("3000")}
 
@@ -99,15 +104,7 @@ def keep_prices_fresh(stop: threading.Event) -> None:
 
 
 def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
-    env = {
-        **os.environ,
-        # A production-like configuration: no debug query log, no rate limits.
-        "DEBUG": "false",
-        "SECRET_KEY": os.environ.get("SECRET_KEY", "bench-" + os.urandom(16).hex()),
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "RATELIMIT_ENABLE": "false",
-        "LOG_LEVEL": "WARNING",
-    }
+    env = {**os.environ, "RATELIMIT_ENABLE": "false", "LOG_LEVEL": "WARNING"}
     # Persistent connections leak under ASGI (a thread per request), so the web
     # process connects per request; the prefork worker keeps its connection.
     web_env = {**env, "CONN_MAX_AGE": "0"}

@@ -566,10 +566,15 @@ def limit_orders_on_prices(*, prices: dict[str, Decimal]) -> None:
     """
     from orders.tasks import limit_orders_match
 
-    if prices:
+    if not prices:
+        return
+    try:
         limit_orders_match.delay(
             {coin: decimal_plain(price) for coin, price in prices.items()}, time.time()
         )
+    except Exception:
+        # Never fail the poll (and the other hooks) over this: the next poll matches.
+        logger.exception("could not enqueue limit-order matching")
 
 
 def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
