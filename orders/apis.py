@@ -64,7 +64,7 @@ class PlainDecimalField(serializers.Field):
         if isinstance(data, bool) or not isinstance(data, str | int | float):
             self.fail("invalid")
         text = data.strip() if isinstance(data, str) else repr(data)
-        match = re.fullmatch(r"(\d+)(?:\.(\d+))?", text)
+        match = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))?", text)
         if match is None:
             self.fail("invalid")
         integer, fraction = match.group(1).lstrip("0"), (match.group(2) or "").rstrip("0")

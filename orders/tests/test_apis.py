@@ -83,6 +83,8 @@ def test_repeat_with_client_order_id_or_idempotency_key_returns_the_first_order(
         {"quantity": "0"},
         {"quantity": "0.000000001"},
         {"quantity": "abc"},
+        {"quantity": "\u0661"},  # a non-ASCII digit
+        {"quantity": " 1 2"},
         {"quantity": ""},
         {"quantity": True},
         {"quantity": 1e-05},
