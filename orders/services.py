@@ -241,7 +241,8 @@ def order_place(
         if existing is not None:
             return existing, False
     if not Coin.objects.filter(pk=coin_id, tracked=True).exists():
-        raise ApplicationError(f"{coin_id} is not a tracked coin.", code="unknown_coin")
+        message = f"{coin_id} is not a tracked coin."
+        raise ApplicationError(message, code="unknown_coin", extra={"coin": [message]})
     if (type == Order.Type.LIMIT) != (limit_price is not None):
         raise ApplicationError(
             "limit_price is required for limit orders and only for them.", code="invalid"
