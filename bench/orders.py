@@ -47,6 +47,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--no-fill-emails",
+        action="store_true",
+        help="users opt out of order_filled emails (on by default for new users)",
+    )
     return parser.parse_args()
 
 
@@ -57,7 +62,7 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def prepare(n_users: int) -> list[str]:
+def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
     """Migrate, seed coins and prices, and return one access token per funded user."""
     import django
 
@@ -68,6 +73,7 @@ def prepare(n_users: int) -> list[str]:
     from accounts.models import User
     from accounts.services import session_start
     from markets.services import coins_seed, prices_record
+    from notifications.services import notification_preferences_update
     from orders.models import Balance
     from orders.services import wallet_adjust
 
@@ -87,6 +93,7 @@ def prepare(n_users: int) -> list[str]:
             have = balance.available if balance else Decimal(0)
             if have < amount:
                 wallet_adjust(user=user, asset=asset, amount=amount - have, reason="bench")
+        notification_preferences_update(user=user, email={"order_filled": fill_emails})
         _, issued = session_start(user=user)
         tokens.append(issued["access"])
     return tokens
@@ -271,7 +278,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
 
 def main() -> int:
     args = parse_args()
-    tokens = prepare(args.users)
+    tokens = prepare(args.users, fill_emails=not args.no_fill_emails)
     from django.utils import timezone
 
     processes = start_processes(args)
