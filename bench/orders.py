@@ -47,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after /health")
     parser.add_argument(
         "--no-fill-emails",
         action="store_true",
@@ -287,6 +288,9 @@ def main() -> int:
     refresher.start()
     try:
         asyncio.run(wait_healthy(args.port))
+        # Every uvicorn worker must be accepting before the keep-alive connections are
+        # opened, or the first one to boot takes them all.
+        time.sleep(args.warmup)
         wait_worker_ready()
         t0 = timezone.now()
         stats = asyncio.run(load(args, tokens))
