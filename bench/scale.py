@@ -211,12 +211,13 @@ def main() -> None:
             "--concurrency", "2", "--loglevel", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],
-        cwd=ROOT, stdout=subprocess.DEVNULL,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     stop = threading.Event()
     threading.Thread(target=orders_bench.keep_prices_fresh, args=(stop,), daemon=True).start()
     orders: dict[str, list[float]] = {"one web": [], "two web": []}
     try:
+        orders_bench.wait_worker_ready()
         for _ in range(args.rounds):
             for label, ports in (("one web", one), ("two web", two)):
                 print(f"{label} process(es):")
