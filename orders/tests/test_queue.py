@@ -263,3 +263,58 @@ def test_the_sweep_recovers_an_order_whose_enqueue_was_lost():
     services.order_queue_process(user_id=user.pk)
     assert Order.objects.get(pk=order.pk).status == "filled"
     assert services.order_queue_sweep() == 0
+
+
+def test_a_worker_killed_mid_queue_loses_nothing_and_fills_nothing_twice():
+    """A real worker process; its pool children are SIGKILLed while filling."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db.models import Count
+
+    users = [user_create(usd="100000") for _ in range(4)]
+    orders = [
+        services.order_place(
+            user=users[i % 4], coin_id="bitcoin", side="buy", type="market",
+            quantity=Decimal("0.001"),
+        )[0].pk
+        for i in range(200)
+    ]  # fmt: skip
+    db = settings.DATABASES["default"]
+    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    address = (db["HOST"] or "localhost") + (f":{db['PORT']}" if db["PORT"] else "")
+    env = {
+        **os.environ,
+        # The worker process must use the test database.
+        "DATABASE_URL": f"postgres://{credentials}@{address}/{db['NAME']}",
+        "REDIS_URL": settings.REDIS_URL,
+        "CONN_MAX_AGE": "300",
+    }
+    worker = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+        [sys.executable, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders",
+         "--concurrency", "2", "--loglevel", "ERROR", "--without-gossip", "--without-mingle",
+         "--without-heartbeat"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        mine = Order.objects.filter(pk__in=orders)
+        wait_until(lambda: mine.filter(status="filled").count() >= 20, timeout=90)
+        pgrep = shutil.which("pgrep")
+        children = subprocess.run(  # noqa: S603
+            [pgrep, "-P", str(worker.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children
+        for pid in children:
+            os.kill(int(pid), signal.SIGKILL)
+        # The lost tasks are redelivered (acks_late, reject on worker lost).
+        wait_until(lambda: not mine.filter(status="pending").exists(), timeout=90)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    assert mine.filter(status="filled").count() == 200
+    per_order = LedgerEntry.objects.filter(order__in=orders).values("order").annotate(n=Count("id"))
+    assert {row["n"] for row in per_order} == {3}
