@@ -137,8 +137,8 @@ def wallet_adjust(
     zero). The caller records the audit entry.
     """
     asset = asset.strip().lower()
-    if not asset:
-        raise ApplicationError("Asset is required.", code="invalid")
+    if asset != USD and not Coin.objects.filter(pk=asset).exists():
+        raise ApplicationError(f"Unknown asset {asset!r}: usd or a coin id.", code="unknown_asset")
     if not amount.is_finite() or amount == 0:
         raise ApplicationError("Amount must be a non-zero number.", code="invalid")
     amount = quantize_down(amount) if amount > 0 else -quantize_down(-amount)

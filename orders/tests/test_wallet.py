@@ -67,3 +67,13 @@ def test_wallet_adjust_refuses_meaningless_amounts(amount):
     user = user_create()
     with pytest.raises(ApplicationError):
         wallet_adjust(user=user, asset="usd", amount=Decimal(amount), reason="x")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("asset", ["", "dollars", "not-a-coin"])
+def test_wallet_adjust_refuses_unknown_assets(asset):
+    user = user_create()
+    with pytest.raises(ApplicationError) as exc:
+        wallet_adjust(user=user, asset=asset, amount=Decimal("1"), reason="x")
+    assert exc.value.code == "unknown_asset"
+    assert not Balance.objects.filter(user=user).exists()
