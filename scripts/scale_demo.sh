@@ -297,6 +297,17 @@ def reads(count):
             expect(http.get(f"{API}/orders", headers=auth), 200)
 
 
+def own_writes(count):
+    """A write, then reads of the same lag-tolerant data with the same credentials."""
+    access = Path(os.environ["WORK"], "access").read_text()
+    auth = {"Authorization": f"Bearer {access}"}
+    with httpx.Client(base_url=NGINX, timeout=10) as http:
+        expect(http.post(f"{API}/notifications/read-all", headers=auth), 200)
+        for _ in range(count):
+            if expect(http.get(f"{API}/notifications/unread-count", headers=auth), 200).json()["count"]:
+                fail("unread-count is not 0 right after read-all")
+
+
 async def first_tick(url, timeout):
     async with websockets.connect(url, open_timeout=10) as socket:
         snapshot = json.loads(await asyncio.wait_for(socket.recv(), 10))
@@ -362,7 +373,7 @@ def load(total, kill_after, pid, signame, who):
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"session": session, "reads": lambda n: reads(int(n)), "ticks": ticks,
+    {"session": session, "reads": lambda n: reads(int(n)), "own_writes": lambda n: own_writes(int(n)), "ticks": ticks,
      "load": lambda t, k, p, s, w: load(int(t), int(k), int(p), s, w)}[command](*args)
 PYTHON
 export NGINX_PORT WEB_A_PORT WEB_B_PORT WORK
@@ -399,6 +410,13 @@ address=$(cat "$WORK/email")
   || die "the user signed up on the primary is not on the replica"
 lag=$(psql_primary -c "select coalesce(extract(epoch from replay_lag)::numeric(10,3)::text || 's', '0 (caught up)') from pg_stat_replication where application_name = '$APP_NAME'")
 ok "the user who signed up through nginx is on the replica too (replay lag: $lag)"
+BEFORE[replica:notifications_notification]=$(scans replica notifications_notification)
+BEFORE[primary:notifications_notification]=$(scans primary notifications_notification)
+checks own_writes 5
+for _ in $(seq 1 30); do moved primary notifications_notification && break; sleep 0.2; done
+moved primary notifications_notification || die "the writer's reads did not reach the primary"
+! moved replica notifications_notification || die "the writer's reads went to the replica right after its write"
+ok "after POST read-all, that client's unread-count reads stayed on the primary (read-your-writes)"
 
 # --- 4. ticks on instance B -----------------------------------------------------------------
 checks ticks
