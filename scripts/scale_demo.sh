@@ -6,9 +6,11 @@
 # a Celery worker, beat and the simulator; then proves with real requests that
 #   1. the replica streams from the primary,
 #   2. a session made through one instance works on the other (and its logout too),
-#   3. reads that tolerate lag reach the replica; orders stay on the primary,
+#   3. reads that tolerate lag reach the replica; orders stay on the primary, and so do
+#      a client's reads right after its own write,
 #   4. a WebSocket subscriber on instance B (and one through nginx) receives ticks,
-#   5. killing one web instance mid-load loses no request nginx can retry.
+#   5. stopping (SIGTERM) or killing (SIGKILL) one web instance mid-load loses no
+#      request nginx can retry.
 # The throughput of one vs two web processes behind the same nginx is bench/scale.py.
 #
 # The shared primary is never restarted: if it refuses replication connections, one
@@ -22,7 +24,7 @@ ROOT=$PWD
 
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,19p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
   *) echo "usage: $0 (no arguments; ports and names via environment, see below)" >&2; exit 2 ;;
 esac
 
