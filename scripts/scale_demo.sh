@@ -24,7 +24,7 @@ ROOT=$PWD
 
 case "${1:-}" in
   "") ;;
-  -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+  -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
   *) echo "usage: $0 (no arguments; ports and names via environment, see below)" >&2; exit 2 ;;
 esac
 
