@@ -227,7 +227,7 @@ async def load(args: argparse.Namespace, tokens: list[str]) -> dict:
 
 
 def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
-    from django.db.models import Q
+    from django.db.models import Max, Q
 
     from orders.models import Balance, Order
     from orders.selectors import ledger_mismatches, reservation_mismatches
@@ -253,6 +253,13 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
     print(f"HTTP statuses: {stats['status']}   orders in window: {statuses}")
     print(f"accepted: {accepted / seconds:8.1f} orders/s")
     print(f"filled:   {filled_in_window / seconds:8.1f} orders/s (filled within the window)")
+    last_fill = window.filter(status="filled").aggregate(last=Max("updated_at"))["last"]
+    if last_fill is not None:
+        drained = (last_fill - t0).total_seconds()
+        print(
+            f"          {statuses['filled'] / drained:8.1f} orders/s sustained (the window's "
+            f"orders all filled {drained - seconds:.1f} s after it closed)"
+        )
     print(
         f"POST latency   p50 {percentile(latencies, 50) * 1000:7.1f} ms"
         f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
