@@ -363,10 +363,8 @@ def _order_notify(order: Order) -> None:
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
     what = f"{order.side} {decimal_plain(order.quantity)} {order.coin_id}"
     if order.status == Order.Status.FILLED:
-        body = (
-            f"Your {order.type} order to {what} filled at {decimal_plain(order.filled_price)} usd "
-        )
-        body += f"(fee {decimal_plain(order.fee)} usd)."
+        price, fee = decimal_plain(order.filled_price), decimal_plain(order.fee)
+        body = f"Your {order.type} order to {what} filled at {price} usd (fee {fee} usd)."
     elif order.status == Order.Status.REJECTED:
         body = f"Your {order.type} order to {what} was rejected: {order.reject_reason}"
     else:
