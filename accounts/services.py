@@ -597,6 +597,16 @@ def _user_by_identifier(identifier: str) -> User | None:
     return User.objects.filter(username__iexact=identifier).first()
 
 
+def _login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
+    """Start a session for a user who just proved who they are: audit and notify."""
+    session, tokens = session_start(user=user, request=request)
+    audit_record(
+        action=action, actor=user, target=session, request=request, data={"session_id": session.pk}
+    )
+    _new_login_notify(user=user, session=session)
+    return tokens
+
+
 def _new_login_notify(*, user: User, session: Session) -> None:
     from notifications.services import notification_create
 
@@ -634,15 +644,7 @@ def user_login(*, identifier: str, password: str, request=None) -> tuple[User, d
             status_code=status.HTTP_403_FORBIDDEN,
         )
     with transaction.atomic():
-        session, tokens = session_start(user=user, request=request)
-        audit_record(
-            action=AuditEvent.Action.LOGIN,
-            actor=user,
-            target=session,
-            request=request,
-            data={"session_id": session.pk},
-        )
-        _new_login_notify(user=user, session=session)
+        tokens = _login_complete(user=user, action=AuditEvent.Action.LOGIN, request=request)
     return user, tokens
 
 
@@ -726,15 +728,7 @@ def google_sign_in(*, id_token: str, request=None) -> tuple[User, dict[str, str]
                 "This account is disabled.", code="account_disabled", status_code=403
             )
         user_email_mark_verified(user=user, request=request)
-        session, tokens = session_start(user=user, request=request)
-        audit_record(
-            action=AuditEvent.Action.GOOGLE_LOGIN,
-            actor=user,
-            target=session,
-            request=request,
-            data={"session_id": session.pk},
-        )
-        _new_login_notify(user=user, session=session)
+        tokens = _login_complete(user=user, action=AuditEvent.Action.GOOGLE_LOGIN, request=request)
     return user, tokens
 
 
