@@ -11,6 +11,7 @@ from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from cryptovault.decimals import decimal_str
 from markets import realtime
 from markets.models import Coin, PricePoint
 from markets.selectors import (
@@ -48,11 +49,6 @@ KNOWN_COINS: dict[str, tuple[str, str]] = {
     "dogecoin": ("doge", "Dogecoin"),
     "tron": ("trx", "TRON"),
 }
-
-
-def decimal_str(value: Decimal | None) -> str | None:
-    """A plain decimal string without trailing zeros or exponent (``1E-8`` -> ``0.00000001``)."""
-    return None if value is None else format(value.normalize(), "f")
 
 
 def iso_utc(moment: datetime) -> str:

@@ -4,6 +4,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination
 from notifications import selectors, services
 from notifications.models import Notification, PriceAlert
@@ -12,7 +13,6 @@ from notifications.serializers import (
     NotificationSerializer,
     PriceAlertSerializer,
 )
-from orders.apis import PlainDecimalField
 
 
 def _page_schema(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:

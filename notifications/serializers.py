@@ -2,8 +2,8 @@
 
 from rest_framework import serializers
 
+from cryptovault.decimals import PlainDecimalField
 from notifications.models import Notification, PriceAlert
-from orders.apis import PlainDecimalField
 
 # Alert prices: enough places for sub-cent coins, enough digits for any price.
 PRICE_FIELD = {"decimal_places": 12, "max_integer_digits": 20}

@@ -16,6 +16,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from accounts.models import User
+from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
 from notifications import realtime
 from notifications.models import (
@@ -25,7 +26,6 @@ from notifications.models import (
     PriceAlert,
 )
 from notifications.serializers import NotificationSerializer
-from orders.services import decimal_plain
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> bool:
         return False
     from notifications.tasks import price_alerts_fire
 
-    payload = {coin: decimal_plain(price) for coin, price in prices.items() if price is not None}
+    payload = {coin: decimal_str(price) for coin, price in prices.items() if price is not None}
     # robust: a broker hiccup is logged and must not fail the price poll.
     transaction.on_commit(lambda: price_alerts_fire.delay(payload), robust=True)
     return True
@@ -242,8 +242,8 @@ def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
 
 def _price_alert_notify(*, alert: PriceAlert) -> Notification:
     coin = alert.coin
-    threshold = decimal_plain(alert.price)
-    traded = decimal_plain(alert.triggered_price)
+    threshold = decimal_str(alert.price)
+    traded = decimal_str(alert.triggered_price)
     return notification_create(
         user=alert.user,
         kind=Notification.Kind.PRICE_ALERT,

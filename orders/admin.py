@@ -15,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from accounts.services import audit_record
+from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
 from orders import services
 from orders.models import Balance, LedgerEntry, Order
@@ -89,12 +90,12 @@ class BalanceAdmin(ReadOnlyAdmin):
                     request=request,
                     data={
                         "asset": entry.asset,
-                        "amount": services.decimal_plain(entry.amount),
+                        "amount": decimal_str(entry.amount),
                         "reason": data["reason"],
                         "ledger_entry": entry.pk,
                     },
                 )
-                amount, after = map(services.decimal_plain, (entry.amount, entry.balance_after))
+                amount, after = map(decimal_str, (entry.amount, entry.balance_after))
                 self.message_user(
                     request,
                     f"{entry.kind}: {amount} {entry.asset} for {data['email']}; "

@@ -1,14 +1,10 @@
 """Trading API: one class per operation (orders list/create share a URL, hence one class
 with ``get``/``post``), each validating input, calling one service, serializing output."""
 
-import re
-from decimal import Decimal
-
 from django.http import Http404
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
-    extend_schema_field,
     inline_serializer,
 )
 from rest_framework import serializers, status
@@ -16,6 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ratelimit import rate_limit
+from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination
 from orders import selectors, services
 from orders.models import LedgerEntry, Order
@@ -37,46 +34,6 @@ def _page_of(name: str, item: serializers.Serializer) -> serializers.Serializer:
             "results": item,
         },
     )
-
-
-@extend_schema_field({"type": "string", "format": "decimal", "example": "0.0015"})
-class PlainDecimalField(serializers.Field):
-    """Decimal in and out as a plain string.
-
-    In: a decimal string like ``"0.0015"`` (JSON numbers are tolerated when they read
-    the same way); NaN, infinities, exponents, signs, and more than ``decimal_places``
-    decimals or ``max_integer_digits`` integer digits are refused. Out: no exponent,
-    no trailing zeros (``"65000"``, ``"0.00001"``).
-    """
-
-    default_error_messages = {
-        "invalid": 'Enter a positive decimal number as a string, like "0.0015".',
-        "precision": "At most {places} decimal places and {digits} integer digits.",
-        "positive": "Must be greater than zero.",
-    }
-
-    def __init__(self, *, decimal_places: int = 8, max_integer_digits: int = 12, **kwargs):
-        self.decimal_places = decimal_places
-        self.max_integer_digits = max_integer_digits
-        super().__init__(**kwargs)
-
-    def to_internal_value(self, data) -> Decimal:
-        if isinstance(data, bool) or not isinstance(data, str | int | float):
-            self.fail("invalid")
-        text = data.strip() if isinstance(data, str) else repr(data)
-        match = re.fullmatch(r"([0-9]+)(?:\.([0-9]+))?", text)
-        if match is None:
-            self.fail("invalid")
-        integer, fraction = match.group(1).lstrip("0"), (match.group(2) or "").rstrip("0")
-        if len(fraction) > self.decimal_places or len(integer) > self.max_integer_digits:
-            self.fail("precision", places=self.decimal_places, digits=self.max_integer_digits)
-        value = Decimal(text)
-        if value <= 0:
-            self.fail("positive")
-        return value
-
-    def to_representation(self, value) -> str | None:
-        return None if value is None else services.decimal_plain(Decimal(value))
 
 
 class OrderOutputSerializer(serializers.ModelSerializer):

@@ -15,6 +15,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from rest_framework import status as http
 
 from accounts.models import User
+from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
 from markets.models import Coin
 from orders.models import USD, Balance, LedgerEntry, Order
@@ -304,8 +305,8 @@ def _order_place_locked(
             code="insufficient_funds",
             extra={
                 "asset": reserved_asset,
-                "required": decimal_plain(required),
-                "available": decimal_plain(balance.available),
+                "required": decimal_str(required),
+                "available": decimal_str(balance.available),
             },
         )
     balance.available -= reserve
@@ -326,12 +327,6 @@ def _order_place_locked(
     _order_notify(order)
     transaction.on_commit(lambda: _queue_enqueue(user.pk), robust=True)
     return order, True
-
-
-def decimal_plain(value: Decimal) -> str:
-    """A plain decimal string: no exponent, no trailing zeros ("65000", "0.00001")."""
-    text = format(value, "f")
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def order_status_set(*, order: Order, status: str, **fields) -> Order:
@@ -361,9 +356,9 @@ def _order_notify(order: Order) -> None:
     if order.status not in _TERMINAL_NOTIFICATIONS:
         return
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
-    what = f"{order.side} {decimal_plain(order.quantity)} {order.coin_id}"
+    what = f"{order.side} {decimal_str(order.quantity)} {order.coin_id}"
     if order.status == Order.Status.FILLED:
-        price, fee = decimal_plain(order.filled_price), decimal_plain(order.fee)
+        price, fee = decimal_str(order.filled_price), decimal_str(order.fee)
         body = f"Your {order.type} order to {what} filled at {price} usd (fee {fee} usd)."
     elif order.status == Order.Status.REJECTED:
         body = f"Your {order.type} order to {what} was rejected: {order.reject_reason}"
@@ -569,7 +564,7 @@ def limit_orders_on_prices(*, prices: dict[str, Decimal]) -> None:
         return
     try:
         limit_orders_match.delay(
-            {coin: decimal_plain(price) for coin, price in prices.items()}, time.time()
+            {coin: decimal_str(price) for coin, price in prices.items()}, time.time()
         )
     except Exception:
         # Never fail the poll (and the other hooks) over this: the next poll matches.
