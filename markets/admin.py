@@ -1,11 +1,12 @@
 from django.contrib import admin, messages
 
+from cryptovault.admin import AuditedAdmin, LargeTablePaginator
 from markets.models import Coin, PricePoint
 from markets.services import coin_set_tracked
 
 
 @admin.register(Coin)
-class CoinAdmin(admin.ModelAdmin):
+class CoinAdmin(AuditedAdmin):
     list_display = ("id", "symbol", "name", "tracked", "updated_at")
     list_filter = ("tracked",)
     search_fields = ("id", "symbol", "name")
@@ -33,8 +34,11 @@ class CoinAdmin(admin.ModelAdmin):
 class PricePointAdmin(admin.ModelAdmin):
     list_display = ("coin", "ts", "price")
     list_filter = ("coin",)
-    date_hierarchy = "ts"
+    # A year of history is millions of rows: no date_hierarchy (a DISTINCT over all of
+    # them), and an estimated count when unfiltered.
     list_select_related = ("coin",)
+    show_full_result_count = False
+    paginator = LargeTablePaginator
 
     def has_add_permission(self, request):
         return False

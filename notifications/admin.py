@@ -1,16 +1,19 @@
 from django.contrib import admin, messages
 
+from cryptovault.admin import AuditedAdmin, LargeTablePaginator
 from notifications import services
 from notifications.models import Notification, NotificationPreference, PriceAlert
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(AuditedAdmin):
     list_display = ("id", "user", "kind", "title", "read_at", "emailed_at", "created_at")
     list_filter = ("kind", ("read_at", admin.EmptyFieldListFilter))
     search_fields = ("user__email", "title")
     list_select_related = ("user",)
-    date_hierarchy = "created_at"
+    # Big table: no date_hierarchy (a DISTINCT over every row), estimated unfiltered count.
+    show_full_result_count = False
+    paginator = LargeTablePaginator
     readonly_fields = ("user", "kind", "title", "body", "data", "emailed_at", "created_at")
     actions = ("mark_read",)
 
@@ -26,7 +29,7 @@ class NotificationAdmin(admin.ModelAdmin):
 
 
 @admin.register(PriceAlert)
-class PriceAlertAdmin(admin.ModelAdmin):
+class PriceAlertAdmin(AuditedAdmin):
     list_display = ("id", "user", "coin", "condition", "price", "active", "triggered_at")
     list_filter = ("active", "condition", "coin")
     search_fields = ("user__email",)
@@ -38,7 +41,7 @@ class PriceAlertAdmin(admin.ModelAdmin):
 
 
 @admin.register(NotificationPreference)
-class NotificationPreferenceAdmin(admin.ModelAdmin):
+class NotificationPreferenceAdmin(AuditedAdmin):
     list_display = ("user", "email_kinds", "updated_at")
     search_fields = ("user__email",)
     list_select_related = ("user",)

@@ -15,10 +15,12 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
 from accounts.services import audit_record
+from cryptovault.admin import LargeTablePaginator, ReadOnlyAdmin
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
+from markets.models import Coin
 from orders import services
-from orders.models import Balance, LedgerEntry, Order
+from orders.models import USD, Balance, LedgerEntry, Order
 
 
 class WalletAdjustForm(forms.Form):
@@ -43,21 +45,24 @@ class WalletAdjustForm(forms.Form):
         return amount
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request) -> bool:
-        return False
+class AssetFilter(admin.SimpleListFilter):
+    """usd and the coins, without a DISTINCT over every balance or ledger row."""
 
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    title = "asset"
+    parameter_name = "asset"
 
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
+    def lookups(self, request, model_admin):
+        coins = Coin.objects.order_by("id").values_list("id", flat=True)
+        return [(USD, USD), *((coin, coin) for coin in coins)]
+
+    def queryset(self, request, queryset):
+        return queryset.filter(asset=self.value()) if self.value() else queryset
 
 
 @admin.register(Balance)
 class BalanceAdmin(ReadOnlyAdmin):
     list_display = ("user", "asset", "available", "locked", "updated_at")
-    list_filter = ("asset",)
+    list_filter = (AssetFilter,)
     search_fields = ("user__email", "asset")
     list_select_related = ("user",)
     change_list_template = "admin/orders/balance/change_list.html"
@@ -121,11 +126,14 @@ class OrderAdmin(ReadOnlyAdmin):
     list_filter = ("status", "side", "type", "coin")
     search_fields = ("user__email", "client_order_id", "=id")
     list_select_related = ("user", "coin")
+    show_full_result_count = False
+    paginator = LargeTablePaginator
     actions = ("cancel_orders",)
 
     def has_change_permission(self, request, obj=None) -> bool:
-        # Needed for the cancel action; the change form itself stays read-only.
-        return request.user.has_perm("orders.change_order")
+        # Needed for the cancel action. The change form stays view-only: saving it would
+        # write back a row a fill may have changed meanwhile.
+        return obj is None and request.user.has_perm("orders.change_order")
 
     def get_readonly_fields(self, request, obj=None):
         return [f.name for f in self.model._meta.fields]
@@ -155,6 +163,8 @@ class OrderAdmin(ReadOnlyAdmin):
 @admin.register(LedgerEntry)
 class LedgerEntryAdmin(ReadOnlyAdmin):
     list_display = ("id", "user", "kind", "asset", "amount", "balance_after", "order", "created_at")
-    list_filter = ("kind", "asset")
+    list_filter = ("kind", AssetFilter)
     search_fields = ("user__email", "memo", "=order__id")
     list_select_related = ("user", "order")
+    show_full_result_count = False
+    paginator = LargeTablePaginator

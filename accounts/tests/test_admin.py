@@ -31,13 +31,15 @@ from accounts.roles import ADMIN_GROUP, OPERATOR_GROUP
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.admin import LargeTablePaginator
 from cryptovault.dashboard import rows_since
+from markets.models import Coin
+from markets.selectors import prices_snapshot
 from markets.services import history_append
 from notifications.services import (
     notification_create,
     notification_preferences_update,
     price_alert_create,
 )
-from orders.models import LedgerEntry
+from orders.models import LedgerEntry, Order
 from orders.services import order_place, order_queue_process, wallet_adjust
 from orders.tests.factories import coins_and_prices
 
@@ -485,3 +487,31 @@ def test_big_tables_list_with_an_estimate_unless_filtered(admin_client, monkeypa
     assert admin_client.get(url).context["cl"].result_count == analysed
     filtered = admin_client.get(url, {"q": "after_analyze"}).context["cl"]
     assert filtered.result_count == 2
+
+
+def test_operators_track_coins_and_act_on_orders_through_services(operator_client, operator):
+    coins_and_prices({"bitcoin": "65000", "ethereum": "3000"})
+    ethereum = Coin.objects.get(pk="ethereum")
+    run_action(operator_client, "markets_coin", "untrack", [ethereum])
+    assert not Coin.objects.get(pk="ethereum").tracked
+    assert "ethereum" not in prices_snapshot()["prices"]  # through coin_set_tracked
+    run = audited("admin_action", actor=operator)
+    assert run.data == {"model": "markets.coin", "action": "untrack", "ids": ["ethereum"]}
+
+    trader = User.objects.create_user(email="trader@example.com", password=None)
+    wallet_adjust(user=trader, asset="usd", amount=Decimal(1000), reason="test")
+    order, _ = order_place(
+        user=trader, coin_id="bitcoin", side="buy", type="limit",
+        quantity=Decimal("0.01"), limit_price=Decimal(60000),
+    )  # fmt: skip
+    change = reverse("admin:orders_order_change", args=[order.pk])
+    assert operator_client.get(change).status_code == 200
+    assert operator_client.post(change, {"status": "filled"}).status_code == 403
+    run_action(operator_client, "orders_order", "cancel_orders", [order])
+    assert Order.objects.get(pk=order.pk).status == "cancelled"
+    audited("order_cancelled_by_operator", actor=operator, target=order)
+
+    balances = reverse("admin:orders_balance_changelist")
+    listed = operator_client.get(balances, {"asset": "usd"}).context["cl"].result_list
+    assert [(b.user_id, b.asset) for b in listed] == [(trader.pk, "usd")]
+    assert operator_client.get(balances, {"asset": "bitcoin"}).context["cl"].result_count == 0
