@@ -299,10 +299,16 @@ def main() -> int:
         # opened, or the first one to boot takes them all.
         time.sleep(args.warmup)
         wait_worker_ready()
+        # The machine is shared: a figure means little without the load it ran under.
+        load_before = os.getloadavg()[0]
         t0 = timezone.now()
         stats = asyncio.run(load(args, tokens))
         t1 = timezone.now()
+        load_during = os.getloadavg()[0]
         ok = report(args, stats, t0, t1)
+        print(
+            f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
+        )
     finally:
         stop.set()
         for process in processes:
