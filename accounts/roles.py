@@ -45,20 +45,27 @@ OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
 
 def roles_grant(*, app_label: str, apps=global_apps, using: str = "default") -> None:
     """Create the role groups if needed and grant them the permissions of ``app_label``."""
+    permissions = list(
+        apps.get_model("auth", "Permission")
+        .objects.using(using)
+        .filter(content_type__app_label=app_label)
+        .values_list("pk", "codename")
+    )
+    if not permissions:  # an app without models: nothing to grant, no queries to spend
+        return
     group_model = apps.get_model("auth", "Group")
-    permission_model = apps.get_model("auth", "Permission")
-    permissions = permission_model.objects.using(using).filter(content_type__app_label=app_label)
     admin, _ = group_model.objects.using(using).get_or_create(name=ADMIN_GROUP)
     operator, _ = group_model.objects.using(using).get_or_create(name=OPERATOR_GROUP)
-    admin.permissions.add(*permissions)
-    operator_codenames = [
+    admin.permissions.add(*(pk for pk, _ in permissions))
+    operator_codenames = {
         f"{action}_{label.split('.', 1)[1]}"
         for label, actions in OPERATOR_PERMISSIONS.items()
         if label.split(".", 1)[0] == app_label
         for action in actions
-    ]
-    if operator_codenames:
-        operator.permissions.add(*permissions.filter(codename__in=operator_codenames))
+    }
+    operator.permissions.add(
+        *(pk for pk, codename in permissions if codename in operator_codenames)
+    )
 
 
 def roles_grant_all(*, apps=global_apps, using: str = "default") -> None:

@@ -10,14 +10,6 @@ def groups_create(apps, schema_editor):
     roles_grant_all(apps=apps, using=schema_editor.connection.alias)
 
 
-def groups_delete(apps, schema_editor):
-    from accounts.roles import ADMIN_GROUP, OPERATOR_GROUP
-
-    apps.get_model("auth", "Group").objects.using(schema_editor.connection.alias).filter(
-        name__in=[ADMIN_GROUP, OPERATOR_GROUP]
-    ).delete()
-
-
 class Migration(migrations.Migration):
     dependencies = [
         ("accounts", "0002_sessions_verification_audit"),
@@ -29,4 +21,6 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(groups_create, groups_delete)]
+    # Nothing to undo: the post_migrate grants (accounts.roles) would recreate the groups
+    # after any migrate anyway.
+    operations = [migrations.RunPython(groups_create, migrations.RunPython.noop)]

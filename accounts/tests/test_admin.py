@@ -515,3 +515,16 @@ def test_operators_track_coins_and_act_on_orders_through_services(operator_clien
     listed = operator_client.get(balances, {"asset": "usd"}).context["cl"].result_list
     assert [(b.user_id, b.asset) for b in listed] == [(trader.pk, "usd")]
     assert operator_client.get(balances, {"asset": "bitcoin"}).context["cl"].result_count == 0
+
+
+def test_permissions_added_later_reach_the_groups_after_migrate():
+    from django.apps import apps
+    from django.contrib.contenttypes.models import ContentType
+
+    from accounts.roles import roles_on_post_migrate
+
+    coin_type = ContentType.objects.get_for_model(Coin)
+    later = Permission.objects.create(codename="export_coin", name="x", content_type=coin_type)
+    roles_on_post_migrate(sender=apps.get_app_config("markets"))
+    assert Group.objects.get(name=ADMIN_GROUP).permissions.filter(pk=later.pk).exists()
+    assert not Group.objects.get(name=OPERATOR_GROUP).permissions.filter(pk=later.pk).exists()
