@@ -35,6 +35,7 @@ admin.site.site_header = "CryptoVault operations"
 admin.site.site_title = "CryptoVault admin"
 admin.site.index_title = "Operations console"
 admin.site.index_template = "admin/cryptovault_index.html"
+admin.site.site_url = None  # no public site to "view": the platform is an API
 
 PRIVILEGE_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissions")
 # Changed only through actions, which run the services' side effects (bonus, sessions).
