@@ -153,7 +153,7 @@ def test_every_admin_page_loads_in_bounded_queries():
             if with_twenty_rows[role].get(label) != count
         }
         assert grows == {}, role
-        for model, _ in model_admins():
+        for model, model_admin in model_admins():
             label = model._meta.label
             allowed = can_view(staff[role], model)
             assert (label in with_twenty_rows[role]) == allowed, (role, label)
@@ -165,6 +165,9 @@ def test_every_admin_page_loads_in_bounded_queries():
             assert obj is not None, label
             change = client.get(reverse(f"admin:{info}_change", args=[obj.pk]))
             assert change.status_code == 200, (role, label)
+            can_add = model_admin.has_add_permission(change.wsgi_request)
+            add = client.get(reverse(f"admin:{info}_add"))
+            assert add.status_code == (200 if can_add else 403), (role, label)
         assert client.get(reverse("admin:index")).status_code == 200
         search = reverse("admin:accounts_user_changelist") + "?q=seed1"
         assert client.get(search).status_code == 200
@@ -552,3 +555,19 @@ def test_dashboard_names_price_source_problems(operator_client):
     assert 40 <= prices["rate_limited_seconds"] <= 42
     problems = " ".join(prices["problems"])
     assert "stale" in problems and "simulated" in problems and "429" in problems
+
+
+def test_the_ledger_and_the_audit_log_are_read_only_even_for_admins(admin_client, admin_user):
+    wallet_adjust(user=admin_user, asset="usd", amount=Decimal(5), reason="test")
+    entry = LedgerEntry.objects.get(user=admin_user)
+    event = AuditEvent.objects.filter(target_id=str(admin_user.pk)).first()
+    for info, obj in (("orders_ledgerentry", entry), ("accounts_auditevent", event)):
+        change = reverse(f"admin:{info}_change", args=[obj.pk])
+        page = admin_client.get(change)
+        assert page.status_code == 200
+        assert page.context["has_change_permission"] is False
+        assert admin_client.post(change, {"amount": "1000000"}).status_code == 403
+        assert admin_client.get(reverse(f"admin:{info}_add")).status_code == 403
+        delete = reverse(f"admin:{info}_delete", args=[obj.pk])
+        assert admin_client.post(delete, {"post": "yes"}).status_code == 403
+    assert LedgerEntry.objects.get(pk=entry.pk).amount == Decimal(5)
