@@ -69,6 +69,21 @@ class UserChangeForm(auth_forms.UserChangeForm):
         return username
 
 
+class UserCreationForm(auth_forms.AdminUserCreationForm):
+    """Emails are stored lower-cased and unique whatever the case, as at signup."""
+
+    class Meta(auth_forms.AdminUserCreationForm.Meta):
+        model = User
+        fields = ("email",)
+        field_classes: dict = {}
+
+    def clean_email(self) -> str:
+        email = User.objects.normalize_email(self.cleaned_data["email"].strip()).lower()
+        if User.objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError("A user with this email already exists.")
+        return email
+
+
 @admin.register(User)
 class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     # By id, not date_joined: same order, and the primary key index serves it.
@@ -87,6 +102,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     search_fields = ("email", "username", "name", "=id")
     paginator = LargeTablePaginator
     form = UserChangeForm
+    add_form = UserCreationForm
     fieldsets = (
         (None, {"fields": ("email", "password")}),
         ("Profile", {"fields": ("username", "name", "email_verified_at", "google_sub")}),

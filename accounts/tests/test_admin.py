@@ -434,9 +434,11 @@ def test_admin_adds_a_user_and_operators_cannot(admin_client, operator_client):
     assert operator_client.get(add).status_code == 403
     body = {"email": "New.Person@Example.com", "password1": PASSWORD, "password2": PASSWORD}
     assert admin_client.post(add, body).status_code == 302
-    created = User.objects.get(email__iexact="new.person@example.com")
+    created = User.objects.get(email="new.person@example.com")
     assert created.check_password(PASSWORD)
     assert (created.role, created.is_staff, created.is_email_verified) == ("user", False, False)
+    again = admin_client.post(add, {**body, "email": "NEW.person@example.com"})
+    assert "already exists" in str(again.context["adminform"].form.errors["email"])
 
 
 def test_dashboard_survives_a_broker_outage_and_reads_the_poll_schedule(operator_client, settings):
