@@ -50,6 +50,14 @@ def is_privileged(user: User) -> bool:
     return user.is_staff or user.is_superuser or user.role != User.Role.USER
 
 
+def email_clean(email: str, *, exclude_pk=None) -> str:
+    """Emails are stored lower-cased and unique whatever the case, as at signup."""
+    email = User.objects.normalize_email(email.strip()).lower()
+    if User.objects.filter(email__iexact=email).exclude(pk=exclude_pk).exists():
+        raise forms.ValidationError("A user with this email already exists.")
+    return email
+
+
 class UserChangeForm(auth_forms.UserChangeForm):
     """Django's user form with our username rules (as in the API): optional, 3-30 of
     ``[A-Za-z0-9_.-]``, unique whatever the case (the model constraint, form-checked)."""
@@ -61,6 +69,9 @@ class UserChangeForm(auth_forms.UserChangeForm):
         fields = "__all__"
         field_classes: dict = {}
 
+    def clean_email(self) -> str:
+        return email_clean(self.cleaned_data["email"], exclude_pk=self.instance.pk)
+
     def clean_username(self) -> str | None:
         username = self.cleaned_data["username"] or None
         taken = User.objects.filter(username__iexact=username).exclude(pk=self.instance.pk)
@@ -70,18 +81,13 @@ class UserChangeForm(auth_forms.UserChangeForm):
 
 
 class UserCreationForm(auth_forms.AdminUserCreationForm):
-    """Emails are stored lower-cased and unique whatever the case, as at signup."""
-
     class Meta(auth_forms.AdminUserCreationForm.Meta):
         model = User
         fields = ("email",)
         field_classes: dict = {}
 
     def clean_email(self) -> str:
-        email = User.objects.normalize_email(self.cleaned_data["email"].strip()).lower()
-        if User.objects.filter(email__iexact=email).exists():
-            raise forms.ValidationError("A user with this email already exists.")
-        return email
+        return email_clean(self.cleaned_data["email"])
 
 
 @admin.register(User)

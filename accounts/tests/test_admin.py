@@ -376,6 +376,10 @@ def test_admin_edits_privileges_and_the_change_is_audited(admin_client, admin_us
         errors = response.context["adminform"].form.errors
         assert error in str(errors.get("username")), errors
     assert User.objects.get(pk=user.pk).username is None
+    taken = admin_client.post(change, {**body, "email": other.email.upper()})
+    assert "already exists" in str(taken.context["adminform"].form.errors["email"])
+    assert admin_client.post(change, {**body, "email": " Moved@Example.COM"}).status_code == 302
+    assert User.objects.get(pk=user.pk).email == "moved@example.com"
     assert User.objects.get(pk=other.pk).username == "Taken_Name"
 
 
