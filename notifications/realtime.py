@@ -7,10 +7,10 @@ Group names are part of the seam with other apps:
 
 Frames are encoded to JSON text once here, in the sender, and relayed verbatim.
 
-Sync callers (services, Celery tasks) send through one long-lived event loop per
-process, run by a daemon thread: ``async_to_sync`` outside an event loop would make a
-new loop, and with it a new Redis connection, for every push, which was half the cost
-of an order fill. The channel layer keeps one connection pool per loop, so this loop's
+Sync callers outside any event loop (Celery tasks, commands) send through one
+long-lived event loop per process, run by a daemon thread: ``async_to_sync`` there would
+make a new loop, and with it a new Redis connection, for every push, which was half the
+cost of an order fill. The channel layer keeps one connection pool per loop, so this loop's
 pool is reused by every push of the process.
 """
 
@@ -21,6 +21,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -51,9 +52,29 @@ def _layer_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def _under_event_loop() -> bool:
+    """Whether this thread runs sync code for an event loop of this process (a view
+    under ASGI, ``sync_to_async``), the same test ``async_to_sync`` makes."""
+    state = SyncToAsync.threadlocal
+    return getattr(state, "main_event_loop_pid", None) == os.getpid() and (
+        getattr(state, "main_event_loop", None) is not None
+    )
+
+
 def _run(send: Callable[[], Awaitable[None]]) -> None:
-    """Run ``send()`` on the push loop and wait for it, so pushes keep their order."""
-    future = asyncio.run_coroutine_threadsafe(send(), _layer_loop())
+    """Run ``send()`` and wait for it, so pushes keep their order.
+
+    Under an event loop, ``async_to_sync`` runs it on that loop (no new loop), in
+    order with the loop's own work; elsewhere (Celery, commands) on the push loop.
+    """
+
+    async def call() -> None:
+        await send()
+
+    if _under_event_loop():
+        async_to_sync(call)()
+        return
+    future = asyncio.run_coroutine_threadsafe(call(), _layer_loop())
     try:
         future.result(timeout=PUSH_TIMEOUT_SECONDS)
     except TimeoutError:
