@@ -89,6 +89,9 @@ DATABASES = {
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+# The session starts in UTC, so Django skips its per-connection ``set_config``
+# (one round trip per web request: the web connects per request under ASGI).
+DATABASES["default"]["OPTIONS"].setdefault("options", "-c TimeZone=UTC")
 # Optional streaming replica for reads that tolerate lag (cryptovault/db_router.py).
 # Tests mirror it onto the test database: there is no separate replica to create.
 if env.str("DATABASE_REPLICA_URL", default=""):
