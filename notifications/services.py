@@ -59,8 +59,12 @@ def notification_create(
 
 
 def notification_email_kinds(*, user: User) -> frozenset[str]:
-    preference = NotificationPreference.objects.filter(user=user).first()
-    return frozenset(preference.email_kinds) if preference else DEFAULT_EMAIL_KINDS
+    # Read through the one-to-one accessor, which Django caches on the user instance:
+    # a batch of notifications for one user (an order queue run) reads it once.
+    try:
+        return frozenset(user.notification_preference.email_kinds)
+    except NotificationPreference.DoesNotExist:
+        return DEFAULT_EMAIL_KINDS
 
 
 @transaction.atomic
@@ -79,6 +83,7 @@ def notification_preferences_update(*, user: User, email: dict[str, bool]) -> fr
     kinds -= {kind for kind, on in email.items() if not on}
     preference.email_kinds = sorted(kinds)
     preference.save(update_fields=["email_kinds", "updated_at"])
+    user.notification_preference = preference  # what notification_email_kinds reads
     return frozenset(kinds)
 
 
