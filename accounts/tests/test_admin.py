@@ -577,3 +577,17 @@ def test_the_ledger_and_the_audit_log_are_read_only_even_for_admins(admin_client
         delete = reverse(f"admin:{info}_delete", args=[obj.pk])
         assert admin_client.post(delete, {"post": "yes"}).status_code == 403
     assert LedgerEntry.objects.get(pk=entry.pk).amount == Decimal(5)
+
+
+def test_every_model_of_ours_has_an_admin():
+    from django.apps import apps
+
+    ours = ("accounts", "markets", "orders", "notifications", "django_celery_beat")
+    internal = {"django_celery_beat.PeriodicTasks"}  # beat's own change marker
+    missing = [
+        model._meta.label
+        for label in ours
+        for model in apps.get_app_config(label).get_models()
+        if model not in admin.site._registry and model._meta.label not in internal
+    ]
+    assert missing == []
