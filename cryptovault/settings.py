@@ -136,6 +136,11 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes the DB connection around every task (ignoring
+# CONN_MAX_AGE) unless this is set; a worker run with CONN_MAX_AGE > 0 (Procfile) then
+# keeps its connection, recycled by Django's own rules around each task (orders.tasks).
+if DATABASES["default"]["CONN_MAX_AGE"]:
+    CELERY_DB_REUSE_MAX = 100_000
 # A task redelivered after a worker crash must not wait the default hour.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 300)}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
