@@ -21,7 +21,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 import orjson
 import redis.asyncio as aioredis
 from django.conf import settings
-from django.db import connection
+from django.db import connections, router
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -261,8 +261,9 @@ def history_step_seconds(days: int) -> int:
 
 def _history_from_db(*, coin_id: str, since: datetime, step: int) -> list[list]:
     # The last price of each step-wide bucket, bucketed by PostgreSQL (a year of minutes
-    # is half a million rows; only the buckets travel).
-    with connection.cursor() as cursor:
+    # is half a million rows; only the buckets travel). Lag-tolerant: the router may
+    # send it to the replica like any ORM read of PricePoint.
+    with connections[router.db_for_read(PricePoint)].cursor() as cursor:
         cursor.execute(
             f"""
             SELECT DISTINCT ON (bucket) date_bin(%s::interval, ts, %s) AS bucket, ts, price
