@@ -4,7 +4,7 @@ from decimal import Decimal
 from django.utils import timezone
 
 from accounts.models import User
-from orders.models import USD
+from orders.models import USD, Order
 from orders.services import wallet_adjust
 
 _seq = itertools.count(1)
@@ -37,3 +37,19 @@ def coins_and_prices(prices: dict[str, str] | None = None, *, age_seconds: float
         prices={coin: Decimal(p) for coin, p in prices.items()},
         as_of=timezone.now() - timedelta(seconds=age_seconds),
     )
+
+
+def limit_order_place(
+    user: User, *, side: str = "buy", quantity: str, limit_price: str, coin_id: str = "bitcoin"
+) -> Order:
+    """A limit order placed through the service (reservation included), still pending."""
+    from orders.services import order_place
+
+    return order_place(
+        user=user,
+        coin_id=coin_id,
+        side=side,
+        type="limit",
+        quantity=Decimal(quantity),
+        limit_price=Decimal(limit_price),
+    )[0]

@@ -1,11 +1,9 @@
-from decimal import Decimal
-
 import pytest
 from django.urls import reverse
 
 from orders import services
 from orders.models import Order
-from orders.tests.factories import coins_and_prices, user_create
+from orders.tests.factories import coins_and_prices, limit_order_place, user_create
 
 pytestmark = pytest.mark.django_db
 
@@ -168,14 +166,7 @@ def test_list_filters_and_paginates_newest_first(client, user):
 
 def test_detail_and_cancel_of_others_orders_are_404(client, api_client):
     other = user_create(usd="10000")
-    theirs = services.order_place(
-        user=other,
-        coin_id="bitcoin",
-        side="buy",
-        type="limit",
-        quantity=Decimal("0.01"),
-        limit_price=Decimal("100"),
-    )[0]
+    theirs = limit_order_place(other, quantity="0.01", limit_price="100")
     assert client.get(f"{ORDERS}/{theirs.pk}").status_code == 404
     assert client.post(f"{ORDERS}/{theirs.pk}/cancel").status_code == 404
     assert client.get(f"{ORDERS}/999999999").status_code == 404

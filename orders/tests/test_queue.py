@@ -11,7 +11,7 @@ from cryptovault.exceptions import ApplicationError
 from orders import services
 from orders.models import USD, Balance, LedgerEntry, Order
 from orders.tasks import order_queue_process
-from orders.tests.factories import coins_and_prices, user_create
+from orders.tests.factories import coins_and_prices, limit_order_place, user_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -79,14 +79,7 @@ def test_16_concurrent_orders_racing_for_one_balance_never_overspend(celery_work
     user = user_create(usd="10000")
 
     def place(_):
-        return services.order_place(
-            user=user,
-            coin_id="bitcoin",
-            side="buy",
-            type="limit",
-            quantity=Decimal("0.01"),
-            limit_price=Decimal("65000"),
-        )[0]
+        return limit_order_place(user, quantity="0.01", limit_price="65000")
 
     results = race(16, place)
     accepted = [r for r in results if isinstance(r, Order)]
@@ -128,14 +121,7 @@ def test_racing_repeats_of_one_client_order_id_create_one_order_and_one_reservat
 def test_cancel_racing_a_fill_resolves_to_one_outcome():
     for _ in range(5):
         user = user_create(usd="10000")
-        order = services.order_place(
-            user=user,
-            coin_id="bitcoin",
-            side="buy",
-            type="limit",
-            quantity=Decimal("0.1"),
-            limit_price=Decimal("60000"),
-        )[0]
+        order = limit_order_place(user, quantity="0.1", limit_price="60000")
         services.order_queue_process(user_id=user.pk)
 
         def act(i, order=order, user=user):
@@ -196,22 +182,10 @@ def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_w
     from markets.services import prices_on_tick, prices_record
 
     buyer, seller = user_create(usd="10000"), user_create(ethereum="1")
-    buy = services.order_place(
-        user=buyer,
-        coin_id="bitcoin",
-        side="buy",
-        type="limit",
-        quantity=Decimal("0.1"),
-        limit_price=Decimal("60000"),
-    )[0]
-    sell = services.order_place(
-        user=seller,
-        coin_id="ethereum",
-        side="sell",
-        type="limit",
-        quantity=Decimal("1"),
-        limit_price=Decimal("3100"),
-    )[0]
+    buy = limit_order_place(buyer, quantity="0.1", limit_price="60000")
+    sell = limit_order_place(
+        seller, side="sell", quantity="1", limit_price="3100", coin_id="ethereum"
+    )
     wait_until(lambda: Order.objects.filter(status="open").count() == 2)
 
     prices = {"bitcoin": Decimal("59500"), "ethereum": Decimal("3050")}
