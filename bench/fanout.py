@@ -40,11 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-PRICES = {
-    "bitcoin": "65000.12", "ethereum": "3200.5", "tether": "1.0001", "binancecoin": "580.3",
-    "solana": "150.25", "ripple": "0.5512", "usd-coin": "0.9999", "cardano": "0.4501",
-    "dogecoin": "0.15023", "tron": "0.1201",
-}  # fmt: skip
+from bench.common import PRICES, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -233,12 +229,11 @@ async def _client(url, count, client, ready, stop, results) -> None:
 
 def start_server(args: argparse.Namespace) -> subprocess.Popen:
     port, workers = args.port, args.web_processes
-    command = [
-        sys.executable, "-m", "uvicorn", "cryptovault.asgi:application",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-        "--no-access-log", "--log-level", "warning", "--ws", args.ws,
-        "--ws-per-message-deflate", "false" if args.no_deflate else "true",
-    ]  # fmt: skip
+    command = uvicorn_command(
+        port=port,
+        workers=workers,
+        extra=["--ws", args.ws, "--ws-per-message-deflate", str(not args.no_deflate).lower()],
+    )
     server = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - fixed arguments
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

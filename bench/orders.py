@@ -29,6 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
+
+from bench.common import uvicorn_command  # noqa: E402
+
 # A production-like configuration (no debug query log), shared with the server and
 # worker started below, which must verify the tokens this process issues.
 os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
@@ -119,11 +122,7 @@ def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
     worker_env = {**env, "CONN_MAX_AGE": env.get("CONN_MAX_AGE", "300")}
     python = sys.executable
     web = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-        [
-            python, "-m", "uvicorn", "cryptovault.asgi:application",
-            "--host", "127.0.0.1", "--port", str(args.port),
-            "--workers", str(args.web_workers), "--no-access-log", "--log-level", "warning",
-        ],
+        uvicorn_command(port=args.port, workers=args.web_workers),
         cwd=ROOT, env=web_env,
     )  # fmt: skip
     worker = subprocess.Popen(  # noqa: S603

@@ -30,11 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-PRICES = {
-    "bitcoin": "65000.12", "ethereum": "3200.5", "tether": "1.0001", "binancecoin": "580.3",
-    "solana": "150.25", "ripple": "0.5512", "usd-coin": "0.9999", "cardano": "0.4501",
-    "dogecoin": "0.15023", "tron": "0.1201",
-}  # fmt: skip
+from bench.common import PRICES, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -61,23 +57,7 @@ def seed_prices() -> None:
 
 def start_server(app: str, port: int) -> subprocess.Popen:
     return subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            app,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--no-access-log",
-            "--log-level",
-            "warning",
-            "--loop",
-            "uvloop",
-            "--http",
-            "httptools",
-        ],  # fmt: skip
+        uvicorn_command(port=port, app=app, fast=True),
         cwd=ROOT,
         env={
             **os.environ,

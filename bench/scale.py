@@ -48,6 +48,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 from bench import orders as orders_bench  # noqa: E402
 from bench import prices as prices_bench  # noqa: E402
+from bench.common import uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -106,28 +107,11 @@ class Edge:
 def start_webs(ports: list[int]) -> list[subprocess.Popen]:
     return [
         subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "cryptovault.asgi:application",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-                "--no-access-log",
-                "--log-level",
-                "warning",
-                "--loop",
-                "uvloop",
-                "--http",
-                "httptools",
-                "--proxy-headers",
-                "--forwarded-allow-ips",
-                "127.0.0.1",
-            ],
+            uvicorn_command(
+                port=port,
+                fast=True,
+                extra=["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"],
+            ),
             cwd=ROOT,
             env={**os.environ, "CONN_MAX_AGE": "0"},
         )  # fmt: skip
