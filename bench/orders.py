@@ -116,14 +116,10 @@ def keep_prices_fresh(stop: threading.Event) -> None:
 
 def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
     env = {**os.environ, "RATELIMIT_ENABLE": "false", "LOG_LEVEL": "WARNING"}
-    # Persistent connections leak under ASGI (a thread per request), so the web
-    # process connects per request; the prefork worker keeps its connection.
-    web_env = {**env, "CONN_MAX_AGE": "0"}
-    worker_env = {**env, "CONN_MAX_AGE": env.get("CONN_MAX_AGE", "300")}
     python = sys.executable
     web = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
         uvicorn_command(port=args.port, workers=args.web_workers),
-        cwd=ROOT, env=web_env,
+        cwd=ROOT, env=env,
     )  # fmt: skip
     worker = subprocess.Popen(  # noqa: S603
         [
@@ -131,7 +127,7 @@ def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
             "--concurrency", str(args.worker_concurrency), "--loglevel", "WARNING",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ],
-        cwd=ROOT, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return [web, worker]
 

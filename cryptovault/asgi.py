@@ -1,11 +1,18 @@
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 # Django must be set up before anything imports models (consumers, middleware).
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+from django.conf import settings  # noqa: E402
+
+from cryptovault.asgi_handler import PooledThreadsASGIHandler  # noqa: E402
+
+# What get_asgi_application() builds, on long-lived request threads (see asgi_handler).
+django_asgi_app = PooledThreadsASGIHandler(threads=settings.WEB_THREADS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

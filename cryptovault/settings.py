@@ -86,11 +86,12 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@localhost:5432/cryptovault"),
 }
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+# Persistent connections in every process: web requests run on a fixed set of threads
+# (cryptovault/asgi_handler.py) and the worker recycles around each task (orders.tasks).
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
-# The session starts in UTC, so Django skips its per-connection ``set_config``
-# (one round trip per web request: the web connects per request under ASGI).
+# The session starts in UTC, so Django skips its per-connection ``set_config``.
 DATABASES["default"]["OPTIONS"].setdefault("options", "-c TimeZone=UTC")
 # Optional streaming replica for reads that tolerate lag (cryptovault/db_router.py).
 # Tests mirror it onto the test database: there is no separate replica to create.
@@ -281,6 +282,8 @@ SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000) if HTTPS 
 SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
+# Request threads per web process, each with its own persistent DB connection.
+WEB_THREADS = env.int("WEB_THREADS", default=8)
 
 # --- I18N / static ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

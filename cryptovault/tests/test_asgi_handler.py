@@ -1,0 +1,106 @@
+"""The ASGI handler: requests on a fixed set of threads, whose DB connections persist."""
+
+import asyncio
+import threading
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.core.handlers.asgi import ASGIHandler
+from django.db import connections
+from django.db.backends.signals import connection_created
+
+from cryptovault.asgi_handler import PooledThreadsASGIHandler
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def persistent_connections():
+    """CONN_MAX_AGE > 0 for connections opened by request threads (they share this dict)."""
+    settings_dict = connections.settings["default"]
+    before = settings_dict["CONN_MAX_AGE"]
+    settings_dict["CONN_MAX_AGE"] = 60
+    yield
+    settings_dict["CONN_MAX_AGE"] = before
+
+
+@pytest.fixture
+def opened():
+    """Threads that opened a database connection, one entry per connection."""
+    threads: list[str] = []
+
+    def record(sender, connection, **kwargs):
+        threads.append(threading.current_thread().name)
+
+    connection_created.connect(record)
+    yield threads
+    connection_created.disconnect(record)
+
+
+def _close_connections_of(handler: PooledThreadsASGIHandler) -> None:
+    for executor in handler._executors:
+        executor.submit(connections.close_all).result()
+
+
+async def _requests(app, paths: list[str], *, concurrently: bool = False):
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+        if concurrently:
+            return await asyncio.gather(*(client.get(path) for path in paths))
+        return [await client.get(path) for path in paths]
+
+
+async def test_connections_persist_on_the_request_threads(persistent_connections, opened):
+    handler = PooledThreadsASGIHandler(threads=2)
+    try:
+        responses = await _requests(handler, ["/health"] * 12, concurrently=True)
+        responses += await _requests(handler, ["/health"] * 8)
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+    assert [r.status_code for r in responses] == [200] * 20
+    # 20 requests that each query the database, on 2 threads: at most 2 connections.
+    assert 1 <= len(opened) <= 2
+    assert all(name.startswith("django-request-") for name in opened)
+
+
+async def test_djangos_own_handler_connects_per_request(persistent_connections, opened):
+    """What the handler exists to avoid (and what this test suite would catch)."""
+    responses = await _requests(ASGIHandler(), ["/health"] * 5)
+    assert [r.status_code for r in responses] == [200] * 5
+    assert len(opened) == 5
+
+
+async def test_middleware_and_errors_as_under_djangos_handler():
+    handler = PooledThreadsASGIHandler(threads=1)
+    try:
+        ours = await _requests(handler, ["/health", "/api/v1/nowhere", "/api/v1/orders"])
+        theirs = await _requests(ASGIHandler(), ["/health", "/api/v1/nowhere", "/api/v1/orders"])
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+    assert [r.status_code for r in ours] == [r.status_code for r in theirs] == [200, 404, 401]
+    for mine, stock in zip(ours, theirs, strict=True):
+        assert mine.headers["content-type"] == stock.headers["content-type"]
+        assert mine.headers["x-frame-options"] == "DENY"
+        assert mine.headers["x-content-type-options"] == "nosniff"
+        assert len(mine.headers["x-request-id"]) == 32
+    assert ours[2].json()["code"] == theirs[2].json()["code"]
+
+
+async def test_an_async_view_still_works():
+    from markets.selectors import prices_snapshot_bytes
+    from markets.services import prices_record
+
+    await asyncio.to_thread(prices_record, prices={"bitcoin": Decimal("65000")})
+    handler = PooledThreadsASGIHandler(threads=1)
+    try:
+        (response,) = await _requests(handler, ["/api/v1/prices"])
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+    assert response.status_code == 200
+    assert response.content == await asyncio.to_thread(prices_snapshot_bytes)
+
+
+def test_at_least_one_thread():
+    with pytest.raises(ValueError, match="at least 1"):
+        PooledThreadsASGIHandler(threads=0)
