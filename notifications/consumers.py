@@ -44,8 +44,9 @@ class UserConsumer(AsyncWebsocketConsumer):
             ).decode()
         )
 
-    async def user_frame(self, event: dict) -> None:
-        await self.send(text_data=event["text"])
+    async def user_frames(self, event: dict) -> None:
+        for text in event["texts"]:
+            await self.send(text_data=text)
 
     async def session_revoked(self, event: dict) -> None:
         await self.close(code=WS_CLOSE_UNAUTHORIZED)

@@ -94,9 +94,10 @@ def frame_encode(frame: dict) -> str:
     return json.dumps(frame, cls=JSONEncoder, separators=(",", ":"))
 
 
-def user_push(*, user_id: Any, frame: dict) -> None:
+def user_push(*, user_id: Any, frames: list[dict]) -> None:
+    """One channel-layer message carrying the frames, which each socket sends in order."""
     layer = get_channel_layer()
-    message = {"type": "user.frame", "text": frame_encode(frame)}
+    message = {"type": "user.frames", "texts": [frame_encode(frame) for frame in frames]}
     _run(lambda: layer.group_send(user_group(user_id), message))
 
 

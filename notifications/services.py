@@ -5,7 +5,9 @@ the push carries exactly what the REST API will show.
 """
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +36,66 @@ MAX_ACTIVE_ALERTS_PER_USER = 100
 ALERT_FIRE_BATCH = 500
 
 
+class _Deliveries:
+    """What one transaction sends once it has committed: each user's frames, in order,
+    as one push, and the notifications to email, as one task."""
+
+    def __init__(self) -> None:
+        self.frames: dict[int, list[dict]] = {}
+        self.email_ids: list[int] = []
+
+    def send(self) -> None:
+        for user_id, frames in self.frames.items():
+            try:
+                realtime.user_push(user_id=user_id, frames=frames)
+            except Exception:
+                # One user's failed push must not cost the others theirs, nor the emails.
+                logger.exception("could not push to user %s", user_id)
+        if self.email_ids:
+            from notifications.tasks import notification_emails_send
+
+            notification_emails_send.delay(self.email_ids)
+
+
+_batch: ContextVar[_Deliveries | None] = ContextVar("notification_deliveries", default=None)
+
+
+@contextmanager
+def deliveries_batched() -> Iterator[None]:
+    """Send the pushes and emails of everything notified inside the block together,
+    after commit: one push per user and one email task, instead of one of each per event.
+
+    Use it inside the transaction that makes the changes, around code that never rolls
+    back a savepoint of its own and carries on (the batch is registered on exit). An
+    exception leaves the block without registering anything; a nested block joins the
+    outer one.
+    """
+    if _batch.get() is not None:
+        yield
+        return
+    deliveries = _Deliveries()
+    token = _batch.set(deliveries)
+    try:
+        yield
+    finally:
+        _batch.reset(token)
+    transaction.on_commit(deliveries.send, robust=True)
+
+
+def _deliver(*, user_id: int, frame: dict, email_id: int | None = None) -> None:
+    """After commit, push ``frame`` to the user's sockets (and email ``email_id``): with
+    the surrounding batch if there is one, else on its own."""
+    deliveries = _batch.get()
+    alone = deliveries is None
+    if alone:
+        deliveries = _Deliveries()
+    deliveries.frames.setdefault(user_id, []).append(frame)
+    if email_id is not None:
+        deliveries.email_ids.append(email_id)
+    if alone:
+        transaction.on_commit(deliveries.send, robust=True)
+
+
 def notification_create(
     *,
     user: User,
@@ -49,12 +111,12 @@ def notification_create(
     notification = Notification.objects.create(
         user=user, kind=kind, title=title[:200], body=body, data=data or {}
     )
-    frame = {"type": "notification", "notification": NotificationSerializer(notification).data}
-    transaction.on_commit(lambda: realtime.user_push(user_id=user.pk, frame=frame), robust=True)
-    if kind in notification_email_kinds(user=user) and user.email and user.is_active:
-        from notifications.tasks import notification_email_send
-
-        transaction.on_commit(lambda: notification_email_send.delay(notification.pk), robust=True)
+    emailed = kind in notification_email_kinds(user=user) and user.email and user.is_active
+    _deliver(
+        user_id=user.pk,
+        frame={"type": "notification", "notification": NotificationSerializer(notification).data},
+        email_id=notification.pk if emailed else None,
+    )
     return notification
 
 
@@ -85,6 +147,11 @@ def notification_preferences_update(*, user: User, email: dict[str, bool]) -> fr
     preference.save(update_fields=["email_kinds", "updated_at"])
     user.notification_preference = preference  # what notification_email_kinds reads
     return frozenset(kinds)
+
+
+def notification_emails_send(*, notification_ids: list[int]) -> int:
+    """Email each notification at most once; returns how many were sent."""
+    return sum(notification_email_send(notification_id=pk) for pk in notification_ids)
 
 
 def notification_email_send(*, notification_id: int) -> bool:
@@ -133,10 +200,7 @@ def order_event_push(*, order) -> None:
     The payload is taken now, so it describes the status this change produced even
     if a later change lands before the push goes out.
     """
-    frame = {"type": "order", "order": realtime.order_payload(order)}
-    transaction.on_commit(
-        lambda: realtime.user_push(user_id=order.user_id, frame=frame), robust=True
-    )
+    _deliver(user_id=order.user_id, frame={"type": "order", "order": realtime.order_payload(order)})
 
 
 def sessions_revoked_push(*, session_ids: Iterable[Any]) -> None:
@@ -238,8 +302,9 @@ def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
                 alert.triggered_at = now
                 alert.triggered_price = prices[alert.coin_id]
             PriceAlert.objects.bulk_update(due, ["active", "triggered_at", "triggered_price"])
-            for alert in due:
-                _price_alert_notify(alert=alert)
+            with deliveries_batched():
+                for alert in due:
+                    _price_alert_notify(alert=alert)
         fired += len(due)
         if len(due) < ALERT_FIRE_BATCH:
             return fired

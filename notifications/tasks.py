@@ -6,7 +6,7 @@ from notifications import services
 
 
 @shared_task(
-    name="notifications.notification_email_send",
+    name="notifications.notification_emails_send",
     acks_late=True,
     autoretry_for=(OSError,),
     retry_backoff=True,
@@ -14,8 +14,9 @@ from notifications import services
     soft_time_limit=30,
     time_limit=60,
 )
-def notification_email_send(notification_id: int) -> bool:
-    return services.notification_email_send(notification_id=notification_id)
+def notification_emails_send(notification_ids: list[int]) -> int:
+    """A transaction's emails; each is sent at most once, so a retry resends none."""
+    return services.notification_emails_send(notification_ids=notification_ids)
 
 
 @shared_task(

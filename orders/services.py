@@ -489,6 +489,14 @@ def order_queue_process(*, user_id: int) -> int:
 
 @transaction.atomic
 def _queue_batch_process(*, user_id: int, limit: int) -> int:
+    from notifications.services import deliveries_batched
+
+    # The batch's pushes go out as one per user, its emails as one task.
+    with deliveries_batched():
+        return _queue_batch_fill(user_id=user_id, limit=limit)
+
+
+def _queue_batch_fill(*, user_id: int, limit: int) -> int:
     from markets.selectors import PriceUnavailable, price_get_fresh
 
     orders = list(
@@ -602,6 +610,13 @@ def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
 
 @transaction.atomic
 def _limit_order_fill(*, order_id: int, price: Decimal) -> bool:
+    from notifications.services import deliveries_batched
+
+    with deliveries_batched():
+        return _limit_order_fill_locked(order_id=order_id, price=price)
+
+
+def _limit_order_fill_locked(*, order_id: int, price: Decimal) -> bool:
     order = (
         Order.objects.select_for_update(of=("self",))
         .select_related("user")

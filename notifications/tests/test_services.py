@@ -20,15 +20,60 @@ def test_notification_create_persists_and_emails_opted_in_kinds(django_capture_o
         )
     assert notification.read is False
     assert Notification.objects.get().data == {"coin": "bitcoin"}
-    # One realtime push, one email task: price alerts are emailed by default.
-    assert len(callbacks) == 2
+    # After commit: one realtime push and one email (price alerts are emailed by default).
+    (deliveries,) = _deliveries(callbacks)
+    assert [f["notification"]["id"] for f in deliveries.frames[user.pk]] == [notification.pk]
+    assert deliveries.email_ids == [notification.pk]
+
+
+def _deliveries(callbacks) -> list:
+    """What each after-commit callback will send (they are bound ``_Deliveries.send``)."""
+    return [callback.__self__ for callback in callbacks]
 
 
 def test_notification_create_skips_email_for_kinds_not_opted_in(django_capture_on_commit_callbacks):
     user = user_create()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
-    assert len(callbacks) == 1  # the push only
+    (deliveries,) = _deliveries(callbacks)
+    assert len(deliveries.frames[user.pk]) == 1  # the push only
+    assert deliveries.email_ids == []
+
+
+def test_a_batch_sends_one_push_per_user_and_one_email_task(django_capture_on_commit_callbacks):
+    alice, bob = user_create(), user_create()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with services.deliveries_batched():
+            first = services.notification_create(user=alice, kind="price_alert", title="1")
+            services.notification_create(user=bob, kind="order_cancelled", title="2")
+            second = services.notification_create(user=alice, kind="new_login", title="3")
+    (deliveries,) = _deliveries(callbacks)
+    assert [f["notification"]["title"] for f in deliveries.frames[alice.pk]] == ["1", "3"]
+    assert [f["notification"]["title"] for f in deliveries.frames[bob.pk]] == ["2"]
+    assert deliveries.email_ids == [first.pk, second.pk]
+
+
+def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_callbacks):
+    user = user_create()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        with pytest.raises(RuntimeError), services.deliveries_batched():
+            services.notification_create(user=user, kind="price_alert", title="1")
+            raise RuntimeError
+        services.notification_create(user=user, kind="order_cancelled", title="2")
+    (deliveries,) = _deliveries(callbacks)
+    assert [f["notification"]["title"] for f in deliveries.frames[user.pk]] == ["2"]
+
+
+def test_batched_emails_are_each_sent_once():
+    user = user_create()
+    with services.deliveries_batched():
+        ids = [
+            services.notification_create(user=user, kind="price_alert", title=f"n{i}").pk
+            for i in range(3)
+        ]
+    assert services.notification_emails_send(notification_ids=ids) == 3
+    assert services.notification_emails_send(notification_ids=ids) == 0
+    assert sorted(m.subject for m in mail.outbox) == [f"CryptoVault: n{i}" for i in range(3)]
 
 
 def test_notification_create_rejects_unknown_kind():
@@ -44,7 +89,8 @@ def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
     assert "order_cancelled" in kinds and "price_alert" not in kinds
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.notification_create(user=user, kind="price_alert", title="x")
-    assert len(callbacks) == 1
+    (deliveries,) = _deliveries(callbacks)
+    assert deliveries.email_ids == []
 
 
 def test_email_is_sent_once():
