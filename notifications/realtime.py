@@ -11,13 +11,22 @@ Sync callers outside any event loop (Celery tasks, commands) send through one
 long-lived event loop per process, run by a daemon thread: ``async_to_sync`` there would
 make a new loop, and with it a new Redis connection, for every push, which was half the
 cost of an order fill. The channel layer keeps one connection pool per loop, so this loop's
-pool is reused by every push of the process.
+pool is reused by every push of the process. Sync code under an event loop (views under
+ASGI) sends on that loop.
+
+``user_push`` does not wait: it hands the push to its loop's pusher, which sends them one
+at a time in the order they were handed over (so a user's frames keep their order), and
+logs a failure. A request or a fill thus never waits for Redis to take its push; a push
+still queued when its process dies is lost, as one sent to a socket that just closed is.
+``sessions_close`` waits, so a revocation has been published when it returns.
 """
 
 import asyncio
 import json
+import logging
 import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,6 +35,8 @@ from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
 from orders.apis import OrderOutputSerializer
+
+logger = logging.getLogger(__name__)
 
 WS_CLOSE_UNAUTHORIZED = 4401
 # A push that Redis has not taken by then fails (and is logged by the caller) rather
@@ -61,8 +72,46 @@ def _under_event_loop() -> bool:
     )
 
 
+def _sync_callers_loop() -> asyncio.AbstractEventLoop:
+    """The loop sync code of this thread sends on: the server's loop under ASGI, else
+    the process's push loop."""
+    if _under_event_loop():
+        return SyncToAsync.threadlocal.main_event_loop
+    return _layer_loop()
+
+
+# Per loop, the last push handed over: each push waits for the one before it, so the
+# frames of one process keep their order.
+_last_push: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task]" = (
+    weakref.WeakKeyDictionary()
+)
+_pushes_in_flight: set[asyncio.Task] = set()
+
+
+async def _send_after(previous: asyncio.Task | None, send: Callable[[], Awaitable[None]]) -> None:
+    if previous is not None and not previous.done():
+        await asyncio.wait([previous])
+    try:
+        await asyncio.wait_for(send(), PUSH_TIMEOUT_SECONDS)
+    except Exception:
+        logger.exception("realtime push failed")
+
+
+def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
+    """Hand ``send`` to this thread's loop and return at once (see the module docstring)."""
+    loop = _sync_callers_loop()
+
+    def start() -> None:
+        task = loop.create_task(_send_after(_last_push.get(loop), send))
+        _last_push[loop] = task
+        _pushes_in_flight.add(task)
+        task.add_done_callback(_pushes_in_flight.discard)
+
+    loop.call_soon_threadsafe(start)
+
+
 def _run(send: Callable[[], Awaitable[None]]) -> None:
-    """Run ``send()`` and wait for it, so pushes keep their order.
+    """Run ``send()`` and wait for it (revocations: published when this returns).
 
     Under an event loop, ``async_to_sync`` runs it on that loop (no new loop), in
     order with the loop's own work; elsewhere (Celery, commands) on the push loop.
@@ -98,7 +147,7 @@ def user_push(*, user_id: Any, frames: list[dict]) -> None:
     """One channel-layer message carrying the frames, which each socket sends in order."""
     layer = get_channel_layer()
     message = {"type": "user.frames", "texts": [frame_encode(frame) for frame in frames]}
-    _run(lambda: layer.group_send(user_group(user_id), message))
+    _push_soon(lambda: layer.group_send(user_group(user_id), message))
 
 
 def sessions_close(*, session_ids: list[str]) -> None:

@@ -204,3 +204,34 @@ class TestEndToEnd:
         await alert.arefresh_from_db()
         assert alert.active is False
         await communicator.disconnect()
+
+
+@pytest.mark.parametrize("caller", ["under the event loop", "outside any event loop"])
+async def test_pushes_keep_their_order(caller):
+    """user_push returns without waiting for Redis; one pusher per loop keeps the order
+    (a view's pushes go through the server's loop, a worker's through the push loop)."""
+    import threading
+
+    from notifications.realtime import user_push
+
+    user, _, token = await sync_to_async(_login)()
+    communicator = await _open(token)
+    # The socket is accepted before it joins its groups; a pong means it has joined.
+    await communicator.send_json_to({"type": "ping"})
+    assert await ws_receive(communicator) == {"type": "pong"}
+
+    def push_all() -> None:
+        for n in range(30):
+            user_push(user_id=user.pk, frames=[{"type": "test", "n": n}, {"type": "test", "m": n}])
+
+    if caller == "under the event loop":
+        await sync_to_async(push_all)()
+    else:
+        thread = threading.Thread(target=push_all)
+        thread.start()
+        await sync_to_async(thread.join)(timeout=10)
+    received = [await ws_receive(communicator) for _ in range(60)]
+    assert received == [
+        frame for n in range(30) for frame in ({"type": "test", "n": n}, {"type": "test", "m": n})
+    ]
+    await communicator.disconnect()
