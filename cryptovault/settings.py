@@ -150,6 +150,12 @@ CELERY_BEAT_SCHEDULE: dict = {}
 CELERY_TASK_ROUTES = {"orders.*": {"queue": "orders"}}
 # Safety net for an order whose enqueue was lost after commit (broker blip).
 CELERY_BEAT_SCHEDULE["orders-queue-sweep"] = {"task": "orders.queue_sweep", "schedule": 30.0}
+# Safety net for a lost wake-up of the notification email drain (notifications.services).
+CELERY_BEAT_SCHEDULE["notifications-emails-drain"] = {
+    "task": "notifications.emails_drain",
+    "schedule": 60.0,
+    "options": {"expires": 60, "expire_seconds": 60},
+}
 
 # --- Auth --------------------------------------------------------------------
 AUTH_USER_MODEL = "accounts.User"

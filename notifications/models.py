@@ -22,7 +22,9 @@ class Notification(models.Model):
     body = models.TextField(blank=True, default="")
     data = models.JSONField(default=dict, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
-    # Set once the email went out, so a retried email task never sends twice.
+    # Waiting for the email drain (the user wants this kind by email); cleared when the
+    # email went out (``emailed_at`` set), so a retried drain never sends twice.
+    email_pending = models.BooleanField(default=False)
     emailed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -36,6 +38,8 @@ class Notification(models.Model):
                 name="notif_user_unread",
                 condition=Q(read_at__isnull=True),
             ),
+            # The email drain reads only the (few) rows waiting for it.
+            models.Index(fields=["id"], name="notif_email_pending", condition=Q(email_pending=True)),
         ]
 
     def __str__(self) -> str:

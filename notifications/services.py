@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
-from django.core.mail import send_mail
+from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -38,11 +38,11 @@ ALERT_FIRE_BATCH = 500
 
 class _Deliveries:
     """What one transaction sends once it has committed: each user's frames, in order,
-    as one push, and the notifications to email, as one task."""
+    as one push, and a wake-up of the email drain if it left emails waiting."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
-        self.email_ids: list[int] = []
+        self.emails = False
 
     def send(self) -> None:
         for user_id, frames in self.frames.items():
@@ -51,10 +51,8 @@ class _Deliveries:
             except Exception:
                 # One user's failed push must not cost the others theirs, nor the emails.
                 logger.exception("could not push to user %s", user_id)
-        if self.email_ids:
-            from notifications.tasks import notification_emails_send
-
-            notification_emails_send.delay(self.email_ids)
+        if self.emails:
+            notification_emails_schedule()
 
 
 _batch: ContextVar[_Deliveries | None] = ContextVar("notification_deliveries", default=None)
@@ -82,16 +80,15 @@ def deliveries_batched() -> Iterator[None]:
     transaction.on_commit(deliveries.send, robust=True)
 
 
-def _deliver(*, user_id: int, frame: dict, email_id: int | None = None) -> None:
-    """After commit, push ``frame`` to the user's sockets (and email ``email_id``): with
-    the surrounding batch if there is one, else on its own."""
+def _deliver(*, user_id: int, frame: dict, email: bool = False) -> None:
+    """After commit, push ``frame`` to the user's sockets (and wake the email drain):
+    with the surrounding batch if there is one, else on its own."""
     deliveries = _batch.get()
     alone = deliveries is None
     if alone:
         deliveries = _Deliveries()
     deliveries.frames.setdefault(user_id, []).append(frame)
-    if email_id is not None:
-        deliveries.email_ids.append(email_id)
+    deliveries.emails |= email
     if alone:
         transaction.on_commit(deliveries.send, robust=True)
 
@@ -104,18 +101,18 @@ def notification_create(
     body: str = "",
     data: dict[str, Any] | None = None,
 ) -> Notification:
-    """Persist a notification; after commit push it to the user's sockets and,
-    if the user opted into this kind, email it."""
+    """Persist a notification; after commit push it to the user's sockets and, if the
+    user opted into this kind, leave it to the email drain."""
     if kind not in Notification.Kind.values:
         raise ValueError(f"Unknown notification kind {kind!r}.")
+    emailed = bool(kind in notification_email_kinds(user=user) and user.email and user.is_active)
     notification = Notification.objects.create(
-        user=user, kind=kind, title=title[:200], body=body, data=data or {}
+        user=user, kind=kind, title=title[:200], body=body, data=data or {}, email_pending=emailed
     )
-    emailed = kind in notification_email_kinds(user=user) and user.email and user.is_active
     _deliver(
         user_id=user.pk,
         frame={"type": "notification", "notification": NotificationSerializer(notification).data},
-        email_id=notification.pk if emailed else None,
+        email=emailed,
     )
     return notification
 
@@ -149,32 +146,78 @@ def notification_preferences_update(*, user: User, email: dict[str, bool]) -> fr
     return frozenset(kinds)
 
 
-def notification_emails_send(*, notification_ids: list[int]) -> int:
-    """Email each notification at most once; returns how many were sent."""
-    return sum(notification_email_send(notification_id=pk) for pk in notification_ids)
+# Emails of notifications are sent in batches by one drain task, not one task per
+# notification: a busy order queue produces a notification per fill, and a Celery task
+# per email cost as much as the fill itself. A commit that leaves emails waiting wakes
+# the drain unless a run is already scheduled; the run starts EMAIL_DRAIN_DELAY seconds
+# later and sends everything waiting by then. Beat also runs it every minute, which
+# catches a wake-up lost between commit and broker.
+EMAIL_DRAIN_KEY = "cv:notifications:email-drain-scheduled"
+EMAIL_DRAIN_DELAY = 1.0
+EMAIL_DRAIN_BATCH = 100
+# A scheduled run that never started stops suppressing new ones after this long.
+EMAIL_DRAIN_MARK_SECONDS = 60
 
 
-def notification_email_send(*, notification_id: int) -> bool:
-    """Email one notification at most once; False when there is nothing to send."""
-    with transaction.atomic():
-        notification = (
-            Notification.objects.select_for_update()
-            .select_related("user")
-            .filter(pk=notification_id, emailed_at__isnull=True)
-            .first()
-        )
-        if notification is None or not notification.user.is_active:
-            return False
-        link = f"{settings.APP_URL}/notifications"
-        send_mail(
-            subject=f"CryptoVault: {notification.title}",
-            message=f"{notification.body or notification.title}\n\n{link}\n",
-            from_email=None,
-            recipient_list=[notification.user.email],
-        )
-        notification.emailed_at = timezone.now()
-        notification.save(update_fields=["emailed_at"])
+def notification_emails_schedule() -> bool:
+    """Wake the email drain unless a run is already scheduled. Returns whether this call
+    scheduled one."""
+    from django_redis import get_redis_connection
+
+    from notifications.tasks import notification_emails_drain
+
+    redis = get_redis_connection("default")
+    if not redis.set(EMAIL_DRAIN_KEY, 1, nx=True, ex=EMAIL_DRAIN_MARK_SECONDS):
+        return False
+    notification_emails_drain.apply_async(countdown=EMAIL_DRAIN_DELAY)
     return True
+
+
+def notification_emails_drain() -> int:
+    """Email every notification waiting for it; returns how many were sent.
+
+    Rows are locked with SKIP LOCKED batch by batch, so overlapping runs never send one
+    twice, and one SMTP connection serves a batch. An SMTP failure rolls the batch back
+    for the task to retry, so its emails that did go out may go out again (as with any
+    mail queue, at least once). The mark is cleared before reading, so a notification
+    committed after the read schedules the next run.
+    """
+    from django_redis import get_redis_connection
+
+    get_redis_connection("default").delete(EMAIL_DRAIN_KEY)
+    link = f"{settings.APP_URL}/notifications"
+    sent = 0
+    while True:
+        with transaction.atomic():
+            due = list(
+                Notification.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("user")
+                .filter(email_pending=True)
+                .order_by("pk")[:EMAIL_DRAIN_BATCH]
+            )
+            if not due:
+                return sent
+            messages = [
+                EmailMessage(
+                    subject=f"CryptoVault: {n.title}",
+                    body=f"{n.body or n.title}\n\n{link}\n",
+                    to=[n.user.email],
+                )
+                for n in due
+                if n.user.is_active and n.user.email
+            ]
+            if messages:
+                # Raises on an SMTP failure: the batch rolls back and the task retries it.
+                get_connection().send_messages(messages)
+            now = timezone.now()
+            for n in due:
+                n.email_pending = False
+                if n.user.is_active and n.user.email:
+                    n.emailed_at = now
+            Notification.objects.bulk_update(due, ["email_pending", "emailed_at"])
+        sent += len(messages)
+        if len(due) < EMAIL_DRAIN_BATCH:
+            return sent
 
 
 def notification_mark_read(*, notification: Notification) -> Notification:

@@ -6,17 +6,17 @@ from notifications import services
 
 
 @shared_task(
-    name="notifications.notification_emails_send",
+    name="notifications.emails_drain",
     acks_late=True,
     autoretry_for=(OSError,),
     retry_backoff=True,
     max_retries=5,
-    soft_time_limit=30,
-    time_limit=60,
+    soft_time_limit=120,
+    time_limit=150,
 )
-def notification_emails_send(notification_ids: list[int]) -> int:
-    """A transaction's emails; each is sent at most once, so a retry resends none."""
-    return services.notification_emails_send(notification_ids=notification_ids)
+def notification_emails_drain() -> int:
+    """Every waiting notification email; a retry resends none that went out."""
+    return services.notification_emails_drain()
 
 
 @shared_task(

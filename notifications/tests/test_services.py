@@ -23,7 +23,8 @@ def test_notification_create_persists_and_emails_opted_in_kinds(django_capture_o
     # After commit: one realtime push and one email (price alerts are emailed by default).
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["id"] for f in deliveries.frames[user.pk]] == [notification.pk]
-    assert deliveries.email_ids == [notification.pk]
+    assert deliveries.emails is True
+    assert Notification.objects.get().email_pending is True
 
 
 def _deliveries(callbacks) -> list:
@@ -37,20 +38,23 @@ def test_notification_create_skips_email_for_kinds_not_opted_in(django_capture_o
         services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
     (deliveries,) = _deliveries(callbacks)
     assert len(deliveries.frames[user.pk]) == 1  # the push only
-    assert deliveries.email_ids == []
+    assert deliveries.emails is False
+    assert Notification.objects.get().email_pending is False
 
 
-def test_a_batch_sends_one_push_per_user_and_one_email_task(django_capture_on_commit_callbacks):
+def test_a_batch_sends_one_push_per_user_and_wakes_the_email_drain_once(
+    django_capture_on_commit_callbacks,
+):
     alice, bob = user_create(), user_create()
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         with services.deliveries_batched():
-            first = services.notification_create(user=alice, kind="price_alert", title="1")
+            services.notification_create(user=alice, kind="price_alert", title="1")
             services.notification_create(user=bob, kind="order_cancelled", title="2")
-            second = services.notification_create(user=alice, kind="new_login", title="3")
+            services.notification_create(user=alice, kind="new_login", title="3")
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["title"] for f in deliveries.frames[alice.pk]] == ["1", "3"]
     assert [f["notification"]["title"] for f in deliveries.frames[bob.pk]] == ["2"]
-    assert deliveries.email_ids == [first.pk, second.pk]
+    assert deliveries.emails is True
 
 
 def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_callbacks):
@@ -64,16 +68,42 @@ def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_cal
     assert [f["notification"]["title"] for f in deliveries.frames[user.pk]] == ["2"]
 
 
-def test_batched_emails_are_each_sent_once():
+def test_the_drain_emails_each_waiting_notification_once(monkeypatch):
+    monkeypatch.setattr(services, "EMAIL_DRAIN_BATCH", 2)  # several batches
+    user, other = user_create(), user_create()
+    for i in range(5):
+        services.notification_create(user=user, kind="price_alert", title=f"n{i}")
+    services.notification_create(user=user, kind="order_cancelled", title="not emailed")
+    services.notification_create(user=other, kind="new_login", title="inactive by now")
+    other.is_active = False
+    other.save(update_fields=["is_active"])
+    assert services.notification_emails_drain() == 5
+    assert services.notification_emails_drain() == 0
+    assert sorted(m.subject for m in mail.outbox) == [f"CryptoVault: n{i}" for i in range(5)]
+    assert all(m.to == [user.email] for m in mail.outbox)
+    assert not Notification.objects.filter(email_pending=True).exists()
+    assert Notification.objects.filter(emailed_at__isnull=False).count() == 5
+
+
+def test_a_failed_smtp_batch_stays_waiting(settings):
+    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1
     user = user_create()
-    with services.deliveries_batched():
-        ids = [
-            services.notification_create(user=user, kind="price_alert", title=f"n{i}").pk
-            for i in range(3)
-        ]
-    assert services.notification_emails_send(notification_ids=ids) == 3
-    assert services.notification_emails_send(notification_ids=ids) == 0
-    assert sorted(m.subject for m in mail.outbox) == [f"CryptoVault: n{i}" for i in range(3)]
+    services.notification_create(user=user, kind="price_alert", title="x")
+    with pytest.raises(OSError):  # nothing listens there; the task retries on OSError
+        services.notification_emails_drain()
+    assert Notification.objects.get().email_pending is True
+
+
+def test_one_drain_run_is_scheduled_at_a_time():
+    from django_redis import get_redis_connection
+
+    assert services.notification_emails_schedule() is True
+    assert services.notification_emails_schedule() is False
+    # A run clears the mark as it starts: the next commit schedules the next run.
+    services.notification_emails_drain()
+    assert not get_redis_connection("default").exists(services.EMAIL_DRAIN_KEY)
+    assert services.notification_emails_schedule() is True
 
 
 def test_notification_create_rejects_unknown_kind():
@@ -90,17 +120,7 @@ def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.notification_create(user=user, kind="price_alert", title="x")
     (deliveries,) = _deliveries(callbacks)
-    assert deliveries.email_ids == []
-
-
-def test_email_is_sent_once():
-    user = user_create()
-    notification = services.notification_create(user=user, kind="new_login", title="New login")
-    assert services.notification_email_send(notification_id=notification.pk) is True
-    assert services.notification_email_send(notification_id=notification.pk) is False
-    assert len(mail.outbox) == 1
-    assert mail.outbox[0].to == [user.email]
-    assert "New login" in mail.outbox[0].subject
+    assert deliveries.emails is False
 
 
 def test_price_alerts_fire_once_when_crossed():
