@@ -39,7 +39,9 @@ class Notification(models.Model):
                 condition=Q(read_at__isnull=True),
             ),
             # The email drain reads only the (few) rows waiting for it.
-            models.Index(fields=["id"], name="notif_email_pending", condition=Q(email_pending=True)),
+            models.Index(
+                fields=["id"], name="notif_email_pending", condition=Q(email_pending=True)
+            ),
         ]
 
     def __str__(self) -> str:
