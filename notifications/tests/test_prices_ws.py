@@ -199,3 +199,55 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
     await communicator.send_json_to({"type": "ping"})
     assert await ws_receive_type(communicator, "pong") == {"type": "pong"}
     await communicator.disconnect()
+
+
+@pytest.fixture
+def live_server_url():
+    """The platform's ASGI application on a real uvicorn (websockets-sansio, as in
+    production), in a thread on a free port."""
+    import socket as socket_module
+    import threading
+    import time
+
+    import uvicorn
+
+    from cryptovault.asgi import application
+
+    sock = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="auto")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(timeout=5)
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_ticks_written_directly_reach_a_real_client(tracked, live_server_url, compression):
+    """Under uvicorn, ticks skip the ASGI send: their frames are built once per tick and
+    written to each transport. A standards-checking client (websockets) reads them, also
+    with permessage-deflate negotiated (an uncompressed message is allowed then)."""
+    import orjson
+    import websockets
+
+    async with websockets.connect(
+        f"{live_server_url}/ws/prices", compression=compression, max_size=2**20
+    ) as client:
+        assert orjson.loads(await client.recv())["type"] == "snapshot"
+        (socket,) = price_feed._sockets
+        assert socket._direct is not None  # the direct path is on (uvicorn as pinned)
+        await sync_to_async(_record_and_tick)({"bitcoin": "70000.5"})
+        tick = orjson.loads(await asyncio.wait_for(client.recv(), 5))
+        assert tick["type"] == "tick" and tick["prices"]["bitcoin"]["usd"] == "70000.5"
+        await client.send('{"type":"subscribe","coins":["ethereum"]}')
+        await client.send('{"type":"ping"}')
+        assert orjson.loads(await asyncio.wait_for(client.recv(), 5)) == {"type": "pong"}
+        await sync_to_async(_record_and_tick)({"bitcoin": "1", "ethereum": "2"})
+        narrowed = orjson.loads(await asyncio.wait_for(client.recv(), 5))
+        assert narrowed["type"] == "tick" and set(narrowed["prices"]) == {"ethereum"}
