@@ -87,6 +87,28 @@ async def test_middleware_and_errors_as_under_djangos_handler():
     assert ours[2].json()["code"] == theirs[2].json()["code"]
 
 
+async def test_the_admin_login_works_through_it():
+    """Sessions, CSRF and the staff login form: Django's sync middleware, on our threads."""
+    handler = PooledThreadsASGIHandler(threads=1)
+    transport = httpx.ASGITransport(app=handler)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            page = await client.get("/admin/login/")
+            assert page.status_code == 200
+            token = client.cookies["csrftoken"]
+            refused = await client.post("/admin/login/", data={"username": "x", "password": "y"})
+            assert refused.status_code == 403  # no CSRF token
+            wrong = await client.post(
+                "/admin/login/",
+                data={"username": "nobody@example.com", "password": "y"},
+                headers={"X-CSRFToken": token, "Referer": "http://localhost/admin/login/"},
+            )
+            assert wrong.status_code == 200  # the form again, with its error
+            assert b"correct email" in wrong.content.lower() or b"errornote" in wrong.content
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+
+
 async def test_an_async_view_still_works():
     from markets.selectors import prices_snapshot_bytes
     from markets.services import prices_record
