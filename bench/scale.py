@@ -41,8 +41,7 @@ os.environ.update(
     # Order fills send emails; printing them would load the worker, not the web tier.
     EMAIL_BACKEND="django.core.mail.backends.dummy.EmailBackend",
 )
-# Workers keep their connections; web processes (below) do not: under ASGI every request
-# runs its sync code in a fresh thread, whose persistent connection would outlive it.
+# Every process keeps its connections (web requests run on long-lived threads).
 os.environ.setdefault("CONN_MAX_AGE", "60")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
@@ -113,7 +112,6 @@ def start_webs(ports: list[int]) -> list[subprocess.Popen]:
                 extra=["--proxy-headers", "--forwarded-allow-ips", "127.0.0.1"],
             ),
             cwd=ROOT,
-            env={**os.environ, "CONN_MAX_AGE": "0"},
         )  # fmt: skip
         for port in ports
     ]

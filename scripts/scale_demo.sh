@@ -138,6 +138,9 @@ export PRICE_POLL_SECONDS="$POLL_SECONDS" TICKERS_POLL_SECONDS=30
 export EMAIL_BACKEND=django.core.mail.backends.filebased.EmailBackend EMAIL_FILE_PATH="$WORK/mail"
 export TRUSTED_PROXIES=127.0.0.1 APP_URL="http://127.0.0.1:$NGINX_PORT"
 export DEBUG=true LOG_LEVEL=WARNING DJANGO_SETTINGS_MODULE=cryptovault.settings
+# One connection per request, so each backend's scan counters reach pg_stat as it ends
+# (the replica check below reads them); production keeps connections (CONN_MAX_AGE).
+export CONN_MAX_AGE=0
 export RATELIMIT_ENABLE="${RATELIMIT_ENABLE:-true}"
 redis-cli -n "$DEMO_REDIS_DB" flushdb >/dev/null
 
