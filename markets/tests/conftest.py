@@ -1,13 +1,9 @@
 """Fixtures for market tests: the real simulator served over real HTTP (uvicorn in a
 thread, on a free port), and settings that point the platform at it with short timeouts."""
 
-import socket
-import threading
-import time
-
 import pytest
-import uvicorn
 
+from cryptovault.testing import uvicorn_in_thread
 from markets.models import Coin
 from markets.services import coins_seed
 from markets.simulator.app import Simulator, create_app
@@ -26,20 +22,8 @@ class _Swappable:
 @pytest.fixture(scope="session")
 def _simulator_server():
     app = _Swappable()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=1)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "simulator did not start"
-        time.sleep(0.01)
-    yield app, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    with uvicorn_in_thread(app, timeout_graceful_shutdown=1) as address:
+        yield app, f"http://{address}"
 
 
 @pytest.fixture

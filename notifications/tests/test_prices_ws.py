@@ -204,28 +204,12 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
 @pytest.fixture
 def live_server_url():
     """The platform's ASGI application on a real uvicorn (websockets-sansio, as in
-    production), in a thread on a free port."""
-    import socket as socket_module
-    import threading
-    import time
-
-    import uvicorn
-
+    production)."""
     from cryptovault.asgi import application
+    from cryptovault.testing import uvicorn_in_thread
 
-    sock = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(application, log_level="warning", lifespan="off", ws="auto")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    yield f"ws://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(timeout=5)
+    with uvicorn_in_thread(application, ws="auto") as address:
+        yield f"ws://{address}"
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])
