@@ -12,6 +12,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, OperationalError, transaction
+from django.utils import timezone
 from rest_framework import status as http
 
 from accounts.models import User
@@ -101,6 +102,22 @@ def ledger_post(
 
 def _balance_save(balance: Balance) -> None:
     balance.save(update_fields=["available", "locked", "updated_at"])
+
+
+def _balances_save(balances: list[Balance]) -> None:
+    """Save several locked balances in one UPDATE (a fill changes usd and the coin)."""
+    if len(balances) == 1:
+        _balance_save(balances[0])
+    elif balances:
+        now = timezone.now()  # bulk_update skips auto_now
+        for balance in balances:
+            balance.updated_at = now
+        Balance.objects.bulk_update(balances, ["available", "locked", "updated_at"])
+
+
+# What a fill reads of its user besides the row: the email preferences, which
+# notification_create consults (joined, instead of one query per queue run).
+_ORDER_USER = ("user", "user__notification_preference")
 
 
 def wallet_credit_signup_bonus(*, user: User) -> bool:
@@ -501,7 +518,7 @@ def _queue_batch_fill(*, user_id: int, limit: int) -> int:
 
     orders = list(
         Order.objects.select_for_update(of=("self",))
-        .select_related("user")
+        .select_related(*_ORDER_USER)
         .filter(user_id=user_id, status=Order.Status.PENDING)
         .order_by("id")[:limit]
     )
@@ -535,9 +552,7 @@ def _queue_batch_fill(*, user_id: int, limit: int) -> int:
         else:
             _order_fill(order=order, price=quote, balances=balances, entries=entries)
     LedgerEntry.objects.bulk_create(entries)
-    for balance in balances.values():
-        if snapshot[balance.asset] != (balance.available, balance.locked):
-            _balance_save(balance)
+    _balances_save([b for b in balances.values() if snapshot[b.asset] != (b.available, b.locked)])
     return len(orders)
 
 
@@ -619,7 +634,7 @@ def _limit_order_fill(*, order_id: int, price: Decimal) -> bool:
 def _limit_order_fill_locked(*, order_id: int, price: Decimal) -> bool:
     order = (
         Order.objects.select_for_update(of=("self",))
-        .select_related("user")
+        .select_related(*_ORDER_USER)
         .filter(pk=order_id, status=Order.Status.OPEN)
         .first()
     )
@@ -634,8 +649,7 @@ def _limit_order_fill_locked(*, order_id: int, price: Decimal) -> bool:
         entries=entries,
     )
     LedgerEntry.objects.bulk_create(entries)
-    for balance in balances.values():
-        _balance_save(balance)
+    _balances_save(list(balances.values()))
     return order.status == Order.Status.FILLED
 
 
@@ -673,8 +687,6 @@ def order_queue_sweep(*, older_than_seconds: int = 30) -> int:
     queue itself is idempotent, so an extra run costs one query.
     """
     from datetime import timedelta
-
-    from django.utils import timezone
 
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     user_ids = list(

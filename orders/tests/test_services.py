@@ -250,6 +250,19 @@ def test_queue_processes_each_users_orders_in_the_order_received():
     assert list(dict.fromkeys(filled_in)) == [o.pk for o in orders]
 
 
+@pytest.mark.parametrize("orders", [1, 5])
+def test_a_queue_run_costs_two_writes_per_order_plus_a_constant(orders, django_assert_num_queries):
+    """Per order: its UPDATE and its notification INSERT. Per run: BEGIN, the orders
+    (with the user and the email preferences joined), the balances, one ledger INSERT,
+    one balances UPDATE, COMMIT."""
+    user = user_create(usd="100000", bitcoin="1")
+    for _ in range(orders):
+        place(user, quantity="0.01")
+    with django_assert_num_queries(6 + 2 * orders):
+        process(user)
+    assert Order.objects.filter(user=user, status="filled").count() == orders
+
+
 def test_client_order_id_repeat_returns_the_first_order_and_reserves_once():
     user = user_create(usd="10000")
     first = place(user, quantity="0.1", client_order_id="abc-1")
