@@ -22,6 +22,7 @@ still queued when its process dies is lost, as one sent to a socket that just cl
 """
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
+from cryptovault.logging import request_id_var
 from orders.apis import OrderOutputSerializer
 
 logger = logging.getLogger(__name__)
@@ -107,7 +109,11 @@ def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
         _pushes_in_flight.add(task)
         task.add_done_callback(_pushes_in_flight.discard)
 
-    loop.call_soon_threadsafe(start)
+    # The push outlives the request that made it, so it runs in a context of its own
+    # (not the request's thread-sensitive one), carrying only the request id for logs.
+    context = contextvars.Context()
+    context.run(request_id_var.set, request_id_var.get())
+    loop.call_soon_threadsafe(start, context=context)
 
 
 def _run(send: Callable[[], Awaitable[None]]) -> None:
