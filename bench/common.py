@@ -1,5 +1,7 @@
-"""What the benchmarks share: the price fixture and how they start a uvicorn server."""
+"""What the benchmarks share: the price fixture, how they start a uvicorn server, and a
+meter of the CPU each part of the platform uses."""
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -27,3 +29,87 @@ def uvicorn_command(
     if fast:
         command += ["--loop", "uvloop", "--http", "httptools"]
     return [*command, *extra]
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def _postgres_pids() -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read()
+            except OSError:
+                continue
+            if command.startswith((b"postgres", b"/usr/lib/postgresql/")):
+                pids.append(int(entry))
+    return pids
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by groups of processes between ``start()`` and ``stop()``.
+
+    A group is a process tree (the pid of a server, with its workers), a list of exact
+    pids, or ``"postgres"`` (every PostgreSQL process on the machine). A process that
+    exits in between counts up to its last reading; one that starts in between counts
+    from zero.
+    """
+
+    def __init__(self, groups: dict[str, int | list[int] | str]) -> None:
+        self.groups = groups
+
+    def _pids(self, group: int | list[int] | str) -> list[int]:
+        if group == "postgres":
+            return _postgres_pids()
+        return list(group) if isinstance(group, list) else _process_tree(group)
+
+    def _read(self) -> dict[str, dict[int, float]]:
+        return {
+            name: {pid: cpu for pid in self._pids(group) if (cpu := _cpu_seconds(pid)) is not None}
+            for name, group in self.groups.items()
+        }
+
+    def start(self) -> None:
+        self._start = self._read()
+        self._last = {name: dict(readings) for name, readings in self._start.items()}
+
+    def sample(self) -> None:
+        """Take a reading now (call it now and then, so processes that exit are counted)."""
+        current = self._read()
+        for name, readings in current.items():
+            self._last[name] = {**self._last[name], **readings}
+
+    def stop(self) -> dict[str, float]:
+        self.sample()
+        used = {}
+        for name, readings in self._last.items():
+            before = self._start[name]
+            used[name] = sum(cpu - before.get(pid, 0.0) for pid, cpu in readings.items())
+        return used

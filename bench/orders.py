@@ -9,7 +9,8 @@ database and Redis db (use your own: the Redis db is flushed first), creates
 ``--concurrency`` keep-alive connections POST market orders for ``--duration``
 seconds. Then it waits for the queue to drain and prints: orders/s accepted and
 filled, p50/p99 POST latency, p50/p99 place→filled latency (from the orders'
-own timestamps), and checks the ledger invariant. Rate limits are switched off
+own timestamps), the CPU each part used per order (web, worker, PostgreSQL, this
+client), and checks the ledger invariant. Rate limits are switched off
 for the run (``RATELIMIT_ENABLE=false``), as load tests need.
 
 Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import uvicorn_command  # noqa: E402
+from bench.common import CpuMeter, uvicorn_command  # noqa: E402
 
 # A production-like configuration (no debug query log), shared with the server and
 # worker started below, which must verify the tokens this process issues.
@@ -212,12 +213,20 @@ async def client(port: int, tokens: list[str], until: float, stats: dict) -> Non
         writer.close()
 
 
-async def load(args: argparse.Namespace, tokens: list[str]) -> dict:
+async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> dict:
     stats: dict = {"latency": [], "status": {}}
     until = time.monotonic() + args.duration
+
+    async def sample_cpu() -> None:
+        while time.monotonic() < until:
+            await asyncio.sleep(1)
+            meter.sample()
+
+    meter.start()
     await asyncio.gather(
-        *(client(args.port, tokens, until, stats) for _ in range(args.concurrency))
+        sample_cpu(), *(client(args.port, tokens, until, stats) for _ in range(args.concurrency))
     )
+    stats["cpu"] = meter.stop()
     return stats
 
 
@@ -272,6 +281,14 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
         f"reservations: {'OK' if not reservations else reservations[:5]}; "
         f"negative balances: {negative}"
     )
+    cpu = stats["cpu"]
+    print(
+        "CPU per accepted order (during the load): "
+        + ", ".join(f"{name} {cpu[name] / max(accepted, 1) * 1000:.1f} ms" for name in cpu)
+        + f" (of {2 * seconds:.0f} CPU-seconds on 2 cores: "
+        + ", ".join(f"{name} {cpu[name]:.1f}" for name in cpu)
+        + ")"
+    )
     print(
         f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
         f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
@@ -296,8 +313,12 @@ def main() -> int:
         wait_worker_ready()
         # The machine is shared: a figure means little without the load it ran under.
         load_before = os.getloadavg()[0]
+        web, worker = processes
+        meter = CpuMeter(
+            {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
+        )
         t0 = timezone.now()
-        stats = asyncio.run(load(args, tokens))
+        stats = asyncio.run(load(args, tokens, meter))
         t1 = timezone.now()
         load_during = os.getloadavg()[0]
         ok = report(args, stats, t0, t1)
