@@ -61,7 +61,8 @@ _batch: ContextVar[_Deliveries | None] = ContextVar("notification_deliveries", d
 @contextmanager
 def deliveries_batched() -> Iterator[None]:
     """Send the pushes and emails of everything notified inside the block together,
-    after commit: one push per user and one email task, instead of one of each per event.
+    after commit: one push per user and one wake-up of the email drain, instead of one
+    of each per event.
 
     Use it inside the transaction that makes the changes, around code that never rolls
     back a savepoint of its own and carries on (the batch is registered on exit). An
@@ -169,7 +170,12 @@ def notification_emails_schedule() -> bool:
     redis = get_redis_connection("default")
     if not redis.set(EMAIL_DRAIN_KEY, 1, nx=True, ex=EMAIL_DRAIN_MARK_SECONDS):
         return False
-    notification_emails_drain.apply_async(countdown=EMAIL_DRAIN_DELAY)
+    try:
+        notification_emails_drain.apply_async(countdown=EMAIL_DRAIN_DELAY)
+    except Exception:
+        # Not scheduled after all: let the next commit try again (beat drains meanwhile).
+        redis.delete(EMAIL_DRAIN_KEY)
+        raise
     return True
 
 
