@@ -5,6 +5,7 @@ Sessions: a login creates a ``Session`` row and its live Redis key
 session deletes the Redis key first, so its tokens stop working on the next request.
 """
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -650,6 +651,8 @@ def user_login(*, identifier: str, password: str, request=None) -> tuple[User, d
 
 # --- Google sign-in ----------------------------------------------------------------
 
+GOOGLE_CERTS_TIMEOUT = 5.0
+
 
 def _google_claims(id_token: str) -> dict:
     import jwt as pyjwt
@@ -668,9 +671,12 @@ def _google_claims(id_token: str) -> dict:
             code="google_not_configured",
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
+    # google-auth waits up to 120 s for Google's certificates by default; a request
+    # thread (cryptovault/asgi_handler.py) should not.
+    request = functools.partial(google_requests.Request(), timeout=GOOGLE_CERTS_TIMEOUT)
     try:
         return google_id_token.verify_oauth2_token(
-            id_token, google_requests.Request(), audience=list(settings.GOOGLE_CLIENT_IDS)
+            id_token, request, audience=list(settings.GOOGLE_CLIENT_IDS)
         )
     except google_exceptions.TransportError as exc:
         raise ApplicationError(

@@ -12,12 +12,14 @@ when the response is sent. A thread's connection then lives and is recycled exac
 as under a threaded WSGI server: ``request_started``/``request_finished`` run
 ``close_old_connections`` on that thread, honouring ``CONN_MAX_AGE`` and
 ``CONN_HEALTH_CHECKS``. At most ``threads`` requests per process run sync code at
-once (the GIL allows one running anyway); the others wait for a free thread.
+once (the GIL allows one running anyway); the others wait for a free thread, so a
+view waiting on slow I/O (an outside API, a row lock) holds one of them: such waits
+need timeouts, as the market-data and Google clients have.
 
 The middleware chain is Django's sync one, run with the view in one hop to the
 request's thread. Django's async chain adapts each sync-only hook of
 ``MiddlewareMixin`` (security, sessions, CSRF, auth, messages, ...) with its own
-``sync_to_async`` hop: a dozen thread switches per request, most of a POST's CPU.
+``sync_to_async`` hop: a dozen thread switches per request.
 Async views still work: Django runs them with ``async_to_sync`` on the server's loop.
 """
 

@@ -80,6 +80,7 @@ def google(monkeypatch, settings):
     def set_claims(claims=None, error=None):
         def verify(token, request, audience=None, clock_skew_in_seconds=0):
             seen["audience"] = audience
+            seen["timeout"] = request.keywords.get("timeout")
             if error:
                 raise error
             return claims
@@ -109,6 +110,8 @@ def test_google_creates_a_verified_user_with_bonus(api, google):
     assert body["user"]["email"] == "gina@example.com"
     assert body["user"]["email_verified"] is True
     assert google.seen["audience"] == ["client-1.apps.googleusercontent.com"]
+    # Google's certificate fetch is bounded (a request thread must not wait 120 s).
+    assert google.seen["timeout"] == 5.0
     user = User.objects.get(email="gina@example.com")
     assert user.google_sub == "g-123"
     assert not user.has_usable_password()
