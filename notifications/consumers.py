@@ -3,13 +3,28 @@
 Thin by design: authentication happens in ``notifications.middleware``, events are
 pushed by services after commit (``notifications.realtime``) as ready-encoded text,
 and this consumer only joins the groups and relays.
+
+A revoked session closes its sockets at once (a ``session.revoked`` push). A session
+that merely idles out (``SESSION_IDLE_SECONDS`` without an API request; its Redis key
+expires, nobody pushes) is noticed by a check every ``SESSION_CHECK_SECONDS``: the
+socket is closed with 4401 as the API would answer 401. The check does not slide the
+session, so an open socket alone does not keep a login alive.
 """
 
+import asyncio
+import logging
+
 import orjson
+from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from accounts import session_store
 from notifications.middleware import scope_authenticate
 from notifications.realtime import WS_CLOSE_UNAUTHORIZED, session_group, user_group
+
+logger = logging.getLogger(__name__)
+
+SESSION_CHECK_SECONDS = 60.0
 
 
 class UserConsumer(AsyncWebsocketConsumer):
@@ -29,6 +44,27 @@ class UserConsumer(AsyncWebsocketConsumer):
         user, _ = await scope_authenticate(self.scope)
         if user is None:
             await self.close(code=WS_CLOSE_UNAUTHORIZED)
+            return
+        self._session_check = asyncio.ensure_future(self._check_session_alive())
+
+    async def disconnect(self, code: int) -> None:
+        check = getattr(self, "_session_check", None)
+        if check is not None:
+            check.cancel()
+
+    async def _check_session_alive(self) -> None:
+        session_id = self.scope["session_id"]
+        while True:
+            await asyncio.sleep(SESSION_CHECK_SECONDS)
+            try:
+                live = await sync_to_async(session_store.live, thread_sensitive=False)([session_id])
+            except Exception:
+                # Redis unreachable: not the client's fault; check again later.
+                logger.warning("session check failed; retrying", exc_info=True)
+                continue
+            if not live:
+                await self.close(code=WS_CLOSE_UNAUTHORIZED)
+                return
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:

@@ -139,6 +139,23 @@ async def test_session_revoked_while_connected_is_disconnected():
     await kept.disconnect()
 
 
+async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypatch):
+    """Nobody pushes when a session's Redis key expires; the socket's own check notices."""
+    from accounts import session_store
+    from notifications import consumers
+
+    monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
+    user, session, token = await sync_to_async(_login)()
+    _, _, other_token = await sync_to_async(_login)(user)
+    expiring, alive = await _open(token), await _open(other_token)
+    assert await alive.receive_nothing(timeout=0.5)  # a live session is left alone
+    await sync_to_async(session_store.delete)([session.pk])  # what the key's TTL does
+    assert await ws_closed_with(expiring) == 4401
+    await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
+    assert (await ws_receive(alive))["type"] == "notification"
+    await alive.disconnect()
+
+
 async def test_all_sessions_revoked_disconnects_every_socket():
     user, _, token = await sync_to_async(_login)()
     _, _, second_token = await sync_to_async(_login)(user)
