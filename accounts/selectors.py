@@ -40,6 +40,11 @@ def user_from_access_token(*, token: str) -> User | None:
     return session_user_get(token=validated)
 
 
+def session_is_live(*, session_id: str) -> bool:
+    """Whether the session still exists (without sliding its idle TTL)."""
+    return bool(session_store.live([session_id]))
+
+
 def session_list(*, user: User) -> list[Session]:
     """The user's live sessions, newest first: open rows whose Redis key still exists."""
     sessions = list(
@@ -51,7 +56,7 @@ def session_list(*, user: User) -> list[Session]:
 
 def session_get(*, user: User, session_id: str) -> Session | None:
     session = Session.objects.filter(pk=session_id, user=user, revoked_at__isnull=True).first()
-    if session is None or not session_store.live([session.pk]):
+    if session is None or not session_is_live(session_id=session.pk):
         return None
     return session
 

@@ -18,7 +18,7 @@ import orjson
 from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from accounts import session_store
+from accounts.selectors import session_is_live
 from notifications.middleware import scope_authenticate
 from notifications.realtime import WS_CLOSE_UNAUTHORIZED, session_group, user_group
 
@@ -57,7 +57,9 @@ class UserConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(SESSION_CHECK_SECONDS)
             try:
-                live = await sync_to_async(session_store.live, thread_sensitive=False)([session_id])
+                live = await sync_to_async(session_is_live, thread_sensitive=False)(
+                    session_id=session_id
+                )
             except Exception:
                 # Redis unreachable: not the client's fault; check again later.
                 logger.warning("session check failed; retrying", exc_info=True)

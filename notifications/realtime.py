@@ -14,10 +14,11 @@ cost of an order fill. The channel layer keeps one connection pool per loop, so 
 pool is reused by every push of the process. Sync code under an event loop (views under
 ASGI) sends on that loop.
 
-``user_push`` does not wait: it hands the push to its loop's pusher, which sends them one
-at a time in the order they were handed over (so a user's frames keep their order), and
-logs a failure. A request or a fill thus never waits for Redis to take its push; a push
-still queued when its process dies is lost, as one sent to a socket that just closed is.
+``user_push`` does not wait: it chains the push behind the previous one on its loop, so
+pushes go out one at a time in the order they were handed over (a user's frames keep
+their order), and a failure is logged. A request or a fill thus never waits for Redis to
+take its push; a push still queued when its process dies is lost, as one sent to a
+socket that just closed is.
 ``sessions_close`` waits, so a revocation has been published when it returns.
 """
 
@@ -31,7 +32,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -87,7 +88,6 @@ def _sync_callers_loop() -> asyncio.AbstractEventLoop:
 _last_push: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task]" = (
     weakref.WeakKeyDictionary()
 )
-_pushes_in_flight: set[asyncio.Task] = set()
 
 
 async def _send_after(previous: asyncio.Task | None, send: Callable[[], Awaitable[None]]) -> None:
@@ -104,10 +104,9 @@ def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
     loop = _sync_callers_loop()
 
     def start() -> None:
-        task = loop.create_task(_send_after(_last_push.get(loop), send))
-        _last_push[loop] = task
-        _pushes_in_flight.add(task)
-        task.add_done_callback(_pushes_in_flight.discard)
+        # Each pending task is referenced by the next one's ``previous`` and the last by
+        # _last_push, so none can be garbage-collected mid-flight.
+        _last_push[loop] = loop.create_task(_send_after(_last_push.get(loop), send))
 
     # The push outlives the request that made it, so it runs in a context of its own
     # (not the request's thread-sensitive one), carrying only the request id for logs.
@@ -117,19 +116,13 @@ def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
 
 
 def _run(send: Callable[[], Awaitable[None]]) -> None:
-    """Run ``send()`` and wait for it (revocations: published when this returns).
-
-    Under an event loop, ``async_to_sync`` runs it on that loop (no new loop), in
-    order with the loop's own work; elsewhere (Celery, commands) on the push loop.
-    """
+    """Run ``send()`` on this thread's loop and wait for it (revocations: published when
+    this returns)."""
 
     async def call() -> None:
         await send()
 
-    if _under_event_loop():
-        async_to_sync(call)()
-        return
-    future = asyncio.run_coroutine_threadsafe(call(), _layer_loop())
+    future = asyncio.run_coroutine_threadsafe(call(), _sync_callers_loop())
     try:
         future.result(timeout=PUSH_TIMEOUT_SECONDS)
     except TimeoutError:

@@ -203,14 +203,14 @@ def notification_emails_drain() -> int:
             )
             if not due:
                 return sent
+            sendable = [n for n in due if n.user.is_active and n.user.email]
             messages = [
                 EmailMessage(
                     subject=f"CryptoVault: {n.title}",
                     body=f"{n.body or n.title}\n\n{link}\n",
                     to=[n.user.email],
                 )
-                for n in due
-                if n.user.is_active and n.user.email
+                for n in sendable
             ]
             if messages:
                 # Raises on an SMTP failure: the batch rolls back and the task retries it.
@@ -218,8 +218,8 @@ def notification_emails_drain() -> int:
             now = timezone.now()
             for n in due:
                 n.email_pending = False
-                if n.user.is_active and n.user.email:
-                    n.emailed_at = now
+            for n in sendable:
+                n.emailed_at = now
             Notification.objects.bulk_update(due, ["email_pending", "emailed_at"])
         sent += len(messages)
         if len(due) < EMAIL_DRAIN_BATCH:
