@@ -13,6 +13,11 @@ own timestamps), the CPU each part used per order (web, worker, PostgreSQL, this
 client), and checks the ledger invariant. Rate limits are switched off
 for the run (``RATELIMIT_ENABLE=false``), as load tests need.
 
+``--ceiling PATH`` runs the same clients, tokens and servers against a GET of
+``PATH`` instead (``/api/v1/auth/me``: an authenticated DRF read that does no work;
+``/api/v1/auth/public-key``: an anonymous one). No order can be placed faster than
+that, so its requests/s and p99 bound what this machine can give the order path.
+
 Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
 """
 
@@ -56,6 +61,11 @@ def parse_args() -> argparse.Namespace:
         "--no-fill-emails",
         action="store_true",
         help="users opt out of order_filled emails (on by default for new users)",
+    )
+    parser.add_argument(
+        "--ceiling",
+        metavar="PATH",
+        help="GET PATH (with a bearer token) instead of placing orders, to measure the stack",
     )
     return parser.parse_args()
 
@@ -188,21 +198,32 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
         body += chunk[:-2]
 
 
-async def client(port: int, tokens: list[str], until: float, stats: dict) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+def order_request(token: str) -> bytes:
+    coin = random.choice(list(COINS))
+    side = random.choice(("buy", "sell"))
+    body = f'{{"coin":"{coin}","side":"{side}","type":"market","quantity":"0.0001"}}'.encode()
+    return (
+        f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def get_request(path: str, token: str) -> bytes:
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+async def client(args: argparse.Namespace, tokens: list[str], until: float, stats: dict) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
     try:
         while time.monotonic() < until:
             token = random.choice(tokens)
-            coin = random.choice(list(COINS))
-            side = random.choice(("buy", "sell"))
-            body = (
-                f'{{"coin":"{coin}","side":"{side}","type":"market","quantity":"0.0001"}}'
-            ).encode()
-            request = (
-                f"POST /api/v1/orders HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\n\r\n"
-            ).encode() + body
+            if args.ceiling:
+                request = get_request(args.ceiling, token)
+            else:
+                request = order_request(token)
             started = time.monotonic()
             writer.write(request)
             await writer.drain()
@@ -224,10 +245,36 @@ async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> 
 
     meter.start()
     await asyncio.gather(
-        sample_cpu(), *(client(args.port, tokens, until, stats) for _ in range(args.concurrency))
+        sample_cpu(), *(client(args, tokens, until, stats) for _ in range(args.concurrency))
     )
     stats["cpu"] = meter.stop()
     return stats
+
+
+def print_cpu(stats: dict, *, what: str, count: int, seconds: float) -> None:
+    cpu = stats["cpu"]
+    print(
+        f"CPU per {what} (during the load): "
+        + ", ".join(f"{name} {cpu[name] / max(count, 1) * 1000:.1f} ms" for name in cpu)
+        + f" (of {2 * seconds:.0f} CPU-seconds on 2 cores: "
+        + ", ".join(f"{name} {cpu[name]:.1f}" for name in cpu)
+        + ")"
+    )
+
+
+def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> bool:
+    """What the stack gives a request that does no work (``--ceiling``)."""
+    answered = stats["status"].get(200, 0)
+    latencies = stats["latency"]
+    print(f"GET {args.ceiling}: users={args.users} connections={args.concurrency}")
+    print(f"HTTP statuses: {stats['status']}   duration={seconds:.1f}s")
+    print(f"answered: {answered / seconds:8.1f} requests/s (200s)")
+    print(
+        f"latency   p50 {percentile(latencies, 50) * 1000:7.1f} ms"
+        f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
+    )
+    print_cpu(stats, what="request", count=answered, seconds=seconds)
+    return answered == len(latencies)
 
 
 def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
@@ -281,14 +328,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
         f"reservations: {'OK' if not reservations else reservations[:5]}; "
         f"negative balances: {negative}"
     )
-    cpu = stats["cpu"]
-    print(
-        "CPU per accepted order (during the load): "
-        + ", ".join(f"{name} {cpu[name] / max(accepted, 1) * 1000:.1f} ms" for name in cpu)
-        + f" (of {2 * seconds:.0f} CPU-seconds on 2 cores: "
-        + ", ".join(f"{name} {cpu[name]:.1f}" for name in cpu)
-        + ")"
-    )
+    print_cpu(stats, what="accepted order", count=accepted, seconds=seconds)
     print(
         f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
         f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
@@ -321,7 +361,10 @@ def main() -> int:
         stats = asyncio.run(load(args, tokens, meter))
         t1 = timezone.now()
         load_during = os.getloadavg()[0]
-        ok = report(args, stats, t0, t1)
+        if args.ceiling:
+            ok = report_ceiling(args, stats, (t1 - t0).total_seconds())
+        else:
+            ok = report(args, stats, t0, t1)
         print(
             f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
         )
