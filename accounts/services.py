@@ -544,20 +544,31 @@ class AccountLocked(ApplicationError):
         )
 
 
-def _identifier_key(identifier: str) -> str:
-    # Hashed: no emails in Redis keys. Counted whether or not the account exists, so a
-    # lockout reveals nothing about which emails are registered.
-    return hashlib.sha256(identifier.strip().lower().encode()).hexdigest()
+def _lockout_key(identifier: str) -> tuple[str, User | None]:
+    """(the lockout key, the account) for a login identifier.
+
+    An account has one key whether it is named by email or by username, so neither
+    gets its own budget of attempts. An identifier naming no account is counted too,
+    hashed (no emails in Redis keys), so a lockout reveals nothing about which emails
+    are registered.
+    """
+    user = _user_by_identifier(identifier)
+    if user is not None:
+        return f"user:{user.pk}", user
+    return "id:" + hashlib.sha256(identifier.strip().lower().encode()).hexdigest(), None
 
 
-def login_lock_check(*, identifier: str) -> None:
-    ttl = get_redis_connection("default").ttl(_LOCK_KEY.format(_identifier_key(identifier)))
+def _lock_check(key: str) -> None:
+    ttl = get_redis_connection("default").ttl(_LOCK_KEY.format(key))
     if ttl and ttl > 0:
         raise AccountLocked(ttl)
 
 
-def _login_failed(*, identifier: str, user: User | None, request) -> None:
-    key = _identifier_key(identifier)
+def login_lock_check(*, identifier: str) -> None:
+    _lock_check(_lockout_key(identifier)[0])
+
+
+def _login_failed(*, key: str, identifier: str, user: User | None, request) -> None:
     redis = get_redis_connection("default")
     pipe = redis.pipeline()
     pipe.incr(_FAIL_KEY.format(key))
@@ -581,12 +592,8 @@ def _login_failed(*, identifier: str, user: User | None, request) -> None:
 
 
 def login_failures_clear(*, user: User) -> None:
-    keys = [_identifier_key(user.email)] + (
-        [_identifier_key(user.username)] if user.username else []
-    )
-    get_redis_connection("default").delete(
-        *[pattern.format(k) for k in keys for pattern in (_FAIL_KEY, _LOCK_KEY)]
-    )
+    key = f"user:{user.pk}"
+    get_redis_connection("default").delete(_FAIL_KEY.format(key), _LOCK_KEY.format(key))
 
 
 def _user_by_identifier(identifier: str) -> User | None:
@@ -622,8 +629,8 @@ def _new_login_notify(*, user: User, session: Session) -> None:
 
 
 def user_login(*, identifier: str, password: str, request=None) -> tuple[User, dict[str, str]]:
-    login_lock_check(identifier=identifier)
-    user = _user_by_identifier(identifier)
+    key, user = _lockout_key(identifier)
+    _lock_check(key)
     if user is None:
         # Same work as a real check, so response time does not tell accounts apart.
         make_password(password)
@@ -631,13 +638,13 @@ def user_login(*, identifier: str, password: str, request=None) -> tuple[User, d
     else:
         valid = user.check_password(password) and user.is_active
     if not valid:
-        _login_failed(identifier=identifier, user=user, request=request)
+        _login_failed(key=key, identifier=identifier, user=user, request=request)
         raise ApplicationError(
             "Invalid credentials.",
             code="invalid_credentials",
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
-    get_redis_connection("default").delete(_FAIL_KEY.format(_identifier_key(identifier)))
+    get_redis_connection("default").delete(_FAIL_KEY.format(key))
     if not user.is_email_verified:
         raise ApplicationError(
             "Verify your email address before logging in.",

@@ -67,6 +67,26 @@ def test_repeated_failures_lock_the_account_even_for_the_right_password(api):
     api.login(other.email, ip="192.0.2.201")
 
 
+def _fail_as(api, identifier: dict, n, *, first_ip=1):
+    for i in range(n):
+        data = {**identifier, "password": "Wrong-pass-1"}
+        assert api.post("login", data, ip=f"192.0.2.{first_ip + i}").status_code == 401
+
+
+def test_email_and_username_share_one_lockout(api):
+    user = user_create(username="Trader.Joe")
+    # Failures count against the account whichever name they use...
+    _fail_as(api, {"email": user.email}, LOCKOUT_THRESHOLD // 2)
+    _fail_as(
+        api, {"username": "trader.joe"}, LOCKOUT_THRESHOLD - LOCKOUT_THRESHOLD // 2, first_ip=100
+    )
+    # ...and the lock holds for both.
+    for identifier in ({"username": "Trader.Joe"}, {"email": user.email.upper()}):
+        response = api.post("login", {**identifier, "password": PASSWORD}, ip="192.0.2.230")
+        assert response.status_code == 429, identifier
+        assert response.json()["code"] == "account_locked"
+
+
 def test_lockout_does_not_reveal_whether_the_email_exists(api):
     user_create(email="real@example.com")
     _fail(api, "real@example.com", LOCKOUT_THRESHOLD)
