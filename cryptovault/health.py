@@ -4,7 +4,7 @@ import logging
 
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
-from django.views.decorators.http import require_GET
+from django.views.decorators.csrf import csrf_exempt
 from django_redis import get_redis_connection
 
 from markets.selectors import prices_age_seconds
@@ -24,8 +24,14 @@ def _check_redis() -> str:
     return "ok"
 
 
-@require_GET
+@csrf_exempt  # so a POST gets its 405 below, not a CSRF page
 def health(request: HttpRequest) -> JsonResponse:
+    if request.method not in ("GET", "HEAD"):  # load balancers probe with either
+        return JsonResponse(
+            {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"},
+            status=405,
+            headers={"Allow": "GET, HEAD"},
+        )
     checks: dict[str, object] = {}
     healthy = True
     for name, check in (("database", _check_database), ("redis", _check_redis)):

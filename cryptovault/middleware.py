@@ -1,4 +1,4 @@
-"""Cross-cutting HTTP middleware: request ids and request body limits.
+"""Cross-cutting HTTP middleware: request ids and limits on what a request may be.
 
 Both work for sync and async views (the price endpoint is async), so neither
 forces a thread hop on the hot path.
@@ -11,6 +11,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from cryptovault.exceptions import handler404
 from cryptovault.logging import request_id_var
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -65,13 +66,18 @@ class RequestIdMiddleware(_HybridMiddleware):
         return response
 
 
-class BodySizeLimitMiddleware(_HybridMiddleware):
-    """Refuse bodies over DATA_UPLOAD_MAX_MEMORY_SIZE before any parser reads them.
+class RequestLimitsMiddleware(_HybridMiddleware):
+    """Refuse requests no view can serve, before any view or parser sees them.
 
-    DRF parses from the raw stream, which bypasses Django's own size check.
+    - A body over DATA_UPLOAD_MAX_MEMORY_SIZE, or a bad Content-Length: DRF parses
+      from the raw stream, which bypasses Django's own size check.
+    - A NUL in the path (``/coins/a%00b``): PostgreSQL text cannot hold one, so no
+      resource is named with it; it would otherwise reach a query and fail there.
     """
 
     def before(self, request: HttpRequest) -> HttpResponse | None:
+        if "\x00" in request.path:
+            return handler404(request)
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:

@@ -50,17 +50,18 @@ INSTALLED_APPS = [
     "notifications",
 ]
 
+# The security headers wrap everything below them, early refusals included.
 MIDDLEWARE = [
     "cryptovault.middleware.RequestIdMiddleware",
-    "cryptovault.middleware.BodySizeLimitMiddleware",
-    "cryptovault.db_router.ReplicaPinningMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "cryptovault.middleware.RequestLimitsMiddleware",
+    "cryptovault.db_router.ReplicaPinningMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
 ROOT_URLCONF = "cryptovault.urls"
@@ -302,7 +303,7 @@ STATIC_ROOT = BASE_DIR / "var/static"
 # --- DRF / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["cryptovault.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # simplejwt + the token's login session must still be alive (instant revocation).
         "accounts.authentication.SessionJWTAuthentication",

@@ -272,3 +272,11 @@ def test_bcrypt_hashes_are_accepted_and_upgraded_to_argon2(api):
     api.login(user.email)
     user.refresh_from_db()
     assert user.password.startswith("argon2$argon2id$")
+
+
+def test_login_with_an_unpaired_surrogate_is_400_not_500(client):
+    body = json.dumps({"email": "\ud800@example.com", "password": "x"})  # escaped: valid JSON
+    response = client.post("/api/v1/auth/login", body, content_type="application/json")
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"

@@ -59,3 +59,30 @@ def test_oversized_body_is_413(client):
 
     assert response.status_code == 413
     assert response.json()["code"] == "request_too_large"
+    # Refused before any view, still with the security headers.
+    assert response["X-Content-Type-Options"] == "nosniff"
+    assert response["X-Frame-Options"] == "DENY"
+
+
+def test_deeply_nested_json_is_400(client):
+    response = post(client, '{"amount": "1", "pad": %s}' % ("[" * 100_000 + "]" * 100_000))
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"
+
+
+@pytest.mark.parametrize(
+    "body", [r'{"amount": "1", "note": "\ud800"}', r'{"amount": "1", "\udfff": ["x"]}']
+)
+def test_unpaired_surrogate_is_400(client, body):
+    # Valid JSON, but not text: it would fail wherever it is encoded.
+    response = post(client, body)
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "parse_error"
+
+
+def test_escaped_surrogate_pair_is_text(client):
+    response = post(client, r'{"amount": "1", "note": "\ud83d\ude00 caf\u00e9"}')
+
+    assert response.status_code == 200

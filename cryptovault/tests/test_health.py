@@ -45,3 +45,14 @@ def test_health_is_503_when_redis_is_unreachable(client):
     assert body["status"] == "error"
     assert body["checks"]["redis"] == "error"
     assert body["checks"]["database"] == "ok"
+
+
+def test_health_answers_head_and_refuses_other_methods_with_405():
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    assert client.head("/health").status_code == 200
+    response = client.post("/health")
+    assert response.status_code == 405
+    assert response["Allow"] == "GET, HEAD"
+    assert response.json()["code"] == "method_not_allowed"

@@ -36,6 +36,15 @@ def test_request_id_is_on_error_responses_too(client):
     assert response.json()["code"] == "not_found"
 
 
+@pytest.mark.parametrize("path", ["/api/v1/coins/a%00b", "/api/v1/auth/sessions/%00"])
+def test_nul_in_the_path_is_404_before_any_query(client, path):
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.json()["code"] == "not_found"
+    assert response["X-Content-Type-Options"] == "nosniff"
+
+
 def test_security_headers(client):
     response = client.get("/health")
 
