@@ -81,3 +81,16 @@ def handler404(request, exception=None):
 
 def handler500(request):
     return _json_error(500, "Internal server error.", "server_error")
+
+
+def read_only_method_check(request) -> JsonResponse | None:
+    """For plain (non-DRF) read-only views: a JSON 405 unless GET or HEAD.
+
+    Such views are ``csrf_exempt`` so that an unsafe method reaches this answer
+    rather than a CSRF 403 page.
+    """
+    if request.method in ("GET", "HEAD"):
+        return None
+    response = _json_error(405, f'Method "{request.method}" not allowed.', "method_not_allowed")
+    response["Allow"] = "GET, HEAD"
+    return response

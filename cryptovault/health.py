@@ -7,6 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_redis import get_redis_connection
 
+from cryptovault.exceptions import read_only_method_check
 from markets.selectors import prices_age_seconds
 
 logger = logging.getLogger(__name__)
@@ -24,14 +25,11 @@ def _check_redis() -> str:
     return "ok"
 
 
-@csrf_exempt  # so a POST gets its 405 below, not a CSRF page
+@csrf_exempt
 def health(request: HttpRequest) -> JsonResponse:
-    if request.method not in ("GET", "HEAD"):  # load balancers probe with either
-        return JsonResponse(
-            {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"},
-            status=405,
-            headers={"Allow": "GET, HEAD"},
-        )
+    # Load balancers probe with GET or HEAD.
+    if (refused := read_only_method_check(request)) is not None:
+        return refused
     checks: dict[str, object] = {}
     healthy = True
     for name, check in (("database", _check_database), ("redis", _check_redis)):

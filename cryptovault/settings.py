@@ -321,6 +321,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "markets.schema.prices_operation_add",
+    ],
 }
 
 # --- Logging: one JSON object per line, each carrying the request id ---------------

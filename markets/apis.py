@@ -12,6 +12,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cryptovault.exceptions import read_only_method_check
 from cryptovault.pagination import PageNumberPagination
 from markets import selectors
 
@@ -169,13 +170,8 @@ class ArbitrageApi(PublicApi):
 # this view serves whatever that lane hands on.
 @csrf_exempt  # read-only: any unsafe method gets a 405, never a CSRF 403
 async def prices(request: HttpRequest) -> HttpResponse:
-    if request.method not in ("GET", "HEAD"):
-        response = JsonResponse(
-            {"detail": f'Method "{request.method}" not allowed.', "code": "method_not_allowed"},
-            status=405,
-        )
-        response["Allow"] = "GET, HEAD"
-        return response
+    if (refused := read_only_method_check(request)) is not None:
+        return refused
     try:
         body = await selectors.prices_snapshot_bytes_async()
     except RedisError:

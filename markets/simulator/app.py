@@ -59,13 +59,17 @@ def _vs_currency(params: dict[str, str], name: str) -> None:
         raise HttpError(400, f"invalid {name}")
 
 
+# Far above any real price, and far inside what a float (the walk's arithmetic) holds.
+MAX_PRICE = Decimal("1e15")
+
+
 def _positive_price(value) -> float:
     try:
         price = Decimal(str(value))
     except (InvalidOperation, ValueError) as exc:
         raise HttpError(400, f"invalid price: {value!r}") from exc
-    if not price.is_finite() or price <= 0:
-        raise HttpError(400, f"invalid price: {value!r}")
+    if not price.is_finite() or not 0 < price <= MAX_PRICE:
+        raise HttpError(400, f"invalid price: {value!r} (0 < price <= {MAX_PRICE:f})")
     return float(price)
 
 

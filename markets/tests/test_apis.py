@@ -62,6 +62,14 @@ async def test_prices_is_public_and_read_only():
     assert response.json()["code"] == "method_not_allowed"
 
 
+def test_prices_is_in_the_openapi_schema(client):
+    schema = client.get("/api/schema/?format=json").json()
+
+    operation = schema["paths"]["/api/v1/prices"]["get"]
+    body = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert set(body["required"]) == {"as_of", "source", "stale", "prices"}
+
+
 # --- GET /coins ---------------------------------------------------------------------------------
 @pytest.fixture
 def search_coins(db):

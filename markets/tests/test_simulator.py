@@ -95,6 +95,10 @@ async def test_control_prices_pin_mid_and_venues(sim):
 
 async def test_control_rejects_bad_input(sim):
     assert (await sim.post("/_control/prices", json={"bitcoin": "-1"})).status_code == 400
+    # Finite as a decimal, infinite as the walk's float: refused, and nothing changed.
+    for huge in ("1e400", "1e16"):
+        assert (await sim.post("/_control/prices", json={"bitcoin": huge})).status_code == 400
+    assert (await sim.get("/api/v3/coins/markets?vs_currency=usd")).status_code == 200
     assert (await sim.post("/_control/prices", content=b"{nope")).status_code == 400
     assert (await sim.post("/_control/walk", json={"enabled": "yes"})).status_code == 400
     assert (await sim.post("/_control/fault", json={"mode": "meteor"})).status_code == 400
