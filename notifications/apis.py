@@ -6,6 +6,7 @@ from rest_framework.views import APIView
 
 from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination
+from markets.fields import CoinIdField
 from notifications import selectors, services
 from notifications.models import Notification, PriceAlert
 from notifications.serializers import (
@@ -152,7 +153,7 @@ class PriceAlertListCreateApi(APIView):
         class Meta:
             ref_name = "PriceAlertInput"
 
-        coin = serializers.CharField(max_length=100)
+        coin = CoinIdField()
         condition = serializers.ChoiceField(choices=PriceAlert.Condition.choices)
         price = PlainDecimalField(**PRICE_FIELD)
 

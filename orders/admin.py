@@ -4,7 +4,8 @@ Nothing here writes money directly: every change goes through ``orders.services`
 and is recorded in the audit log.
 """
 
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 
 from django import forms
 from django.contrib import admin, messages
@@ -36,11 +37,12 @@ class WalletAdjustForm(forms.Form):
         return user
 
     def clean_amount(self) -> Decimal:
-        try:
-            amount = Decimal(self.cleaned_data["amount"].strip())
-        except InvalidOperation:
-            raise forms.ValidationError("Enter a decimal number.") from None
-        if not amount.is_finite() or amount == 0:
+        # Plain decimals only, as in the API: no exponent ("1e3"), NaN or infinity.
+        text = self.cleaned_data["amount"].strip()
+        if not re.fullmatch(r"-?[0-9]{1,12}(\.[0-9]+)?", text):
+            raise forms.ValidationError("Enter a plain decimal number, like 250 or -10.5.")
+        amount = Decimal(text)
+        if amount == 0:
             raise forms.ValidationError("Enter a non-zero decimal number.")
         return amount
 

@@ -14,6 +14,7 @@ from rest_framework.views import APIView
 from accounts.ratelimit import rate_limit
 from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination
+from markets.fields import CoinIdField
 from orders import selectors, services
 from orders.models import LedgerEntry, Order
 
@@ -63,13 +64,10 @@ class OrderListCreateApi(APIView):
         status = serializers.ChoiceField(
             choices=Order.Status.choices, required=False, allow_blank=True
         )
-        coin = serializers.CharField(required=False, allow_blank=True, max_length=100)
-
-        def validate_coin(self, value: str) -> str:
-            return value.strip().lower()
+        coin = CoinIdField(required=False, allow_blank=True)
 
     class InputSerializer(serializers.Serializer):
-        coin = serializers.CharField(max_length=100)
+        coin = CoinIdField()
         side = serializers.ChoiceField(choices=Order.Side.choices)
         type = serializers.ChoiceField(choices=Order.Type.choices)
         quantity = PlainDecimalField(decimal_places=8)
@@ -83,9 +81,6 @@ class OrderListCreateApi(APIView):
 
         class Meta:
             ref_name = "OrderPlace"
-
-        def validate_coin(self, value: str) -> str:
-            return value.strip().lower()
 
         def validate(self, attrs: dict) -> dict:
             is_limit = attrs["type"] == Order.Type.LIMIT

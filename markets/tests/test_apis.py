@@ -112,6 +112,13 @@ def test_coin_list_paginates(api_client, search_coins):
     body = api_client.get("/api/v1/coins?page_size=2").json()
     assert len(body["results"]) == 2
     assert "page=2" in body["next"]
+    assert len(api_client.get("/api/v1/coins?page_size=2&page=last").json()["results"]) >= 1
+    # A malformed page is bad input; a well-formed one past the end is not found.
+    for page in ("abc", "0", "-1", "1.5", "\uff15"):
+        response = api_client.get("/api/v1/coins", {"page": page})
+        assert response.status_code == 400, page
+        assert "page" in response.json()
+    assert api_client.get("/api/v1/coins?page=999").status_code == 404
 
 
 @pytest.mark.parametrize(

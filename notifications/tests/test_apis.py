@@ -138,6 +138,12 @@ class TestAlerts:
         assert client.delete(f"/api/v1/alerts/{alert['id']}").status_code == 204
         assert client.get("/api/v1/alerts").json()["results"] == []
 
+    def test_coin_id_is_case_insensitive_as_in_orders(self, client):
+        payload = {"coin": " Bitcoin ", "condition": "below", "price": "1"}
+        response = client.post("/api/v1/alerts", payload, format="json")
+        assert response.status_code == 201
+        assert response.json()["coin"] == "bitcoin"
+
     @pytest.mark.parametrize(
         ("payload", "field"),
         [

@@ -31,8 +31,9 @@ def test_operator_credits_and_debits_a_wallet_through_the_ledger(admin_client):
     too_much = admin_client.post(url, {**body, "amount": "-300"})
     assert too_much.status_code == 200
     assert b"Insufficient funds" in too_much.content
-    bad = admin_client.post(url, {**body, "amount": "NaN"})
-    assert bad.status_code == 200
+    for amount in ("NaN", "1e3", "Infinity", "0", "1,5"):
+        bad = admin_client.post(url, {**body, "amount": amount})
+        assert bad.status_code == 200, amount  # the form again, with its error
     assert Balance.objects.get(user=user, asset=USD).available == Decimal("250.5")
     assert admin_client.get(reverse("admin:orders_balance_changelist")).status_code == 200
     assert admin_client.get(reverse("admin:orders_ledgerentry_changelist")).status_code == 200

@@ -162,6 +162,15 @@ def test_list_filters_and_paginates_newest_first(client, user):
     assert client.get(ORDERS, {"status": "bogus"}).status_code == 400
     everything = client.get(f"{ORDERS}?status=&coin=").json()["results"]
     assert [o["id"] for o in everything] == ids[::-1]
+    by_upper_case_id = client.get(ORDERS, {"coin": "Bitcoin"}).json()["results"]
+    assert [o["id"] for o in by_upper_case_id] == [ids[3], ids[1]]
+
+
+@pytest.mark.parametrize("path", [ORDERS, "/api/v1/transactions"])
+def test_a_malformed_cursor_is_400(client, path):
+    response = client.get(path, {"cursor": "garbage"})
+    assert response.status_code == 400
+    assert "cursor" in response.json()
 
 
 def test_detail_and_cancel_of_others_orders_are_404(client, api_client):
