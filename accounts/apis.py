@@ -184,14 +184,15 @@ class LoginApi(_PublicApi):
 
     @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
     def post(self, request):
-        # A locked account answers account_locked even once the IP limit kicks in.
-        data = request.data if isinstance(request.data, dict) else {}
-        identifier = data.get("email") or data.get("username")
-        if isinstance(identifier, str) and identifier:
-            services.login_lock_check(identifier=identifier)
-        rate_limit(request, group="login")
         serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
+        valid = serializer.is_valid()
+        # A locked account answers account_locked even once the IP limit kicks in; and
+        # invalid attempts count against the IP limit too.
+        if valid:
+            services.login_lock_check(identifier=serializer.validated_data["identifier"])
+        rate_limit(request, group="login")
+        if not valid:
+            raise serializers.ValidationError(serializer.errors)
         user, tokens = services.user_login(**serializer.validated_data, request=request)
         return _tokens_response(user, tokens)
 

@@ -274,6 +274,13 @@ def test_bcrypt_hashes_are_accepted_and_upgraded_to_argon2(api):
     assert user.password.startswith("argon2$argon2id$")
 
 
+@pytest.mark.parametrize("identifier", [{"email": "a\x00@example.com"}, {"username": "a\x00b"}])
+def test_login_with_a_nul_in_the_identifier_is_400_not_500(api, identifier):
+    response = api.post("login", {**identifier, "password": "x"})
+
+    assert response.status_code == 400
+
+
 def test_login_with_an_unpaired_surrogate_is_400_not_500(client):
     body = json.dumps({"email": "\ud800@example.com", "password": "x"})  # escaped: valid JSON
     response = client.post("/api/v1/auth/login", body, content_type="application/json")
