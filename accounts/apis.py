@@ -13,7 +13,7 @@ from accounts import crypto, selectors, services
 from accounts.models import Session, User
 from accounts.ratelimit import rate_limit
 from cryptovault.exceptions import ApplicationError
-from cryptovault.pagination import PageNumberPagination
+from cryptovault.pagination import PageNumberPagination, paginated_response
 
 username_validator = RegexValidator(
     r"^[A-Za-z0-9_.-]{3,30}\Z",
@@ -370,15 +370,16 @@ class SessionOutputSerializer(serializers.ModelSerializer):
 
 class SessionListApi(APIView):
     permission_classes = (IsAuthenticated,)
+    pagination_class = PageNumberPagination
 
     @extend_schema(responses=SessionOutputSerializer(many=True))
     def get(self, request):
-        paginator = PageNumberPagination()
-        sessions = selectors.session_list(user=request.user)
-        page = paginator.paginate_queryset(sessions, request, view=self)
-        context = {"current_session_id": _current_session_id(request)}
-        return paginator.get_paginated_response(
-            SessionOutputSerializer(page, many=True, context=context).data
+        return paginated_response(
+            view=self,
+            request=request,
+            items=selectors.session_list(user=request.user),
+            serializer_class=SessionOutputSerializer,
+            context={"current_session_id": _current_session_id(request)},
         )
 
 

@@ -33,3 +33,15 @@ class CursorPagination(pagination.CursorPagination):
         except NotFound:
             detail = {self.cursor_query_param: [self.invalid_cursor_message]}
             raise ValidationError(detail) from None
+
+
+def paginated_response(*, view, request, items, serializer_class, **serializer_kwargs):
+    """One page of ``items`` in ``view.pagination_class``'s shape.
+
+    List views declare ``pagination_class`` (and ``responses=Serializer(many=True)``):
+    drf-spectacular reads it to document the page shape and its query parameters.
+    """
+    paginator = view.pagination_class()
+    page = paginator.paginate_queryset(items, request, view=view)
+    data = serializer_class(page, many=True, **serializer_kwargs).data
+    return paginator.get_paginated_response(data)

@@ -13,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cryptovault.exceptions import read_only_method_check
-from cryptovault.pagination import PageNumberPagination
+from cryptovault.pagination import PageNumberPagination, paginated_response
 from markets import selectors
 
 logger = logging.getLogger(__name__)
@@ -44,14 +44,16 @@ class CoinListApi(PublicApi):
         volume_24h = serializers.CharField(allow_null=True)
         last_updated = serializers.CharField(allow_null=True)
 
+    pagination_class = PageNumberPagination
+
     @extend_schema(parameters=[InputSerializer], responses=OutputSerializer(many=True))
     def get(self, request):
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         coins = selectors.coin_list(search=params.validated_data.get("search"))
-        paginator = PageNumberPagination()
-        page = paginator.paginate_queryset(coins, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        return paginated_response(
+            view=self, request=request, items=coins, serializer_class=self.OutputSerializer
+        )
 
 
 def _coin_or_404(coin_id: str):

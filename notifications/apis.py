@@ -1,11 +1,11 @@
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cryptovault.decimals import PlainDecimalField
-from cryptovault.pagination import CursorPagination
+from cryptovault.pagination import CursorPagination, paginated_response
 from markets.fields import CoinIdField
 from notifications import selectors, services
 from notifications.models import Notification, PriceAlert
@@ -16,24 +16,6 @@ from notifications.serializers import (
 )
 
 
-def _page_schema(name: str, item: type[serializers.Serializer]) -> serializers.Serializer:
-    """The OpenAPI shape of a cursor page of ``item``."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item(many=True),
-        },
-    )
-
-
-def _paginated(*, request: Request, view: APIView, queryset, serializer_class) -> Response:
-    paginator = CursorPagination()
-    page = paginator.paginate_queryset(queryset, request, view=view)
-    return paginator.get_paginated_response(serializer_class(page, many=True).data)
-
-
 class NotificationListApi(APIView):
     class FilterSerializer(serializers.Serializer):
         class Meta:
@@ -42,22 +24,17 @@ class NotificationListApi(APIView):
         unread = serializers.BooleanField(required=False, allow_null=True, default=None)
 
     OutputSerializer = NotificationSerializer
+    pagination_class = CursorPagination
 
-    @extend_schema(
-        parameters=[FilterSerializer],
-        responses=_page_schema("NotificationPage", NotificationSerializer),
-    )
+    @extend_schema(parameters=[FilterSerializer], responses=NotificationSerializer(many=True))
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         notifications = selectors.notification_list(
             user=request.user, unread=filters.validated_data["unread"]
         )
-        return _paginated(
-            request=request,
-            view=self,
-            queryset=notifications,
-            serializer_class=self.OutputSerializer,
+        return paginated_response(
+            view=self, request=request, items=notifications, serializer_class=self.OutputSerializer
         )
 
 
@@ -158,11 +135,12 @@ class PriceAlertListCreateApi(APIView):
         price = PlainDecimalField(**PRICE_FIELD)
 
     OutputSerializer = PriceAlertSerializer
+    pagination_class = CursorPagination
 
     @extend_schema(
         operation_id="alerts_list",
         parameters=[FilterSerializer],
-        responses=_page_schema("PriceAlertPage", PriceAlertSerializer),
+        responses=PriceAlertSerializer(many=True),
     )
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
@@ -170,8 +148,8 @@ class PriceAlertListCreateApi(APIView):
         alerts = selectors.price_alert_list(
             user=request.user, active=filters.validated_data["active"]
         )
-        return _paginated(
-            request=request, view=self, queryset=alerts, serializer_class=self.OutputSerializer
+        return paginated_response(
+            view=self, request=request, items=alerts, serializer_class=self.OutputSerializer
         )
 
     @extend_schema(request=InputSerializer, responses={201: OutputSerializer})

@@ -21,7 +21,7 @@ class NotificationSerializer(serializers.ModelSerializer):
 class PriceAlertSerializer(serializers.ModelSerializer):
     coin = serializers.CharField(source="coin_id")
     price = PlainDecimalField(**PRICE_FIELD)
-    triggered_price = PlainDecimalField(**PRICE_FIELD)
+    triggered_price = PlainDecimalField(**PRICE_FIELD, allow_null=True)
 
     class Meta:
         model = PriceAlert

@@ -5,7 +5,6 @@ from django.http import Http404
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
-    inline_serializer,
 )
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -13,7 +12,7 @@ from rest_framework.views import APIView
 
 from accounts.ratelimit import rate_limit
 from cryptovault.decimals import PlainDecimalField
-from cryptovault.pagination import CursorPagination
+from cryptovault.pagination import CursorPagination, paginated_response
 from markets.fields import CoinIdField
 from orders import selectors, services
 from orders.models import LedgerEntry, Order
@@ -23,18 +22,6 @@ ORDER_CREATE_RATE = "20/m"
 
 def _order_rate_key(group: str, request) -> str:
     return str(request.user.pk)
-
-
-def _page_of(name: str, item: serializers.Serializer) -> serializers.Serializer:
-    """OpenAPI shape of a cursor page (the views paginate by hand)."""
-    return inline_serializer(
-        name=name,
-        fields={
-            "next": serializers.URLField(allow_null=True),
-            "previous": serializers.URLField(allow_null=True),
-            "results": item,
-        },
-    )
 
 
 # Declared field by field rather than as a ModelSerializer: it runs twice per placed
@@ -93,19 +80,20 @@ class OrderListCreateApi(APIView):
             return attrs
 
     OutputSerializer = OrderOutputSerializer
+    pagination_class = CursorPagination
 
     @extend_schema(
         operation_id="orders_list",
         parameters=[FilterSerializer],
-        responses=_page_of("OrderPage", OrderOutputSerializer(many=True)),
+        responses=OrderOutputSerializer(many=True),
     )
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         orders = selectors.order_list(user=request.user, **filters.validated_data)
-        paginator = CursorPagination()
-        page = paginator.paginate_queryset(orders, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        return paginated_response(
+            view=self, request=request, items=orders, serializer_class=self.OutputSerializer
+        )
 
     @extend_schema(
         operation_id="orders_create",
@@ -201,9 +189,11 @@ class TransactionListApi(APIView):
             fields = ("id", "kind", "asset", "amount", "balance_after", "order", "created_at")
             read_only_fields = fields
 
-    @extend_schema(responses=_page_of("TransactionPage", OutputSerializer(many=True)))
+    pagination_class = CursorPagination
+
+    @extend_schema(responses=OutputSerializer(many=True))
     def get(self, request):
         entries = selectors.ledger_entry_list(user=request.user)
-        paginator = CursorPagination()
-        page = paginator.paginate_queryset(entries, request, view=self)
-        return paginator.get_paginated_response(self.OutputSerializer(page, many=True).data)
+        return paginated_response(
+            view=self, request=request, items=entries, serializer_class=self.OutputSerializer
+        )
