@@ -104,9 +104,9 @@ class PasswordResetToken(models.Model):
 
 
 class Session(models.Model):
-    """A login session. Redis holds the live copy (sliding idle TTL); this row is for
-    listing, audit and refresh-token rotation (``refresh_jti`` is the only refresh token
-    of the session that may still be used)."""
+    """A login session, the source of truth (Redis only caches it, see
+    ``accounts.session_store``): live while not revoked and before ``idle_expires_at``;
+    ``refresh_jti`` is the only refresh token of the session that may still be used."""
 
     id = models.CharField(primary_key=True, max_length=32, editable=False)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="login_sessions")
@@ -114,6 +114,7 @@ class Session(models.Model):
     user_agent = models.CharField(max_length=512, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     last_seen_at = models.DateTimeField(default=timezone.now)
+    idle_expires_at = models.DateTimeField()
     refresh_jti = models.CharField(max_length=64, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_reason = models.CharField(max_length=32, blank=True)

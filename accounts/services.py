@@ -1,8 +1,9 @@
 """Account writes: signup, verification, login sessions, passwords, audit.
 
-Sessions: a login creates a ``Session`` row and its live Redis key
+Sessions: a login creates a ``Session`` row (the truth) and its Redis cache key
 (:mod:`accounts.session_store`); tokens carry the session id as ``sid``. Ending a
-session deletes the Redis key first, so its tokens stop working on the next request.
+session revokes the row, then deletes the key, so its tokens stop working on the next
+request.
 """
 
 import functools
@@ -353,38 +354,42 @@ def session_tokens_issue(*, session: Session) -> dict[str, str]:
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 
 
+def _idle_deadline(now):
+    return now + timedelta(seconds=settings.SESSION_IDLE_SECONDS + session_store.persist_seconds())
+
+
+@transaction.atomic
 def _sessions_end(*, session_ids: list[str], reason: str) -> list[str]:
     """End these sessions; returns the ids that were still open in PostgreSQL."""
     if not session_ids:
         return []
     from notifications.services import sessions_revoked_push
 
-    session_store.delete(session_ids)
-    sessions_revoked_push(session_ids=session_ids)
     open_ids = list(
-        Session.objects.filter(pk__in=session_ids, revoked_at__isnull=True).values_list(
-            "pk", flat=True
-        )
+        Session.objects.select_for_update()
+        .filter(pk__in=session_ids, revoked_at__isnull=True)
+        .values_list("pk", flat=True)
     )
     Session.objects.filter(pk__in=open_ids).update(revoked_at=timezone.now(), revoked_reason=reason)
+    # After the rows are locked: a cache rebuild (session_resume) either wrote its key
+    # before this delete or waits for the lock and sees the revocation. A failed delete
+    # rolls the revocation back, so the cache never outlives it.
+    session_store.delete(session_ids)
+    sessions_revoked_push(session_ids=session_ids)
     return open_ids
 
 
 def sessions_expired_close(*, user: User) -> list[str]:
-    """Close the PostgreSQL rows whose Redis session idled out; returns the live ids,
-    oldest first."""
-    ids = list(
-        Session.objects.filter(user=user, revoked_at__isnull=True)
+    """Close the user's rows whose idle deadline passed; returns the live ids, oldest
+    first."""
+    now = timezone.now()
+    open_rows = Session.objects.filter(user=user, revoked_at__isnull=True)
+    open_rows.filter(idle_expires_at__lte=now).update(revoked_at=now, revoked_reason="expired")
+    return list(
+        open_rows.filter(idle_expires_at__gt=now)
         .order_by("created_at", "pk")
         .values_list("pk", flat=True)
     )
-    alive = session_store.live(ids)
-    expired = [sid for sid in ids if sid not in alive]
-    if expired:
-        Session.objects.filter(pk__in=expired, revoked_at__isnull=True).update(
-            revoked_at=timezone.now(), revoked_reason="expired"
-        )
-    return [sid for sid in ids if sid in alive]
 
 
 @transaction.atomic
@@ -398,6 +403,7 @@ def session_start(*, user: User, request=None) -> tuple[Session, dict[str, str]]
         user=user,
         ip=_request_ip(request) if request is not None else None,
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:512] if request is not None else "",
+        idle_expires_at=_idle_deadline(timezone.now()),
     )
     session_store.store(session_id=session.id, user_id=user.pk)
     live = sessions_expired_close(user=user)
@@ -415,7 +421,35 @@ def session_start(*, user: User, request=None) -> tuple[Session, dict[str, str]]
 
 
 def session_seen(*, session_id: str) -> None:
-    Session.objects.filter(pk=session_id).update(last_seen_at=timezone.now())
+    """Persist activity: the idle deadline moves ahead of the cache's by persist_seconds."""
+    now = timezone.now()
+    Session.objects.filter(pk=session_id, revoked_at__isnull=True).update(
+        last_seen_at=now, idle_expires_at=_idle_deadline(now)
+    )
+
+
+@transaction.atomic
+def session_resume(*, session_id: str, user_id: Any) -> User | None:
+    """A cache miss: the session row decides; a live session is slid and cached again
+    (same tokens), so losing Redis logs nobody out."""
+    session = (
+        Session.objects.select_for_update(of=("self",))
+        .select_related("user")
+        .filter(
+            pk=session_id,
+            user_id=user_id,
+            user__is_active=True,
+            revoked_at__isnull=True,
+            idle_expires_at__gt=timezone.now(),
+        )
+        .first()
+    )
+    if session is None:
+        return None
+    session_seen(session_id=session_id)
+    # Under the row lock: a concurrent revocation deletes this key after it (_sessions_end).
+    session_store.store(session_id=session_id, user_id=session.user_id)
+    return session.user
 
 
 def session_revoke(
@@ -501,6 +535,8 @@ def session_refresh(*, refresh_token: str, request=None) -> dict[str, str]:
             )
         else:
             uid, _ = session_store.touch(session_id=sid)
+            if uid is None and session_resume(session_id=sid, user_id=session.user_id):
+                uid = str(session.user_id)
             if uid is None or not session.user.is_active:
                 _sessions_end(session_ids=[sid], reason="expired")
                 expired = True
@@ -866,26 +902,14 @@ VERIFICATION_ROW_RETENTION = timedelta(days=7)
 RESET_ROW_RETENTION = timedelta(days=1)
 
 
-def accounts_prune(*, batch_size: int = 500) -> dict[str, int]:
-    """Close session rows whose Redis session idled out, and delete rows nobody can use
+def accounts_prune() -> dict[str, int]:
+    """Close session rows whose idle deadline passed, and delete rows nobody can use
     any more (ended sessions after 30 days, expired codes and reset links). The audit
     log is kept."""
     now = timezone.now()
-    closed = 0
-    last_pk = ""
-    while True:
-        ids = list(
-            Session.objects.filter(revoked_at__isnull=True, pk__gt=last_pk)
-            .order_by("pk")
-            .values_list("pk", flat=True)[:batch_size]
-        )
-        if not ids:
-            break
-        last_pk = ids[-1]
-        alive = session_store.live(ids)
-        closed += Session.objects.filter(
-            pk__in=[sid for sid in ids if sid not in alive], revoked_at__isnull=True
-        ).update(revoked_at=now, revoked_reason="expired")
+    closed = Session.objects.filter(revoked_at__isnull=True, idle_expires_at__lte=now).update(
+        revoked_at=now, revoked_reason="expired"
+    )
     return {
         "sessions_closed": closed,
         "sessions_deleted": Session.objects.filter(

@@ -97,22 +97,23 @@ def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
 
     import jwt
     from django.utils import timezone
-    from django_redis import get_redis_connection
 
-    from accounts import session_store
     from accounts.models import EmailVerification, PasswordResetToken, Session
     from accounts.services import accounts_prune
+    from accounts.tests.helpers import session_idle_out
 
     live = api.login(user.email)
     idle = api.login(user.email)
     idle_sid = jwt.decode(idle["access"], options={"verify_signature": False})["sid"]
-    get_redis_connection("default").delete(session_store.SESSION_KEY.format(idle_sid))
+    session_idle_out(idle_sid)
     old = timezone.now() - timedelta(days=40)
-    Session.objects.create(id="0" * 32, user=user, revoked_at=old, revoked_reason="logout")
+    Session.objects.create(
+        id="0" * 32, user=user, revoked_at=old, revoked_reason="logout", idle_expires_at=old
+    )
     EmailVerification.objects.create(user=user, code_hash="x", token_hash="y", expires_at=old)
     PasswordResetToken.objects.create(user=user, token_hash="z", expires_at=old)
 
-    assert accounts_prune(batch_size=1) == {
+    assert accounts_prune() == {
         "sessions_closed": 1,
         "sessions_deleted": 1,
         "verifications_deleted": 1,

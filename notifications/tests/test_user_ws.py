@@ -141,7 +141,7 @@ async def test_session_revoked_while_connected_is_disconnected():
 
 async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypatch):
     """Nobody pushes when a session's Redis key expires; the socket's own check notices."""
-    from accounts import session_store
+    from accounts.tests.helpers import session_idle_out
     from notifications import consumers
 
     monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
@@ -149,7 +149,7 @@ async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypa
     _, _, other_token = await sync_to_async(_login)(user)
     expiring, alive = await _open(token), await _open(other_token)
     assert await alive.receive_nothing(timeout=0.5)  # a live session is left alone
-    await sync_to_async(session_store.delete)([session.pk])  # what the key's TTL does
+    await sync_to_async(session_idle_out)(session.pk)
     assert await ws_closed_with(expiring) == 4401
     await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
     assert (await ws_receive(alive))["type"] == "notification"
