@@ -5,10 +5,11 @@ pushed by services after commit (``notifications.realtime``) as ready-encoded te
 and this consumer only joins the groups and relays.
 
 A revoked session closes its sockets at once (a ``session.revoked`` push). A session
-that merely idles out (``SESSION_IDLE_SECONDS`` without an API request; its Redis key
-expires, nobody pushes) is noticed by a check every ``SESSION_CHECK_SECONDS``: the
-socket is closed with 4401 as the API would answer 401. The check does not slide the
-session, so an open socket alone does not keep a login alive.
+that merely idles out (``SESSION_IDLE_SECONDS`` without an API request; nobody pushes)
+is noticed by a check every ``SESSION_CHECK_SECONDS``: the socket is closed with 4401
+as the API would answer 401. The check does not slide the session, so an open socket
+alone does not keep a login alive, and falls back to the session row when Redis lost
+the cached session.
 """
 
 import asyncio

@@ -156,6 +156,24 @@ async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypa
     await alive.disconnect()
 
 
+async def test_the_session_check_survives_a_redis_flush(monkeypatch):
+    """The socket's check and a new handshake fall back to the session row."""
+    from django_redis import get_redis_connection
+
+    from notifications import consumers
+
+    monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
+    user, _, token = await sync_to_async(_login)()
+    connected = await _open(token)
+    await sync_to_async(get_redis_connection("default").flushdb)()
+    assert await connected.receive_nothing(timeout=0.5)  # not closed by the check
+    reopened = await _open(token)
+    await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
+    assert (await ws_receive(reopened))["type"] == "notification"
+    await connected.disconnect()
+    await reopened.disconnect()
+
+
 async def test_all_sessions_revoked_disconnects_every_socket():
     user, _, token = await sync_to_async(_login)()
     _, _, second_token = await sync_to_async(_login)(user)
