@@ -85,7 +85,8 @@ def _login(http: httpx.Client, email: str) -> httpx.Response:
     return http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
 
 
-def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy):
+def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy, settings):
+    settings.DEBUG = True  # no HTML debug page either
     user = user_create()
     with httpx.Client(base_url=f"http://{server}", timeout=20) as http:
         access = _login(http, user.email).json()["access"]
