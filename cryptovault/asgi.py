@@ -16,13 +16,19 @@ django_asgi_app = PooledThreadsASGIHandler(threads=settings.WEB_THREADS)
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from cryptovault.routing import AllowedHostsOriginValidator, websocket_urlpatterns  # noqa: E402
+from cryptovault.routing import (  # noqa: E402
+    AllowedHostsOriginValidator,
+    WebSocketOutageMiddleware,
+    websocket_urlpatterns,
+)
 from markets.asgi import prices_fast_lane  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py).
         "http": prices_fast_lane(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+        "websocket": WebSocketOutageMiddleware(
+            AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+        ),
     }
 )

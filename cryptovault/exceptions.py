@@ -2,12 +2,33 @@
 
 from typing import Any
 
+import redis.exceptions
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
+from django_redis.exceptions import ConnectionInterrupted
+from kombu.exceptions import OperationalError as BrokerOperationalError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+# A dependency (PostgreSQL, Redis, the broker) is unreachable or refused to finish in
+# time: not the client's fault and not a bug, so a 503 to retry. PostgreSQL's own limits
+# land here too: statement_timeout (QueryCanceled), lock_timeout (LockNotAvailable),
+# idle_in_transaction_session_timeout (the connection is closed), deadlocks and
+# serialization failures are all OperationalError subclasses in psycopg2. The worker's
+# retry logic can catch the same tuple.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionInterrupted,
+    BrokerOperationalError,
+)
+# Matches what nginx answers when no web instance is up (deploy/nginx.conf).
+RETRY_AFTER_SECONDS = 5
 
 
 class ApplicationError(Exception):
@@ -37,7 +58,10 @@ class ApplicationError(Exception):
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
         body = {"detail": exc.message, "code": exc.code, **exc.extra}
-        return Response(body, status=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers)
+        if exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
+            headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
+        return Response(body, status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
         detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         exc = exceptions.ValidationError(detail)
@@ -65,6 +89,14 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
 
 def _json_error(status_code: int, detail: str, code: str) -> JsonResponse:
     return JsonResponse({"detail": detail, "code": code}, status=status_code)
+
+
+def service_unavailable_response() -> JsonResponse:
+    response = _json_error(
+        503, "A service this request needs is unavailable.", "service_unavailable"
+    )
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
 
 
 def handler400(request, exception=None):

@@ -7,7 +7,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django_redis import get_redis_connection
 
-from cryptovault.exceptions import read_only_method_check
+from cryptovault.exceptions import RETRY_AFTER_SECONDS, read_only_method_check
 from markets.selectors import prices_age_seconds
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,10 @@ def health(request: HttpRequest) -> JsonResponse:
         except Exception:  # noqa: BLE001 - a broken price snapshot is reported, not raised
             logger.warning("price age unavailable", exc_info=True)
     checks["prices"] = {"age_seconds": age}
-    return JsonResponse(
+    response = JsonResponse(
         {"status": "ok" if healthy else "error", "checks": checks},
         status=200 if healthy else 503,
     )
+    if not healthy:
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response

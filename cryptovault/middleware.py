@@ -4,15 +4,25 @@ Both work for sync and async views (the price endpoint is async), so neither
 forces a thread hop on the hot path.
 """
 
+import logging
 import re
+import sys
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
-from cryptovault.exceptions import handler404
+from cryptovault.exceptions import (
+    DEPENDENCY_ERRORS,
+    handler404,
+    handler500,
+    service_unavailable_response,
+)
 from cryptovault.logging import request_id_var
+
+logger = logging.getLogger(__name__)
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -89,3 +99,43 @@ class RequestLimitsMiddleware(_HybridMiddleware):
                 {"detail": "Request body is too large.", "code": "request_too_large"}, status=413
             )
         return None
+
+
+def _remember_uncaught_exception(sender, request=None, **kwargs) -> None:
+    # Sent by Django inside its ``except`` block, so sys.exc_info() is the exception.
+    if request is not None:
+        request.uncaught_exception = sys.exc_info()[1]
+
+
+got_request_exception.connect(_remember_uncaught_exception, dispatch_uid="cv-uncaught-exception")
+
+
+class DependencyOutageMiddleware(_HybridMiddleware):
+    """A dependency outage is a JSON 503 with Retry-After on every Django endpoint
+    (DRF views, plain views, the admin), and no uncaught error is ever an HTML page,
+    also with ``DEBUG`` on.
+
+    Exceptions from a view (DRF re-raises what its handler does not know) reach
+    ``process_exception``. Exceptions raised in a middleware below this one (sessions,
+    replica pinning ...) never do: Django turns them into a 500 (its HTML debug page
+    with ``DEBUG``) right where they happen; ``got_request_exception`` records them on
+    the request and ``after`` replaces that answer. Programming errors stay 500, in
+    JSON; their traceback is logged by Django as usual.
+    """
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, DEPENDENCY_ERRORS):
+            return None
+        logger.warning(
+            "dependency unavailable",
+            extra={"path": request.path, "error": f"{type(exception).__name__}: {exception}"},
+        )
+        return service_unavailable_response()
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        exception = getattr(request, "uncaught_exception", None)
+        if exception is None:
+            return response
+        if isinstance(exception, DEPENDENCY_ERRORS):
+            return service_unavailable_response()
+        return handler500(request)

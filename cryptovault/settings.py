@@ -55,6 +55,7 @@ MIDDLEWARE = [
     "cryptovault.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "cryptovault.middleware.DependencyOutageMiddleware",
     "cryptovault.middleware.RequestLimitsMiddleware",
     "cryptovault.db_router.ReplicaPinningMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -92,8 +93,24 @@ DATABASES = {
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
+# Limits every session starts with (milliseconds, 0 = none), for web, worker and beat
+# alike: no request or task runs a statement that should take seconds, so one that
+# does is stuck behind a lock or a bug; it fails fast, as a 503 on the web or an
+# OperationalError the task retries on, instead of holding a request thread and a
+# connection. A process that needs more (a migration building an index on a big
+# table) runs with its own DATABASE_STATEMENT_TIMEOUT_MS.
+DATABASE_LIMITS_MS = {
+    "statement_timeout": env.int("DATABASE_STATEMENT_TIMEOUT_MS", default=10_000),
+    "lock_timeout": env.int("DATABASE_LOCK_TIMEOUT_MS", default=5_000),
+    "idle_in_transaction_session_timeout": env.int(
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", default=60_000
+    ),
+}
 # The session starts in UTC, so Django skips its per-connection ``set_config``.
-DATABASES["default"]["OPTIONS"].setdefault("options", "-c TimeZone=UTC")
+_SESSION_OPTIONS = " ".join(
+    ["-c TimeZone=UTC", *(f"-c {name}={ms}" for name, ms in DATABASE_LIMITS_MS.items())]
+)
+DATABASES["default"]["OPTIONS"].setdefault("options", _SESSION_OPTIONS)
 # Optional streaming replica for reads that tolerate lag (cryptovault/db_router.py).
 # Tests mirror it onto the test database: there is no separate replica to create.
 if env.str("DATABASE_REPLICA_URL", default=""):
@@ -101,6 +118,7 @@ if env.str("DATABASE_REPLICA_URL", default=""):
     DATABASES["replica"]["CONN_MAX_AGE"] = DATABASES["default"]["CONN_MAX_AGE"]
     DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = 2
+    DATABASES["replica"]["OPTIONS"].setdefault("options", _SESSION_OPTIONS)
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
 DATABASE_ROUTERS = ["cryptovault.db_router.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

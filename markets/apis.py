@@ -3,10 +3,9 @@ authentication: a stale or bogus token in a browser never breaks a price chart."
 
 import logging
 
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import extend_schema
-from redis.exceptions import RedisError
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -174,12 +173,6 @@ class ArbitrageApi(PublicApi):
 async def prices(request: HttpRequest) -> HttpResponse:
     if (refused := read_only_method_check(request)) is not None:
         return refused
-    try:
-        body = await selectors.prices_snapshot_bytes_async()
-    except RedisError:
-        logger.warning("prices unavailable: redis error", exc_info=True)
-        return JsonResponse(
-            {"detail": "Prices are unavailable right now.", "code": "price_unavailable"},
-            status=503,
-        )
+    # Redis down: DependencyOutageMiddleware answers 503 service_unavailable.
+    body = await selectors.prices_snapshot_bytes_async()
     return HttpResponse(body, content_type="application/json")

@@ -300,14 +300,14 @@ class PricesConsumer(AsyncWebsocketConsumer):
         self._drain_task: asyncio.Task | None = None
         self._live = False  # set once the snapshot went out; ticks queue until then
         self._direct = _direct_connection(self.base_send)
-        await self.accept()
         await price_feed.join(self)
         try:
             as_of, snapshot = await price_feed.snapshot()
         except Exception:
-            logger.exception("price snapshot unavailable")
-            await self.close(code=1011)
-            return
+            # Before the handshake is answered: Redis down is a 503 (cryptovault.routing).
+            price_feed.leave(self)
+            raise
+        await self.accept()
         # Ticks queued while the snapshot was read and no newer than it are in it already.
         self._outbox = deque(
             item for item in self._outbox if as_of is None or item[0] is None or item[0] > as_of

@@ -36,7 +36,7 @@ PRICES_OPERATION = {
                 }
             },
         },
-        "503": {"description": "Redis is unreachable (`code: price_unavailable`)."},
+        "503": {"description": "Redis is unreachable (`code: service_unavailable`)."},
     },
 }
 

@@ -32,17 +32,20 @@ class UserConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         # Accept before closing: a close before the handshake is an HTTP 403 and the
         # client could not tell "unauthorized" (4401) from any other refusal.
-        await self.accept(subprotocol=self.scope.get("subprotocol"))
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
+            await self.accept(subprotocol=self.scope.get("subprotocol"))
             await self.close(code=WS_CLOSE_UNAUTHORIZED)
             return
+        # Joined before accepting: Redis or PostgreSQL down is then a 503 handshake
+        # (cryptovault.routing), not an open socket that closes at once.
         self.groups = [user_group(user.pk), session_group(self.scope["session_id"])]
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         # A revocation published between the token check and joining the session
         # group would be missed; checking once more after joining closes that gap.
         user, _ = await scope_authenticate(self.scope)
+        await self.accept(subprotocol=self.scope.get("subprotocol"))
         if user is None:
             await self.close(code=WS_CLOSE_UNAUTHORIZED)
             return

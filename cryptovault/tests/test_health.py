@@ -41,6 +41,7 @@ def test_health_is_503_when_redis_is_unreachable(client):
         response = client.get("/health")
 
     assert response.status_code == 503
+    assert response["Retry-After"] == "5"
     body = response.json()
     assert body["status"] == "error"
     assert body["checks"]["redis"] == "error"

@@ -1,0 +1,196 @@
+"""Dependency outages through the real ASGI stack on a real uvicorn: PostgreSQL behind a
+TCP proxy the test cuts and restores, then recovery without restarting anything."""
+
+import asyncio
+
+import httpx
+import psycopg2
+import pytest
+import websockets
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.conf import settings
+from django.db import connection
+
+from accounts.tests.factories import PASSWORD, user_create
+from cryptovault.asgi_handler import PooledThreadsASGIHandler
+from cryptovault.routing import (
+    AllowedHostsOriginValidator,
+    WebSocketOutageMiddleware,
+    websocket_urlpatterns,
+)
+from cryptovault.testing import TcpProxy, uvicorn_in_thread
+from markets.asgi import prices_fast_lane
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+REQUEST_THREADS = 2
+APP_NAME = "cv-outage-test-web"
+
+
+@pytest.fixture
+def postgres_proxy():
+    """Every new database connection of this test goes through a proxy we control."""
+    db = settings.DATABASES["default"]
+    saved = {key: db.get(key) for key in ("HOST", "PORT", "CONN_MAX_AGE")}
+    saved_options = dict(db["OPTIONS"])
+    proxy = TcpProxy((db.get("HOST") or "localhost", int(db.get("PORT") or 5432)))
+    # Persistent, as in production: the request threads keep their connections.
+    db.update(HOST="127.0.0.1", PORT=str(proxy.port), CONN_MAX_AGE=60)
+    db["OPTIONS"]["application_name"] = APP_NAME
+    yield proxy
+    db.update(saved)
+    db["OPTIONS"].clear()
+    db["OPTIONS"].update(saved_options)
+    connection.close()  # this thread's connection went through the proxy too
+    proxy.down()
+
+
+@pytest.fixture
+def server(postgres_proxy):
+    # Fresh request threads, so every connection they open goes through the proxy.
+    application = ProtocolTypeRouter(
+        {
+            "http": prices_fast_lane(PooledThreadsASGIHandler(threads=REQUEST_THREADS)),
+            "websocket": WebSocketOutageMiddleware(
+                AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
+    with uvicorn_in_thread(application, ws="auto") as address:
+        yield address
+
+
+def _assert_service_unavailable(response: httpx.Response) -> None:
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["code"] == "service_unavailable"
+    assert response.json()["detail"]
+    assert int(response.headers["Retry-After"]) >= 1
+
+
+def _ws_status(address: str, access: str) -> int:
+    async def handshake() -> int:
+        try:
+            async with websockets.connect(f"ws://{address}/ws/user?token={access}"):
+                return 101
+        except websockets.InvalidStatus as exc:
+            assert exc.response.headers["Retry-After"]
+            assert b"service_unavailable" in exc.response.body
+            return exc.response.status_code
+
+    return asyncio.run(handshake())
+
+
+def _login(http: httpx.Client, email: str) -> httpx.Response:
+    return http.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+
+
+def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy, settings):
+    settings.DEBUG = True  # no HTML debug page either
+    user = user_create()
+    with httpx.Client(base_url=f"http://{server}", timeout=20) as http:
+        access = _login(http, user.email).json()["access"]
+        me = http.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {access}"})
+        assert me.status_code == 200
+
+        postgres_proxy.down()
+        auth = {"Authorization": f"Bearer {access}"}
+        _assert_service_unavailable(http.get("/api/v1/auth/me", headers=auth))
+        order = {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.01"}
+        _assert_service_unavailable(http.post("/api/v1/orders", json=order, headers=auth))
+        _assert_service_unavailable(_login(http, user.email))
+        assert _ws_status(server, access) == 503
+
+        postgres_proxy.up()
+        assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
+        assert _login(http, user.email).status_code == 200
+        assert _ws_status(server, access) == 101
+
+
+def test_terminated_backends_are_replaced_on_the_next_request(server):
+    user = user_create()
+    with httpx.Client(base_url=f"http://{server}", timeout=20) as http:
+        access = _login(http, user.email).json()["access"]
+        auth = {"Authorization": f"Bearer {access}"}
+        for _ in range(2 * REQUEST_THREADS):
+            assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = %s AND pid <> pg_backend_pid()",
+                [APP_NAME],
+            )
+            assert cursor.fetchone()[0] >= 1
+        statuses = [
+            http.get("/api/v1/auth/me", headers=auth).status_code
+            for _ in range(2 * REQUEST_THREADS)
+        ]
+        assert statuses == [200] * (2 * REQUEST_THREADS)
+
+
+def test_a_statement_timeout_in_a_request_is_503(api_client, settings):
+    """A request stuck behind a lock ends at the session's limit: 503, not a hung thread."""
+    user = user_create()
+    access = api_client.post(
+        "/api/v1/auth/login", {"email": user.email, "password": PASSWORD}, format="json"
+    ).json()["access"]
+    db = settings.DATABASES["default"]
+    blocker = psycopg2.connect(
+        dbname=db["NAME"], user=db["USER"], host=db["HOST"] or "localhost", port=db["PORT"]
+    )
+    try:
+        with blocker.cursor() as cursor:
+            cursor.execute("LOCK TABLE accounts_user IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 300")
+        try:
+            response = api_client.get("/api/v1/auth/me", HTTP_AUTHORIZATION=f"Bearer {access}")
+        finally:
+            blocker.rollback()
+            with connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")
+    finally:
+        blocker.close()
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"
+    assert response["Retry-After"] == "5"
+
+
+def test_every_connection_starts_with_the_database_limits():
+    with connection.cursor() as cursor:
+        for name, ms in settings.DATABASE_LIMITS_MS.items():
+            cursor.execute("SELECT setting::int FROM pg_settings WHERE name = %s", [name])
+            assert cursor.fetchone()[0] == ms
+
+
+def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
+    unreachable = "redis://127.0.0.1:1/0"
+    settings.REDIS_URL = unreachable
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": unreachable,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+    application = ProtocolTypeRouter(
+        {
+            "http": prices_fast_lane(PooledThreadsASGIHandler(threads=1)),
+            "websocket": WebSocketOutageMiddleware(
+                AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+            ),
+        }
+    )
+
+    async def prices_socket_status(address: str) -> int:
+        try:
+            async with websockets.connect(f"ws://{address}/ws/prices"):
+                return 101
+        except websockets.InvalidStatus as exc:
+            assert exc.response.headers["Retry-After"]
+            assert b"service_unavailable" in exc.response.body
+            return exc.response.status_code
+
+    with uvicorn_in_thread(application, ws="auto") as address:
+        _assert_service_unavailable(httpx.get(f"http://{address}/api/v1/prices", timeout=20))
+        assert asyncio.run(prices_socket_status(address)) == 503
