@@ -548,7 +548,8 @@ def _queue_batch_fill(*, user_id: int, limit: int) -> int:
             else:
                 order_status_set(order=order, status=Order.Status.OPEN)
         elif isinstance(quote, PriceUnavailable):
-            _order_reject(order=order, balances=balances, reason=quote.message)
+            reason = "stale_price" if quote.code == "price_stale" else quote.code
+            _order_reject(order=order, balances=balances, reason=reason)
         else:
             _order_fill(order=order, price=quote, balances=balances, entries=entries)
     LedgerEntry.objects.bulk_create(entries)
