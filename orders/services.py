@@ -600,9 +600,11 @@ def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
 
     Each order fills in its own transaction under its row lock, so a concurrent
     cancel or a second run of the same poll resolves to exactly one outcome.
-    Prices older than ``PRICE_STALE_SECONDS`` fill nothing.
+    Prices older than ``PRICE_STALE_SECONDS``, or stamped in the future, fill nothing.
     """
-    if time.time() - as_of > settings.PRICE_STALE_SECONDS:
+    from markets.selectors import prices_are_stale
+
+    if prices_are_stale(as_of_epoch=as_of):
         logger.warning("skipping limit matching on a stale poll", extra={"as_of": as_of})
         return 0
     filled = 0

@@ -241,6 +241,7 @@ def test_limit_matching_ignores_a_stale_poll():
     order = place(user, type="limit", limit_price="60000", quantity="0.1")
     process(user)
     assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() - 3600) == 0
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() + 3600) == 0
     order.refresh_from_db()
     assert order.status == "open"
 
