@@ -46,6 +46,13 @@ STALE_FALSE = b'"stale":false'
 STALE_TRUE = b'"stale":true'
 EMPTY_PRICES_BODY = b'{"as_of":null,"source":null,"stale":true,"prices":{}}'
 
+# What the fallback marks its made-up prices with: served for display, never traded on.
+SIMULATED_SOURCE = "simulated"
+# A price stamped up to this far ahead of our clock counts as current (web, worker and
+# Redis hosts drift a little); further ahead it is refused: no source reports prices
+# from the future, so such a stamp was written by mistake or on purpose.
+PRICE_CLOCK_SKEW_SECONDS = 2.0
+
 
 class PriceUnavailable(ApplicationError):
     """No usable price for a coin: none recorded (``price_unavailable``) or too old
@@ -70,9 +77,12 @@ def prices_age_seconds() -> float | None:
 
 
 def prices_are_stale(*, as_of_epoch: float | None) -> bool:
+    """Older than ``PRICE_STALE_SECONDS``, or stamped in the future (beyond
+    ``PRICE_CLOCK_SKEW_SECONDS``): either way not a price to use."""
     if as_of_epoch is None:
         return True
-    return time.time() - as_of_epoch > settings.PRICE_STALE_SECONDS
+    age = time.time() - as_of_epoch
+    return age > settings.PRICE_STALE_SECONDS or age < -PRICE_CLOCK_SKEW_SECONDS
 
 
 def prices_body_render(*, body: bytes | None, as_of_raw: bytes | None) -> bytes:
@@ -128,13 +138,20 @@ def price_quotes() -> dict[str, dict]:
 
 def price_get_fresh(*, coin_id: str) -> PriceQuote:
     """The latest price of ``coin_id`` in usd, or ``PriceUnavailable`` when there is none
-    or it is older than ``PRICE_STALE_SECONDS`` (orders never fill on such a price)."""
+    (``price_unavailable``) or it is not a real, current one (``price_stale``): older
+    than ``PRICE_STALE_SECONDS``, stamped in the future, or made up by the ``simulated``
+    fallback. Orders never fill on such a price."""
     raw = get_redis_connection("default").hget(PRICES_QUOTES_KEY, coin_id)
     if raw is None:
         raise PriceUnavailable(f"No price available for {coin_id}.", code="price_unavailable")
     quote = orjson.loads(raw)
     if prices_are_stale(as_of_epoch=quote["as_of"]):
         raise PriceUnavailable(f"The latest price of {coin_id} is stale.", code="price_stale")
+    if quote["source"] == SIMULATED_SOURCE:
+        raise PriceUnavailable(
+            f"The latest price of {coin_id} is simulated (the market source is unreachable).",
+            code="price_stale",
+        )
     return PriceQuote(
         price=Decimal(quote["usd"]),
         as_of=datetime.fromtimestamp(quote["as_of"], tz=UTC),

@@ -548,7 +548,8 @@ def _queue_batch_fill(*, user_id: int, limit: int) -> int:
             else:
                 order_status_set(order=order, status=Order.Status.OPEN)
         elif isinstance(quote, PriceUnavailable):
-            _order_reject(order=order, balances=balances, reason=quote.message)
+            reason = "stale_price" if quote.code == "price_stale" else quote.code
+            _order_reject(order=order, balances=balances, reason=reason)
         else:
             _order_fill(order=order, price=quote, balances=balances, entries=entries)
     LedgerEntry.objects.bulk_create(entries)
@@ -599,9 +600,11 @@ def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
 
     Each order fills in its own transaction under its row lock, so a concurrent
     cancel or a second run of the same poll resolves to exactly one outcome.
-    Prices older than ``PRICE_STALE_SECONDS`` fill nothing.
+    Prices older than ``PRICE_STALE_SECONDS``, or stamped in the future, fill nothing.
     """
-    if time.time() - as_of > settings.PRICE_STALE_SECONDS:
+    from markets.selectors import prices_are_stale
+
+    if prices_are_stale(as_of_epoch=as_of):
         logger.warning("skipping limit matching on a stale poll", extra={"as_of": as_of})
         return 0
     filled = 0

@@ -53,11 +53,25 @@ def test_writes_merge_per_coin_and_keep_last_good_prices():
 
 def test_price_get_fresh_returns_quote():
     as_of = timezone.now()
-    prices_record(prices={"bitcoin": Decimal("65000.12")}, as_of=as_of, source="simulated")
+    prices_record(prices={"bitcoin": Decimal("65000.12")}, as_of=as_of)
     quote = price_get_fresh(coin_id="bitcoin")
     assert quote.price == Decimal("65000.12")
     assert abs((quote.as_of - as_of).total_seconds()) < 0.001
-    assert quote.source == "simulated"
+    assert quote.source == "coingecko"
+
+
+@pytest.mark.parametrize(
+    ("source", "ahead"), [("simulated", 0), ("coingecko", 3600)], ids=["simulated", "future"]
+)
+def test_simulated_or_future_prices_are_shown_but_never_fresh(source, ahead):
+    as_of = timezone.now() + timedelta(seconds=ahead)
+    prices_record(prices={"bitcoin": Decimal("65000")}, as_of=as_of, source=source)
+    with pytest.raises(PriceUnavailable) as info:
+        price_get_fresh(coin_id="bitcoin")
+    assert info.value.code == "price_stale"
+    snapshot = prices_snapshot()
+    assert (snapshot["source"], snapshot["prices"]["bitcoin"]["usd"]) == (source, "65000")
+    assert snapshot["stale"] is (ahead > 0)
 
 
 def test_price_get_fresh_unknown_coin():

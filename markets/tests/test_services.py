@@ -10,6 +10,7 @@ from django_redis import get_redis_connection
 
 from markets.models import Coin, PricePoint
 from markets.selectors import (
+    PriceUnavailable,
     arbitrage_opportunities,
     price_get_fresh,
     price_quotes,
@@ -96,7 +97,8 @@ def test_fallback_simulated_when_no_prices(simulator, tracked, settings):
     snapshot = prices_snapshot()
     assert snapshot["source"] == "simulated"
     assert set(snapshot["prices"]) == {"bitcoin", "dogecoin", "ethereum"}
-    assert price_get_fresh(coin_id="bitcoin").source == "simulated"
+    with pytest.raises(PriceUnavailable):  # shown, never traded on
+        price_get_fresh(coin_id="bitcoin")
     assert not PricePoint.objects.exists()  # made-up prices are not history
 
 

@@ -134,6 +134,46 @@ def test_stale_price_rejects_with_reason_and_releases_funds():
     assert bal(user, "bitcoin") == (Decimal("1"), 0)
 
 
+def _record_bitcoin(*, source: str = "coingecko", ahead_seconds: float = 0) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from markets.services import prices_record
+
+    prices_record(
+        prices={"bitcoin": Decimal("65000")},
+        source=source,
+        as_of=timezone.now() + timedelta(seconds=ahead_seconds),
+    )
+
+
+@pytest.mark.parametrize(
+    "price", [{"source": "simulated"}, {"ahead_seconds": 3600}], ids=["simulated", "future"]
+)
+def test_no_fill_on_simulated_or_future_prices(price):
+    user = user_create(usd="100000", bitcoin="1")
+    _record_bitcoin(**price)
+    buy = place(user, quantity="0.1")  # reserved against the display price
+    sell = place(user, side="sell", quantity="0.2")
+    resting = place(user, type="limit", limit_price="70000", quantity="0.1")  # would cross
+    process(user)
+    for order in (buy, sell, resting):
+        order.refresh_from_db()
+    assert [buy.reject_reason, sell.reject_reason] == ["stale_price", "stale_price"]
+    assert (buy.status, sell.status, resting.status) == ("rejected", "rejected", "open")
+    assert bal(user, "bitcoin") == (Decimal("1"), 0)
+
+
+def test_a_price_within_the_clock_skew_allowance_is_used():
+    user = user_create(usd="10000")
+    _record_bitcoin(ahead_seconds=1)
+    order = place(user, quantity="0.1")
+    process(user)
+    order.refresh_from_db()
+    assert (order.status, order.filled_price) == ("filled", 65000)
+
+
 def test_market_buy_without_any_price_is_refused_at_once():
     user = user_create(usd="10000")
     from markets.services import coins_seed
@@ -201,6 +241,7 @@ def test_limit_matching_ignores_a_stale_poll():
     order = place(user, type="limit", limit_price="60000", quantity="0.1")
     process(user)
     assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() - 3600) == 0
+    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() + 3600) == 0
     order.refresh_from_db()
     assert order.status == "open"
 
