@@ -313,7 +313,11 @@ class Load:
                 response = await self.call(client, "POST", "/api/v1/auth/signup", json=body)
                 if response is not None and response.status_code == 201:
                     self.signups[email] = self.phase
-                await self.login(client, f"faults-{n % self.args.users}@bench.invalid")
+                # Logged out again at once: MAX_SESSIONS_PER_USER would revoke the traders'.
+                tokens = await self.login(client, f"faults-{n % self.args.users}@bench.invalid")
+                if tokens is not None:
+                    logout = {"refresh": tokens["refresh"]}
+                    await self.call(client, "POST", "/api/v1/auth/logout", json=logout)
                 await asyncio.sleep(1)
 
     async def listener(self) -> None:
@@ -422,6 +426,8 @@ def check(load: Load, platform: Platform, drain_timeout: float) -> dict:
             per[phase]["orders lost"] += 1
             continue
         per[phase]["orders final"] += 1
+        if order["status"] == "rejected":
+            per[phase]["rejected"] += 1
         if order["trades"] > 2:  # one fill moves two assets
             per[phase]["double-filled"] += 1
         if order_id in load.ws_orders and order["status"] not in load.ws_events.get(order_id, ()):
@@ -447,6 +453,7 @@ ROWS = [
     ("sessions lost", "sessions lost (valid -> 401)", "0"),
     ("orders accepted", "orders accepted (201)", None),
     ("orders final", "orders final/open", "= accepted"),
+    ("rejected", "  of which rejected", None),
     ("orders lost", "orders lost (pending/missing)", "0"),
     ("double-filled", "orders double-filled", "0"),
     ("emails queued", "emails queued (signups)", None),
