@@ -4,6 +4,8 @@ Redis isolation: the test run uses its own Redis database (pytest-env sets
 ``REDIS_URL`` in pyproject.toml), flushed around each test so no state leaks.
 """
 
+import threading
+
 import pytest
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
@@ -43,3 +45,34 @@ def celery_worker(transactional_db):
         queues=["celery", "orders"],
     ) as worker:
         yield worker
+
+
+class _TaskResults:
+    """What each task run in this process returned (``task_postrun``): the platform runs
+    Celery without a result backend, and the test worker is a thread of this process."""
+
+    def __init__(self) -> None:
+        self.done: dict[str, tuple[str, object]] = {}
+        self._changed = threading.Condition()
+
+    def record(self, task_id=None, retval=None, state=None, **_) -> None:
+        with self._changed:
+            self.done[task_id] = (state, retval)
+            self._changed.notify_all()
+
+    def wait(self, task_id: str, timeout: float = 30.0) -> tuple[str, object]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: task_id in self.done, timeout=timeout):
+                raise AssertionError(f"task {task_id} did not run within {timeout} s")
+            return self.done[task_id]
+
+
+@pytest.fixture
+def celery_task_results():
+    """``celery_task_results.wait(async_result.id)`` → ``(state, return value)``."""
+    from celery.signals import task_postrun
+
+    results = _TaskResults()
+    task_postrun.connect(results.record, weak=False)
+    yield results
+    task_postrun.disconnect(results.record)

@@ -159,6 +159,17 @@ def price_get_fresh(*, coin_id: str) -> PriceQuote:
     )
 
 
+def prices_tradable() -> dict[str, Decimal]:
+    """``{coin: usd price}`` of every stored price that ``price_get_fresh`` accepts (real,
+    current, not from the future), in one read. The tasks that fill orders or fire
+    alerts read their prices here, never from their message: nobody can hand them one."""
+    return {
+        coin_id: Decimal(quote["usd"])
+        for coin_id, quote in price_quotes().items()
+        if quote["source"] != SIMULATED_SOURCE and not prices_are_stale(as_of_epoch=quote["as_of"])
+    }
+
+
 # --- coins -----------------------------------------------------------------------------------
 def coin_get(*, coin_id: str) -> Coin | None:
     return Coin.objects.filter(pk=coin_id).first()

@@ -173,8 +173,9 @@ def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list
 
     snapshot = prices_snapshot()
     _tick_hook(realtime.prices_tick_publish, as_of=snapshot["as_of"], prices=snapshot["prices"])
-    _tick_hook(limit_orders_on_prices, prices=prices)
-    _tick_hook(price_alerts_evaluate, prices=prices)
+    # These two read the prices from the store themselves (only real, current ones).
+    _tick_hook(limit_orders_on_prices)
+    _tick_hook(price_alerts_evaluate)
 
 
 @dataclass(frozen=True)

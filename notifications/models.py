@@ -80,6 +80,10 @@ class NotificationPreference(models.Model):
         return f"{self.user_id}: {', '.join(self.email_kinds) or 'no emails'}"
 
 
+# Triggered by a poll, not yet notified (see PriceAlert.notified_at).
+DUE = Q(active=False, triggered_at__isnull=False, notified_at__isnull=True)
+
+
 class PriceAlert(models.Model):
     class Condition(models.TextChoices):
         ABOVE = "above"
@@ -94,6 +98,11 @@ class PriceAlert(models.Model):
     active = models.BooleanField(default=True)
     triggered_at = models.DateTimeField(null=True, blank=True)
     triggered_price = models.DecimalField(max_digits=38, decimal_places=18, null=True, blank=True)
+    # Triggering (a poll crosses the alert) and notifying are two steps: the poll marks
+    # the alert triggered in PostgreSQL, a task creates the notification and sets this.
+    # Triggered but not notified is "due"; a lost task message leaves it due, and the
+    # next poll enqueues the task again.
+    notified_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -107,6 +116,8 @@ class PriceAlert(models.Model):
                 condition=Q(active=True),
             ),
             models.Index(fields=["user", "-created_at"], name="alert_user_created"),
+            # Every poll checks for due alerts; this stays tiny (usually empty).
+            models.Index(fields=["id"], name="alert_due", condition=DUE),
         ]
         constraints = [
             models.CheckConstraint(condition=Q(price__gt=0), name="alert_price_gt_0"),

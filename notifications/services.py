@@ -14,7 +14,7 @@ from typing import Any
 from django.conf import settings
 from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Case, DecimalField, Q, Value, When
 from django.utils import timezone
 
 from accounts.models import User
@@ -23,6 +23,7 @@ from cryptovault.exceptions import ApplicationError
 from notifications import realtime
 from notifications.models import (
     DEFAULT_EMAIL_KINDS,
+    DUE,
     Notification,
     NotificationPreference,
     PriceAlert,
@@ -299,47 +300,56 @@ def price_alert_delete(*, alert: PriceAlert) -> None:
 def _crossing(prices: dict[str, Decimal]) -> Q:
     crossing = Q()
     for coin_id, price in prices.items():
-        if price is None:
-            continue
         crossing |= Q(coin_id=coin_id, condition=PriceAlert.Condition.ABOVE, price__lte=price)
         crossing |= Q(coin_id=coin_id, condition=PriceAlert.Condition.BELOW, price__gte=price)
     return crossing
 
 
-def price_alerts_evaluate(*, prices: dict[str, Decimal]) -> bool:
-    """Hook of the price poll: enqueue the firing of alerts these prices cross.
+def price_alerts_evaluate() -> int:
+    """Hook of the price poll: trigger the alerts that the stored prices cross, and
+    enqueue their notifications (``price_alerts_fire``). Returns how many triggered.
 
-    Cheap by design (it runs inside the poll): one indexed existence query on the
-    active alerts of the polled coins; the firing itself runs in a task, only when
-    something is due. Returns whether a task was enqueued.
+    Prices come from the price store (``markets.selectors.prices_tradable``), never from
+    a caller: simulated, stale or future-dated prices trigger nothing. Triggering is one
+    conditional UPDATE on active alerts (the partial index on active alerts by coin,
+    condition and price): a concurrent evaluation blocks on the same rows, then finds
+    them inactive, so an alert triggers once. The task is enqueued whenever any alert is
+    due, so a lost message (Redis restarted empty) is made good by the next poll.
     """
-    crossing = _crossing(prices)
-    if not crossing or not PriceAlert.objects.filter(crossing, active=True).exists():
-        return False
-    from notifications.tasks import price_alerts_fire
+    from markets.selectors import prices_tradable
 
-    payload = {coin: decimal_str(price) for coin, price in prices.items() if price is not None}
-    # robust: a broker hiccup is logged and must not fail the price poll.
-    transaction.on_commit(lambda: price_alerts_fire.delay(payload), robust=True)
-    return True
+    prices = prices_tradable()
+    triggered = 0
+    if prices:
+        triggered = PriceAlert.objects.filter(_crossing(prices), active=True).update(
+            active=False,
+            triggered_at=timezone.now(),
+            triggered_price=Case(
+                *(When(coin_id=coin, then=Value(price)) for coin, price in prices.items()),
+                output_field=DecimalField(max_digits=38, decimal_places=18),
+            ),
+            notified_at=None,
+        )
+    if triggered or PriceAlert.objects.filter(DUE).exists():
+        from notifications.tasks import price_alerts_fire
+
+        # robust: a broker hiccup is logged and must not fail the price poll.
+        transaction.on_commit(price_alerts_fire.delay, robust=True)
+    return triggered
 
 
-def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
-    """Fire every active alert these prices cross; returns how many fired.
+def price_alerts_fire() -> int:
+    """Notify every due alert (triggered, not yet notified); returns how many.
 
-    An ``above`` alert fires at the first poll whose price is at or above its
-    price (``below`` likewise), then deactivates, so it fires once. Rows are locked
-    with SKIP LOCKED, so overlapping runs never fire an alert twice.
+    Each batch is locked with SKIP LOCKED and marked notified in the transaction that
+    creates its notifications, so overlapping or repeated runs notify each alert once.
     """
-    crossing = _crossing(prices)
-    if not crossing:
-        return 0
     fired = 0
     while True:
         with transaction.atomic():
             due = list(
                 PriceAlert.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(crossing, active=True)
+                .filter(DUE)
                 .select_related("user", "coin")
                 .order_by("pk")[:ALERT_FIRE_BATCH]
             )
@@ -347,10 +357,8 @@ def price_alerts_fire(*, prices: dict[str, Decimal]) -> int:
                 return fired
             now = timezone.now()
             for alert in due:
-                alert.active = False
-                alert.triggered_at = now
-                alert.triggered_price = prices[alert.coin_id]
-            PriceAlert.objects.bulk_update(due, ["active", "triggered_at", "triggered_price"])
+                alert.notified_at = now
+            PriceAlert.objects.bulk_update(due, ["notified_at"])
             with deliveries_batched():
                 for alert in due:
                     _price_alert_notify(alert=alert)

@@ -1,5 +1,3 @@
-from decimal import Decimal
-
 from celery import shared_task
 
 from notifications import services
@@ -25,8 +23,9 @@ def notification_emails_drain() -> int:
     soft_time_limit=120,
     time_limit=150,
 )
-def price_alerts_fire(prices: dict[str, str]) -> int:
-    """Prices travel as decimal strings (JSON); firing is idempotent (alerts deactivate)."""
-    return services.price_alerts_fire(
-        prices={coin: Decimal(price) for coin, price in prices.items()}
-    )
+def price_alerts_fire(*_ignored_args, **_ignored_kwargs) -> int:
+    """Notify the alerts a poll triggered (``price_alerts_evaluate``); idempotent. Takes
+    no arguments: messages from before the poll triggered alerts itself carried prices
+    (``{coin: price}``) and may still sit in the queue after a deploy, and a periodic
+    task can be given any; both are accepted and ignored, so none can fire an alert."""
+    return services.price_alerts_fire()

@@ -7,7 +7,6 @@ database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 """
 
 import logging
-import time
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
@@ -576,39 +575,35 @@ def _queue_head_reject(*, user_id: int) -> int:
     return 1
 
 
-def limit_orders_on_prices(*, prices: dict[str, Decimal]) -> None:
-    """Hook of the price poll: match resting limit orders against these prices.
+def limit_orders_on_prices() -> None:
+    """Hook of the price poll: match resting limit orders against the prices it stored.
 
-    Cheap by design (it runs inside the poll): one task is enqueued, which finds the
-    crossing orders through the partial index on open orders by (coin, side, limit).
+    Cheap by design (it runs inside the poll): one task is enqueued, which reads the
+    price store and finds the crossing orders through the partial index on open orders
+    by (coin, side, limit). A lost message costs nothing: the next poll enqueues again.
     """
     from orders.tasks import limit_orders_match
 
-    if not prices:
-        return
     try:
-        limit_orders_match.delay(
-            {coin: decimal_str(price) for coin, price in prices.items()}, time.time()
-        )
+        limit_orders_match.delay()
     except Exception:
         # Never fail the poll (and the other hooks) over this: the next poll matches.
         logger.exception("could not enqueue limit-order matching")
 
 
-def limit_orders_fill(*, prices: dict[str, Decimal], as_of: float) -> int:
-    """Fill every open limit order that ``prices`` (a poll at ``as_of``) crosses.
+def limit_orders_fill() -> int:
+    """Fill every open limit order that the stored prices cross.
 
+    Prices come from the price store (``markets.selectors.prices_tradable``): never
+    simulated, stale or stamped in the future, and never from a caller, so a task
+    message or a periodic task's arguments cannot set the price anything fills at.
     Each order fills in its own transaction under its row lock, so a concurrent
-    cancel or a second run of the same poll resolves to exactly one outcome.
-    Prices older than ``PRICE_STALE_SECONDS``, or stamped in the future, fill nothing.
+    cancel or a second run resolves to exactly one outcome.
     """
-    from markets.selectors import prices_are_stale
+    from markets.selectors import prices_tradable
 
-    if prices_are_stale(as_of_epoch=as_of):
-        logger.warning("skipping limit matching on a stale poll", extra={"as_of": as_of})
-        return 0
     filled = 0
-    for coin_id, price in prices.items():
+    for coin_id, price in prices_tradable().items():
         if not price.is_finite() or price <= 0:
             continue  # a nonsensical price crosses every buy; never trade on it
         open_orders = Order.objects.filter(status=Order.Status.OPEN, coin_id=coin_id)

@@ -404,6 +404,124 @@ def test_operators_run_periodic_tasks_switches_audited(operator_client, operator
     assert operator_client.get(change).status_code == 200
 
 
+def periodic_task_form(periodic: PeriodicTask, /, **changes) -> dict:
+    """The change form of ``periodic`` as the browser posts it (the full beat form)."""
+    form = {
+        "name": periodic.name,
+        "regtask": "",
+        "task": periodic.task,
+        "enabled": "on" if periodic.enabled else "",
+        "description": periodic.description,
+        "interval": periodic.interval_id or "",
+        "crontab": "",
+        "solar": "",
+        "clocked": "",
+        "start_time_0": "",
+        "start_time_1": "",
+        "one_off": "",
+        "args": periodic.args,
+        "kwargs": periodic.kwargs,
+        "expires_0": "",
+        "expires_1": "",
+        "expire_seconds": "",
+        "queue": periodic.queue or "",
+        "exchange": "",
+        "routing_key": "",
+        "priority": "",
+        "headers": periodic.headers,
+    }
+    form.update(changes)
+    return {key: value for key, value in form.items() if value is not False}
+
+
+def test_operators_switch_periodic_tasks_but_cannot_change_what_they_run(
+    operator_client, operator, admin_client
+):
+    every_10s = IntervalSchedule.objects.create(every=10, period=IntervalSchedule.SECONDS)
+    every_1s = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.SECONDS)
+    task = PeriodicTask.objects.create(
+        name="limit-orders-match", task="orders.limit_orders_match", interval=every_10s
+    )
+    change = reverse("admin:django_celery_beat_periodictask_change", args=[task.pk])
+    form = operator_client.get(change).context["adminform"].form
+    assert sorted(form.fields) == ["description", "enabled"]
+
+    # Everything an attacker would change, posted as the full form: only the switch and
+    # the description are taken.
+    made_up = {
+        "name": "renamed",
+        "task": "notifications.price_alerts_fire",
+        "args": '[{"bitcoin": "1"}, 9999999999]',
+        "kwargs": '{"prices": {"bitcoin": "1"}}',
+        "queue": "celery",
+        "interval": every_1s.pk,
+        "headers": '{"x": 1}',
+    }
+    posted = periodic_task_form(task, enabled=False, description="paused", **made_up)
+    assert operator_client.post(change, posted).status_code == 302
+    stored = PeriodicTask.objects.get(pk=task.pk)
+    assert (stored.enabled, stored.description) == (False, "paused")
+    assert (stored.name, stored.task, stored.args, stored.kwargs) == (
+        "limit-orders-match",
+        "orders.limit_orders_match",
+        "[]",
+        "{}",
+    )
+    assert (stored.queue, stored.interval_id, stored.headers) == (None, every_10s.pk, "{}")
+    changed = audited("admin_changed", actor=operator, target=task).data["changes"]
+    assert changed == [{"changed": {"fields": ["Enabled", "Description"]}}]
+
+    assert operator_client.post(change, periodic_task_form(stored, enabled="on")).status_code == 302
+    assert PeriodicTask.objects.get(pk=task.pk).enabled is True
+
+    # No new tasks, no deletions, no schedule edits for operators.
+    add = reverse("admin:django_celery_beat_periodictask_add")
+    assert operator_client.get(add).status_code == 403
+    delete = reverse("admin:django_celery_beat_periodictask_delete", args=[task.pk])
+    assert operator_client.post(delete, {"post": "yes"}).status_code == 403
+    interval = reverse("admin:django_celery_beat_intervalschedule_change", args=[every_10s.pk])
+    assert operator_client.post(interval, {"every": 1, "period": "seconds"}).status_code == 403
+    assert IntervalSchedule.objects.get(pk=every_10s.pk).every == 10
+    assert PeriodicTask.objects.filter(pk=task.pk).exists()
+
+    # Admins define tasks.
+    stored = PeriodicTask.objects.get(pk=task.pk)
+    edited = periodic_task_form(stored, kwargs='{"note": 1}', interval=every_1s.pk)
+    assert admin_client.post(change, edited).status_code == 302
+    stored = PeriodicTask.objects.get(pk=task.pk)
+    assert (stored.kwargs, stored.interval_id) == ('{"note": 1}', every_1s.pk)
+
+
+def test_the_migration_takes_back_what_operators_may_no_longer_do():
+    import importlib
+
+    from django.apps import apps
+
+    migration = importlib.import_module(
+        "accounts.migrations.0005_operators_only_switch_periodic_tasks"
+    )
+    operator = Group.objects.get(name=OPERATOR_GROUP)
+    models = ("periodictask", "intervalschedule", "crontabschedule", "solarschedule")
+    beat = Permission.objects.filter(
+        content_type__app_label="django_celery_beat",
+        content_type__model__in=[*models, "clockedschedule"],
+    )
+    operator.permissions.add(*beat)  # all of it, as operators held until now
+
+    class SchemaEditor:
+        connection = connection
+
+    migration.operators_revoke(apps, SchemaEditor())
+    assert sorted(operator.permissions.filter(pk__in=beat).values_list("codename", flat=True)) == [
+        "change_periodictask",
+        "view_clockedschedule",
+        "view_crontabschedule",
+        "view_intervalschedule",
+        "view_periodictask",
+        "view_solarschedule",
+    ]
+
+
 def test_role_groups_from_the_migration():
     operator = Group.objects.get(name=OPERATOR_GROUP)
     granted = {
@@ -427,6 +545,10 @@ def test_role_groups_from_the_migration():
             "accounts.delete_user",
             "accounts.change_auditevent",
             "orders.change_ledgerentry",
+            "django_celery_beat.add_periodictask",
+            "django_celery_beat.delete_periodictask",
+            "django_celery_beat.change_intervalschedule",
+            "django_celery_beat.change_crontabschedule",
         }
         & granted
     )

@@ -1,8 +1,10 @@
+from decimal import Decimal
+
 import pytest
 from django.test import Client
 from django.urls import reverse
 
-from markets.services import coins_seed
+from markets.services import coins_seed, prices_record
 from notifications import services
 from notifications.models import Notification
 from notifications.tests.factories import user_create
@@ -165,7 +167,8 @@ class TestAlerts:
         fired = services.price_alert_create(
             user=user, coin_id="bitcoin", condition="above", price=1
         )
-        services.price_alerts_fire(prices={"bitcoin": 2})
+        prices_record(prices={"bitcoin": Decimal(2)})
+        services.price_alerts_evaluate()
         waiting = services.price_alert_create(
             user=user, coin_id="bitcoin", condition="above", price=10
         )

@@ -1,10 +1,14 @@
+import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from django.core import mail
+from django.db import connection
+from django.utils import timezone
 
-from markets.services import coins_seed
+from markets.services import coins_seed, prices_record
 from notifications import services
 from notifications.models import Notification, PriceAlert
 from notifications.tests.factories import user_create
@@ -123,70 +127,152 @@ def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
     assert deliveries.emails is False
 
 
+def poll(prices: dict[str, str], *, age_seconds: float = 0, source: str = "coingecko") -> int:
+    """A poll stores these prices (``age_seconds`` old, negative is in the future), then
+    runs the alerts' tick hook; returns how many alerts it triggered."""
+    prices_record(
+        prices={coin: Decimal(price) for coin, price in prices.items()},
+        source=source,
+        as_of=timezone.now() - timedelta(seconds=age_seconds),
+    )
+    return services.price_alerts_evaluate()
+
+
+def alert_create(coin_id: str, condition: str, price: str, user=None) -> PriceAlert:
+    coins_seed(coin_ids=[coin_id])
+    return services.price_alert_create(
+        user=user or user_create(), coin_id=coin_id, condition=condition, price=Decimal(price)
+    )
+
+
 def test_price_alerts_fire_once_when_crossed():
-    coins_seed(coin_ids=["bitcoin", "ethereum"])
-    user = user_create()
-    above = services.price_alert_create(
-        user=user, coin_id="bitcoin", condition="above", price=Decimal("70000")
-    )
-    below = services.price_alert_create(
-        user=user, coin_id="ethereum", condition="below", price=Decimal("3000")
-    )
-    assert services.price_alerts_fire(prices={"bitcoin": Decimal("69999.99")}) == 0
-    fired = services.price_alerts_fire(
-        prices={"bitcoin": Decimal("70000.5"), "ethereum": Decimal("3100")}
-    )
-    assert fired == 1
+    above = alert_create("bitcoin", "above", "70000")
+    below = alert_create("ethereum", "below", "3000", user=above.user)
+    assert poll({"bitcoin": "69999.99", "ethereum": "3000.01"}) == 0
+    assert poll({"bitcoin": "70000.5", "ethereum": "3100"}) == 1
     above.refresh_from_db()
     below.refresh_from_db()
     assert above.active is False and above.triggered_price == Decimal("70000.5")
+    assert above.notified_at is None  # due: the task notifies
     assert below.active is True
-    # Fires once: a later crossing poll does not notify again.
-    assert services.price_alerts_fire(prices={"bitcoin": Decimal("71000")}) == 0
-    notification = Notification.objects.get(user=user)
+    assert services.price_alerts_fire() == 1
+    # Fires once: a later crossing poll and a repeated task notify nobody again.
+    assert poll({"bitcoin": "71000"}) == 0
+    assert services.price_alerts_fire() == 0
+    notification = Notification.objects.get(user=above.user)
     assert notification.kind == "price_alert"
     assert notification.data["coin"] == "bitcoin"
     assert notification.data["triggered_price"] == "70000.5"
     assert PriceAlert.objects.filter(active=True).count() == 1
 
 
+@pytest.mark.parametrize(
+    "poll_kw",
+    [{"source": "simulated"}, {"age_seconds": 3600}, {"age_seconds": -3600}],
+    ids=["simulated", "stale", "future"],
+)
+def test_alerts_never_trigger_on_prices_that_are_not_real_and_current(poll_kw):
+    alert = alert_create("bitcoin", "below", "60000")
+    assert poll({"bitcoin": "1"}, **poll_kw) == 0
+    alert.refresh_from_db()
+    assert alert.active is True
+
+
 def test_price_alerts_evaluate_enqueues_only_when_something_is_due(
     django_capture_on_commit_callbacks,
 ):
-    coins_seed(coin_ids=["bitcoin"])
-    services.price_alert_create(
-        user=user_create(), coin_id="bitcoin", condition="below", price=Decimal("60000")
-    )
+    alert_create("bitcoin", "below", "60000")
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("60001")}) is False
-        assert services.price_alerts_evaluate(prices={"ethereum": Decimal("1")}) is False
-        assert services.price_alerts_evaluate(prices={}) is False
+        assert poll({"bitcoin": "60001"}) == 0
+        assert poll({"ethereum": "1"}) == 0
+        assert poll({"bitcoin": "1"}, source="simulated") == 0
     assert callbacks == []
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert services.price_alerts_evaluate(prices={"bitcoin": Decimal("60000")}) is True
+        assert poll({"bitcoin": "60000"}) == 1
     assert len(callbacks) == 1
 
 
-def test_alert_already_beyond_its_price_fires_at_the_next_poll():
-    coins_seed(coin_ids=["bitcoin"])
-    alert = services.price_alert_create(
-        user=user_create(), coin_id="bitcoin", condition="below", price=Decimal("80000")
-    )
-    assert services.price_alerts_fire(prices={"bitcoin": Decimal("65000")}) == 1
-    alert.refresh_from_db()
-    assert alert.active is False
+def test_a_due_alert_whose_message_was_lost_fires_once_after_the_next_poll(
+    django_capture_on_commit_callbacks,
+):
+    alert = alert_create("bitcoin", "below", "60000")
+    with django_capture_on_commit_callbacks(execute=False) as lost:
+        assert poll({"bitcoin": "59000"}) == 1
+    assert len(lost) == 1  # never run: the broker lost the message (Redis restarted empty)
+    # The price is back above the alert: it triggers nothing new, but the alert that was
+    # due is still due, so the next poll enqueues the task again.
+    with django_capture_on_commit_callbacks(execute=False) as again:
+        assert poll({"bitcoin": "61000"}) == 0
+    assert len(again) == 1
+    assert services.price_alerts_fire() == 1
+    with django_capture_on_commit_callbacks(execute=False) as after:
+        assert poll({"bitcoin": "59000"}) == 0
+    assert after == []
+    (notification,) = Notification.objects.filter(user=alert.user)
+    assert notification.data["triggered_price"] == "59000"
+
+
+def test_an_alert_reactivated_by_an_operator_fires_again():
+    alert = alert_create("bitcoin", "above", "1")
+    poll({"bitcoin": "2"})
+    services.price_alerts_fire()
+    PriceAlert.objects.filter(pk=alert.pk).update(active=True)
+    assert poll({"bitcoin": "3"}) == 1
+    assert services.price_alerts_fire() == 1
+    assert Notification.objects.filter(user=alert.user).count() == 2
 
 
 def test_price_alerts_fire_in_batches(monkeypatch):
     monkeypatch.setattr(services, "ALERT_FIRE_BATCH", 2)
-    coins_seed(coin_ids=["bitcoin"])
     user = user_create()
     for _ in range(5):
-        services.price_alert_create(
-            user=user, coin_id="bitcoin", condition="above", price=Decimal("1")
-        )
-    assert services.price_alerts_fire(prices={"bitcoin": Decimal("2")}) == 5
+        alert_create("bitcoin", "above", "1", user=user)
+    assert poll({"bitcoin": "2"}) == 5
+    assert services.price_alerts_fire() == 5
     assert Notification.objects.filter(user=user, kind="price_alert").count() == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_polls_and_tasks_notify_each_alert_once():
+    user = user_create()
+    alerts = [alert_create("bitcoin", "above", str(i), user=user) for i in range(1, 21)]
+    prices_record(prices={"bitcoin": Decimal("100")})
+    barrier = threading.Barrier(6)
+    errors: list[Exception] = []
+
+    def evaluate_and_fire(i: int) -> None:
+        barrier.wait()
+        try:
+            if i % 2:
+                services.price_alerts_evaluate()
+            services.price_alerts_fire()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=evaluate_and_fire, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    services.price_alerts_fire()  # whatever a run skipped (locked by another) is done now
+    notified = Notification.objects.filter(user=user).values_list("data__alert_id", flat=True)
+    assert sorted(notified) == sorted(alert.pk for alert in alerts)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_task_ignores_prices_in_an_old_message(celery_worker, celery_task_results):
+    from notifications.tasks import price_alerts_fire
+
+    alert = alert_create("bitcoin", "below", "60000")
+    prices_record(prices={"bitcoin": Decimal("65000")})
+    # The message as enqueued before this change (prices as its argument).
+    sent = price_alerts_fire.delay({"bitcoin": "1"})
+    assert celery_task_results.wait(sent.id) == ("SUCCESS", 0)
+    alert.refresh_from_db()
+    assert alert.active is True and not Notification.objects.exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -25,8 +25,11 @@ def user_create(*, usd: Decimal | str | None = None, **assets: Decimal | str) ->
     return user
 
 
-def coins_and_prices(prices: dict[str, str] | None = None, *, age_seconds: float = 0) -> None:
-    """Track the coins and record their latest prices (``age_seconds`` old)."""
+def coins_and_prices(
+    prices: dict[str, str] | None = None, *, age_seconds: float = 0, source: str = "coingecko"
+) -> None:
+    """Track the coins and record their latest prices (``age_seconds`` old; negative is
+    in the future) as a poll of ``source`` would."""
     from datetime import timedelta
 
     from markets.services import coins_seed, prices_record
@@ -35,6 +38,7 @@ def coins_and_prices(prices: dict[str, str] | None = None, *, age_seconds: float
     coins_seed(coin_ids=list(prices))
     prices_record(
         prices={coin: Decimal(p) for coin, p in prices.items()},
+        source=source,
         as_of=timezone.now() - timedelta(seconds=age_seconds),
     )
 

@@ -120,16 +120,16 @@ def test_racing_repeats_of_one_client_order_id_create_one_order_and_one_reservat
 
 def test_cancel_racing_a_fill_resolves_to_one_outcome():
     for _ in range(5):
+        coins_and_prices({"bitcoin": "65000"})
         user = user_create(usd="10000")
         order = limit_order_place(user, quantity="0.1", limit_price="60000")
         services.order_queue_process(user_id=user.pk)
+        coins_and_prices({"bitcoin": "59000"})  # the poll the fill races the cancel on
 
         def act(i, order=order, user=user):
             if i == 0:
                 return services.order_cancel(order_id=order.pk, user=user).status
-            return services.limit_orders_fill(
-                prices={"bitcoin": Decimal("59000")}, as_of=time.time()
-            )
+            return services.limit_orders_fill()
 
         outcome = race(2, act)
         order.refresh_from_db()
@@ -198,6 +198,35 @@ def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_w
     prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=["ethereum"])
     wait_until(lambda: Order.objects.get(pk=sell.pk).status == "filled")
     assert Balance.objects.get(user=seller, asset=USD).available == Decimal("3196.8")
+
+
+def test_limit_matching_reads_the_price_store_never_its_message(celery_worker, celery_task_results):
+    from orders.tasks import limit_orders_match
+
+    user = user_create(usd="10000")
+    order = limit_order_place(user, quantity="0.1", limit_price="60000")
+    wait_until(lambda: Order.objects.get(pk=order.pk).status == "open")
+    # Made-up crossing prices in the message: the old signature (prices, as_of), as a
+    # queued message from before a deploy or a periodic task's args would carry them.
+    made_up = {"bitcoin": "1"}
+    for sent in (
+        limit_orders_match.delay(made_up, time.time()),
+        limit_orders_match.delay(prices=made_up, as_of=time.time() + 3600),
+    ):
+        assert celery_task_results.wait(sent.id) == ("SUCCESS", 0)
+    assert Order.objects.get(pk=order.pk).status == "open"
+
+    coins_and_prices({"bitcoin": "59000"}, source="simulated")
+    assert celery_task_results.wait(limit_orders_match.delay().id) == ("SUCCESS", 0)
+    assert Order.objects.get(pk=order.pk).status == "open"
+
+    coins_and_prices({"bitcoin": "59000"})  # a real, fresh crossing price in the store
+    assert celery_task_results.wait(limit_orders_match.delay(made_up).id) == ("SUCCESS", 1)
+    order.refresh_from_db()
+    assert (order.status, order.filled_price) == ("filled", Decimal("59000"))
+    assert Balance.objects.get(user=user, asset=USD).available == Decimal("10000") - Decimal(
+        "5905.9"
+    )
 
 
 def test_a_users_orders_pile_up_behind_one_queued_run():

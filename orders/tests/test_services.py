@@ -33,6 +33,12 @@ def process(user) -> None:
     services.order_queue_process(user_id=user.pk)
 
 
+def match(prices: dict[str, str], **poll) -> int:
+    """A poll stores these prices (see ``coins_and_prices``), then limit matching runs."""
+    coins_and_prices(prices, **poll)
+    return services.limit_orders_fill()
+
+
 @pytest.fixture(autouse=True)
 def _market():
     coins_and_prices({"bitcoin": "65000", "ethereum": "3000"})
@@ -134,26 +140,12 @@ def test_stale_price_rejects_with_reason_and_releases_funds():
     assert bal(user, "bitcoin") == (Decimal("1"), 0)
 
 
-def _record_bitcoin(*, source: str = "coingecko", ahead_seconds: float = 0) -> None:
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from markets.services import prices_record
-
-    prices_record(
-        prices={"bitcoin": Decimal("65000")},
-        source=source,
-        as_of=timezone.now() + timedelta(seconds=ahead_seconds),
-    )
-
-
 @pytest.mark.parametrize(
-    "price", [{"source": "simulated"}, {"ahead_seconds": 3600}], ids=["simulated", "future"]
+    "price", [{"source": "simulated"}, {"age_seconds": -3600}], ids=["simulated", "future"]
 )
 def test_no_fill_on_simulated_or_future_prices(price):
     user = user_create(usd="100000", bitcoin="1")
-    _record_bitcoin(**price)
+    coins_and_prices({"bitcoin": "65000"}, **price)
     buy = place(user, quantity="0.1")  # reserved against the display price
     sell = place(user, side="sell", quantity="0.2")
     resting = place(user, type="limit", limit_price="70000", quantity="0.1")  # would cross
@@ -167,7 +159,7 @@ def test_no_fill_on_simulated_or_future_prices(price):
 
 def test_a_price_within_the_clock_skew_allowance_is_used():
     user = user_create(usd="10000")
-    _record_bitcoin(ahead_seconds=1)
+    coins_and_prices({"bitcoin": "65000"}, age_seconds=-1)
     order = place(user, quantity="0.1")
     process(user)
     order.refresh_from_db()
@@ -200,17 +192,17 @@ def test_limit_buy_rests_open_then_fills_on_the_first_crossing_poll_at_the_bette
     order.refresh_from_db()
     assert order.status == "open"
 
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("60001")}, as_of=now()) == 0
+    assert match({"bitcoin": "60001"}) == 0
     order.refresh_from_db()
     assert order.status == "open"
 
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("59000")}, as_of=now()) == 1
+    assert match({"bitcoin": "59000"}) == 1
     order.refresh_from_db()
     assert (order.status, order.filled_price, order.fee) == ("filled", 59000, Decimal("5.9"))
     assert bal(user) == (Decimal("10000") - Decimal("5905.9"), 0)
     assert bal(user, "bitcoin") == (Decimal("0.1"), 0)
     # A later poll finds nothing more to do.
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("58000")}, as_of=now()) == 0
+    assert match({"bitcoin": "58000"}) == 0
 
 
 def test_limit_sell_fills_when_the_price_reaches_it():
@@ -219,8 +211,8 @@ def test_limit_sell_fills_when_the_price_reaches_it():
         user, coin_id="ethereum", side="sell", type="limit", limit_price="3500", quantity="2"
     )
     process(user)
-    assert services.limit_orders_fill(prices={"ethereum": Decimal("3499.99")}, as_of=now()) == 0
-    assert services.limit_orders_fill(prices={"ethereum": Decimal("3600")}, as_of=now()) == 1
+    assert match({"ethereum": "3499.99"}) == 0
+    assert match({"ethereum": "3600"}) == 1
     order.refresh_from_db()
     assert (order.status, order.filled_price, order.fee) == ("filled", 3600, Decimal("7.2"))
     assert bal(user) == (Decimal("7192.8"), 0)
@@ -236,12 +228,13 @@ def test_marketable_limit_fills_at_once_at_the_market_price():
     assert bal(user) == (Decimal("3493.5"), 0)
 
 
-def test_limit_matching_ignores_a_stale_poll():
+def test_limit_matching_ignores_stale_future_and_simulated_prices():
     user = user_create(usd="10000")
     order = place(user, type="limit", limit_price="60000", quantity="0.1")
     process(user)
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() - 3600) == 0
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now() + 3600) == 0
+    assert match({"bitcoin": "1"}, age_seconds=3600) == 0
+    assert match({"bitcoin": "1"}, age_seconds=-3600) == 0
+    assert match({"bitcoin": "1"}, source="simulated") == 0
     order.refresh_from_db()
     assert order.status == "open"
 
@@ -262,7 +255,7 @@ def test_cancel_pending_and_open_release_funds_anything_else_is_409():
         services.order_cancel(order_id=resting.pk, user=user)
     assert (exc.value.status_code, exc.value.code) == (409, "order_not_cancellable")
     # A cancelled order no longer fills.
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("1")}, as_of=now()) == 0
+    assert match({"bitcoin": "1"}) == 0
 
 
 def test_cancel_of_someone_elses_order_is_not_found():
@@ -344,12 +337,6 @@ def test_a_crash_mid_queue_loses_nothing_and_a_rerun_fills_once():
     assert LedgerEntry.objects.filter(order=order).count() == 3
 
 
-def now() -> float:
-    import time
-
-    return time.time()
-
-
 def test_an_order_that_cannot_be_booked_is_rejected_without_blocking_the_queue():
     # 10^12 coins sold at 10^10 usd is beyond what the ledger can hold.
     user = user_create(usd="10000", bitcoin="999999999999")
@@ -397,6 +384,6 @@ def test_a_zero_price_is_never_traded_on():
     resting = place(user, type="limit", limit_price="60000", quantity="0.1")
     coins_and_prices({"bitcoin": "65000"})
     process(user)
-    assert services.limit_orders_fill(prices={"bitcoin": Decimal("0")}, as_of=now()) == 0
+    assert match({"bitcoin": "0"}) == 0
     resting.refresh_from_db()
     assert resting.status == "open"
