@@ -8,6 +8,7 @@ the actions below, which call ``accounts.services`` (those audit who did what, w
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
@@ -36,6 +37,43 @@ admin.site.site_title = "CryptoVault admin"
 admin.site.index_title = "Operations console"
 admin.site.index_template = "admin/cryptovault_index.html"
 admin.site.site_url = None  # no public site to "view": the platform is an API
+
+
+class AdminLoginForm(AdminAuthenticationForm):
+    """The console's login under the API login's rules (accounts.services.admin_login):
+    failures count toward the account's lockout, a locked account is refused even with
+    the right password, every attempt is audited."""
+
+    error_messages = {
+        **AdminAuthenticationForm.error_messages,
+        # Unknown identifiers lock the same way, so this says nothing about who exists.
+        "account_locked": (
+            "Too many failed logins for this account. Try again in %(minutes)s minute(s)."
+        ),
+    }
+
+    def clean(self):
+        identifier = self.cleaned_data.get("username")
+        password = self.cleaned_data.get("password")
+        if identifier is None or not password:
+            return self.cleaned_data  # the field errors say what is missing
+        try:
+            self.user_cache = services.admin_login(
+                identifier=identifier, password=password, request=self.request
+            )
+        except services.AccountLocked as exc:
+            minutes = -(-exc.retry_after // 60)
+            raise forms.ValidationError(
+                self.error_messages["account_locked"],
+                code="account_locked",
+                params={"minutes": minutes},
+            ) from exc
+        except services.AdminLoginRefused as exc:
+            raise self.get_invalid_login_error() from exc
+        return self.cleaned_data
+
+
+admin.site.login_form = AdminLoginForm
 
 PRIVILEGE_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissions")
 # Changed only through actions, which run the services' side effects (bonus, sessions).

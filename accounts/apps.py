@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.contrib.auth.signals import user_logged_in
 from django.db.models.signals import post_migrate
 
 
@@ -9,7 +10,11 @@ class AccountsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the OpenAPI extension for our authentication class.
         from accounts import schema  # noqa: F401
+        from accounts.admin_sessions import admin_session_stamp
         from accounts.roles import roles_on_post_migrate
 
         # Keeps the operator/admin groups' permissions complete as apps add models.
         post_migrate.connect(roles_on_post_migrate, dispatch_uid="accounts.roles_grant")
+        # Session bookkeeping, not business logic: every login starts the admin
+        # session's absolute-limit clock, whichever view (or test client) logged in.
+        user_logged_in.connect(admin_session_stamp, dispatch_uid="accounts.admin_session_stamp")

@@ -1,7 +1,11 @@
+from collections.abc import Iterator
+
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
 from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
+from django.utils.crypto import salted_hmac
 
 
 class UserManager(BaseUserManager["User"]):
@@ -46,6 +50,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     # Google's stable account id, set when the user signs in with Google.
     google_sub = models.CharField(max_length=255, null=True, blank=True, unique=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    # Bumped by "revoke all sessions": part of the session auth hash, so every Django
+    # (admin) session made before the bump stops authenticating (see get_session_auth_hash).
+    sessions_epoch = models.PositiveIntegerField(default=0, editable=False)
 
     objects = UserManager()
 
@@ -69,6 +76,25 @@ class User(AbstractBaseUser, PermissionsMixin):
     @property
     def is_email_verified(self) -> bool:
         return self.email_verified_at is not None
+
+    # Django stores this hash in the session at login and compares it on every request
+    # (django.contrib.auth.get_user), flushing the session on a mismatch. Django hashes
+    # only the password; the epoch makes "revoke all sessions" end admin sessions too,
+    # with no extra query: the user row is read anyway. Both live in PostgreSQL, so no
+    # cache loss can bring a revoked session back.
+    SESSION_AUTH_SALT = "accounts.User.get_session_auth_hash"
+
+    def _session_auth_hash(self, secret: str) -> str:
+        value = f"{self.password}:{self.sessions_epoch}"
+        digest = salted_hmac(self.SESSION_AUTH_SALT, value, secret=secret, algorithm="sha256")
+        return digest.hexdigest()
+
+    def get_session_auth_hash(self) -> str:
+        return self._session_auth_hash(settings.SECRET_KEY)
+
+    def get_session_auth_fallback_hash(self) -> Iterator[str]:
+        for secret in settings.SECRET_KEY_FALLBACKS:
+            yield self._session_auth_hash(secret)
 
 
 class EmailVerification(models.Model):

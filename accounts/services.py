@@ -16,8 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import password_validation
+from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.hashers import make_password
+from django.contrib.sessions.models import Session as DjangoSession
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
@@ -479,7 +480,13 @@ def user_sessions_revoke_all(
     actor: User | None = None,
     request=None,
 ) -> int:
-    """End every session of ``user`` (but ``except_session_id``); returns how many."""
+    """End every session of ``user`` (but ``except_session_id``) and every admin session
+    of theirs; returns how many (API) sessions ended."""
+    # A new epoch changes the user's session auth hash: their Django sessions (the
+    # admin's) fail it on their next request and are flushed (User.get_session_auth_hash).
+    User.objects.filter(pk=user.pk).update(sessions_epoch=F("sessions_epoch") + 1)
+    # The caller's instance must not write the old epoch back on a later save().
+    user.refresh_from_db(fields=["sessions_epoch"])
     ids = list(
         Session.objects.filter(user=user, revoked_at__isnull=True)
         .exclude(pk=except_session_id)
@@ -572,6 +579,7 @@ def session_logout(*, refresh_token: str, request=None) -> None:
 class AccountLocked(ApplicationError):
     def __init__(self, retry_after: int) -> None:
         retry_after = max(1, retry_after)
+        self.retry_after = retry_after
         super().__init__(
             "Too many failed logins; try again later.",
             code="account_locked",
@@ -604,14 +612,21 @@ def login_lock_check(*, identifier: str) -> None:
     _lock_check(_lockout_key(identifier)[0])
 
 
-def _login_failed(*, key: str, identifier: str, user: User | None, request) -> None:
+def _login_failed(
+    *,
+    key: str,
+    identifier: str,
+    user: User | None,
+    request,
+    action: str = AuditEvent.Action.LOGIN_FAILED,
+) -> None:
     redis = get_redis_connection("default")
     pipe = redis.pipeline()
     pipe.incr(_FAIL_KEY.format(key))
     pipe.expire(_FAIL_KEY.format(key), LOCKOUT_WINDOW_SECONDS, nx=True)
     failures = pipe.execute()[0]
     audit_record(
-        action=AuditEvent.Action.LOGIN_FAILED,
+        action=action,
         target=user,
         request=request,
         data={"identifier": identifier[:254], "failures": failures},
@@ -690,6 +705,51 @@ def user_login(*, identifier: str, password: str, request=None) -> tuple[User, d
     with transaction.atomic():
         tokens = _login_complete(user=user, action=AuditEvent.Action.LOGIN, request=request)
     return user, tokens
+
+
+class AdminLoginRefused(Exception):
+    """Wrong credentials, or an account that may not use the console (same answer)."""
+
+
+def admin_login(*, identifier: str, password: str, request) -> User:
+    """The admin console's password check, under the API login's rules: the same
+    per-account lockout (failures here and at ``user_login`` add up) and the same audit
+    (``admin_login`` / ``admin_login_failed``, ``lockout``). Returns the staff user to
+    log in; raises AccountLocked or AdminLoginRefused."""
+    key, account = _lockout_key(identifier)
+    try:
+        _lock_check(key)
+    except AccountLocked:
+        audit_record(
+            action="admin_login_failed",
+            target=account,
+            request=request,
+            data={"identifier": identifier[:254], "reason": "locked"},
+        )
+        raise
+    # Django's backends (the admin's usual check); an inactive account gets None.
+    user = authenticate(request, username=identifier, password=password)
+    if user is None:
+        _login_failed(
+            key=key,
+            identifier=identifier,
+            user=account,
+            request=request,
+            action="admin_login_failed",
+        )
+        raise AdminLoginRefused
+    get_redis_connection("default").delete(_FAIL_KEY.format(key))
+    if not user.is_staff:
+        # The right password of a regular account: not a guess, so not counted.
+        audit_record(
+            action="admin_login_failed",
+            target=user,
+            request=request,
+            data={"identifier": identifier[:254], "reason": "not_staff"},
+        )
+        raise AdminLoginRefused
+    audit_record(action="admin_login", actor=user, target=user, request=request)
+    return user
 
 
 # --- Google sign-in ----------------------------------------------------------------
@@ -904,8 +964,8 @@ RESET_ROW_RETENTION = timedelta(days=1)
 
 def accounts_prune() -> dict[str, int]:
     """Close session rows whose idle deadline passed, and delete rows nobody can use
-    any more (ended sessions after 30 days, expired codes and reset links). The audit
-    log is kept."""
+    any more (ended sessions after 30 days, expired admin sessions, expired codes and
+    reset links). The audit log is kept."""
     now = timezone.now()
     closed = Session.objects.filter(revoked_at__isnull=True, idle_expires_at__lte=now).update(
         revoked_at=now, revoked_reason="expired"
@@ -915,6 +975,8 @@ def accounts_prune() -> dict[str, int]:
         "sessions_deleted": Session.objects.filter(
             revoked_at__lt=now - SESSION_ROW_RETENTION
         ).delete()[0],
+        # Django's own sessions (the admin's) are never read past expire_date.
+        "admin_sessions_deleted": DjangoSession.objects.filter(expire_date__lt=now).delete()[0],
         "verifications_deleted": EmailVerification.objects.filter(
             expires_at__lt=now - VERIFICATION_ROW_RETENTION
         ).delete()[0],

@@ -123,23 +123,12 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 def admin_login(request, extra_context=None):
-    """The admin's login page, rate limited per client address, every attempt audited
-    (who got into the console, and who tried)."""
+    """The admin's login page, rate limited per client address; its form
+    (accounts.admin.AdminLoginForm) applies the per-account lockout and audits."""
     if request.method == "POST":
         try:
             rate_limit(request, group="admin-login", rate=ADMIN_LOGIN_RATE)
         except ApplicationError as exc:  # over the limit (429) or Redis down (503)
             body = {"detail": exc.message, "code": exc.code}
             return JsonResponse(body, status=exc.status_code, headers=exc.headers)
-    response = admin.site.login(request, extra_context)
-    if request.method == "POST":
-        if response.status_code == 302:  # logged in, on the way to the console
-            audit_record(
-                action="admin_login", actor=request.user, target=request.user, request=request
-            )
-        else:
-            identifier = request.POST.get("username", "")[:254]
-            audit_record(
-                action="admin_login_failed", request=request, data={"identifier": identifier}
-            )
-    return response
+    return admin.site.login(request, extra_context)

@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "accounts.admin_sessions.AdminSessionMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
@@ -202,6 +203,13 @@ SIMPLE_JWT = {
 }
 SESSION_IDLE_SECONDS = env.int("SESSION_IDLE_SECONDS", default=1200)
 MAX_SESSIONS_PER_USER = env.int("MAX_SESSIONS_PER_USER", default=5)
+# Admin sessions (Django's, cookie-identified) live in PostgreSQL: losing Redis logs no
+# operator out, and "revoke all sessions" (User.sessions_epoch) holds whatever the cache
+# does. Idle timeout and absolute limit since login: accounts/admin_sessions.py.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+ADMIN_SESSION_IDLE_SECONDS = env.int("ADMIN_SESSION_IDLE_SECONDS", default=30 * 60)
+ADMIN_SESSION_MAX_SECONDS = env.int("ADMIN_SESSION_MAX_SECONDS", default=12 * 3600)
+SESSION_COOKIE_AGE = ADMIN_SESSION_IDLE_SECONDS
 # Daily: close idled-out session rows, drop expired codes and reset links.
 CELERY_BEAT_SCHEDULE["accounts-prune"] = {"task": "accounts.prune", "schedule": 86400.0}
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")

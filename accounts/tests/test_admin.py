@@ -597,7 +597,7 @@ def test_admin_login_is_audited_and_rate_limited(client, operator, user, monkeyp
     # A regular user's right password does not open the console.
     assert client.post(login, {"username": user.email, "password": PASSWORD}).status_code == 200
     failed = AuditEvent.objects.get(action="admin_login_failed")
-    assert failed.data == {"identifier": user.email}
+    assert failed.data == {"identifier": user.email, "reason": "not_staff"}
     statuses = [
         client.post(login, {"username": operator.email, "password": "wrong"}).status_code
         for _ in range(3)

@@ -96,6 +96,7 @@ def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
     from datetime import timedelta
 
     import jwt
+    from django.contrib.sessions.models import Session as DjangoSession
     from django.utils import timezone
 
     from accounts.models import EmailVerification, PasswordResetToken, Session
@@ -112,13 +113,18 @@ def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
     )
     EmailVerification.objects.create(user=user, code_hash="x", token_hash="y", expires_at=old)
     PasswordResetToken.objects.create(user=user, token_hash="z", expires_at=old)
+    DjangoSession.objects.create(session_key="e" * 32, session_data="", expire_date=old)
+    soon = timezone.now() + timedelta(minutes=5)
+    DjangoSession.objects.create(session_key="l" * 32, session_data="", expire_date=soon)
 
     assert accounts_prune() == {
         "sessions_closed": 1,
         "sessions_deleted": 1,
+        "admin_sessions_deleted": 1,
         "verifications_deleted": 1,
         "resets_deleted": 1,
     }
+    assert list(DjangoSession.objects.values_list("session_key", flat=True)) == ["l" * 32]
     assert Session.objects.get(pk=idle_sid).revoked_reason == "expired"
     assert api.get("me", token=live["access"]).status_code == 200
     assert api.get("me", token=idle["access"]).status_code == 401
