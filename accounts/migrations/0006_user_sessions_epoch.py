@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('accounts', '0004_session_idle_expires_at'),
+        ('accounts', '0005_operators_only_switch_periodic_tasks'),
     ]
 
     operations = [
