@@ -13,4 +13,6 @@ COPY --chown=app:app . .
 USER app
 
 EXPOSE 8000 8765
-CMD ["python", "-m", "uvicorn", "cryptovault.asgi:application", "--host", "0.0.0.0", "--port", "8000"]
+# No access log (its lines carry query strings, /ws/user?token= included) and no
+# forwarded headers believed unless FORWARDED_ALLOW_IPS names the proxies.
+CMD ["sh", "-c", "exec python -m uvicorn cryptovault.asgi:application --host 0.0.0.0 --port 8000 --no-access-log --proxy-headers --forwarded-allow-ips \"${FORWARDED_ALLOW_IPS:-127.0.0.1}\""]

@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 
+# Everything run from here is development: dev keys and local hosts (DEBUG defaults to
+# off, and production refuses to start without its own keys). The caller's DEBUG wins.
+export DEBUG ?= true
+
 .PHONY: install run test lint format services migrate seed bench clean
 
 install: $(STAMP)

@@ -16,18 +16,11 @@ class SessionJWTAuthentication(JWTAuthentication):
     def get_user(self, validated_token):
         # Imported here: DRF imports this class while rest_framework.views is still
         # initialising, and the selectors' imports lead back to it.
-        from redis.exceptions import RedisError
-
         from accounts.selectors import session_user_get
-        from cryptovault.exceptions import ApplicationError
 
-        try:
-            user = session_user_get(token=validated_token)
-        except RedisError as exc:
-            # Sessions cannot be checked: a dependency is down, not the client's fault.
-            raise ApplicationError(
-                "The session store is unavailable.", code="service_unavailable", status_code=503
-            ) from exc
+        # A session store that cannot answer raises one of DEPENDENCY_ERRORS, which
+        # DependencyOutageMiddleware answers as a JSON 503 with Retry-After.
+        user = session_user_get(token=validated_token)
         if user is None:
             raise AuthenticationFailed("Session has ended.", code="session_revoked")
         return user

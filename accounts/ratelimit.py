@@ -8,8 +8,6 @@ renders the ApplicationError. ``RATELIMIT_ENABLE=false`` turns every limit off.
 from collections.abc import Callable
 
 from django_ratelimit.core import get_usage
-from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import RedisError
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
@@ -45,14 +43,9 @@ def rate_limit(
     key: str | Callable = ratelimit_key_ip,
 ) -> None:
     """Count this request against ``group`` and raise RateLimited when over the rate."""
-    try:
-        usage = get_usage(request, group=group, key=key, rate=rate or LIMITS[group], increment=True)
-    except (ConnectionInterrupted, RedisError) as exc:
-        # Limits live in Redis: without it the request cannot be judged, so say 503.
-        raise ApplicationError(
-            "The rate-limit store is unavailable.",
-            code="service_unavailable",
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        ) from exc
+    # Limits live in Redis: without it the request cannot be judged, so it is not served
+    # (no failing open). The cache's error is one of DEPENDENCY_ERRORS, which
+    # DependencyOutageMiddleware answers as a JSON 503 with Retry-After.
+    usage = get_usage(request, group=group, key=key, rate=rate or LIMITS[group], increment=True)
     if usage is not None and usage["should_limit"]:
         raise RateLimited(usage["time_left"])

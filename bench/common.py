@@ -4,6 +4,7 @@ meter of the CPU each part of the platform uses."""
 import os
 import sys
 from collections.abc import Sequence
+from functools import cache
 
 # Ten coins at realistic levels, as decimal strings.
 PRICES = {
@@ -11,6 +12,28 @@ PRICES = {
     "solana": "150.25", "ripple": "0.5512", "usd-coin": "0.9999", "cardano": "0.4501",
     "dogecoin": "0.15023", "tron": "0.1201",
 }  # fmt: skip
+
+
+@cache
+def production_env() -> dict[str, str]:
+    """Production settings (DEBUG off, which refuses to start without its own keys) with
+    throwaway keys. Cached: the bench process and every server it starts share them, as
+    they verify each other's tokens."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return {
+        "DEBUG": "false",
+        "SECRET_KEY": "bench-" + os.urandom(24).hex(),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "RSA_PRIVATE_KEY": pem.decode(),
+    }
 
 
 def uvicorn_command(

@@ -40,7 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, uvicorn_command  # noqa: E402
+from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
+
+# Production settings, as deployed; the server started below inherits them.
+for _name, _value in production_env().items():
+    os.environ.setdefault(_name, _value)
 
 
 def parse_args() -> argparse.Namespace:

@@ -35,7 +35,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import uvicorn_command  # noqa: E402
+from bench.common import production_env, uvicorn_command  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FAULTS = ("baseline", "redis", "postgres", "worker", "web", "source429")
@@ -71,9 +71,7 @@ class Platform:
             **os.environ,
             "DATABASE_URL": f"postgres://postgres@127.0.0.1:{args.pg_port}/cvfaults",
             "REDIS_URL": f"redis://127.0.0.1:{args.redis_port}/0",
-            "DEBUG": "false",
-            "SECRET_KEY": "faults-" + os.urandom(16).hex(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            **production_env(),
             "RATELIMIT_ENABLE": "false",
             "MARKET_DATA_URL": f"http://127.0.0.1:{args.simulator_port}/api/v3",
             "EMAIL_BACKEND": "django.core.mail.backends.filebased.EmailBackend",

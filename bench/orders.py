@@ -36,12 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import CpuMeter, uvicorn_command  # noqa: E402
+from bench.common import CpuMeter, production_env, uvicorn_command  # noqa: E402
 
 # A production-like configuration (no debug query log), shared with the server and
 # worker started below, which must verify the tokens this process issues.
-os.environ.setdefault("SECRET_KEY", "bench-" + os.urandom(16).hex())
-os.environ.setdefault("ALLOWED_HOSTS", "127.0.0.1,localhost")
+for name, value in production_env().items():
+    os.environ.setdefault(name, value)
 os.environ["DEBUG"] = "false"
 
 COINS = {"bitcoin": Decimal("65000"), "ethereum": Decimal("3000")}

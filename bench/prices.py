@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, uvicorn_command  # noqa: E402
+from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -62,9 +62,7 @@ def start_server(app: str, port: int) -> subprocess.Popen:
         env={
             **os.environ,
             "RATELIMIT_ENABLE": "false",
-            "DEBUG": "false",
-            "SECRET_KEY": "bench",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            **production_env(),
         },  # fmt: skip
     )
 

@@ -29,12 +29,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.common import production_env  # noqa: E402
+
 # One configuration for this process (which seeds users and issues their tokens) and
 # every server it starts: production-like, no rate limits.
 os.environ.update(
-    DEBUG="false",
-    SECRET_KEY=os.environ.get("SECRET_KEY", "bench-scale-" + "k" * 40),
-    ALLOWED_HOSTS="127.0.0.1,localhost",
+    **production_env(),
     RATELIMIT_ENABLE="false",
     LOG_LEVEL="WARNING",
     TRUSTED_PROXIES="127.0.0.1",

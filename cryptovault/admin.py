@@ -128,7 +128,7 @@ def admin_login(request, extra_context=None):
     if request.method == "POST":
         try:
             rate_limit(request, group="admin-login", rate=ADMIN_LOGIN_RATE)
-        except ApplicationError as exc:  # over the limit (429) or Redis down (503)
+        except ApplicationError as exc:  # over the limit (429)
             body = {"detail": exc.message, "code": exc.code}
             return JsonResponse(body, status=exc.status_code, headers=exc.headers)
     return admin.site.login(request, extra_context)

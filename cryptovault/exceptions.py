@@ -24,6 +24,10 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # Redis is up but refuses writes for now: full (maxmemory) or a replica after a
+    # failover. django-redis wraps both in ConnectionInterrupted; raw clients do not.
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
     ConnectionInterrupted,
     BrokerOperationalError,
 )

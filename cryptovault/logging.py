@@ -1,12 +1,90 @@
-"""Request-id propagation for logs: one context variable, set per request or task."""
+"""Logging: request-id propagation (one context variable, set per request or task) and
+the redaction of tokens carried in query strings."""
 
 import logging
+import logging.config
+import re
 from contextvars import ContextVar
+from typing import Any
+from urllib.parse import unquote_plus
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+# uvicorn logs through its own handlers, set up before it imports the application. Its
+# WebSocket handshake lines ('"WebSocket /ws/user?token=..." [accepted]') are INFO on
+# uvicorn.error, whatever --no-access-log says; uvicorn.access has the same paths.
+UVICORN_LOGGERS = ("uvicorn.error", "uvicorn.access")
+
+# One query parameter inside any text: a path, a request line, a request's repr.
+_QUERY_PARAMETER = re.compile(r"(?P<name>[?&][^?&=\s\"'#<>]*)=(?P<value>[^&\s\"'#<>]*)")
+REDACTED = "[redacted]"
+_UNTOUCHED = (int, float, bool, type(None))
+# Attributes every LogRecord has; anything else came with ``extra=`` (Django adds the
+# request to django.request records, and its repr holds the full path with the query).
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+
+def _redact_parameter(match: re.Match) -> str:
+    # The application decodes parameter names, so "%74oken" names a token as well.
+    if "token" in unquote_plus(match["name"][1:]).lower():
+        return f"{match['name']}={REDACTED}"
+    return match[0]
+
+
+def redact_tokens(text: str) -> str:
+    """``text`` with the value of every query parameter whose name holds "token"
+    (``token``, ``access_token`` ...) replaced by ``[redacted]``."""
+    if "=" not in text:
+        return text
+    return _QUERY_PARAMETER.sub(_redact_parameter, text)
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_tokens(value)
+    if isinstance(value, _UNTOUCHED):
+        return value
+    try:
+        text = str(value)
+    except Exception:  # a log call must never fail on an odd argument
+        return value
+    redacted = redact_tokens(text)
+    # Unchanged objects stay objects: formatters and handlers may want them as they are.
+    return value if redacted == text else redacted
+
+
+class TokenRedactionFilter(logging.Filter):
+    """Redacts tokens in query strings from a record's message, its arguments and its
+    extra attributes, before any handler formats it.
+
+    Attached to the JSON console handler (every record that reaches the root logger) and
+    to uvicorn's own loggers (:func:`configure`). The arguments keep their positions, as
+    uvicorn's access formatter unpacks them.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = _scrubbed(record.msg)
+        if isinstance(record.args, dict):
+            record.args = {key: _scrubbed(value) for key, value in record.args.items()}
+        elif record.args:
+            record.args = tuple(_scrubbed(value) for value in record.args)
+        for name, value in list(vars(record).items()):
+            if name not in _RECORD_ATTRIBUTES:
+                setattr(record, name, _scrubbed(value))
+        return True
 
 
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
+
+
+def configure(config: dict) -> None:
+    """Django's LOGGING_CONFIG: the settings' LOGGING, then the redaction on uvicorn's
+    loggers (a ``loggers`` entry there would replace uvicorn's handlers)."""
+    logging.config.dictConfig(config)
+    for name in UVICORN_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, TokenRedactionFilter) for f in logger.filters):
+            logger.addFilter(TokenRedactionFilter())

@@ -1,8 +1,9 @@
 """CryptoVault settings: one file, configured entirely from the environment.
 
 Every knob is read through the single ``env`` object (django-environ). Local
-defaults make ``make run`` work on a developer machine; production (``DEBUG``
-off) refuses to start without an explicit ``SECRET_KEY``.
+defaults apply only in development (``DEBUG=true``, which ``make run`` and the tests
+set); production (``DEBUG`` off, the default) refuses to start without its own
+``SECRET_KEY``, JWT signing key, ``ALLOWED_HOSTS`` and RSA key.
 """
 
 from datetime import timedelta
@@ -17,17 +18,14 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
-DEBUG = env.bool("DEBUG", default=True)
+# Off unless asked: a deploy that forgets it must not run on the public dev keys.
+# `make run` and the tests turn it on (Makefile, pyproject's pytest-env).
+DEBUG = env.bool("DEBUG", default=False)
 _DEV_SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production"  # noqa: S105
 SECRET_KEY = env.str("SECRET_KEY", default=_DEV_SECRET_KEY if DEBUG else "")
-if not DEBUG and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET_KEY):
-    raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off.")
-
 ALLOWED_HOSTS = env.list(
     "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]", "testserver"] if DEBUG else []
 )
-if not DEBUG and not ALLOWED_HOSTS:
-    raise ImproperlyConfigured("ALLOWED_HOSTS must be set when DEBUG is off.")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 HTTPS = env.bool("HTTPS", default=False)
@@ -214,6 +212,34 @@ SESSION_COOKIE_AGE = ADMIN_SESSION_IDLE_SECONDS
 CELERY_BEAT_SCHEDULE["accounts-prune"] = {"task": "accounts.prune", "schedule": 86400.0}
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")
 RSA_PRIVATE_KEY_FILE = env.str("RSA_PRIVATE_KEY_FILE", default=str(BASE_DIR / ".keys/rsa.pem"))
+
+# Production refuses to start on anything a developer machine would make up: the dev
+# SECRET_KEY (it also signs JWTs unless JWT_SIGNING_KEY is set), no host list, or a
+# password-transport key that accounts.crypto would otherwise have to generate.
+if not DEBUG:
+    _missing = []
+    if not SECRET_KEY or SECRET_KEY == _DEV_SECRET_KEY:
+        _missing.append("SECRET_KEY must be set to a secret of your own")
+    if not ALLOWED_HOSTS:
+        _missing.append("ALLOWED_HOSTS must be set")
+    # Unset, JWT_SIGNING_KEY is SECRET_KEY, which the first check covers.
+    if SIMPLE_JWT["SIGNING_KEY"] != SECRET_KEY and SIMPLE_JWT["SIGNING_KEY"] in (
+        "",
+        _DEV_SECRET_KEY,
+    ):
+        _missing.append("JWT_SIGNING_KEY must be a secret of your own (or unset: SECRET_KEY)")
+    if not RSA_PRIVATE_KEY.strip() and not (
+        Path(RSA_PRIVATE_KEY_FILE).is_file() and Path(RSA_PRIVATE_KEY_FILE).stat().st_size
+    ):
+        _missing.append(
+            "RSA_PRIVATE_KEY (PEM) or RSA_PRIVATE_KEY_FILE (an existing PEM file) must be set"
+        )
+    if _missing:
+        raise ImproperlyConfigured(
+            "DEBUG is off (production) and the configuration is unsafe: "
+            + "; ".join(_missing)
+            + ". Set them, or DEBUG=true for development."
+        )
 GOOGLE_CLIENT_IDS = env.list("GOOGLE_CLIENT_IDS", default=[])
 RATELIMIT_ENABLE = env.bool("RATELIMIT_ENABLE", default=True)
 RATELIMIT_USE_CACHE = "default"
@@ -354,11 +380,17 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Logging: one JSON object per line, each carrying the request id ---------------
+# No access token reaches a log line: query parameters named like a token are redacted
+# from every record (cryptovault/logging.py), uvicorn's included.
 LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOGGING_CONFIG = "cryptovault.logging.configure"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "cryptovault.logging.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "cryptovault.logging.RequestIdFilter"},
+        "redact_tokens": {"()": "cryptovault.logging.TokenRedactionFilter"},
+    },
     "formatters": {
         "json": {
             "()": "pythonjsonlogger.json.JsonFormatter",
@@ -370,7 +402,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["request_id"],
+            "filters": ["request_id", "redact_tokens"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

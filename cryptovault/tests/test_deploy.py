@@ -7,6 +7,7 @@ with PyYAML (anchors resolved); deploy/nginx.conf is checked with ``nginx -t`` a
 served by a real nginx when one is installed (scripts/scale_demo.sh installs it).
 """
 
+import ipaddress
 import re
 import shutil
 import socket
@@ -135,6 +136,69 @@ def test_compose_web_is_scalable_behind_nginx():
     assert nginx["depends_on"]["web"]["condition"] == "service_healthy"
     assert any(str(p).endswith(":80") for p in nginx["ports"])
     assert "TRUSTED_PROXIES" in web["environment"]
+
+
+def test_compose_trusts_forwarded_headers_only_from_its_own_network():
+    document = compose()
+    subnets = [c["subnet"] for c in document["networks"]["default"]["ipam"]["config"]]
+    assert len(subnets) == 1
+    network = ipaddress.ip_network(subnets[0])
+    assert network.is_private
+    for name, service in document["services"].items():
+        # Every service is on the default network (so nginx's address is in the subnet).
+        assert set(service.get("networks", ["default"])) == {"default"}, name
+
+    for name in ("web", "migrate", "worker", "beat", "simulator"):
+        environment = document["services"][name]["environment"]
+        for variable in ("TRUSTED_PROXIES", "FORWARDED_ALLOW_IPS"):
+            trusted = [ipaddress.ip_network(v) for v in environment[variable].split(",")]
+            assert all(t.subnet_of(network) for t in trusted), (name, variable)
+    command = " ".join(document["services"]["web"]["command"])
+    assert '--forwarded-allow-ips "$$FORWARDED_ALLOW_IPS"' in command
+    assert "*" not in command
+
+
+def web_commands() -> dict[str, str]:
+    """Every way this repository starts uvicorn."""
+    procfile = dict(
+        line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line
+    )
+    dockerfile_cmd = next(
+        line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD")
+    )
+    k8s_web = k8s_objects("Deployment")["cryptovault-web"]["spec"]["template"]["spec"]
+    return {
+        "Procfile": procfile["web"],
+        "Dockerfile": dockerfile_cmd,
+        "compose": " ".join(compose()["services"]["web"]["command"]),
+        "k8s": " ".join(k8s_web["containers"][0]["command"]),
+    }
+
+
+@pytest.mark.parametrize("where", ["Procfile", "Dockerfile", "compose", "k8s"])
+def test_uvicorn_never_writes_an_access_log(where):
+    # Its lines carry query strings: /ws/user?token=<access JWT>.
+    command = web_commands()[where]
+    assert "uvicorn" in command
+    assert "--no-access-log" in command
+
+
+def test_no_access_token_reaches_an_edge_log():
+    conf = NGINX_CONF.read_text()
+    log_format = re.search(r"log_format cv .*?;", conf, re.S).group(0)
+    for variable in ("$request_uri", "$request ", '$request"', "$args", "$query_string"):
+        assert variable not in log_format
+    assert '"uri":"$uri"' in log_format and "$cv_log_query" in log_format
+    # The map nginx evaluates, checked with Python's re (the same PCRE subset).
+    pattern = re.search(r'map \$args \$cv_log_query \{\s*"~\*([^"]+)" "\[redacted\]";', conf)
+    redacted = re.compile(pattern.group(1), re.I)
+    for query in ("token=eyJ.x.y", "since=4&token=eyJ", "TOKEN=a", "%74oken=a", "access_token=a"):
+        assert redacted.search(query), query
+    for query in ("days=30", "coins=bitcoin,ethereum&since=12", "search=tok"):
+        assert not redacted.search(query), query
+
+    ingress = k8s_objects("Ingress")["cryptovault"]["metadata"]["annotations"]
+    assert ingress["nginx.ingress.kubernetes.io/enable-access-log"] == "false"
 
 
 def test_nginx_conf_balances_http_and_websockets_and_passes_client_headers():

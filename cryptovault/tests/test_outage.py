@@ -2,14 +2,20 @@
 TCP proxy the test cuts and restores, then recovery without restarting anything."""
 
 import asyncio
+import shutil
+import socket
+import subprocess
+import time
 
 import httpx
 import psycopg2
 import pytest
+import redis
 import websockets
 from channels.routing import ProtocolTypeRouter, URLRouter
 from django.conf import settings
 from django.db import connection
+from django.test import Client
 
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.asgi_handler import PooledThreadsASGIHandler
@@ -194,3 +200,82 @@ def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
     with uvicorn_in_thread(application, ws="auto") as address:
         _assert_service_unavailable(httpx.get(f"http://{address}/api/v1/prices", timeout=20))
         assert asyncio.run(prices_socket_status(address)) == 503
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def full_redis(tmp_path):
+    """A throwaway redis-server on a free port that refuses every write: maxmemory is
+    already exceeded and nothing may be evicted."""
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - fixed arguments
+        [
+            executable,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+            "--maxmemory",
+            "1",
+            "--maxmemory-policy",
+            "noeviction",
+        ],  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_redis_refusing_writes_is_503_json_on_auth_rate_limits_and_the_admin(full_redis, settings):
+    user = user_create()
+    client = Client()
+    access = client.post(
+        "/api/v1/auth/login",
+        {"email": user.email, "password": PASSWORD},
+        content_type="application/json",
+    ).json()["access"]
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": full_redis,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.5, "SOCKET_TIMEOUT": 0.5},
+        }
+    }
+
+    responses = [
+        # The session check writes through the raw client (OutOfMemoryError) ...
+        client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {access}"}),
+        # ... rate limits through the cache (ConnectionInterrupted), in DRF and the admin.
+        client.post("/api/v1/auth/forgot-password", {"email": "x@example.com"}, "application/json"),
+        client.post("/admin/login/", {"username": user.email, "password": PASSWORD}),
+    ]
+    for response in responses:
+        assert response.status_code == 503, response.content
+        assert response["Content-Type"].startswith("application/json")
+        assert response.json()["code"] == "service_unavailable"
+        assert int(response["Retry-After"]) >= 1

@@ -1,17 +1,47 @@
-"""Production safety: the settings module must refuse unsafe configurations."""
+"""Safe defaults: without DEBUG the settings module is production and refuses to start
+on anything a developer machine would make up. Each case starts a fresh interpreter
+with a clean environment (nothing inherited but PATH), as a deploy would."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
 ROOT = Path(__file__).resolve().parents[2]
+DEV_SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production"
+SETUP = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
 
 
-def run_django(args: list[str], **env: str) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if k not in {"SECRET_KEY", "DEBUG"}}
+@pytest.fixture(scope="module")
+def rsa_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+@pytest.fixture
+def production(rsa_pem, tmp_path) -> dict[str, str]:
+    """A complete production configuration; each test takes one piece away."""
+    return {
+        "SECRET_KEY": "a-long-random-production-secret-" + "x7Qp2" * 10,
+        "ALLOWED_HOSTS": "api.example.com",
+        "RSA_PRIVATE_KEY": rsa_pem,
+        # The checkout's dev key (.keys/rsa.pem, made by `make run`) must not count.
+        "RSA_PRIVATE_KEY_FILE": str(tmp_path / "absent.pem"),
+    }
+
+
+def run_python(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    clean = {"PATH": os.environ["PATH"], "DJANGO_SETTINGS_MODULE": "cryptovault.settings"}
     return subprocess.run(  # noqa: S603 - fixed interpreter and arguments
-        [sys.executable, "manage.py", *args],
+        [sys.executable, *args],
         cwd=ROOT,
         env={**clean, **env},
         capture_output=True,
@@ -20,33 +50,66 @@ def run_django(args: list[str], **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_production_refuses_to_start_without_secret_key():
-    result = run_django(["check"], DEBUG="false", ALLOWED_HOSTS="api.example.com")
+def django_setup(**env: str) -> subprocess.CompletedProcess:
+    return run_python(["-c", SETUP], **env)
+
+
+def test_debug_defaults_to_off_and_production_starts_when_everything_is_given(production):
+    result = django_setup(**production)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"SECRET_KEY": None}, "SECRET_KEY must be set"),
+        ({"SECRET_KEY": DEV_SECRET_KEY}, "SECRET_KEY must be set"),
+        ({"ALLOWED_HOSTS": None}, "ALLOWED_HOSTS must be set"),
+        ({"RSA_PRIVATE_KEY": None}, "RSA_PRIVATE_KEY (PEM) or RSA_PRIVATE_KEY_FILE"),
+        ({"JWT_SIGNING_KEY": DEV_SECRET_KEY}, "JWT_SIGNING_KEY must be a secret of your own"),
+        ({"JWT_SIGNING_KEY": ""}, "JWT_SIGNING_KEY must be a secret of your own"),
+    ],
+    ids=["no-secret-key", "dev-secret-key", "no-hosts", "no-rsa-key", "dev-jwt-key", "empty-jwt"],
+)
+def test_production_refuses_to_start_without_each_required_setting(production, change, message):
+    env = {**production, **change}
+    result = django_setup(**{k: v for k, v in env.items() if v is not None})
 
     assert result.returncode != 0
-    assert "SECRET_KEY must be set" in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+    assert message in result.stderr
+    assert "DEBUG is off (production)" in result.stderr
 
 
-def test_production_refuses_to_start_without_allowed_hosts():
-    result = run_django(["check"], DEBUG="false", SECRET_KEY="k" * 64)
+def test_production_accepts_an_existing_rsa_key_file(production, rsa_pem, tmp_path):
+    key_file = tmp_path / "rsa.pem"
+    key_file.write_text(rsa_pem)
+    env = {**production, "RSA_PRIVATE_KEY_FILE": str(key_file)}
+    del env["RSA_PRIVATE_KEY"]
+
+    assert django_setup(**env).returncode == 0
+
+
+def test_production_lists_everything_missing_at_once():
+    result = django_setup(RSA_PRIVATE_KEY_FILE="/nonexistent/rsa.pem")
 
     assert result.returncode != 0
-    assert "ALLOWED_HOSTS must be set" in result.stderr
+    for message in ("SECRET_KEY must be set", "ALLOWED_HOSTS must be set", "RSA_PRIVATE_KEY"):
+        assert message in result.stderr
 
 
-def test_check_deploy_is_clean_for_a_production_config():
-    result = run_django(
-        ["check", "--deploy", "--fail-level", "WARNING"],
-        DEBUG="false",
-        SECRET_KEY="a-long-random-production-secret-" + "x7Qp2" * 10,
-        ALLOWED_HOSTS="api.example.com",
-        HTTPS="true",
+def test_check_deploy_is_clean_for_a_production_config(production):
+    result = run_python(
+        ["manage.py", "check", "--deploy", "--fail-level", "WARNING"], HTTPS="true", **production
     )
 
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-def test_development_defaults_start_without_configuration():
-    result = run_django(["check"])
+def test_development_mode_starts_without_configuration(tmp_path):
+    result = django_setup(DEBUG="true", RSA_PRIVATE_KEY_FILE=str(tmp_path / "dev.pem"))
 
     assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
