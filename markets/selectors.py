@@ -51,6 +51,10 @@ TICKERS_KEY_PREFIX = "cv:markets:tickers:coin:"
 DETAILS_KEY_PREFIX = "cv:markets:upstream:details:"
 CHART_KEY_PREFIX = "cv:markets:upstream:chart:"
 PCT = Decimal("0.0001")
+# GET /prices per client IP and minute (fixed windows): a page polling every second fits
+# five times over. The other market endpoints use django-ratelimit (markets/apis.py).
+PRICES_PER_MINUTE = 300
+PRICES_RATE_KEY_PREFIX = "cv:markets:ratelimit:prices:"
 
 # The stale flag sits before "prices" in the stored body, so the first match is the flag.
 STALE_FALSE = b'"stale":false'
@@ -128,10 +132,26 @@ def _async_redis() -> aioredis.Redis:
     return client
 
 
-async def prices_snapshot_bytes_async() -> bytes:
-    """``prices_snapshot_bytes`` for async callers: no thread hop, no ORM, one MGET."""
-    body, as_of_raw = await _async_redis().mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-    return prices_body_render(body=body, as_of_raw=as_of_raw)
+async def prices_snapshot_bytes_async(*, client_ip: str) -> tuple[bytes, int]:
+    """``prices_snapshot_bytes`` for async callers, counted against ``client_ip``'s
+    ``PRICES_PER_MINUTE`` (unless ``RATELIMIT_ENABLE`` is off): ``(body, 0)``, or
+    ``(b"", seconds to wait)`` when over the rate. No thread hop, no ORM, and one round
+    trip: the MGET and the per-minute counter travel in one pipeline."""
+    redis = _async_redis()
+    if not settings.RATELIMIT_ENABLE:
+        body, as_of_raw = await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        return prices_body_render(body=body, as_of_raw=as_of_raw), 0
+    now = time.time()
+    window = int(now // 60)
+    key = f"{PRICES_RATE_KEY_PREFIX}{client_ip}:{window}"
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        (body, as_of_raw), count, _ = await pipe.execute()
+    if count > PRICES_PER_MINUTE:
+        return b"", max(1, math.ceil((window + 1) * 60 - now))
+    return prices_body_render(body=body, as_of_raw=as_of_raw), 0
 
 
 def prices_snapshot() -> dict:
