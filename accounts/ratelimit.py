@@ -7,6 +7,7 @@ renders the ApplicationError. ``RATELIMIT_ENABLE=false`` turns every limit off.
 
 from collections.abc import Callable
 
+import orjson
 from django_ratelimit.core import get_usage
 from rest_framework import status
 
@@ -24,11 +25,20 @@ LIMITS = {
 }
 
 
+def rate_limited_message(retry_after: int) -> str:
+    return f"Too many requests. Try again in {retry_after} seconds."
+
+
+def rate_limited_body(retry_after: int) -> bytes:
+    """The 429 body, for lanes answering outside DRF's exception handler."""
+    return orjson.dumps({"detail": rate_limited_message(retry_after), "code": "rate_limited"})
+
+
 class RateLimited(ApplicationError):
     def __init__(self, retry_after: int) -> None:
         retry_after = max(1, retry_after)
         super().__init__(
-            f"Too many requests. Try again in {retry_after} seconds.",
+            rate_limited_message(retry_after),
             code="rate_limited",
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
             headers={"Retry-After": str(retry_after)},

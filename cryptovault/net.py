@@ -27,12 +27,12 @@ def _is_trusted(address: str) -> bool:
     return any(ip in net for net in _networks(tuple(settings.TRUSTED_PROXIES)))
 
 
-def client_ip(request: HttpRequest) -> str:
-    peer = request.META.get("REMOTE_ADDR") or "0.0.0.0"  # noqa: S104 - a value, not a bind
+def client_ip_from(*, peer: str, forwarded_for: str) -> str:
+    """The client address, given the direct peer and its ``X-Forwarded-For`` header."""
     if not _is_trusted(peer):
         return peer
     # Walk the chain from the nearest hop; the first untrusted address is the client.
-    hops = [h.strip() for h in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if h.strip()]
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
     for hop in reversed(hops):
         if not _is_trusted(hop):
             try:
@@ -40,6 +40,13 @@ def client_ip(request: HttpRequest) -> str:
             except ValueError:
                 return peer
     return hops[0] if hops else peer
+
+
+def client_ip(request: HttpRequest) -> str:
+    return client_ip_from(
+        peer=request.META.get("REMOTE_ADDR") or "0.0.0.0",  # noqa: S104 - a value, not a bind
+        forwarded_for=request.META.get("HTTP_X_FORWARDED_FOR", ""),
+    )
 
 
 def ratelimit_key_ip(group: str, request: HttpRequest) -> str:

@@ -281,6 +281,17 @@ MARKET_DATA_DEADLINE = env.float("MARKET_DATA_DEADLINE", default=8.0)
 # Venue tickers: one coin per run, round-robin, so 6 s adds 10 calls/min to the 6 of the
 # price poll, inside CoinGecko Demo's ~30/min with room for details and charts.
 TICKERS_POLL_SECONDS = env.int("TICKERS_POLL_SECONDS", default=6)
+# Upstream calls per sliding minute (every attempt counts, as CoinGecko counts them), and
+# the part of them only the price poll may spend: details, history and tickers share the
+# rest (default 30 - 10 = 20: 10 for tickers, 10 for details and charts).
+MARKET_DATA_BUDGET_PER_MINUTE = env.int("MARKET_DATA_BUDGET_PER_MINUTE", default=30)
+MARKET_DATA_POLL_RESERVED_PER_MINUTE = env.int("MARKET_DATA_POLL_RESERVED_PER_MINUTE", default=10)
+# How long a request waits for another request's upstream fetch of the same data before
+# it serves the last copy (or a 503) instead.
+MARKET_DATA_SINGLE_FLIGHT_WAIT = env.float("MARKET_DATA_SINGLE_FLIGHT_WAIT", default=3.0)
+# Fetched details and charts are kept this long past their freshness, to serve while
+# the budget or the source says no.
+MARKET_DATA_LAST_COPY_SECONDS = env.int("MARKET_DATA_LAST_COPY_SECONDS", default=86400)
 ARBITRAGE_MIN_NET_PCT = Decimal(env.str("ARBITRAGE_MIN_NET_PCT", default="0"))
 ARBITRAGE_MAX_AGE_SECONDS = env.int("ARBITRAGE_MAX_AGE_SECONDS", default=600)
 # Taker fee per venue (CoinGecko exchange id); others pay ARBITRAGE_DEFAULT_FEE.

@@ -11,19 +11,35 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.ratelimit import rate_limit, rate_limited_body
 from cryptovault.exceptions import read_only_method_check
+from cryptovault.net import client_ip
 from cryptovault.pagination import PageNumberPagination, paginated_response
 from markets import selectors
 
 logger = logging.getLogger(__name__)
 
 
+# Per client IP and minute (django-ratelimit, ``RATELIMIT_ENABLE``). Details and history
+# may reach the source, so they are the tightest. GET /prices is counted in its own lane
+# (``selectors.PRICES_PER_MINUTE``).
+RATES = {"coins": "120/m", "coin-detail": "30/m", "coin-history": "30/m", "arbitrage": "60/m"}
+
+
 class PublicApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    rate_group: str
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        # Before anything else, unknown coins included: probing ids costs the same.
+        rate_limit(request, group=f"markets-{self.rate_group}", rate=RATES[self.rate_group])
 
 
 class CoinListApi(PublicApi):
+    rate_group = "coins"
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CoinListInput"
@@ -63,6 +79,8 @@ def _coin_or_404(coin_id: str):
 
 
 class CoinDetailApi(PublicApi):
+    rate_group = "coin-detail"
+
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CoinDetail"
@@ -95,6 +113,8 @@ class CoinDetailApi(PublicApi):
 
 
 class CoinHistoryApi(PublicApi):
+    rate_group = "coin-history"
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "CoinHistoryInput"
@@ -122,6 +142,8 @@ class CoinHistoryApi(PublicApi):
 
 
 class ArbitrageApi(PublicApi):
+    rate_group = "arbitrage"
+
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "ArbitrageInput"
@@ -174,5 +196,12 @@ async def prices(request: HttpRequest) -> HttpResponse:
     if (refused := read_only_method_check(request)) is not None:
         return refused
     # Redis down: DependencyOutageMiddleware answers 503 service_unavailable.
-    body = await selectors.prices_snapshot_bytes_async()
+    body, retry_after = await selectors.prices_snapshot_bytes_async(client_ip=client_ip(request))
+    if retry_after:
+        return HttpResponse(
+            rate_limited_body(retry_after),
+            status=429,
+            content_type="application/json",
+            headers={"Retry-After": str(retry_after)},
+        )
     return HttpResponse(body, content_type="application/json")

@@ -12,11 +12,14 @@ Redis layout of the price store (written only by ``markets.services.prices_recor
 
 import asyncio
 import logging
+import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -25,11 +28,18 @@ from django.db import connections, router
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 from django_redis import get_redis_connection
+from redis.exceptions import LockError
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
 from markets.models import Coin, PricePoint
-from markets.sources import SourceError, SourceNotFound, source_client
+from markets.sources import (
+    SourceError,
+    SourceNotFound,
+    SourceRateLimited,
+    fetch_seconds_max,
+    source_client,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +47,14 @@ PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
 PRICES_BODY_KEY = "cv:markets:prices:body"
 PRICES_QUOTES_KEY = "cv:markets:prices:quotes"
 TICKERS_KEY_PREFIX = "cv:markets:tickers:coin:"
-DETAILS_KEY_PREFIX = "cv:markets:details:"
-CHART_KEY_PREFIX = "cv:markets:chart:"
+# Upstream-backed reads: ``{"at": epoch fetched, "data": ...}``, kept past freshness.
+DETAILS_KEY_PREFIX = "cv:markets:upstream:details:"
+CHART_KEY_PREFIX = "cv:markets:upstream:chart:"
 PCT = Decimal("0.0001")
+# GET /prices per client IP and minute (fixed windows): a page polling every second fits
+# five times over. The other market endpoints use django-ratelimit (markets/apis.py).
+PRICES_PER_MINUTE = 300
+PRICES_RATE_KEY_PREFIX = "cv:markets:ratelimit:prices:"
 
 # The stale flag sits before "prices" in the stored body, so the first match is the flag.
 STALE_FALSE = b'"stale":false'
@@ -117,10 +132,26 @@ def _async_redis() -> aioredis.Redis:
     return client
 
 
-async def prices_snapshot_bytes_async() -> bytes:
-    """``prices_snapshot_bytes`` for async callers: no thread hop, no ORM, one MGET."""
-    body, as_of_raw = await _async_redis().mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-    return prices_body_render(body=body, as_of_raw=as_of_raw)
+async def prices_snapshot_bytes_async(*, client_ip: str) -> tuple[bytes, int]:
+    """``prices_snapshot_bytes`` for async callers, counted against ``client_ip``'s
+    ``PRICES_PER_MINUTE`` (unless ``RATELIMIT_ENABLE`` is off): ``(body, 0)``, or
+    ``(b"", seconds to wait)`` when over the rate. No thread hop, no ORM, and one round
+    trip: the MGET and the per-minute counter travel in one pipeline."""
+    redis = _async_redis()
+    if not settings.RATELIMIT_ENABLE:
+        body, as_of_raw = await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        return prices_body_render(body=body, as_of_raw=as_of_raw), 0
+    now = time.time()
+    window = int(now // 60)
+    key = f"{PRICES_RATE_KEY_PREFIX}{client_ip}:{window}"
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        pipe.incr(key)
+        pipe.expire(key, 120)
+        (body, as_of_raw), count, _ = await pipe.execute()
+    if count > PRICES_PER_MINUTE:
+        return b"", max(1, math.ceil((window + 1) * 60 - now))
+    return prices_body_render(body=body, as_of_raw=as_of_raw), 0
 
 
 def prices_snapshot() -> dict:
@@ -168,6 +199,55 @@ def prices_tradable() -> dict[str, Decimal]:
         for coin_id, quote in price_quotes().items()
         if quote["source"] != SIMULATED_SOURCE and not prices_are_stale(as_of_epoch=quote["as_of"])
     }
+
+
+# --- upstream-backed reads -------------------------------------------------------------------
+def _copy_get(redis, key: str) -> dict | None:
+    raw = redis.get(key)
+    return orjson.loads(raw) if raw is not None else None
+
+
+def upstream_read(*, key: str, fresh_seconds: int, fetch: Callable[[], Any]) -> Any:
+    """``fetch()``'s result, cached under ``key`` for ``fresh_seconds``, single-flight.
+
+    One request at a time fetches a key (a Redis lock); the others wait up to
+    ``MARKET_DATA_SINGLE_FLIGHT_WAIT`` for its result and never fetch themselves, so a
+    burst on one key costs one upstream call. The copy outlives its freshness by
+    ``MARKET_DATA_LAST_COPY_SECONDS`` and serves whenever a fresh one cannot be had (the
+    source failed, the budget said no, a fetch is taking long). Raises ``SourceError``
+    only when there is no copy at all.
+    """
+    redis = get_redis_connection("default")
+    copy = _copy_get(redis, key)
+    if copy is not None and time.time() - copy["at"] < fresh_seconds:
+        return copy["data"]
+    lock = redis.lock(f"{key}:lock", timeout=fetch_seconds_max())
+    if lock.acquire(blocking=False):
+        try:
+            data = fetch()
+            redis.set(
+                key,
+                orjson.dumps({"at": time.time(), "data": data}),
+                ex=fresh_seconds + settings.MARKET_DATA_LAST_COPY_SECONDS,
+            )
+            return data
+        except SourceError:
+            if copy is None:
+                raise
+            logger.warning("upstream read failed, last copy served", extra={"key": key})
+            return copy["data"]
+        finally:
+            try:
+                lock.release()
+            except LockError:  # expired meanwhile; nothing of ours to release
+                logger.warning("upstream read outlived its lock", extra={"key": key})
+    # Someone else is fetching: its release is our signal that the copy is as new as it gets.
+    if lock.acquire(blocking=True, blocking_timeout=settings.MARKET_DATA_SINGLE_FLIGHT_WAIT):
+        lock.release()
+        copy = _copy_get(redis, key) or copy
+    if copy is None:
+        raise SourceError(f"{key}: another request's fetch did not answer in time")
+    return copy["data"]
 
 
 # --- coins -----------------------------------------------------------------------------------
@@ -234,25 +314,27 @@ def coin_list(*, search: str | None = None) -> list[dict]:
 
 
 def coin_details(*, coin: Coin) -> dict:
-    """Description, links, supply, ATH/ATL from the source (cached in Redis for
-    ``COIN_DETAILS_CACHE_SECONDS``), with our own latest quote on top. When the source is
-    down and nothing is cached, the coin is still served, with empty details."""
-    redis = get_redis_connection("default")
-    key = DETAILS_KEY_PREFIX + coin.id
-    raw = redis.get(key)
-    if raw is not None:
-        details = orjson.loads(raw)
-    else:
+    """Description, links, supply, ATH/ATL from the source (fresh for
+    ``COIN_DETAILS_CACHE_SECONDS``, fetched single-flight), with our own latest quote on
+    top. When the source cannot answer, the last copy serves; with none, the coin is still
+    served, with empty details."""
+
+    def fetch() -> dict:
         try:
             with source_client() as client:
-                details = client.coin_details(coin_id=coin.id)
+                return client.coin_details(coin_id=coin.id)
         except SourceNotFound:
-            details = {}
-        except SourceError as exc:
-            logger.warning("coin details unavailable", extra={"coin": coin.id, "error": str(exc)})
-            details = None
-        if details is not None:
-            redis.set(key, orjson.dumps(details), ex=settings.COIN_DETAILS_CACHE_SECONDS)
+            return {}
+
+    try:
+        details = upstream_read(
+            key=DETAILS_KEY_PREFIX + coin.id,
+            fresh_seconds=settings.COIN_DETAILS_CACHE_SECONDS,
+            fetch=fetch,
+        )
+    except SourceError as exc:
+        logger.warning("coin details unavailable", extra={"coin": coin.id, "error": str(exc)})
+        details = None
     details = details or {}
     market = details.get("market_data") or {}
     quote = price_quotes().get(coin.id, {})
@@ -285,6 +367,13 @@ def coin_details(*, coin: Coin) -> dict:
 def history_step_seconds(days: int) -> int:
     """CoinGecko's market_chart granularity: 5-minutely for 1 day, hourly to 90, daily beyond."""
     return 300 if days <= 1 else 3600 if days <= 90 else 86400
+
+
+def history_fetch_days(days: int) -> int:
+    """The ``days`` fetched upstream for a request of ``days``: the longest span of the
+    same granularity, sliced down after. Every request then maps to one of three cache
+    keys per coin, so a client walking through ``days`` cannot spend the budget."""
+    return 1 if days <= 1 else 90 if days <= 90 else 365
 
 
 def _history_from_db(*, coin_id: str, since: datetime, step: int) -> list[list]:
@@ -323,26 +412,35 @@ def coin_history(*, coin_id: str, days: int) -> list[list]:
     )
     if covered:
         return _history_from_db(coin_id=coin_id, since=since, step=step)
-    redis = get_redis_connection("default")
-    key = f"{CHART_KEY_PREFIX}{coin_id}:{days}"
-    cached = redis.get(key)
-    if cached is not None:
-        return orjson.loads(cached)
-    try:
+    fetch_days = history_fetch_days(days)
+
+    def fetch() -> list[list]:
         with source_client() as client:
-            points = client.market_chart(coin_id=coin_id, days=days)
+            points = client.market_chart(coin_id=coin_id, days=fetch_days)
+        return [[ms, format(price.normalize(), "f")] for ms, price in points]
+
+    try:
+        points = upstream_read(
+            key=f"{CHART_KEY_PREFIX}{coin_id}:{fetch_days}",
+            fresh_seconds=min(history_step_seconds(fetch_days), 3600),
+            fetch=fetch,
+        )
     except SourceError as exc:
         logger.warning("market chart unavailable", extra={"coin": coin_id, "error": str(exc)})
         if earliest is not None:  # a partial history beats none
             return _history_from_db(coin_id=coin_id, since=since, step=step)
+        retry_after = exc.retry_after if isinstance(exc, SourceRateLimited) else None
         raise ApplicationError(
             "Price history is unavailable right now.",
             code="history_unavailable",
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": str(math.ceil(retry_after))} if retry_after else None,
         ) from exc
-    encoded = [[ms, format(price.normalize(), "f")] for ms, price in points]
-    redis.set(key, orjson.dumps(encoded), ex=min(step, 3600))
-    return encoded
+    if not points:
+        return points
+    # Relative to the series' own end (when it was fetched), as CoinGecko counts days.
+    since_ms = points[-1][0] - days * 86_400_000
+    return [point for point in points if point[0] >= since_ms]
 
 
 # --- arbitrage ---------------------------------------------------------------------------

@@ -5,11 +5,17 @@ Every payload is validated strictly before anything is returned: a field of the 
 type, a non-finite or non-positive price, or invalid JSON raises ``SourceError`` so
 callers keep their last good data instead of caching garbage.
 
-Rate limits: CoinGecko counts every call (errors too), so a 429 puts the whole platform
-in a shared back-off (a Redis key) until the reset its ``x-ratelimit-*`` / ``Retry-After``
-headers announce; calls made meanwhile fail fast with ``SourceRateLimited`` without
-spending budget. Server errors and timeouts are retried with exponential back-off while
-a retry can still finish within ``MARKET_DATA_DEADLINE`` seconds of the first attempt.
+Rate limits: CoinGecko counts every call (errors too). Every attempt first takes a slot
+of the shared per-minute budget (``budget_spend``, a sliding 60 s window in Redis,
+``MARKET_DATA_BUDGET_PER_MINUTE``): the price poll may use all of it, every other kind
+of call (details, history, tickers) only what is left after
+``MARKET_DATA_POLL_RESERVED_PER_MINUTE``, so anonymous traffic can never starve the
+poll. A 429 puts the whole platform in a shared back-off (a Redis key) until the reset
+its ``x-ratelimit-*`` / ``Retry-After`` headers announce, and other callers one poll
+period longer, so the poll is first out when it ends; calls made meanwhile fail fast
+with ``SourceRateLimited`` without spending budget. Server errors and timeouts are
+retried with exponential back-off while a retry can still finish within
+``MARKET_DATA_DEADLINE`` seconds of the first attempt.
 """
 
 import json
@@ -32,6 +38,12 @@ from markets.simulator.model import MarketModel
 logger = logging.getLogger(__name__)
 
 BACKOFF_UNTIL_KEY = "cv:markets:source:backoff_until"
+BUDGET_KEY = "cv:markets:source:budget"  # sorted set: one member per call, scored by time
+BUDGET_SHARED_KEY = "cv:markets:source:budget:shared"  # the same, non-poll calls only
+BUDGET_CALLS_KEY = "cv:markets:source:calls"  # hash: kind -> calls, refused:kind -> refusals
+BUDGET_WINDOW_SECONDS = 60
+# Kinds of upstream call. Only POLL may spend the reserved share of the budget.
+POLL, DETAILS, HISTORY, TICKERS, PING = "poll", "details", "history", "tickers", "ping"
 DEFAULT_RATE_LIMIT_WAIT = 60.0  # CoinGecko's window is one minute
 MAX_RATE_LIMIT_WAIT = 300.0
 _STABLE_TARGETS = ("USD", "USDT", "USDC")
@@ -45,6 +57,10 @@ class SourceRateLimited(SourceError):
     def __init__(self, message: str, *, retry_after: float) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class SourceBudgetExhausted(SourceRateLimited):
+    """Our own budget refused the call: it never left, and costs nothing upstream."""
 
 
 class SourceNotFound(SourceError):
@@ -159,16 +175,105 @@ def rate_limit_wait(headers: httpx.Headers, *, now: float | None = None) -> floa
     return min(max(wait, 1.0), MAX_RATE_LIMIT_WAIT)
 
 
-def rate_limited_for() -> float:
-    """Seconds left in the shared back-off (0 when calls may go out)."""
+def _poll_priority_seconds(kind: str) -> float:
+    # After a back-off the poll goes out first; everyone else waits one poll period more.
+    return 0.0 if kind == POLL else float(settings.PRICE_POLL_SECONDS)
+
+
+def rate_limited_for(kind: str = POLL) -> float:
+    """Seconds left in the shared back-off for a call of ``kind`` (0 when it may go out)."""
     raw = get_redis_connection("default").get(BACKOFF_UNTIL_KEY)
-    return max(0.0, float(raw) - time.time()) if raw else 0.0
+    if not raw:
+        return 0.0
+    return max(0.0, float(raw) + _poll_priority_seconds(kind) - time.time())
 
 
 def _rate_limit_start(wait: float) -> None:
     get_redis_connection("default").set(
-        BACKOFF_UNTIL_KEY, repr(time.time() + wait), ex=math.ceil(wait)
+        BACKOFF_UNTIL_KEY,
+        repr(time.time() + wait),
+        ex=math.ceil(wait + _poll_priority_seconds(DETAILS)),
     )
+
+
+def fetch_seconds_max() -> int:
+    """The longest one ``CoinGeckoClient.get`` can take: its deadline plus one attempt that
+    started just before it (connect and read timeouts), with slack for Redis and
+    PostgreSQL around it. Locks held across a fetch expire after this."""
+    attempt = settings.MARKET_DATA_CONNECT_TIMEOUT + settings.MARKET_DATA_READ_TIMEOUT
+    return int(settings.MARKET_DATA_DEADLINE + attempt) + 10
+
+
+# Atomic check-and-spend over a sliding window, on Redis's clock (one clock for every
+# host). KEYS: all calls, shared calls, counters. ARGV: limit, shared limit, window,
+# kind, is_poll. Returns 0 when spent, else the seconds until a slot frees up.
+_BUDGET_SCRIPT = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1000000
+local window = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', t - window)
+local used = redis.call('ZCARD', KEYS[1])
+local shared = redis.call('ZCARD', KEYS[2])
+local poll = ARGV[5] == '1'
+local full = KEYS[1]
+if used < tonumber(ARGV[1]) and (poll or shared < tonumber(ARGV[2])) then
+  local member = now[1] .. '.' .. now[2] .. '.' .. redis.call('HINCRBY', KEYS[3], 'seq', 1)
+  redis.call('ZADD', KEYS[1], t, member)
+  redis.call('EXPIRE', KEYS[1], window + 1)
+  if not poll then
+    redis.call('ZADD', KEYS[2], t, member)
+    redis.call('EXPIRE', KEYS[2], window + 1)
+  end
+  redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+  return '0'
+end
+if used < tonumber(ARGV[1]) then full = KEYS[2] end
+redis.call('HINCRBY', KEYS[3], 'refused:' .. ARGV[4], 1)
+local oldest = redis.call('ZRANGE', full, 0, 0, 'WITHSCORES')
+if oldest[2] == nil then return tostring(window) end
+return tostring(tonumber(oldest[2]) + window - t)
+"""
+
+
+def budget_shared_cap() -> int:
+    """Calls per minute that callers other than the price poll may make."""
+    return max(
+        0, settings.MARKET_DATA_BUDGET_PER_MINUTE - settings.MARKET_DATA_POLL_RESERVED_PER_MINUTE
+    )
+
+
+def budget_spend(kind: str) -> None:
+    """Take one call of ``kind`` from the per-minute budget, or raise
+    ``SourceBudgetExhausted`` with the seconds until a slot frees up."""
+    redis = get_redis_connection("default")
+    wait = float(
+        redis.register_script(_BUDGET_SCRIPT)(
+            keys=[BUDGET_KEY, BUDGET_SHARED_KEY, BUDGET_CALLS_KEY],
+            args=[
+                settings.MARKET_DATA_BUDGET_PER_MINUTE,
+                budget_shared_cap(),
+                BUDGET_WINDOW_SECONDS,
+                kind,
+                "1" if kind == POLL else "0",
+            ],
+        )
+    )
+    if wait > 0:
+        raise SourceBudgetExhausted(
+            f"{kind}: market data budget spent for {wait:.0f}s", retry_after=wait
+        )
+
+
+def budget_usage() -> dict[str, int]:
+    """Calls made and refused by kind since Redis was last emptied, and the calls in the
+    current window (``window``, ``window_shared``): for metrics and the bench."""
+    redis = get_redis_connection("default")
+    counts = {k.decode(): int(v) for k, v in redis.hgetall(BUDGET_CALLS_KEY).items()}
+    counts.pop("seq", None)
+    counts["window"] = redis.zcard(BUDGET_KEY)
+    counts["window_shared"] = redis.zcard(BUDGET_SHARED_KEY)
+    return counts
 
 
 # --- the client ------------------------------------------------------------------------------
@@ -204,14 +309,16 @@ class CoinGeckoClient:
     def close(self) -> None:
         self._http.close()
 
-    def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        """GET ``path`` and decode it; retries 5xx and timeouts, honours rate limits."""
-        waiting = rate_limited_for()
+    def get(self, path: str, params: dict[str, str] | None = None, *, kind: str) -> Any:
+        """GET ``path`` and decode it; retries 5xx and timeouts, honours rate limits. Each
+        attempt spends one call of ``kind`` from the budget (CoinGecko counts retries)."""
+        waiting = rate_limited_for(kind)
         if waiting:
             raise SourceRateLimited(f"rate limited for {waiting:.0f}s more", retry_after=waiting)
         started = time.monotonic()
         attempt = 0
         while True:
+            budget_spend(kind)
             try:
                 response = self._http.get(path, params=params)
             except httpx.TransportError as exc:  # timeouts, refused connections, resets
@@ -243,7 +350,7 @@ class CoinGeckoClient:
 
     # --- endpoints ------------------------------------------------------------------------
     def ping(self) -> bool:
-        return isinstance(self.get("ping"), dict)
+        return isinstance(self.get("ping", kind=PING), dict)
 
     def coins_markets(self, *, ids: list[str]) -> list[MarketQuote]:
         """Latest market data for ``ids`` (one call per 250 coins, CoinGecko's page cap)."""
@@ -253,6 +360,7 @@ class CoinGeckoClient:
             payload = self.get(
                 "coins/markets",
                 {"vs_currency": "usd", "ids": ",".join(chunk), "per_page": str(len(chunk))},
+                kind=POLL,
             )
             quotes.extend(parse_coins_markets(payload, wanted=set(chunk)))
         return quotes
@@ -266,6 +374,7 @@ class CoinGeckoClient:
                 "community_data": "false",
                 "developer_data": "false",
             },
+            kind=DETAILS,
         )
         return parse_coin_details(payload, coin_id=coin_id)
 
@@ -273,11 +382,12 @@ class CoinGeckoClient:
         payload = self.get(
             f"coins/{quote(coin_id, safe='')}/market_chart",
             {"vs_currency": "usd", "days": str(days)},
+            kind=HISTORY,
         )
         return parse_market_chart(payload)
 
     def tickers(self, *, coin_id: str) -> list[VenueQuote]:
-        return parse_tickers(self.get(f"coins/{quote(coin_id, safe='')}/tickers"))
+        return parse_tickers(self.get(f"coins/{quote(coin_id, safe='')}/tickers", kind=TICKERS))
 
 
 # --- payload validation (CoinGecko field names) ---------------------------------------------

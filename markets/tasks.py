@@ -11,6 +11,7 @@ from django_redis import get_redis_connection
 from redis.exceptions import LockError
 
 from markets import services
+from markets.sources import fetch_seconds_max
 
 logger = logging.getLogger(__name__)
 
@@ -18,17 +19,10 @@ PRICES_POLL_LOCK = "cv:markets:lock:prices_poll"
 TICKERS_POLL_LOCK = "cv:markets:lock:tickers_poll"
 
 
-def _poll_budget_seconds() -> int:
-    """Worst case of one run: the client's deadline plus one attempt that started just
-    before it (connect and read timeouts), with slack for Redis and PostgreSQL."""
-    attempt = settings.MARKET_DATA_CONNECT_TIMEOUT + settings.MARKET_DATA_READ_TIMEOUT
-    return int(settings.MARKET_DATA_DEADLINE + attempt) + 10
-
-
 def run_exclusive(lock_name: str, work: Callable[[], object]) -> object | None:
     """Run ``work`` unless another run holds the lock. The lock expires on its own if a
     worker dies mid-run, after the longest a run can take."""
-    lock = get_redis_connection("default").lock(lock_name, timeout=_poll_budget_seconds())
+    lock = get_redis_connection("default").lock(lock_name, timeout=fetch_seconds_max())
     if not lock.acquire(blocking=False):
         logger.info("previous run still going, skipped", extra={"lock": lock_name})
         return None
@@ -45,8 +39,8 @@ def run_exclusive(lock_name: str, work: Callable[[], object]) -> object | None:
     name="markets.prices_poll",
     ignore_result=True,
     expires=settings.PRICE_POLL_SECONDS,
-    soft_time_limit=_poll_budget_seconds(),
-    time_limit=_poll_budget_seconds() + 5,
+    soft_time_limit=fetch_seconds_max(),
+    time_limit=fetch_seconds_max() + 5,
 )
 def prices_poll() -> None:
     run_exclusive(PRICES_POLL_LOCK, services.prices_poll)
@@ -56,8 +50,8 @@ def prices_poll() -> None:
     name="markets.tickers_poll",
     ignore_result=True,
     expires=settings.TICKERS_POLL_SECONDS,
-    soft_time_limit=_poll_budget_seconds(),
-    time_limit=_poll_budget_seconds() + 5,
+    soft_time_limit=fetch_seconds_max(),
+    time_limit=fetch_seconds_max() + 5,
 )
 def tickers_poll() -> None:
     run_exclusive(TICKERS_POLL_LOCK, services.tickers_poll)

@@ -18,6 +18,7 @@ never affected. Dependency-free apart from orjson, so it starts fast and runs an
 import asyncio
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from urllib.parse import parse_qs
@@ -73,11 +74,20 @@ def _positive_price(value) -> float:
     return float(price)
 
 
+def _endpoint(path: str) -> str:
+    """``/api/v3/coins/bitcoin/market_chart`` -> ``coins/<id>/market_chart``."""
+    parts = path.removeprefix("/api/v3/").split("/")
+    if parts[0] == "coins" and len(parts) in (2, 3) and parts[1] not in ("markets", "list"):
+        parts[1] = "<id>"
+    return "/".join(parts)
+
+
 class Simulator:
     def __init__(self, *, seed: int = 42, hang_seconds: float = 30.0) -> None:
         self.model = MarketModel(seed=seed)
         self.fault = "none"
         self.calls = 0  # /api/v3 calls answered, faults included (CoinGecko counts those too)
+        self.calls_by_endpoint: Counter[str] = Counter()  # the same, per endpoint (for benches)
         self.rate_limit_reset_seconds = 5
         self.hang_seconds = hang_seconds
         self.routes: dict[tuple[str, str], Callable] = {
@@ -302,6 +312,8 @@ class Simulator:
     def state(self) -> dict:
         return {
             "fault": self.fault,
+            "calls": self.calls,
+            "calls_by_endpoint": dict(self.calls_by_endpoint),
             "walk": self.model.walk_enabled,
             "prices": {
                 coin_id: {
@@ -375,6 +387,7 @@ class Simulator:
 
     async def _api_response(self, method, path, scope):
         self.calls += 1
+        self.calls_by_endpoint[_endpoint(path)] += 1
         fault = self.fault
         if fault == "error":
             return 500, [], orjson.dumps({"error": "Internal Server Error"})

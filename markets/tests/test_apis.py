@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from markets.models import Coin, PricePoint
 from markets.selectors import prices_snapshot_bytes
-from markets.services import coins_seed, prices_record, tickers_record
+from markets.services import coins_seed, prices_poll, prices_record, tickers_record
 
 
 # --- GET /prices ----------------------------------------------------------------------------
@@ -177,6 +177,26 @@ def test_coin_detail_source_down_still_answers(api_client, simulator, tracked):
     assert api_client.get("/api/v1/coins/bitcoin").json()["description"]  # not cached empty
 
 
+def test_coin_detail_rate_limited_per_ip(api_client, simulator, tracked, settings):
+    from markets.apis import RATES
+
+    allowed = int(RATES["coin-detail"].split("/")[0])
+    for _ in range(allowed):
+        assert api_client.get("/api/v1/coins/bitcoin").status_code == 200
+    # Unknown ids count too, so probing them is no way around the limit.
+    limited = api_client.get("/api/v1/coins/not-a-coin")
+    assert limited.status_code == 429
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited["Retry-After"]) <= 60
+    # Another endpoint has its own count; another client its own bucket.
+    assert api_client.get("/api/v1/coins/bitcoin/history", {"days": 1}).status_code == 200
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    other = api_client.get("/api/v1/coins/bitcoin", HTTP_X_FORWARDED_FOR="203.0.113.9")
+    assert other.status_code == 200
+    settings.RATELIMIT_ENABLE = False
+    assert api_client.get("/api/v1/coins/bitcoin").status_code == 200
+
+
 # --- GET /coins/<id>/history -------------------------------------------------------------------
 @pytest.mark.parametrize("days", ["0", "366", "abc", "-1", "1.5"])
 def test_history_bad_days(api_client, simulator, tracked, days):
@@ -223,6 +243,23 @@ def test_history_source_down_without_rows(api_client, simulator, tracked):
     response = api_client.get("/api/v1/coins/bitcoin/history", {"days": 7})
     assert response.status_code == 503
     assert response.json()["code"] == "history_unavailable"
+
+
+def test_spent_share_refuses_reads_not_the_poll(api_client, simulator, tracked, settings):
+    settings.MARKET_DATA_BUDGET_PER_MINUTE = 4
+    settings.MARKET_DATA_POLL_RESERVED_PER_MINUTE = 2
+    for days in (1, 91):  # two upstream keys: the two calls anonymous clients may spend
+        assert api_client.get("/api/v1/coins/bitcoin/history", {"days": days}).status_code == 200
+    refused = api_client.get("/api/v1/coins/bitcoin/history", {"days": 30})
+    assert refused.status_code == 503
+    assert refused.json()["code"] == "history_unavailable"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    details = api_client.get("/api/v1/coins/bitcoin")
+    assert details.status_code == 200 and details.json()["description"] == ""
+    assert simulator.calls == 2
+    poll = prices_poll()
+    assert poll is not None and poll.source == "coingecko"
+    assert simulator.calls == 3
 
 
 # --- GET /arbitrage -------------------------------------------------------------------------------

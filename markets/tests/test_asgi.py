@@ -101,3 +101,22 @@ async def test_django_answers_what_the_lane_hands_on(snapshot):
     post = await _get(application, method="POST")
     assert post.status_code == 405
     assert post.json()["code"] == "method_not_allowed"
+
+
+async def test_rate_limited_per_ip_in_the_lane_and_in_django(snapshot, settings):
+    from markets.selectors import PRICES_PER_MINUTE
+
+    for _ in range(PRICES_PER_MINUTE):
+        assert (await _get(application)).status_code == 200
+    for app in (application, django_asgi_app):  # one counter, whichever lane answers
+        limited = await _get(app)
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert limited.json()["code"] == "rate_limited"
+        assert limited.headers["x-content-type-options"] == "nosniff"
+    # Another client, as told by a trusted proxy, has its own count.
+    settings.TRUSTED_PROXIES = ["127.0.0.1"]
+    other = await _get(application, headers={"X-Forwarded-For": "203.0.113.9"})
+    assert other.status_code == 200 and other.content == snapshot
+    settings.RATELIMIT_ENABLE = False
+    assert (await _get(application)).status_code == 200

@@ -9,10 +9,14 @@ import pytest
 import respx
 
 from markets.sources import (
+    DETAILS,
+    POLL,
     CoinGeckoClient,
+    SourceBudgetExhausted,
     SourceError,
     SourceNotFound,
     SourceRateLimited,
+    budget_usage,
     rate_limit_wait,
     rate_limited_for,
 )
@@ -346,3 +350,54 @@ def test_coin_id_cannot_escape_its_path(fast_client_settings):
     assert route.calls.last.request.url.raw_path.startswith(
         b"/api/v3/coins/..%2Fexchanges%2Fx%3Fy%3D1"
     )
+
+
+# --- the shared budget and the poll's reserved share ------------------------------------
+@respx.mock
+def test_reserved_share_kept_for_the_poll(fast_client_settings, settings):
+    settings.MARKET_DATA_BUDGET_PER_MINUTE = 5
+    settings.MARKET_DATA_POLL_RESERVED_PER_MINUTE = 2  # 3 for everyone else
+    tickers = respx.get(f"{CG}/coins/bitcoin/tickers").respond(
+        json={"name": "Bitcoin", "tickers": [BINANCE_TICKER]}
+    )
+    details = respx.get(f"{CG}/coins/bitcoin").respond(json={"id": "bitcoin"})
+    markets = respx.get(f"{CG}/coins/markets").respond(json=[BITCOIN_MARKET])
+    with CoinGeckoClient() as client:
+        for _ in range(3):
+            client.tickers(coin_id="bitcoin")
+        with pytest.raises(SourceBudgetExhausted) as refused:
+            client.tickers(coin_id="bitcoin")
+        assert 0 < refused.value.retry_after <= 60
+        with pytest.raises(SourceBudgetExhausted):
+            client.coin_details(coin_id="bitcoin")
+        # The poll still gets through, on the reserved share...
+        for _ in range(2):
+            assert client.coins_markets(ids=["bitcoin"])[0].price == Decimal("70187")
+        # ... and no further than the whole budget.
+        with pytest.raises(SourceBudgetExhausted):
+            client.coins_markets(ids=["bitcoin"])
+    assert (tickers.call_count, details.call_count, markets.call_count) == (3, 0, 2)
+    usage = budget_usage()
+    assert usage["tickers"] == 3 and usage["poll"] == 2 and "details" not in usage
+    assert usage["refused:tickers"] == usage["refused:details"] == usage["refused:poll"] == 1
+    assert usage["window"] == 5 and usage["window_shared"] == 3
+
+
+@respx.mock
+def test_retries_spend_the_budget(fast_client_settings, settings):
+    settings.MARKET_DATA_BUDGET_PER_MINUTE = 2
+    settings.MARKET_DATA_POLL_RESERVED_PER_MINUTE = 0
+    route = respx.get(f"{CG}/ping").respond(500)
+    with CoinGeckoClient() as client, pytest.raises(SourceBudgetExhausted):
+        client.ping()  # two attempts spend the budget; the third is refused at home
+    assert route.call_count == 2
+
+
+@respx.mock
+def test_after_a_429_the_poll_goes_first(fast_client_settings, settings):
+    respx.get(f"{CG}/coins/bitcoin/tickers").respond(429, headers={"retry-after": "10"})
+    with CoinGeckoClient() as client, pytest.raises(SourceRateLimited):
+        client.tickers(coin_id="bitcoin")
+    # Everyone waits out the back-off; everyone but the poll one poll period more.
+    assert 8 < rate_limited_for(POLL) <= 10
+    assert 8 < rate_limited_for(DETAILS) - settings.PRICE_POLL_SECONDS <= 10
