@@ -62,17 +62,14 @@ def outbox_email_add(
     user: User | None = None,
     address: str = "",
     notification: Notification | None = None,
-    wake: bool = True,
 ) -> OutboxEmail:
     """Accept an email: it is sent once the surrounding transaction commits (and never
-    if it rolls back). ``wake=False`` leaves waking the drain to the caller (one wake-up
-    for a batch)."""
+    if it rolls back). (Notifications batch theirs: notifications.services.)"""
     outbox = OutboxEmail.objects.create(
         kind=kind, user=user, address=address, notification=notification
     )
-    if wake:
-        # robust: the row is committed; a broker outage only delays it to the next sweep.
-        transaction.on_commit(outbox_emails_wake, robust=True)
+    # robust: the row is committed; a broker outage only delays it to the next sweep.
+    transaction.on_commit(outbox_emails_wake, robust=True)
     return outbox
 
 

@@ -26,7 +26,7 @@ from notifications.models import (
     OutboxEmail,
     PriceAlert,
 )
-from notifications.outbox import outbox_email_add, outbox_emails_wake
+from notifications.outbox import outbox_emails_wake
 from notifications.serializers import NotificationSerializer
 
 logger = logging.getLogger(__name__)
@@ -38,11 +38,18 @@ ALERT_FIRE_BATCH = 500
 
 class _Deliveries:
     """What one transaction sends once it has committed: each user's frames, in order,
-    as one push, and a wake-up of the email drain if it left emails waiting."""
+    as one push, and a wake-up of the email drain if it left emails in the outbox.
+
+    ``emails`` are the batch's outbox rows, written together (one INSERT) before the
+    transaction commits, by :meth:`emails_save`."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
-        self.emails = False
+        self.emails: list[OutboxEmail] = []
+
+    def emails_save(self) -> None:
+        if self.emails:
+            OutboxEmail.objects.bulk_create(self.emails)
 
     def send(self) -> None:
         for user_id, frames in self.frames.items():
@@ -78,19 +85,23 @@ def deliveries_batched() -> Iterator[None]:
         yield
     finally:
         _batch.reset(token)
+    deliveries.emails_save()
     transaction.on_commit(deliveries.send, robust=True)
 
 
-def _deliver(*, user_id: int, frame: dict, email: bool = False) -> None:
-    """After commit, push ``frame`` to the user's sockets (and wake the email drain):
-    with the surrounding batch if there is one, else on its own."""
+def _deliver(*, user_id: int, frame: dict, email: OutboxEmail | None = None) -> None:
+    """Put ``email`` in the outbox and, after commit, push ``frame`` to the user's
+    sockets (and wake the email drain): with the surrounding batch if there is one,
+    else on its own."""
     deliveries = _batch.get()
     alone = deliveries is None
     if alone:
         deliveries = _Deliveries()
     deliveries.frames.setdefault(user_id, []).append(frame)
-    deliveries.emails |= email
+    if email is not None:
+        deliveries.emails.append(email)
     if alone:
+        deliveries.emails_save()
         transaction.on_commit(deliveries.send, robust=True)
 
 
@@ -110,14 +121,12 @@ def notification_create(
     notification = Notification.objects.create(
         user=user, kind=kind, title=title[:200], body=body, data=data or {}
     )
-    if emailed:
-        outbox_email_add(
-            kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification, wake=False
-        )
     _deliver(
         user_id=user.pk,
         frame={"type": "notification", "notification": NotificationSerializer(notification).data},
-        email=emailed,
+        email=OutboxEmail(kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification)
+        if emailed
+        else None,
     )
     return notification
 

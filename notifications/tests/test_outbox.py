@@ -84,7 +84,7 @@ def test_overlapping_drains_send_each_email_once(settings, monkeypatch):
     monkeypatch.setattr(outbox, "BATCH", 5)
     users = [user_create() for _ in range(20)]
     for user in users:
-        outbox.outbox_email_add(kind="welcome", user=user, wake=False)
+        outbox.outbox_email_add(kind="welcome", user=user)
     drains = [_in_thread(outbox.outbox_emails_drain) for _ in range(2)]
     for thread, _ in drains:
         thread.join(timeout=60)
@@ -101,9 +101,9 @@ def test_a_refused_email_is_retried_later_and_never_holds_up_the_others(settings
     settings.EMAIL_BACKEND = "notifications.tests.backends.BouncingBackend"
     bounced = user_create(email="bounce@example.com")
     others = [user_create() for _ in range(2)]
-    refused = outbox.outbox_email_add(kind="welcome", user=bounced, wake=False)  # first in line
+    refused = outbox.outbox_email_add(kind="welcome", user=bounced)  # first in line
     for user in others:
-        outbox.outbox_email_add(kind="welcome", user=user, wake=False)
+        outbox.outbox_email_add(kind="welcome", user=user)
 
     assert outbox.outbox_emails_drain() == 2
     assert sorted(m.to[0] for m in mail.outbox) == sorted(u.email for u in others)
@@ -127,9 +127,7 @@ def test_a_refused_email_is_retried_later_and_never_holds_up_the_others(settings
 @pytest.mark.django_db
 def test_an_email_refused_every_time_backs_off_then_gives_up(settings):
     settings.EMAIL_BACKEND = "notifications.tests.backends.BouncingBackend"
-    refused = outbox.outbox_email_add(
-        kind="welcome", user=user_create(email="bounce@example.com"), wake=False
-    )
+    refused = outbox.outbox_email_add(kind="welcome", user=user_create(email="bounce@example.com"))
     delays = []
     for attempt in range(1, outbox.MAX_ATTEMPTS + 1):
         OutboxEmail.objects.filter(pk=refused.pk).update(next_attempt_at=timezone.now())
@@ -157,7 +155,7 @@ def test_an_unreachable_mail_server_leaves_every_email_due_later(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", port, 1
     for _ in range(3):
-        outbox.outbox_email_add(kind="welcome", user=user_create(), wake=False)
+        outbox.outbox_email_add(kind="welcome", user=user_create())
     assert outbox.outbox_emails_drain() == 0  # no exception: each row records its failure
     rows = OutboxEmail.objects.all()
     assert {(r.status, r.attempts, r.claimed_until) for r in rows} == {("pending", 1, None)}

@@ -23,7 +23,6 @@ def test_notification_create_persists_and_emails_opted_in_kinds(django_capture_o
     # After commit: one realtime push and one email (price alerts are emailed by default).
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["id"] for f in deliveries.frames[user.pk]] == [notification.pk]
-    assert deliveries.emails is True
     assert OutboxEmail.objects.get().notification == notification
 
 
@@ -38,7 +37,7 @@ def test_notification_create_skips_email_for_kinds_not_opted_in(django_capture_o
         services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
     (deliveries,) = _deliveries(callbacks)
     assert len(deliveries.frames[user.pk]) == 1  # the push only
-    assert deliveries.emails is False
+    assert deliveries.emails == []
     assert not OutboxEmail.objects.exists()
 
 
@@ -54,7 +53,9 @@ def test_a_batch_sends_one_push_per_user_and_wakes_the_email_drain_once(
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["title"] for f in deliveries.frames[alice.pk]] == ["1", "3"]
     assert [f["notification"]["title"] for f in deliveries.frames[bob.pk]] == ["2"]
-    assert deliveries.emails is True
+    # Both emails in the outbox (written together), one wake-up for them.
+    assert [e.notification.title for e in deliveries.emails] == ["1", "3"]
+    assert OutboxEmail.objects.count() == 2
 
 
 def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_callbacks):
@@ -110,7 +111,8 @@ def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.notification_create(user=user, kind="price_alert", title="x")
     (deliveries,) = _deliveries(callbacks)
-    assert deliveries.emails is False
+    assert deliveries.emails == []
+    assert not OutboxEmail.objects.exists()
 
 
 def test_price_alerts_fire_once_when_crossed():
