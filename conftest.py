@@ -31,19 +31,9 @@ def celery_worker(transactional_db):
     Tasks run in this process against the test database, so tests using it must
     use the transactional database (the worker has its own DB connection).
     """
-    from celery.contrib.testing.worker import start_worker
+    from cryptovault.testing import celery_worker_running
 
-    from cryptovault.celery import app
-
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=2,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=30,
-        queues=["celery", "orders"],
-    ) as worker:
+    with celery_worker_running() as worker:
         yield worker
 
 

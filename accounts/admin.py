@@ -233,15 +233,13 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
 
     @admin.action(description="Resend the verification email")
     def resend_verification(self, request, queryset):
-        from accounts.tasks import verification_email_send
-
         sent = 0
         for user in self._targets(request, queryset):
             if user.is_email_verified or not user.is_active:
                 continue
             admin_audit(request, action="verification_resent_by_operator", target=user)
-            # The task issues a fresh code and link (the old ones stop working).
-            transaction.on_commit(lambda pk=user.pk: verification_email_send.delay(pk))
+            # A fresh code and link, issued as it is sent (the old ones stop working).
+            services.verification_email_request(user=user)
             sent += 1
         self.message_user(
             request, f"Verification email queued for {sent} unverified user(s).", messages.SUCCESS

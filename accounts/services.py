@@ -19,8 +19,8 @@ from django.conf import settings
 from django.contrib.auth import authenticate, password_validation
 from django.contrib.auth.hashers import make_password
 from django.contrib.sessions.models import Session as DjangoSession
-from django.core.cache import cache
 from django.core.exceptions import ValidationError
+from django.core.mail import EmailMessage
 from django.db import IntegrityError, models, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -160,7 +160,7 @@ def user_unlock(*, user: User, actor: User | None = None, request=None) -> User:
 def user_signup(
     *, email: str, password: str, username: str | None = None, name: str = "", request=None
 ) -> User:
-    from accounts.tasks import verification_email_send
+    from notifications.outbox import outbox_email_add
 
     email = _normalize_email(email)
     user = User(email=email, username=username or None, name=name)
@@ -182,7 +182,7 @@ def user_signup(
     except IntegrityError as exc:  # a concurrent signup won the race
         raise ValidationError({"email": ["A user with this email already exists."]}) from exc
     audit_record(action=AuditEvent.Action.SIGNUP, actor=user, target=user, request=request)
-    transaction.on_commit(lambda: verification_email_send.delay(user.pk))
+    outbox_email_add(kind="verification", user=user)
     return user
 
 
@@ -201,27 +201,33 @@ def email_verification_issue(*, user: User) -> tuple[EmailVerification, str, str
     return verification, code, token
 
 
-def verification_email_send(*, user_id: int) -> bool:
-    """Issue a code/link and email it, unless the user is gone or already verified."""
-    user = User.objects.filter(pk=user_id, is_active=True).first()
-    if user is None or user.is_email_verified:
-        return False
+def verification_email_request(*, user: User) -> None:
+    """Email ``user`` a fresh code and link (the earlier ones stop working when it goes)."""
+    from notifications.outbox import outbox_email_add
+
+    outbox_email_add(kind="verification", user=user)
+
+
+def verification_email_message(*, outbox) -> EmailMessage | None:
+    """The outbox's verification email (notifications.outbox): a code and link issued
+    now, when it is sent, unless the account is gone or already verified."""
+    user = outbox.user or _user_by_email(outbox.address)
+    if user is None or not user.is_active or user.is_email_verified:
+        return None
     _, code, token = email_verification_issue(user=user)
-    emails.send_verification_email(user=user, code=code, token=token)
-    return True
+    return emails.verification_message(user=user, code=code, token=token)
 
 
-def verification_email_resend(*, email: str) -> bool:
-    user = User.objects.filter(email__iexact=_normalize_email(email)).first()
-    return user is not None and verification_email_send(user_id=user.pk)
+def _user_by_email(email: str) -> User | None:
+    return User.objects.filter(email__iexact=email).first() if email else None
 
 
 def verification_resend_request(*, email: str) -> None:
-    """Enqueue the resend whatever the email: the answer and its timing reveal nothing."""
-    from accounts.tasks import verification_email_resend as task
+    """Accept the resend whatever the email: the answer and its timing reveal nothing
+    (the same outbox row either way; the drain finds the account, if any)."""
+    from notifications.outbox import outbox_email_add
 
-    normalized = _normalize_email(email)
-    transaction.on_commit(lambda: task.delay(normalized))
+    outbox_email_add(kind="verification", address=_normalize_email(email))
 
 
 _INVALID_CODE = "Invalid verification code."
@@ -279,7 +285,7 @@ def email_verify(
 def user_email_mark_verified(*, user: User, request=None) -> bool:
     """Mark the email verified; the first call only credits the bonus, notifies and
     sends the welcome email. Returns whether this call did it."""
-    from accounts.tasks import welcome_email_send
+    from notifications.outbox import outbox_email_add
     from notifications.services import notification_create
     from orders.services import wallet_credit_signup_bonus
 
@@ -301,22 +307,16 @@ def user_email_mark_verified(*, user: User, request=None) -> bool:
         title="Email verified",
         body=f"Your email is verified; {settings.SIGNUP_BONUS_USD} USD were credited.",
     )
-    transaction.on_commit(lambda: welcome_email_send.delay(locked.pk))
+    # Written under the user's row lock, so once per account.
+    outbox_email_add(kind="welcome", user=locked)
     return True
 
 
-def welcome_email_send(*, user_id: int) -> bool:
-    # Guard against a redelivered task mailing twice (acks_late); released on failure.
-    guard = f"accounts:welcome-sent:{user_id}"
-    user = User.objects.filter(pk=user_id, email_verified_at__isnull=False).first()
-    if user is None or not cache.add(guard, 1, timeout=7 * 24 * 3600):
-        return False
-    try:
-        emails.send_welcome_email(user=user)
-    except Exception:
-        cache.delete(guard)
-        raise
-    return True
+def welcome_email_message(*, outbox) -> EmailMessage | None:
+    user = outbox.user
+    if user is None or not user.is_email_verified:
+        return None
+    return emails.welcome_message(user=user)
 
 
 @transaction.atomic
@@ -845,24 +845,28 @@ def google_sign_in(*, id_token: str, request=None) -> tuple[User, dict[str, str]
 
 
 def password_reset_request(*, email: str) -> None:
-    """Enqueue the reset email whatever the address: no enumeration, same timing."""
-    from accounts.tasks import password_reset_email_send
+    """Accept the reset email whatever the address: no enumeration, same timing (the
+    same outbox row either way; the drain finds the account, if any)."""
+    from notifications.outbox import outbox_email_add
 
-    normalized = _normalize_email(email)
-    transaction.on_commit(lambda: password_reset_email_send.delay(normalized))
+    outbox_email_add(kind="password_reset", address=_normalize_email(email))
 
 
-def password_reset_email_send(*, email: str) -> bool:
-    user = User.objects.filter(email__iexact=email, is_active=True).first()
-    if user is None:
-        return False
+def password_reset_email_message(*, outbox) -> EmailMessage | None:
+    """The outbox's reset email (notifications.outbox): the link is issued when it is
+    sent, so the token exists only as its hash in the database."""
+    user = _user_by_email(outbox.address)
+    if user is None or not user.is_active:
+        return None
     token = secrets.token_urlsafe(32)
-    PasswordResetToken.objects.create(
-        user=user, token_hash=token_digest(token), expires_at=timezone.now() + PASSWORD_RESET_TTL
-    )
-    audit_record(action=AuditEvent.Action.PASSWORD_RESET_REQUESTED, actor=user, target=user)
-    emails.send_password_reset_email(user=user, token=token)
-    return True
+    with transaction.atomic():
+        PasswordResetToken.objects.create(
+            user=user,
+            token_hash=token_digest(token),
+            expires_at=timezone.now() + PASSWORD_RESET_TTL,
+        )
+        audit_record(action=AuditEvent.Action.PASSWORD_RESET_REQUESTED, actor=user, target=user)
+    return emails.password_reset_message(user=user, token=token)
 
 
 @transaction.atomic

@@ -402,6 +402,7 @@ def check(load: Load, platform: Platform, drain_timeout: float) -> dict:
     from django.db import close_old_connections
     from django.db.models import Count, Q
 
+    from notifications.models import OutboxEmail
     from orders.models import Order
     from orders.selectors import ledger_mismatches, reservation_mismatches
 
@@ -409,6 +410,12 @@ def check(load: Load, platform: Platform, drain_timeout: float) -> dict:
     ids = list(load.accepted)
     deadline = time.monotonic() + drain_timeout
     while Order.objects.filter(pk__in=ids, status="pending").exists():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    # An email whose wake-up Redis lost waits in the outbox for beat's sweep (every 60 s).
+    deadline = time.monotonic() + max(drain_timeout, 70)
+    while OutboxEmail.objects.filter(status="pending").exists():
         if time.monotonic() > deadline:
             break
         time.sleep(1)

@@ -11,6 +11,26 @@ import uvicorn
 
 
 @contextmanager
+def celery_worker_running():
+    """A real Celery worker thread consuming the real Redis broker, for as long as the
+    block runs (the ``celery_worker`` fixture, or a test that starts it later)."""
+    from celery.contrib.testing.worker import start_worker
+
+    from cryptovault.celery import app
+
+    with start_worker(
+        app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=30,
+        queues=["celery", "orders"],
+    ) as worker:
+        yield worker
+
+
+@contextmanager
 def uvicorn_in_thread(app, **config) -> Iterator[str]:
     """Serve the ASGI ``app`` on a real uvicorn, in a daemon thread on a free port;
     yields ``host:port``."""

@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Notification(models.Model):
@@ -22,10 +23,6 @@ class Notification(models.Model):
     body = models.TextField(blank=True, default="")
     data = models.JSONField(default=dict, blank=True)
     read_at = models.DateTimeField(null=True, blank=True)
-    # Waiting for the email drain (the user wants this kind by email); cleared when the
-    # email went out (``emailed_at`` set), so a retried drain never sends twice.
-    email_pending = models.BooleanField(default=False)
-    emailed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -37,10 +34,6 @@ class Notification(models.Model):
                 fields=["user", "-created_at"],
                 name="notif_user_unread",
                 condition=Q(read_at__isnull=True),
-            ),
-            # The email drain reads only the (few) rows waiting for it.
-            models.Index(
-                fields=["id"], name="notif_email_pending", condition=Q(email_pending=True)
             ),
         ]
 
@@ -125,3 +118,61 @@ class PriceAlert(models.Model):
 
     def __str__(self) -> str:
         return f"{self.coin_id} {self.condition} {self.price}"
+
+
+class OutboxEmail(models.Model):
+    """An email the platform accepted to send: written in the transaction of the change
+    that caused it, sent by the drain (:mod:`notifications.outbox`) after commit.
+
+    The row holds what to send, not the message: the message is built when it is sent,
+    so codes and reset tokens exist only as hashes in the database, and a request naming
+    an address (resend, forgot password) writes the same row whether or not an account
+    has it. Losing the broker delays an email until the next sweep, never loses it.
+    """
+
+    class Kind(models.TextChoices):
+        VERIFICATION = "verification", "Verification code and link"
+        PASSWORD_RESET = "password_reset", "Password reset link"
+        WELCOME = "welcome", "Welcome"
+        NOTIFICATION = "notification", "Notification"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        # Nothing to send by the time it was due (no such account, already verified, ...).
+        SKIPPED = "skipped", "Skipped"
+        # Gave up after MAX_ATTEMPTS failed sends.
+        FAILED = "failed", "Failed"
+
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    # The address a request named when it must not reveal whether an account has it.
+    address = models.EmailField(blank=True, default="")
+    notification = models.ForeignKey(
+        Notification, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    # A drain's lease: until then no other drain claims the row (see notifications.outbox).
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    claim = models.UUIDField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        indexes = [
+            # The drain reads only the (few) pending rows, oldest due first.
+            models.Index(
+                fields=["next_attempt_at", "id"],
+                name="outbox_email_due",
+                condition=Q(status="pending"),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} to {self.user_id or self.address} ({self.status})"

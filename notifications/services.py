@@ -11,8 +11,6 @@ from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
-from django.core.mail import EmailMessage, get_connection
 from django.db import transaction
 from django.db.models import Case, DecimalField, Q, Value, When
 from django.utils import timezone
@@ -26,8 +24,10 @@ from notifications.models import (
     DUE,
     Notification,
     NotificationPreference,
+    OutboxEmail,
     PriceAlert,
 )
+from notifications.outbox import outbox_emails_wake
 from notifications.serializers import NotificationSerializer
 
 logger = logging.getLogger(__name__)
@@ -39,11 +39,18 @@ ALERT_FIRE_BATCH = 500
 
 class _Deliveries:
     """What one transaction sends once it has committed: each user's frames, in order,
-    as one push, and a wake-up of the email drain if it left emails waiting."""
+    as one push, and a wake-up of the email drain if it left emails in the outbox.
+
+    ``emails`` are the batch's outbox rows, written together (one INSERT) before the
+    transaction commits, by :meth:`emails_save`."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
-        self.emails = False
+        self.emails: list[OutboxEmail] = []
+
+    def emails_save(self) -> None:
+        if self.emails:
+            OutboxEmail.objects.bulk_create(self.emails)
 
     def send(self) -> None:
         for user_id, frames in self.frames.items():
@@ -53,7 +60,7 @@ class _Deliveries:
                 # One user's failed push must not cost the others theirs, nor the emails.
                 logger.exception("could not push to user %s", user_id)
         if self.emails:
-            notification_emails_schedule()
+            outbox_emails_wake()
 
 
 _batch: ContextVar[_Deliveries | None] = ContextVar("notification_deliveries", default=None)
@@ -79,19 +86,23 @@ def deliveries_batched() -> Iterator[None]:
         yield
     finally:
         _batch.reset(token)
+    deliveries.emails_save()
     transaction.on_commit(deliveries.send, robust=True)
 
 
-def _deliver(*, user_id: int, frame: dict, email: bool = False) -> None:
-    """After commit, push ``frame`` to the user's sockets (and wake the email drain):
-    with the surrounding batch if there is one, else on its own."""
+def _deliver(*, user_id: int, frame: dict, email: OutboxEmail | None = None) -> None:
+    """Put ``email`` in the outbox and, after commit, push ``frame`` to the user's
+    sockets (and wake the email drain): with the surrounding batch if there is one,
+    else on its own."""
     deliveries = _batch.get()
     alone = deliveries is None
     if alone:
         deliveries = _Deliveries()
     deliveries.frames.setdefault(user_id, []).append(frame)
-    deliveries.emails |= email
+    if email is not None:
+        deliveries.emails.append(email)
     if alone:
+        deliveries.emails_save()
         transaction.on_commit(deliveries.send, robust=True)
 
 
@@ -104,17 +115,19 @@ def notification_create(
     data: dict[str, Any] | None = None,
 ) -> Notification:
     """Persist a notification; after commit push it to the user's sockets and, if the
-    user opted into this kind, leave it to the email drain."""
+    user opted into this kind, put its email in the outbox (in this transaction)."""
     if kind not in Notification.Kind.values:
         raise ValueError(f"Unknown notification kind {kind!r}.")
     emailed = bool(kind in notification_email_kinds(user=user) and user.email and user.is_active)
     notification = Notification.objects.create(
-        user=user, kind=kind, title=title[:200], body=body, data=data or {}, email_pending=emailed
+        user=user, kind=kind, title=title[:200], body=body, data=data or {}
     )
     _deliver(
         user_id=user.pk,
         frame={"type": "notification", "notification": NotificationSerializer(notification).data},
-        email=emailed,
+        email=OutboxEmail(kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification)
+        if emailed
+        else None,
     )
     return notification
 
@@ -146,85 +159,6 @@ def notification_preferences_update(*, user: User, email: dict[str, bool]) -> fr
     preference.save(update_fields=["email_kinds", "updated_at"])
     user.notification_preference = preference  # what notification_email_kinds reads
     return frozenset(kinds)
-
-
-# Emails of notifications are sent in batches by one drain task, not one task per
-# notification: a busy order queue produces a notification per fill, and a Celery task
-# per email cost as much as the fill itself. A commit that leaves emails waiting wakes
-# the drain unless a run is already scheduled; the run starts EMAIL_DRAIN_DELAY seconds
-# later and sends everything waiting by then. Beat also runs it every minute, which
-# catches a wake-up lost between commit and broker.
-EMAIL_DRAIN_KEY = "cv:notifications:email-drain-scheduled"
-EMAIL_DRAIN_DELAY = 1.0
-EMAIL_DRAIN_BATCH = 100
-# A scheduled run that never started stops suppressing new ones after this long.
-EMAIL_DRAIN_MARK_SECONDS = 60
-
-
-def notification_emails_schedule() -> bool:
-    """Wake the email drain unless a run is already scheduled. Returns whether this call
-    scheduled one."""
-    from django_redis import get_redis_connection
-
-    from notifications.tasks import notification_emails_drain
-
-    redis = get_redis_connection("default")
-    if not redis.set(EMAIL_DRAIN_KEY, 1, nx=True, ex=EMAIL_DRAIN_MARK_SECONDS):
-        return False
-    try:
-        notification_emails_drain.apply_async(countdown=EMAIL_DRAIN_DELAY)
-    except Exception:
-        # Not scheduled after all: let the next commit try again (beat drains meanwhile).
-        redis.delete(EMAIL_DRAIN_KEY)
-        raise
-    return True
-
-
-def notification_emails_drain() -> int:
-    """Email every notification waiting for it; returns how many were sent.
-
-    Rows are locked with SKIP LOCKED batch by batch, so overlapping runs never send one
-    twice, and one SMTP connection serves a batch. An SMTP failure rolls the batch back
-    for the task to retry, so its emails that did go out may go out again (as with any
-    mail queue, at least once). The mark is cleared before reading, so a notification
-    committed after the read schedules the next run.
-    """
-    from django_redis import get_redis_connection
-
-    get_redis_connection("default").delete(EMAIL_DRAIN_KEY)
-    link = f"{settings.APP_URL}/notifications"
-    sent = 0
-    while True:
-        with transaction.atomic():
-            due = list(
-                Notification.objects.select_for_update(skip_locked=True, of=("self",))
-                .select_related("user")
-                .filter(email_pending=True)
-                .order_by("pk")[:EMAIL_DRAIN_BATCH]
-            )
-            if not due:
-                return sent
-            sendable = [n for n in due if n.user.is_active and n.user.email]
-            messages = [
-                EmailMessage(
-                    subject=f"CryptoVault: {n.title}",
-                    body=f"{n.body or n.title}\n\n{link}\n",
-                    to=[n.user.email],
-                )
-                for n in sendable
-            ]
-            if messages:
-                # Raises on an SMTP failure: the batch rolls back and the task retries it.
-                get_connection().send_messages(messages)
-            now = timezone.now()
-            for n in due:
-                n.email_pending = False
-            for n in sendable:
-                n.emailed_at = now
-            Notification.objects.bulk_update(due, ["email_pending", "emailed_at"])
-        sent += len(messages)
-        if len(due) < EMAIL_DRAIN_BATCH:
-            return sent
 
 
 def notification_mark_read(*, notification: Notification) -> Notification:

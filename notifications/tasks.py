@@ -1,20 +1,13 @@
 from celery import shared_task
 
-from notifications import services
+from notifications import outbox, services
 
 
-@shared_task(
-    name="notifications.emails_drain",
-    acks_late=True,
-    autoretry_for=(OSError,),
-    retry_backoff=True,
-    max_retries=5,
-    soft_time_limit=120,
-    time_limit=150,
-)
+@shared_task(name="notifications.emails_drain", acks_late=True, soft_time_limit=120, time_limit=150)
 def notification_emails_drain() -> int:
-    """Every waiting notification email; a retry resends none that went out."""
-    return services.notification_emails_drain()
+    """Every due email of the outbox. Only a wake-up: the outbox rows are the queue, each
+    failed send is retried by the outbox itself, and beat runs this every minute."""
+    return outbox.outbox_emails_drain()
 
 
 @shared_task(

@@ -9,8 +9,8 @@ from django.db import connection
 from django.utils import timezone
 
 from markets.services import coins_seed, prices_record
-from notifications import services
-from notifications.models import Notification, PriceAlert
+from notifications import outbox, services
+from notifications.models import Notification, OutboxEmail, PriceAlert
 from notifications.tests.factories import user_create
 
 pytestmark = pytest.mark.django_db
@@ -27,8 +27,7 @@ def test_notification_create_persists_and_emails_opted_in_kinds(django_capture_o
     # After commit: one realtime push and one email (price alerts are emailed by default).
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["id"] for f in deliveries.frames[user.pk]] == [notification.pk]
-    assert deliveries.emails is True
-    assert Notification.objects.get().email_pending is True
+    assert OutboxEmail.objects.get().notification == notification
 
 
 def _deliveries(callbacks) -> list:
@@ -42,8 +41,8 @@ def test_notification_create_skips_email_for_kinds_not_opted_in(django_capture_o
         services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
     (deliveries,) = _deliveries(callbacks)
     assert len(deliveries.frames[user.pk]) == 1  # the push only
-    assert deliveries.emails is False
-    assert Notification.objects.get().email_pending is False
+    assert deliveries.emails == []
+    assert not OutboxEmail.objects.exists()
 
 
 def test_a_batch_sends_one_push_per_user_and_wakes_the_email_drain_once(
@@ -58,7 +57,9 @@ def test_a_batch_sends_one_push_per_user_and_wakes_the_email_drain_once(
     (deliveries,) = _deliveries(callbacks)
     assert [f["notification"]["title"] for f in deliveries.frames[alice.pk]] == ["1", "3"]
     assert [f["notification"]["title"] for f in deliveries.frames[bob.pk]] == ["2"]
-    assert deliveries.emails is True
+    # Both emails in the outbox (written together), one wake-up for them.
+    assert [e.notification.title for e in deliveries.emails] == ["1", "3"]
+    assert OutboxEmail.objects.count() == 2
 
 
 def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_callbacks):
@@ -73,7 +74,7 @@ def test_a_batch_left_by_an_exception_sends_nothing(django_capture_on_commit_cal
 
 
 def test_the_drain_emails_each_waiting_notification_once(monkeypatch):
-    monkeypatch.setattr(services, "EMAIL_DRAIN_BATCH", 2)  # several batches
+    monkeypatch.setattr(outbox, "BATCH", 2)  # several batches
     user, other = user_create(), user_create()
     for i in range(5):
         services.notification_create(user=user, kind="price_alert", title=f"n{i}")
@@ -81,33 +82,23 @@ def test_the_drain_emails_each_waiting_notification_once(monkeypatch):
     services.notification_create(user=other, kind="new_login", title="inactive by now")
     other.is_active = False
     other.save(update_fields=["is_active"])
-    assert services.notification_emails_drain() == 5
-    assert services.notification_emails_drain() == 0
+    assert outbox.outbox_emails_drain() == 5
+    assert outbox.outbox_emails_drain() == 0
     assert sorted(m.subject for m in mail.outbox) == [f"CryptoVault: n{i}" for i in range(5)]
     assert all(m.to == [user.email] for m in mail.outbox)
-    assert not Notification.objects.filter(email_pending=True).exists()
-    assert Notification.objects.filter(emailed_at__isnull=False).count() == 5
-
-
-def test_a_failed_smtp_batch_stays_waiting(settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    settings.EMAIL_HOST, settings.EMAIL_PORT, settings.EMAIL_TIMEOUT = "127.0.0.1", 9, 1
-    user = user_create()
-    services.notification_create(user=user, kind="price_alert", title="x")
-    with pytest.raises(OSError):  # nothing listens there; the task retries on OSError
-        services.notification_emails_drain()
-    assert Notification.objects.get().email_pending is True
+    assert OutboxEmail.objects.filter(status="sent", sent_at__isnull=False).count() == 5
+    assert OutboxEmail.objects.get(user=other).status == "skipped"
 
 
 def test_one_drain_run_is_scheduled_at_a_time():
     from django_redis import get_redis_connection
 
-    assert services.notification_emails_schedule() is True
-    assert services.notification_emails_schedule() is False
+    assert outbox.outbox_emails_wake() is True
+    assert outbox.outbox_emails_wake() is False
     # A run clears the mark as it starts: the next commit schedules the next run.
-    services.notification_emails_drain()
-    assert not get_redis_connection("default").exists(services.EMAIL_DRAIN_KEY)
-    assert services.notification_emails_schedule() is True
+    outbox.outbox_emails_drain()
+    assert not get_redis_connection("default").exists(outbox.EMAIL_DRAIN_KEY)
+    assert outbox.outbox_emails_wake() is True
 
 
 def test_notification_create_rejects_unknown_kind():
@@ -124,7 +115,8 @@ def test_preferences_switch_email_per_kind(django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         services.notification_create(user=user, kind="price_alert", title="x")
     (deliveries,) = _deliveries(callbacks)
-    assert deliveries.emails is False
+    assert deliveries.emails == []
+    assert not OutboxEmail.objects.exists()
 
 
 def poll(prices: dict[str, str], *, age_seconds: float = 0, source: str = "coingecko") -> int:
@@ -280,9 +272,9 @@ def test_opted_in_kinds_are_emailed_by_the_worker(celery_worker):
     user = user_create()
     services.notification_create(user=user, kind="price_alert", title="Bitcoin is above 1")
     services.notification_create(user=user, kind="order_cancelled", title="Cancelled")
-    emailed = Notification.objects.filter(kind="price_alert", emailed_at__isnull=False)
+    emailed = OutboxEmail.objects.filter(notification__kind="price_alert", status="sent")
     deadline = time.monotonic() + 30  # a loaded CI box; returns as soon as it lands
-    # The mail leaves before the worker's transaction commits emailed_at: wait for both.
+    # The mail leaves before the worker marks it sent: wait for both.
     while not (mail.outbox and emailed.exists()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert [m.subject for m in mail.outbox] == ["CryptoVault: Bitcoin is above 1"]
