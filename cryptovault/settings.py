@@ -123,13 +123,30 @@ DATABASE_ROUTERS = ["cryptovault.db_router.ReplicaRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="redis://localhost:6379/0")
+# Redis timeouts. Every Redis client the platform builds sets its socket timeouts
+# explicitly: redis-py 8 defaults both to 5 s (redis-py#4091), and a client whose socket
+# timeout is not above the longest read it waits in fails that wait with TimeoutError
+# while Redis is merely idle (channels_redis#422). Per client:
+# - cache (django-redis; sessions, price store, locks, health check): plain commands
+#   only, the poll locks are taken without blocking; 2 s, so a dead Redis is a quick 503.
+# - channel layer: each process waits in BZPOPMIN for up to 5 s (channels-redis's
+#   brpop_timeout) for /ws/user events; 10 s covers it plus a loaded server's delay,
+#   and a half-open connection still fails within 10 s instead of hanging.
+# - price feed pub/sub (markets.consumers): get_message(timeout=5) bounds each read
+#   itself; other commands use REDIS_SOCKET_TIMEOUT, health check PING every 15 s.
+# - Celery broker (kombu): BRPOP with a 1 s server timeout (kombu's brpop_timeout, set by
+#   the ``polling_interval`` transport option when given); kombu would otherwise pass no
+#   timeout at all, so a publish on a dead connection waited forever.
+# - dashboard queue depths and the async price reads: plain commands, 2 s.
+REDIS_SOCKET_CONNECT_TIMEOUT = 2
+REDIS_SOCKET_TIMEOUT = 10
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "cv",
         "OPTIONS": {
-            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_CONNECT_TIMEOUT,
             "SOCKET_TIMEOUT": 2,
         },
     }
@@ -137,10 +154,23 @@ CACHES = {
 # The channel layer carries per-user events (groups ``user.<id>``, ``session.<sid>``);
 # price ticks bypass it (one Redis publish per tick, see markets.consumers). Group
 # membership outlives the default day so a long-lived /ws/user socket keeps its events.
+# A host given as a dict is an ``address`` plus keyword arguments of redis-py's
+# ConnectionPool.from_url.
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "cv:ws", "group_expiry": 7 * 86400},
+        "CONFIG": {
+            "hosts": [
+                {
+                    "address": REDIS_URL,
+                    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                    "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
+                    "socket_keepalive": True,
+                }
+            ],
+            "prefix": "cv:ws",
+            "group_expiry": 7 * 86400,
+        },
     }
 }
 
@@ -161,7 +191,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if DATABASES["default"]["CONN_MAX_AGE"]:
     CELERY_DB_REUSE_MAX = 100_000
 # A task redelivered after a worker crash must not wait the default hour.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 300)}
+# Socket timeouts: see "Redis timeouts" above (BRPOP waits 1 s, well under them).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", 300),
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+}
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict = {}
 # The order queue has its own queue, so a backlog of emails never delays fills.

@@ -184,9 +184,12 @@ class PriceFeed:
         delay = 0.2
         subscribed_before = False
         while True:
+            # Reads wait in get_message(timeout=...), which bounds them itself; the
+            # socket timeout covers the other commands (settings: "Redis timeouts").
             client = aioredis.Redis.from_url(
                 settings.REDIS_URL,
-                socket_connect_timeout=2,
+                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+                socket_connect_timeout=settings.REDIS_SOCKET_CONNECT_TIMEOUT,
                 socket_keepalive=True,
                 health_check_interval=15,
                 client_name=f"cv-price-feed-{os.getpid()}",
