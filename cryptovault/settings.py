@@ -167,9 +167,6 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE: dict = {}
 # The order queue has its own queue, so a backlog of emails never delays fills.
 CELERY_TASK_ROUTES = {"orders.*": {"queue": "orders"}}
-# A run of the order queue held up past this (a row lock, a slow dependency) is stopped,
-# rolled back and retried with backoff; it is killed 30 s later if it ignores that.
-ORDER_TASK_SOFT_TIME_LIMIT = env.int("ORDER_TASK_SOFT_TIME_LIMIT", default=60)
 # Safety net for an order whose enqueue was lost after commit (broker blip).
 CELERY_BEAT_SCHEDULE["orders-queue-sweep"] = {"task": "orders.queue_sweep", "schedule": 30.0}
 # Safety net for a lost wake-up of the notification email drain (notifications.services).

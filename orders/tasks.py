@@ -6,7 +6,6 @@ from decimal import Decimal
 
 from celery import shared_task
 from celery.signals import task_postrun, task_prerun
-from django.conf import settings
 from django.db import close_old_connections
 
 from cryptovault.exceptions import TRANSIENT_ERRORS
@@ -22,8 +21,10 @@ _RETRY = {
     "retry_backoff_max": 30,
     "max_retries": 10,
     "acks_late": True,
-    "soft_time_limit": settings.ORDER_TASK_SOFT_TIME_LIMIT,
-    "time_limit": settings.ORDER_TASK_SOFT_TIME_LIMIT + 30,
+    # A run held up past the soft limit (a row lock, a slow dependency) is stopped,
+    # rolled back and retried like an outage; the hard limit kills one that ignores it.
+    "soft_time_limit": 60,
+    "time_limit": 90,
 }
 
 
