@@ -26,9 +26,9 @@ class PlainDecimalField(serializers.Field):
 
     In: a decimal string like ``"0.0015"`` (JSON numbers are tolerated when they read
     the same way), greater than zero, with at most ``decimal_places`` decimals and at
-    most ``max_value``; NaN, infinities, exponents and signs are refused. The digits are
-    checked on the text before any arithmetic, so no input can overflow. Out: no
-    exponent, no trailing zeros (``"65000"``, ``"0.00001"``).
+    most ``max_value``; NaN, infinities, exponents and signs are refused. Parsing and
+    comparing cannot overflow, and the bounds keep the services' arithmetic well inside
+    Decimal's precision. Out: no exponent, no trailing zeros (``"65000"``, ``"0.00001"``).
     """
 
     default_error_messages = {
