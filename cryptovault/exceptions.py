@@ -3,6 +3,7 @@
 from typing import Any
 
 import redis.exceptions
+from celery.exceptions import SoftTimeLimitExceeded
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import InterfaceError, OperationalError
@@ -31,6 +32,10 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionInterrupted,
     BrokerOperationalError,
 )
+# What a task retries with backoff instead of blaming its input: a dependency error, or
+# the soft time limit (a run held up by a lock or a slow dependency). The one list the
+# workers share; anything else is the task's own input at fault.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, SoftTimeLimitExceeded)
 # Matches what nginx answers when no web instance is up (deploy/nginx.conf).
 RETRY_AFTER_SECONDS = 5
 

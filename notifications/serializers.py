@@ -2,11 +2,11 @@
 
 from rest_framework import serializers
 
-from cryptovault.decimals import PlainDecimalField
+from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from notifications.models import Notification, PriceAlert
 
-# Alert prices: enough places for sub-cent coins, enough digits for any price.
-PRICE_FIELD = {"decimal_places": 12, "max_integer_digits": 20}
+# Alert prices: bounded as an order's limit price (12 places for sub-cent coins).
+PRICE_FIELD = {"decimal_places": 12, "max_value": PRICE_MAX}
 
 
 class NotificationSerializer(serializers.ModelSerializer):

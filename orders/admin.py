@@ -39,11 +39,17 @@ class WalletAdjustForm(forms.Form):
     def clean_amount(self) -> Decimal:
         # Plain decimals only, as in the API: no exponent ("1e3"), NaN or infinity.
         text = self.cleaned_data["amount"].strip()
-        if not re.fullmatch(r"-?[0-9]{1,12}(\.[0-9]+)?", text):
+        match = re.fullmatch(r"-?[0-9]+(?:\.([0-9]+))?", text)
+        if match is None:
             raise forms.ValidationError("Enter a plain decimal number, like 250 or -10.5.")
+        if len((match.group(1) or "").rstrip("0")) > 8:
+            raise forms.ValidationError("At most 8 decimal places.")
         amount = Decimal(text)
         if amount == 0:
             raise forms.ValidationError("Enter a non-zero decimal number.")
+        if abs(amount) > services.WALLET_ADJUST_MAX:
+            limit = decimal_str(services.WALLET_ADJUST_MAX)
+            raise forms.ValidationError(f"At most {limit} at a time, either way.")
         return amount
 
 

@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.ratelimit import rate_limit
-from cryptovault.decimals import PlainDecimalField
+from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
 from markets.fields import CoinIdField
 from orders import selectors, services
@@ -57,8 +57,13 @@ class OrderListCreateApi(APIView):
         coin = CoinIdField()
         side = serializers.ChoiceField(choices=Order.Side.choices)
         type = serializers.ChoiceField(choices=Order.Type.choices)
-        quantity = PlainDecimalField(decimal_places=8)
-        limit_price = PlainDecimalField(decimal_places=12, required=False, allow_null=True)
+        quantity = PlainDecimalField(decimal_places=8, max_value=services.ORDER_QUANTITY_MAX)
+        limit_price = PlainDecimalField(
+            decimal_places=12,
+            max_value=PRICE_MAX,
+            required=False,
+            allow_null=True,
+        )
         client_order_id = serializers.RegexField(
             r"^[A-Za-z0-9_.:-]{1,64}$",
             required=False,

@@ -10,13 +10,13 @@ import logging
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework import status as http
 
 from accounts.models import User
 from cryptovault.decimals import decimal_str
-from cryptovault.exceptions import ApplicationError
+from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
 from markets.models import Coin
 from orders.models import USD, Balance, LedgerEntry, Order
 
@@ -25,6 +25,15 @@ logger = logging.getLogger(__name__)
 # Quantities and usd amounts are kept to 8 decimal places (a satoshi, and far
 # below a cent), so every ledger amount is exact in the database.
 QUANTUM = Decimal("0.00000001")
+
+# The bounds of an order besides its limit price (cryptovault.decimals.PRICE_MAX), enforced
+# by the API and documented in the README: with amounts of 8 places, a notional under the
+# cap stays far inside Decimal's 28 significant digits and the ledger's 20 integer
+# digits, so no order can overflow.
+ORDER_QUANTITY_MAX = Decimal("1000000000000")
+ORDER_NOTIONAL_MAX = Decimal("1000000000")
+# An operator's credit or debit moves at most this much of an asset at a time.
+WALLET_ADJUST_MAX = Decimal("1000000000000")
 
 # A market buy reserves its cost at the reference price plus this buffer (capped at
 # what is available), so a price rise between placing and filling is usually covered.
@@ -156,8 +165,9 @@ def wallet_adjust(
     asset = asset.strip().lower()
     if asset != USD and not Coin.objects.filter(pk=asset).exists():
         raise ApplicationError(f"Unknown asset {asset!r}: usd or a coin id.", code="unknown_asset")
-    if not amount.is_finite() or amount == 0:
-        raise ApplicationError("Amount must be a non-zero number.", code="invalid")
+    if not amount.is_finite() or amount == 0 or abs(amount) > WALLET_ADJUST_MAX:
+        message = f"Amount must be a non-zero number of at most {decimal_str(WALLET_ADJUST_MAX)}."
+        raise ApplicationError(message, code="invalid")
     amount = quantize_down(amount) if amount > 0 else -quantize_down(-amount)
     if amount == 0:
         raise ApplicationError("Amount is below the ledger precision.", code="invalid")
@@ -267,6 +277,7 @@ def order_place(
     reference = None
     if side == Order.Side.BUY and type == Order.Type.MARKET:
         reference = _reference_price(coin_id=coin_id)
+    _order_notional_check(quantity=quantity, price=limit_price or reference, coin_id=coin_id)
     try:
         with transaction.atomic():
             return _order_place_locked(
@@ -288,6 +299,22 @@ def order_place(
         if existing:
             return existing, False
         raise
+
+
+def _order_notional_check(*, quantity: Decimal, price: Decimal | None, coin_id: str) -> None:
+    """400 on ``quantity`` when the order is worth more than ``ORDER_NOTIONAL_MAX`` usd at
+    its limit, or for a market order at the latest cached price (a market sell with no
+    price yet is checked again when it fills)."""
+    if price is None:
+        from markets.selectors import PriceUnavailable
+
+        try:
+            price = _reference_price(coin_id=coin_id)
+        except PriceUnavailable:
+            return
+    if quantity * price > ORDER_NOTIONAL_MAX:
+        message = f"The order is worth more than {decimal_str(ORDER_NOTIONAL_MAX)} usd."
+        raise ApplicationError(message, code="invalid", extra={"quantity": [message]})
 
 
 def _order_place_locked(
@@ -421,6 +448,11 @@ def _order_fill(
     ``entries`` for the caller to insert.
     """
     usd, coin = balances[USD], balances[order.coin_id]
+    if order.quantity * price > ORDER_NOTIONAL_MAX:
+        # Possible when the price moved since placing: the order's own fault, not an outage.
+        reason = f"notional_too_large: worth more than {decimal_str(ORDER_NOTIONAL_MAX)} usd."
+        _order_reject(order=order, balances=balances, reason=reason)
+        return
     _reservation_release(order=order, balances=balances)
     if order.side == Order.Side.BUY:
         notional, fee = buy_cost(quantity=order.quantity, price=price)
@@ -477,9 +509,11 @@ def order_queue_process(*, user_id: int) -> int:
     locks taken in id order, so a redelivered or concurrent run processes nothing
     twice and keeps the order of arrival.
 
-    A batch that fails for a non-transient reason is retried one order at a time,
-    and an order that fails on its own is rejected (funds released), so one bad
-    order can never block the user's queue.
+    A transient error (``TRANSIENT_ERRORS``: Redis, PostgreSQL, the soft time limit)
+    rolls the batch back and propagates, for the task to retry: an outage never
+    rejects an order. A batch that fails for any other reason is retried one order at
+    a time, and an order that fails on its own is rejected (funds released), so one
+    bad order can never block the user's queue.
     """
     from django_redis import get_redis_connection
 
@@ -489,8 +523,8 @@ def order_queue_process(*, user_id: int) -> int:
     while True:
         try:
             count = _queue_batch_process(user_id=user_id, limit=batch_size)
-        except OperationalError:
-            raise  # transient (lock timeout, lost connection): the task retries
+        except TRANSIENT_ERRORS:
+            raise
         except Exception:
             if batch_size > 1:
                 logger.exception("order batch failed; isolating", extra={"user_id": user_id})
@@ -569,7 +603,7 @@ def _queue_head_reject(*, user_id: int) -> int:
         return 0
     balances = balances_lock(user=order.user, assets=[order.reserved_asset])
     _order_reject(
-        order=order, balances=balances, reason="internal_error: the order could not be processed."
+        order=order, balances=balances, reason="unprocessable: the order could not be booked."
     )
     _balance_save(balances[order.reserved_asset])
     return 1

@@ -4,17 +4,23 @@ redelivered, and the services only ever act on orders still in the right status.
 
 from celery import shared_task
 from celery.signals import task_postrun, task_prerun
-from django.db import OperationalError, close_old_connections
+from django.db import close_old_connections
 
+from cryptovault.exceptions import TRANSIENT_ERRORS
 from orders import services
 
 _RETRY = {
-    # Lock timeouts, deadlocks and dropped connections are worth another try.
-    "autoretry_for": (OperationalError,),
-    "retry_backoff": 0.5,
-    "retry_backoff_max": 10,
-    "max_retries": 8,
+    # An outage or a held-up run (Redis, PostgreSQL, the soft time limit) is never the
+    # order's fault: the run rolls back and retries after 1, 2, 4 ... 30 s (jittered).
+    # After the last retry the orders stay pending and orders.queue_sweep re-enqueues
+    # them, so nothing is lost; the row locks make sure nothing fills twice.
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 30,
+    "max_retries": 10,
     "acks_late": True,
+    # A run held up past the soft limit (a row lock, a slow dependency) is stopped,
+    # rolled back and retried like an outage; the hard limit kills one that ignores it.
     "soft_time_limit": 60,
     "time_limit": 90,
 }

@@ -39,3 +39,14 @@ def test_list_endpoints_are_documented_as_pages(schema, path):
 def test_nullable_fields_are_documented_nullable(schema):
     alert = schema["components"]["schemas"]["PriceAlert"]["properties"]
     assert alert["triggered_price"].get("nullable") is True
+
+
+def test_decimal_inputs_document_their_bounds(schema):
+    order = schema["components"]["schemas"]["OrderPlaceRequest"]["properties"]
+    assert order["quantity"]["maximum"] == 1_000_000_000_000
+    assert order["limit_price"]["maximum"] == 1_000_000_000
+    for name, places in (("quantity", 8), ("limit_price", 12)):
+        assert order[name]["exclusiveMinimum"] is True and order[name]["minimum"] == 0
+        assert order[name]["pattern"].endswith(f"{{1,{places}}})?$")
+    alert = schema["components"]["schemas"]["PriceAlertInputRequest"]["properties"]["price"]
+    assert alert["maximum"] == 1_000_000_000

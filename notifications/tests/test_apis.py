@@ -155,6 +155,10 @@ class TestAlerts:
             ({"coin": "bitcoin", "condition": "above", "price": "abc"}, "price"),
             ({"coin": "bitcoin", "condition": "above", "price": "NaN"}, "price"),
             ({"coin": "bitcoin", "condition": "above"}, "price"),
+            ({"coin": "bitcoin", "condition": "above", "price": "1000000000.1"}, "price"),
+            ({"coin": "bitcoin", "condition": "above", "price": "9" * 400}, "price"),
+            ({"coin": "bitcoin", "condition": "above", "price": "1e5"}, "price"),
+            ({"coin": "bitcoin", "condition": "above", "price": "0.0000000000001"}, "price"),
             ({"coin": "dogecoin", "condition": "above", "price": "1"}, "coin"),
         ],
     )

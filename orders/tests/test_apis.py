@@ -106,6 +106,48 @@ def test_bad_input_is_400_never_500(client, changes):
     assert not Order.objects.exists()
 
 
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        # The example: 10^10 coins at 10^10 usd overflowed Decimal (500).
+        ({"type": "limit", "quantity": "10000000000", "limit_price": "10000000000"}, "limit_price"),
+        ({"type": "limit", "quantity": "10000000000", "limit_price": "1000000"}, "quantity"),
+        ({"quantity": "1000000000000.00000001"}, "quantity"),
+        ({"quantity": "9" * 400}, "quantity"),
+        ({"quantity": "0.123456789"}, "quantity"),
+        ({"type": "limit", "limit_price": "60000.0000000000001"}, "limit_price"),
+        ({"type": "limit", "limit_price": "1000000000.000000000001"}, "limit_price"),
+        ({"quantity": "1e10"}, "quantity"),
+        ({"quantity": "1E+10"}, "quantity"),
+        ({"type": "limit", "limit_price": "6.5e4"}, "limit_price"),
+        ({"quantity": 1e300}, "quantity"),
+        # Notional over the cap at the latest price, before any funds check.
+        ({"quantity": 1e10}, "quantity"),
+        ({"quantity": "100000"}, "quantity"),
+        ({"side": "sell", "quantity": "100000"}, "quantity"),
+    ],
+)
+def test_huge_overprecise_or_exponent_decimals_are_400_with_a_field_error(client, changes, field):
+    response = client.post(ORDERS, order_body(**changes), format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()[field], response.content
+    assert not Order.objects.exists()
+
+
+def test_the_bounds_themselves_are_accepted(client):
+    # The largest quantity at the smallest price, and the largest price for a small quantity.
+    smallest = "0.000000000001"
+    cheap = order_body(type="limit", quantity="1000000000000", limit_price=smallest)
+    dear = order_body(type="limit", quantity="0.000001", limit_price="1000000000")
+    for body in (cheap, dear):
+        response = client.post(ORDERS, body, format="json")
+        assert response.status_code == 201, response.content
+        assert (response.json()["quantity"], response.json()["limit_price"]) == (
+            body["quantity"],
+            body["limit_price"],
+        )
+
+
 def test_bad_idempotency_key_is_400(client):
     response = client.post(ORDERS, order_body(), format="json", HTTP_IDEMPOTENCY_KEY="x" * 65)
     assert response.status_code == 400

@@ -2,12 +2,16 @@
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 
 import pytest
-from django.db import connection
+import redis.exceptions
+from django.db import connection, transaction
 
 from cryptovault.exceptions import ApplicationError
+from cryptovault.testing import TcpProxy
 from orders import services
 from orders.models import USD, Balance, LedgerEntry, Order
 from orders.tasks import order_queue_process
@@ -321,3 +325,143 @@ def test_a_worker_killed_mid_queue_loses_nothing_and_fills_nothing_twice():
     assert mine.filter(status="filled").count() == 200
     per_order = LedgerEntry.objects.filter(order__in=orders).values("order").annotate(n=Count("id"))
     assert {row["n"] for row in per_order} == {3}
+
+
+def _lock_waiters() -> int:
+    """Backends of this test database waiting for a row lock."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return cursor.fetchone()[0]
+
+
+@contextmanager
+def row_lock_held(balance: Balance) -> Iterator[threading.Event]:
+    """Hold ``balance``'s row lock from another connection until the yielded event is
+    set (or the block ends): a fill that needs the row waits, as behind a slow fill."""
+    acquired, release = threading.Event(), threading.Event()
+
+    def hold():
+        try:
+            with transaction.atomic():
+                Balance.objects.select_for_update().get(pk=balance.pk)
+                acquired.set()
+                release.wait(timeout=60)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert acquired.wait(timeout=10)
+    try:
+        yield release
+    finally:
+        release.set()
+        thread.join()
+
+
+@pytest.fixture
+def redis_proxy(settings):
+    """The cache's Redis (the queue's marks, the prices) behind a proxy the test cuts;
+    the broker stays direct, so retries are still delivered."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.REDIS_URL)
+    proxy = TcpProxy((url.hostname or "localhost", url.port or 6379))
+    location = url._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    settings.CACHES = {"default": {**settings.CACHES["default"], "LOCATION": location}}
+    yield proxy
+    proxy.down()
+
+
+def test_a_redis_outage_mid_fill_retries_and_the_order_then_fills(celery_worker, redis_proxy):
+    from celery.signals import task_retry
+
+    user = user_create(usd="10000", bitcoin="1")
+    retried: list[BaseException] = []
+
+    def on_retry(sender=None, reason=None, **_):
+        if sender is not None and sender.name == "orders.queue_process":
+            retried.append(reason)
+
+    task_retry.connect(on_retry, weak=False)
+    try:
+        with row_lock_held(Balance.objects.get(user=user, asset="bitcoin")) as release:
+            order = services.order_place(
+                user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.1")
+            )[0]
+            wait_until(lambda: _lock_waiters() == 1)  # the worker is mid-fill
+            redis_proxy.down()
+            release.set()  # the fill goes on and needs the price from Redis: gone
+            wait_until(lambda: retried)
+        order.refresh_from_db()
+        assert (order.status, order.reject_reason) == ("pending", None)
+        redis_proxy.up()
+        wait_until(lambda: Order.objects.get(pk=order.pk).status != "pending", timeout=60)
+    finally:
+        task_retry.disconnect(on_retry)
+    order.refresh_from_db()
+    assert (order.status, order.reject_reason) == ("filled", None)
+    assert isinstance(retried[0].exc, redis.exceptions.ConnectionError)
+    assert LedgerEntry.objects.filter(order=order).count() == 3
+
+
+def test_a_soft_time_limit_retries_instead_of_rejecting(tmp_path):
+    """A real prefork worker; its run waits on a row lock the test holds past the run's
+    1 s soft limit, the limit fires, and the run is retried, not rejected."""
+    from django_redis import get_redis_connection
+
+    user = user_create(usd="10000", bitcoin="1")
+    order = services.order_place(
+        user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.1")
+    )[0]
+    get_redis_connection("default").delete("orders")  # the run enqueued with 60 s limits
+    # A message carries its time limits (the publisher's), its retries too.
+    order_queue_process.apply_async((user.pk,), soft_time_limit=1, time_limit=30)
+    log = tmp_path / "worker.log"
+    with row_lock_held(Balance.objects.get(user=user, asset="bitcoin")) as release:
+        with _worker_process(log):
+            wait_until(lambda: _lock_waiters() == 1, timeout=60)
+            time.sleep(2)  # hold the lock past the soft limit
+            release.set()
+            wait_until(lambda: Order.objects.get(pk=order.pk).status != "pending", timeout=30)
+    order.refresh_from_db()
+    assert (order.status, order.reject_reason) == ("filled", None)
+    text = log.read_text()
+    assert "Soft time limit (1s) exceeded for orders.queue_process" in text
+    assert "retry: Retry in" in text and "SoftTimeLimitExceeded" in text
+    assert LedgerEntry.objects.filter(order=order).count() == 3
+
+
+@contextmanager
+def _worker_process(log) -> Iterator[None]:
+    """A real ``celery worker`` (prefork, one child) on the orders queue and the test
+    database, logging to ``log``."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    address = (db["HOST"] or "localhost") + (f":{db['PORT']}" if db["PORT"] else "")
+    with open(log, "w") as output:
+        worker = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
+            [sys.executable, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders",
+             "-P", "prefork", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
+             "--without-mingle", "--without-heartbeat"],
+            env={
+                **os.environ,
+                "DATABASE_URL": f"postgres://{credentials}@{address}/{db['NAME']}",
+                "REDIS_URL": settings.REDIS_URL,
+            },
+            stdout=output, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            yield
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)

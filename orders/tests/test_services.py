@@ -337,17 +337,18 @@ def test_a_crash_mid_queue_loses_nothing_and_a_rerun_fills_once():
     assert LedgerEntry.objects.filter(order=order).count() == 3
 
 
-def test_an_order_that_cannot_be_booked_is_rejected_without_blocking_the_queue():
-    # 10^12 coins sold at 10^10 usd is beyond what the ledger can hold.
+def test_an_order_worth_too_much_at_its_fill_price_is_rejected_without_blocking_the_queue():
     user = user_create(usd="10000", bitcoin="999999999999")
-    coins_and_prices({"bitcoin": "10000000000"})
+    coins_and_prices({"bitcoin": "0.001"})
     huge = place(user, side="sell", quantity="999999999999")
     normal = place(user, quantity="0.0000001")
+    # The price jumps before the queue runs: 10^12 coins at 10^10 usd is beyond the cap.
+    coins_and_prices({"bitcoin": "10000000000"})
     process(user)
     huge.refresh_from_db()
     normal.refresh_from_db()
     assert huge.status == "rejected"
-    assert huge.reject_reason.startswith("internal_error")
+    assert huge.reject_reason.startswith("notional_too_large")
     assert normal.status == "filled"
     assert bal(user, "bitcoin") == (Decimal("999999999999.0000001"), 0)
 
