@@ -7,6 +7,7 @@ Redis isolation: the test run uses its own Redis database (pytest-env sets
 import threading
 
 import pytest
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
@@ -17,6 +18,17 @@ def _clean_redis():
     connection.flushdb()
     yield
     connection.flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each test gets its own channel layer object (``ChannelLayerManager.set``, meant for
+    tests). The layer is process-global but binds its receives to one event loop, and
+    tests run servers on loops of their own: a receive left running on a stopped test
+    server's loop must not make the next test's sockets fail with "Two event loops are
+    trying to receive() on one channel layer at once!"."""
+    channel_layers.set(DEFAULT_CHANNEL_LAYER, channel_layers.make_backend(DEFAULT_CHANNEL_LAYER))
+    yield
 
 
 @pytest.fixture
