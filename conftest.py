@@ -8,6 +8,8 @@ import threading
 
 import pytest
 from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django_redis import get_redis_connection
 from rest_framework.test import APIClient
 
@@ -29,6 +31,16 @@ def _fresh_channel_layer():
     trying to receive() on one channel layer at once!"."""
     channel_layers.set(DEFAULT_CHANNEL_LAYER, channel_layers.make_backend(DEFAULT_CHANNEL_LAYER))
     yield
+
+
+@pytest.fixture(scope="session")
+def rsa_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
 
 
 @pytest.fixture

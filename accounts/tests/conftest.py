@@ -1,6 +1,4 @@
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.celery import app
@@ -18,16 +16,6 @@ def _celery_inline(request):
     yield
     app.conf.task_always_eager = False
     app.conf.task_eager_propagates = False
-
-
-@pytest.fixture(scope="session")
-def rsa_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 @pytest.fixture(autouse=True)

@@ -8,22 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production"
 SETUP = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
-
-
-@pytest.fixture(scope="module")
-def rsa_pem() -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
 
 
 @pytest.fixture
