@@ -422,6 +422,12 @@ SPECTACULAR_SETTINGS = {
     "COMPONENT_SPLIT_REQUEST": True,
     # Tags (the generated client's modules) from the first segment after /api/vN/.
     "SCHEMA_PATH_PREFIX": r"/api/v[0-9]+",
+    # The order's enums by their owner's name: a bare "StatusEnum" says nothing in an SDK.
+    "ENUM_NAME_OVERRIDES": {
+        "OrderSideEnum": "orders.models.Order.Side",
+        "OrderTypeEnum": "orders.models.Order.Type",
+        "OrderStatusEnum": "orders.models.Order.Status",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "markets.schema.prices_operation_add",

@@ -119,10 +119,10 @@ def test_generated_client_signs_up_logs_in_trades_and_reads_the_portfolio(sdk, c
     from cryptovault_client.models import (
         LoginInputRequest,
         OrderPlaceRequest,
-        SideEnum,
+        OrderSideEnum,
+        OrderStatusEnum,
+        OrderTypeEnum,
         SignupInputRequest,
-        StatusEnum,
-        TypeEnum,
         VerifyEmailInputRequest,
     )
 
@@ -149,14 +149,14 @@ def test_generated_client_signs_up_logs_in_trades_and_reads_the_portfolio(sdk, c
         order = orders_create.sync(
             client=client,
             body=OrderPlaceRequest(
-                coin="bitcoin", side=SideEnum.BUY, type_=TypeEnum.MARKET, quantity="0.1"
+                coin="bitcoin", side=OrderSideEnum.BUY, type_=OrderTypeEnum.MARKET, quantity="0.1"
             ),
         )
-        assert order.status == StatusEnum.PENDING
+        assert order.status == OrderStatusEnum.PENDING
         filled = _wait_for(
             lambda: (
                 (o := orders_retrieve.sync(client=client, order_id=order.id)).status
-                == StatusEnum.FILLED
+                == OrderStatusEnum.FILLED
                 and o
             )
         )
