@@ -249,7 +249,9 @@ class ForgotPasswordApi(_PublicApi):
 
 class ValidateResetTokenApi(_PublicApi):
     @extend_schema(
-        responses=inline_serializer("ResetTokenValid", {"valid": serializers.BooleanField()})
+        # The URL names a verb, not a resource: "validate", not "..._retrieve".
+        operation_id="auth_validate_reset_token",
+        responses=inline_serializer("ResetTokenValid", {"valid": serializers.BooleanField()}),
     )
     def get(self, request, token: str):
         if len(token) > 128 or not selectors.password_reset_token_is_valid(token=token):
@@ -342,7 +344,12 @@ class PasswordChangeApi(APIView):
         current_password = _password_field()
         new_password = _password_field()
 
-    @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
+    # POST me/password changes it; the URL alone would read as a noun.
+    @extend_schema(
+        operation_id="auth_me_password_change",
+        request=InputSerializer,
+        responses=TokensOutputSerializer,
+    )
     def post(self, request):
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

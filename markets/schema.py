@@ -1,12 +1,27 @@
 """OpenAPI for ``GET /api/v1/prices``, a plain async view that drf-spectacular cannot see."""
 
-_QUOTE = {
+# Named components, so a generated client calls its models ``Prices`` and ``PriceQuote``.
+PRICE_QUOTE = {
     "type": "object",
     "properties": {
         "usd": {"type": "string", "format": "decimal", "example": "65000.12"},
         "change_24h_pct": {"type": "string", "format": "decimal", "nullable": True},
     },
     "required": ["usd", "change_24h_pct"],
+}
+
+PRICES = {
+    "type": "object",
+    "properties": {
+        "as_of": {"type": "string", "format": "date-time", "nullable": True},
+        "source": {"type": "string", "enum": ["coingecko", "simulated"], "nullable": True},
+        "stale": {"type": "boolean"},
+        "prices": {
+            "type": "object",
+            "additionalProperties": {"$ref": "#/components/schemas/PriceQuote"},
+        },
+    },
+    "required": ["as_of", "source", "stale", "prices"],
 }
 
 PRICES_OPERATION = {
@@ -17,24 +32,7 @@ PRICES_OPERATION = {
     "responses": {
         "200": {
             "description": "The latest poll (``source`` and ``as_of`` are null before the first).",
-            "content": {
-                "application/json": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "as_of": {"type": "string", "format": "date-time", "nullable": True},
-                            "source": {
-                                "type": "string",
-                                "enum": ["coingecko", "simulated"],
-                                "nullable": True,
-                            },
-                            "stale": {"type": "boolean"},
-                            "prices": {"type": "object", "additionalProperties": _QUOTE},
-                        },
-                        "required": ["as_of", "source", "stale", "prices"],
-                    }
-                }
-            },
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Prices"}}},
         },
         "503": {"description": "Redis is unreachable (`code: service_unavailable`)."},
     },
@@ -44,4 +42,5 @@ PRICES_OPERATION = {
 def prices_operation_add(result, generator, request, public):
     """drf-spectacular postprocessing hook: document ``GET /api/v1/prices``."""
     result["paths"]["/api/v1/prices"] = {"get": PRICES_OPERATION}
+    result["components"]["schemas"].update(Prices=PRICES, PriceQuote=PRICE_QUOTE)
     return result

@@ -137,11 +137,7 @@ class PriceAlertListCreateApi(APIView):
     OutputSerializer = PriceAlertSerializer
     pagination_class = CursorPagination
 
-    @extend_schema(
-        operation_id="alerts_list",
-        parameters=[FilterSerializer],
-        responses=PriceAlertSerializer(many=True),
-    )
+    @extend_schema(parameters=[FilterSerializer], responses=PriceAlertSerializer(many=True))
     def get(self, request: Request) -> Response:
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -168,7 +164,7 @@ class PriceAlertListCreateApi(APIView):
 class PriceAlertDetailApi(APIView):
     OutputSerializer = PriceAlertSerializer
 
-    @extend_schema(operation_id="alerts_retrieve", responses=OutputSerializer)
+    @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, alert_id: int) -> Response:
         alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
         return Response(self.OutputSerializer(alert).data)

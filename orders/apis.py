@@ -87,11 +87,7 @@ class OrderListCreateApi(APIView):
     OutputSerializer = OrderOutputSerializer
     pagination_class = CursorPagination
 
-    @extend_schema(
-        operation_id="orders_list",
-        parameters=[FilterSerializer],
-        responses=OrderOutputSerializer(many=True),
-    )
+    @extend_schema(parameters=[FilterSerializer], responses=OrderOutputSerializer(many=True))
     def get(self, request):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
@@ -101,7 +97,6 @@ class OrderListCreateApi(APIView):
         )
 
     @extend_schema(
-        operation_id="orders_create",
         request=InputSerializer,
         parameters=[
             OpenApiParameter(
@@ -144,7 +139,7 @@ class OrderListCreateApi(APIView):
 class OrderDetailApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
-    @extend_schema(operation_id="orders_retrieve", responses=OutputSerializer)
+    @extend_schema(responses=OutputSerializer)
     def get(self, request, order_id: int):
         order = selectors.order_get(user=request.user, order_id=order_id)
         if order is None:
@@ -155,7 +150,7 @@ class OrderDetailApi(APIView):
 class OrderCancelApi(APIView):
     OutputSerializer = OrderOutputSerializer
 
-    @extend_schema(operation_id="orders_cancel", request=None, responses=OutputSerializer)
+    @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request, order_id: int):
         order = services.order_cancel(order_id=order_id, user=request.user)
         return Response(self.OutputSerializer(order).data)

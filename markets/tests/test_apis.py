@@ -67,7 +67,10 @@ def test_prices_is_in_the_openapi_schema(client):
 
     operation = schema["paths"]["/api/v1/prices"]["get"]
     body = operation["responses"]["200"]["content"]["application/json"]["schema"]
-    assert set(body["required"]) == {"as_of", "source", "stale", "prices"}
+    assert body == {"$ref": "#/components/schemas/Prices"}
+    prices = schema["components"]["schemas"]["Prices"]
+    assert set(prices["required"]) == {"as_of", "source", "stale", "prices"}
+    assert operation["operationId"] == "prices_retrieve"
 
 
 # --- GET /coins ---------------------------------------------------------------------------------
