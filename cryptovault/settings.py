@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "channels",
+    "anymail",
     "accounts",
     "markets",
     "orders",
@@ -361,8 +362,13 @@ CELERY_BEAT_SCHEDULE["markets-history-prune"] = {
 }
 
 # --- Email ---------------------------------------------------------------------
+# EMAIL_BACKEND is any Django email backend: a dotted path, or the short name of an
+# ESP django-anymail supports (sendgrid, resend, amazon_ses, mailgun, postmark, ...).
+# SMTP comes from EMAIL_URL (smtp://, smtp+tls://, smtp+ssl://user:pass@host:port).
 _email = env.email_url("EMAIL_URL", default="consolemail://")
 EMAIL_BACKEND = env.str("EMAIL_BACKEND", default=_email["EMAIL_BACKEND"])
+if "." not in EMAIL_BACKEND:
+    EMAIL_BACKEND = f"anymail.backends.{EMAIL_BACKEND}.EmailBackend"
 EMAIL_HOST = _email.get("EMAIL_HOST") or "localhost"
 EMAIL_PORT = _email.get("EMAIL_PORT") or 25
 EMAIL_HOST_USER = _email.get("EMAIL_HOST_USER") or ""
@@ -374,6 +380,16 @@ EMAIL_FILE_PATH = env.str("EMAIL_FILE_PATH", default=str(BASE_DIR / "var/mail"))
 DEFAULT_FROM_EMAIL = env.str(
     "DEFAULT_FROM_EMAIL", default="CryptoVault <no-reply@cryptovault.local>"
 )
+# django-anymail's settings, one env var each: ANYMAIL_<NAME> becomes ANYMAIL["<NAME>"]
+# (ANYMAIL_SENDGRID_API_KEY, ANYMAIL_RESEND_API_KEY, ANYMAIL_POSTMARK_SERVER_TOKEN,
+# ANYMAIL_MAILGUN_API_KEY + ANYMAIL_MAILGUN_SENDER_DOMAIN, ...). Every ESP option Anymail
+# documents is reachable without a settings change; Amazon SES takes its credentials
+# and region from boto3's own AWS_* variables (or the instance role).
+ANYMAIL = {
+    name.removeprefix("ANYMAIL_"): value
+    for name, value in env.ENVIRON.items()
+    if name.startswith("ANYMAIL_")
+}
 
 # --- HTTP hardening ------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
@@ -398,6 +414,8 @@ USE_I18N = True
 USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var/static"
+# The platform's own files (the server-rendered pages' stylesheet), next to the apps'.
+STATICFILES_DIRS = [BASE_DIR / "static"]
 
 # --- DRF / OpenAPI ---------------------------------------------------------------
 REST_FRAMEWORK = {

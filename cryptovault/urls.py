@@ -2,10 +2,12 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from accounts.pages import reset_password_page, verify_email_page
 from cryptovault.admin import admin_login
 from cryptovault.dashboard import admin_dashboard
 from cryptovault.exceptions import handler404 as api_not_found
 from cryptovault.health import health
+from cryptovault.pages import landing
 
 handler400 = "cryptovault.exceptions.handler400"
 handler403 = "cryptovault.exceptions.handler403"
@@ -20,7 +22,11 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("", landing, name="landing"),
     path("health", health, name="health"),
+    # Where the links in our emails land when APP_URL is the platform itself.
+    path("verify-email", verify_email_page, name="verify-email-page"),
+    path("reset-password", reset_password_page, name="reset-password-page"),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -20,13 +20,14 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
-from django.core.mail import EmailMessage, get_connection
+from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from accounts.models import User
+from cryptovault.emails import email_render
 from notifications.models import Notification, OutboxEmail
 
 logger = logging.getLogger(__name__)
@@ -192,12 +193,18 @@ def _send(batch: list[OutboxEmail]) -> int:
     return sent
 
 
-def notification_email_message(*, outbox: OutboxEmail) -> EmailMessage | None:
+def notification_email_message(*, outbox: OutboxEmail) -> EmailMultiAlternatives | None:
     notification, user = outbox.notification, outbox.user
     if notification is None or user is None or not user.is_active or not user.email:
         return None
-    return EmailMessage(
+    return email_render(
+        template="notification",
         subject=f"CryptoVault: {notification.title}",
-        body=f"{notification.body or notification.title}\n\n{settings.APP_URL}/notifications\n",
         to=[user.email],
+        context={
+            "title": notification.title,
+            "body": notification.body or notification.title,
+            "kind_label": notification.get_kind_display().lower(),
+            "link": f"{settings.APP_URL}/notifications",
+        },
     )
