@@ -6,6 +6,7 @@ from cryptovault.admin import admin_login
 from cryptovault.dashboard import admin_dashboard
 from cryptovault.exceptions import handler404 as api_not_found
 from cryptovault.health import health
+from cryptovault.metrics import metrics_view
 
 handler400 = "cryptovault.exceptions.handler400"
 handler403 = "cryptovault.exceptions.handler403"
@@ -21,6 +22,7 @@ api_v1 = [
 
 urlpatterns = [
     path("health", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
