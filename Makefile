@@ -28,10 +28,15 @@ migrate: install services
 seed: migrate
 	$(BIN)/python manage.py seed_demo --with-user
 
-# `make run` talks to the built-in simulator unless told otherwise.
+# `make run` talks to the built-in simulator unless told otherwise. Web and worker
+# processes share one metrics directory, emptied at each start, so GET /metrics on the
+# web port (Authorization: Bearer $METRICS_TOKEN) shows them all (README "Metrics").
 run: export MARKET_DATA_URL ?= http://127.0.0.1:$(or $(SIMULATOR_PORT),8765)/api/v3
+run: export METRICS_TOKEN ?= dev-metrics-token
 run: install services migrate seed
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start -f Procfile --port $${PORT:-8000}
+	rm -rf var/metrics && mkdir -p var/metrics
+	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/metrics" PATH="$(CURDIR)/$(BIN):$$PATH" \
+		$(BIN)/honcho start -f Procfile --port $${PORT:-8000}
 
 test: install services
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

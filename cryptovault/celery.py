@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
@@ -34,3 +34,17 @@ def _clear_request_id(**_: object) -> None:
     from cryptovault.logging import request_id_var
 
     request_id_var.set(None)
+
+
+@worker_ready.connect
+def _serve_metrics(**_: object) -> None:
+    """The worker's /metrics on METRICS_PORT (main process; with PROMETHEUS_MULTIPROC_DIR
+    it answers for the prefork children too). Started once the pool is up, so the
+    children do not inherit the listening socket."""
+    from django.conf import settings
+    from prometheus_client import start_http_server
+
+    from cryptovault.metrics import metrics_registry
+
+    if settings.METRICS_PORT:
+        start_http_server(settings.METRICS_PORT, registry=metrics_registry())

@@ -51,6 +51,7 @@ INSTALLED_APPS = [
 
 # The security headers wrap everything below them, early refusals included.
 MIDDLEWARE = [
+    "cryptovault.metrics.MetricsMiddleware",
     "cryptovault.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -174,6 +175,13 @@ CHANNEL_LAYERS = {
         },
     }
 }
+
+# --- Metrics (cryptovault/metrics.py, README "Metrics") --------------------------
+# GET /metrics on the web port needs "Authorization: Bearer <METRICS_TOKEN>"; unset, the
+# endpoint does not exist. A Celery worker serves the same registry, without a token, on
+# METRICS_PORT (unset: none): a port that no Service or Ingress exposes.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_PORT = env.int("METRICS_PORT", default=None)
 
 # --- Celery ------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL

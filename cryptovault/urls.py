@@ -7,6 +7,7 @@ from cryptovault.admin import admin_login
 from cryptovault.dashboard import admin_dashboard
 from cryptovault.exceptions import handler404 as api_not_found
 from cryptovault.health import health
+from cryptovault.metrics import metrics_view
 from cryptovault.pages import landing
 
 handler400 = "cryptovault.exceptions.handler400"
@@ -24,6 +25,7 @@ api_v1 = [
 urlpatterns = [
     path("", landing, name="landing"),
     path("health", health, name="health"),
+    path("metrics", metrics_view, name="metrics"),
     # Where the links in our emails land when APP_URL is the platform itself.
     path("verify-email", verify_email_page, name="verify-email-page"),
     path("reset-password", reset_password_page, name="reset-password-page"),

@@ -12,6 +12,7 @@ to Django, where ``markets.apis.prices`` serves the same bytes the slow way. The
 per-IP rate limit rides in the same Redis round trip (one pipelined INCR).
 """
 
+import time
 from functools import cache
 from types import SimpleNamespace
 
@@ -23,11 +24,14 @@ from django.middleware.security import SecurityMiddleware
 from redis.exceptions import RedisError
 
 from accounts.ratelimit import rate_limited_body
+from cryptovault.metrics import http_request_observe
 from cryptovault.middleware import REQUEST_ID_HEADER, request_id_from
 from cryptovault.net import client_ip_from
 from markets.selectors import prices_snapshot_bytes_async
 
 PRICES_PATH = "/api/v1/prices"
+# The URL pattern Django would have matched (markets/urls.py), as MetricsMiddleware labels it.
+PRICES_ROUTE = "api/v1/prices"
 
 
 class _ProbeRequest(HttpRequest):
@@ -68,6 +72,7 @@ def prices_fast_lane(django_app):
             or scope["method"] not in ("GET", "HEAD")
         ):
             return await django_app(scope, receive, send)
+        started = time.perf_counter()
         headers = dict(scope["headers"])
         domain, _port = split_domain_port(headers.get(b"host", b"").decode("latin-1"))
         secure = _is_secure(scope, headers)
@@ -86,6 +91,7 @@ def prices_fast_lane(django_app):
         except RedisError:
             return await django_app(scope, receive, send)
         extra_headers = []
+        status = 429 if retry_after else 200
         if retry_after:
             body = rate_limited_body(retry_after)
             extra_headers.append((b"retry-after", str(retry_after).encode("latin-1")))
@@ -96,7 +102,7 @@ def prices_fast_lane(django_app):
         await send(
             {
                 "type": "http.response.start",
-                "status": 429 if retry_after else 200,
+                "status": status,
                 "headers": [
                     *_static_headers(secure),
                     *extra_headers,
@@ -107,6 +113,12 @@ def prices_fast_lane(django_app):
         )
         await send(
             {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        )
+        http_request_observe(
+            method=scope["method"],
+            route=PRICES_ROUTE,
+            status=status,
+            seconds=time.perf_counter() - started,
         )
 
     return app

@@ -46,6 +46,7 @@ from django.conf import settings
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import State
 
+from cryptovault.metrics import WebSocketConnectionsCounted
 from markets.realtime import prices_channel
 from markets.selectors import prices_snapshot_bytes
 
@@ -273,7 +274,7 @@ async def _finish(coroutine: Coroutine, pending: Any) -> None:
             return
 
 
-class PricesConsumer(AsyncWebsocketConsumer):
+class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
     """Public price stream: snapshot on connect, then a tick per poll.
 
     Client messages: ``{"type":"ping"}`` → ``{"type":"pong"}``;
@@ -282,6 +283,7 @@ class PricesConsumer(AsyncWebsocketConsumer):
     ``{"type":"error","code","detail"}`` and the socket stays open.
     """
 
+    stream = "/ws/prices"
     # Ticks come from the process's PriceFeed, not from the channel layer, so this
     # consumer needs no channel of its own (an unconfigured alias means none).
     channel_layer_alias = "prices-feed-no-channel-layer"

@@ -91,6 +91,16 @@ def prices_age_seconds() -> float | None:
     return round(max(0.0, time.time() - float(raw)), 3)
 
 
+def prices_age_by_source() -> dict[str, float]:
+    """Seconds since the newest stored quote of each source (``coingecko``, ``simulated``):
+    a source whose quotes were all replaced by another's is no longer listed."""
+    newest: dict[str, float] = {}
+    for quote in price_quotes().values():
+        newest[quote["source"]] = max(newest.get(quote["source"], quote["as_of"]), quote["as_of"])
+    now = time.time()
+    return {source: max(0.0, now - as_of) for source, as_of in newest.items()}
+
+
 def prices_are_stale(*, as_of_epoch: float | None) -> bool:
     """Older than ``PRICE_STALE_SECONDS``, or stamped in the future (beyond
     ``PRICE_CLOCK_SKEW_SECONDS``): either way not a price to use."""

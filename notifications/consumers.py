@@ -20,6 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.selectors import session_is_live
+from cryptovault.metrics import WebSocketConnectionsCounted
 from notifications.middleware import scope_authenticate
 from notifications.realtime import WS_CLOSE_UNAUTHORIZED, session_group, user_group
 
@@ -28,7 +29,9 @@ logger = logging.getLogger(__name__)
 SESSION_CHECK_SECONDS = 60.0
 
 
-class UserConsumer(AsyncWebsocketConsumer):
+class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
+    stream = "/ws/user"
+
     async def connect(self) -> None:
         # Accept before closing: a close before the handshake is an HTTP 403 and the
         # client could not tell "unauthorized" (4401) from any other refusal.

@@ -2,7 +2,7 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
 from accounts.models import User
-from notifications.models import Notification, PriceAlert
+from notifications.models import Notification, OutboxEmail, PriceAlert
 
 
 def notification_list(*, user: User, unread: bool | None = None) -> QuerySet[Notification]:
@@ -30,3 +30,8 @@ def price_alert_list(*, user: User, active: bool | None = None) -> QuerySet[Pric
 
 def price_alert_get(*, user: User, alert_id: int) -> PriceAlert:
     return get_object_or_404(PriceAlert, pk=alert_id, user=user)
+
+
+def outbox_pending_count() -> int:
+    """Emails accepted and not yet sent (including those waiting for a retry)."""
+    return OutboxEmail.objects.filter(status=OutboxEmail.Status.PENDING).count()

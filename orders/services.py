@@ -15,6 +15,7 @@ from django.utils import timezone
 from rest_framework import status as http
 
 from accounts.models import User
+from cryptovault import metrics
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
 from markets.models import Coin
@@ -368,6 +369,7 @@ def _order_place_locked(
     )
     order.user = user
     _order_notify(order)
+    _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
     transaction.on_commit(lambda: _queue_enqueue(user.pk), robust=True)
     return order, True
 
@@ -429,6 +431,12 @@ def _reservation_release(*, order: Order, balances: dict[str, Balance]) -> None:
     order.reserved_amount = Decimal(0)
 
 
+def _order_count(counter) -> None:
+    """Counted once the order's transaction commits: a run rolled back and retried must
+    not count twice."""
+    transaction.on_commit(counter.inc, robust=True)
+
+
 def _order_reject(*, order: Order, balances: dict[str, Balance], reason: str) -> None:
     _reservation_release(order=order, balances=balances)
     order_status_set(
@@ -437,6 +445,8 @@ def _order_reject(*, order: Order, balances: dict[str, Balance], reason: str) ->
         reject_reason=reason[:200],
         reserved_amount=order.reserved_amount,
     )
+    # Reasons are "<code>" or "<code>: <sentence>"; the code is the label.
+    _order_count(metrics.ORDERS_REJECTED.labels(reason=reason.split(":", 1)[0]))
 
 
 def _order_fill(
@@ -485,6 +495,7 @@ def _order_fill(
         fee=fee,
         reserved_amount=order.reserved_amount,
     )
+    _order_count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
 
 
 def limit_crosses(*, order: Order, price: Decimal) -> bool:

@@ -1,8 +1,9 @@
 """Deployment files are checked in CI like code.
 
 Kubernetes manifests are validated offline against the Kubernetes OpenAPI schemas
-bundled in kubernetes-validate (strict: unknown fields fail), then checked for what
-the schemas cannot tell: probes, autoscalers, selectors. docker-compose.yml is parsed
+bundled in kubernetes-validate (strict: unknown fields fail), KEDA's ScaledObject against
+the CRD schema vendored in deploy/k8s/crds/ (strict too), then checked for what the
+schemas cannot tell: probes, autoscalers, selectors. docker-compose.yml is parsed
 with PyYAML (anchors resolved); deploy/nginx.conf is checked with ``nginx -t`` and then
 served by a real nginx when one is installed (scripts/scale_demo.sh installs it).
 """
@@ -16,13 +17,17 @@ import time
 from pathlib import Path
 
 import httpx
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
+from cryptovault.metrics import CELERY_QUEUES
+
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+CRDS = K8S / "crds"
 # The oldest Kubernetes release the manifests must work on.
 KUBERNETES_VERSION = "1.29"
 
@@ -46,7 +51,78 @@ def k8s_objects(kind: str) -> dict[str, dict]:
     ids=[f"{name}:{d['kind']}/{d['metadata']['name']}" for name, d in k8s_documents()],
 )
 def test_manifest_is_valid_against_the_kubernetes_schema(document):
-    kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    group = document["apiVersion"].partition("/")[0]
+    if group in crd_schemas_by_group():
+        crd_validate(document)
+    else:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def crd_schemas_by_group() -> dict[str, dict[tuple[str, str], dict]]:
+    """``{group: {(version, kind): openAPIV3Schema}}`` of the vendored CRDs."""
+    schemas: dict[str, dict[tuple[str, str], dict]] = {}
+    for path in sorted(CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        spec = crd["spec"]
+        for version in spec["versions"]:
+            schemas.setdefault(spec["group"], {})[(version["name"], spec["names"]["kind"])] = (
+                version["schema"]["openAPIV3Schema"]
+            )
+    return schemas
+
+
+def _strict(schema: dict) -> dict:
+    """The CRD schema as the API server applies it, as JSON Schema: an object with declared
+    properties takes no others (the server would silently prune them, so a misspelt
+    field would be lost), and ``x-kubernetes-int-or-string`` is an integer or a string."""
+    open_ended = schema.get("x-kubernetes-preserve-unknown-fields", False)
+    schema = {key: value for key, value in schema.items() if not key.startswith("x-kubernetes")}
+    if schema.get("type") == "object" and "properties" in schema and not open_ended:
+        schema.setdefault("additionalProperties", False)
+    for key in ("properties", "patternProperties"):
+        if key in schema:
+            schema[key] = {name: _strict(sub) for name, sub in schema[key].items()}
+    for key in ("items", "additionalProperties"):
+        if isinstance(schema.get(key), dict):
+            schema[key] = _strict(schema[key])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            schema[key] = [_strict(sub) for sub in schema[key]]
+    return schema
+
+
+def _int_or_string(schema: dict) -> dict:
+    if schema.get("x-kubernetes-int-or-string"):
+        return {**schema, "type": ["integer", "string"]}
+    return schema
+
+
+def crd_validate(document: dict) -> None:
+    group, _, version = document["apiVersion"].partition("/")
+    schema = crd_schemas_by_group()[group][(version, document["kind"])]
+    strict = _strict(_walk(schema, _int_or_string))
+    # metadata is the API server's ObjectMeta, not described by the CRD.
+    strict["properties"]["metadata"] = {"type": "object"}
+    jsonschema.Draft7Validator(strict).validate(document)
+
+
+def _walk(schema, change):
+    if isinstance(schema, dict):
+        return change({key: _walk(value, change) for key, value in schema.items()})
+    if isinstance(schema, list):
+        return [_walk(value, change) for value in schema]
+    return schema
+
+
+def test_crd_validation_refuses_what_keda_would_not_take():
+    scaled = k8s_objects("ScaledObject")["cryptovault-worker"]
+    crd_validate(scaled)
+    misspelt = {**scaled, "spec": {**scaled["spec"], "maxReplicas": 12}}
+    with pytest.raises(jsonschema.ValidationError, match="maxReplicas"):
+        crd_validate(misspelt)
+    untyped = {**scaled, "spec": {**scaled["spec"], "triggers": [{"metadata": {}}]}}
+    with pytest.raises(jsonschema.ValidationError, match="'type' is a required property"):
+        crd_validate(untyped)
 
 
 def test_every_process_is_deployed_with_readiness_and_liveness_probes():
@@ -97,16 +173,32 @@ def test_web_scales_on_cpu_and_worker_on_queue_length():
     web_container = deployments["cryptovault-web"]["spec"]["template"]["spec"]["containers"][0]
     assert web_container["resources"]["requests"]["cpu"]  # utilization needs a request
 
-    worker = hpas["cryptovault-worker"]["spec"]
+    # The worker scales on the Redis lists through KEDA, not on a metric nobody serves.
+    assert "cryptovault-worker" not in hpas
+    worker = k8s_objects("ScaledObject")["cryptovault-worker"]["spec"]
     assert worker["scaleTargetRef"]["name"] == "cryptovault-worker"
-    external = [m["external"] for m in worker["metrics"] if m["type"] == "External"]
-    assert {m["metric"]["name"] for m in external} == {"celery_queue_length"}
-    assert {m["metric"]["selector"]["matchLabels"]["queue"] for m in external} == {
-        "orders",
-        "celery",
-    }
+    assert {t["type"] for t in worker["triggers"]} == {"redis"}
+    assert {t["metadata"]["listName"] for t in worker["triggers"]} == set(CELERY_QUEUES)
+    worker_pod = deployments["cryptovault-worker"]["spec"]["template"]["spec"]
+    assert "-Q celery,orders" in " ".join(worker_pod["containers"][0]["command"])
+    assert worker["minReplicaCount"] >= 2
     for hpa in hpas.values():
         assert hpa["spec"]["minReplicas"] >= 2  # no single point of failure at rest
+
+
+def test_the_worker_serves_metrics_on_an_internal_port_from_a_fresh_directory():
+    worker = k8s_objects("Deployment")["cryptovault-worker"]["spec"]["template"]
+    container = worker["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port = int(env["METRICS_PORT"])
+    assert {"name": "metrics", "containerPort": port} in container["ports"]
+    assert worker["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert env["PROMETHEUS_MULTIPROC_DIR"] in mounts
+    command = " ".join(container["command"])
+    assert command.index('rm -rf "$PROMETHEUS_MULTIPROC_DIR"/*') < command.index("exec celery")
+    for service in k8s_objects("Service").values():
+        assert port not in {p.get("targetPort") for p in service["spec"]["ports"]}
 
 
 def test_services_select_the_pods_they_front_and_config_is_referenced():

@@ -1,0 +1,214 @@
+"""Prometheus metrics of web and worker (prometheus-client).
+
+Events (requests, orders, WebSocket connections) are counted where they happen. State
+(Celery queue depth, price age, email outbox) is read when Prometheus scrapes, by
+:class:`PlatformStateCollector`, so it is never older than the scrape.
+
+Several processes serve one pod: uvicorn's ``--workers`` and Celery's prefork children.
+With ``PROMETHEUS_MULTIPROC_DIR`` set (``make run``, the k8s manifests) each process
+writes its values to files in that directory and a scrape sums them
+(``MultiProcessCollector``), so any process can answer for all of them. Without it (tests,
+a single process) values live in memory. The directory must be empty when the processes
+start: values of the previous run would otherwise be added to this one's.
+"""
+
+import atexit
+import hmac
+import logging
+import os
+import time
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from kombu.exceptions import ChannelError
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from cryptovault.exceptions import DEPENDENCY_ERRORS, handler404
+from cryptovault.middleware import _HybridMiddleware
+
+logger = logging.getLogger(__name__)
+
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+# The Redis lists KEDA scales the worker on (deploy/k8s/worker.yaml).
+CELERY_QUEUES = ("celery", "orders")
+
+HTTP_REQUESTS = Counter(
+    "cryptovault_http_requests_total",
+    "HTTP requests answered, by URL pattern (never the raw path) and status.",
+    ["method", "route", "status"],
+)
+HTTP_LATENCY = Histogram(
+    "cryptovault_http_request_duration_seconds",
+    "Time from the first middleware to the response, by URL pattern and status.",
+    ["method", "route", "status"],
+)
+ORDERS_PLACED = Counter(
+    "cryptovault_orders_placed_total", "Orders accepted (committed).", ["side", "type"]
+)
+ORDERS_FILLED = Counter("cryptovault_orders_filled_total", "Orders filled.", ["side", "type"])
+ORDERS_REJECTED = Counter(
+    "cryptovault_orders_rejected_total", "Orders rejected after placing, by reason.", ["reason"]
+)
+WEBSOCKET_CONNECTIONS = Gauge(
+    "cryptovault_websocket_connections",
+    "Open (accepted) WebSocket connections, by stream.",
+    ["stream"],
+    # Summed over the processes still alive: a dead worker's sockets are gone.
+    multiprocess_mode="livesum",
+)
+
+if MULTIPROCESS:
+    # Drops this process's live gauge files (open sockets) when it exits.
+    atexit.register(multiprocess.mark_process_dead, os.getpid())
+
+
+def http_request_observe(*, method: str, route: str, status: int, seconds: float) -> None:
+    labels = {"method": method, "route": route, "status": str(status)}
+    HTTP_REQUESTS.labels(**labels).inc()
+    HTTP_LATENCY.labels(**labels).observe(seconds)
+
+
+class MetricsMiddleware(_HybridMiddleware):
+    """Counts and times every request Django answers, labelled with the URL pattern that
+    matched (``api/v1/orders/<int:order_id>``), so ids in paths do not make new series.
+    A path no pattern matches is ``unmatched``. First in ``MIDDLEWARE`` so the time
+    includes the other middleware."""
+
+    def before(self, request: HttpRequest) -> None:
+        request.metrics_started = time.perf_counter()
+
+    def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        match = request.resolver_match
+        http_request_observe(
+            method=request.method,
+            route=match.route if match is not None else "unmatched",
+            status=response.status_code,
+            seconds=time.perf_counter() - request.metrics_started,
+        )
+        return response
+
+
+class WebSocketConnectionsCounted:
+    """Consumer mixin: counts the socket in ``cryptovault_websocket_connections{stream}``
+    from its accept to its disconnect (also a socket accepted only to be closed with an
+    error code: it was open)."""
+
+    stream: str
+    _counted = False
+
+    async def accept(self, *args, **kwargs) -> None:
+        await super().accept(*args, **kwargs)
+        WEBSOCKET_CONNECTIONS.labels(stream=self.stream).inc()
+        self._counted = True
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        if self._counted:
+            WEBSOCKET_CONNECTIONS.labels(stream=self.stream).dec()
+            self._counted = False
+        await super().websocket_disconnect(message)
+
+
+def celery_queue_lengths() -> dict[str, int]:
+    """Messages waiting in each Celery queue: the length of its Redis list, what KEDA's
+    Redis list scaler reads too (kombu's passive declare; an empty list does not exist)."""
+    from cryptovault.celery import app
+
+    lengths = {}
+    with app.connection_for_read() as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        for queue in CELERY_QUEUES:
+            try:
+                lengths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except ChannelError:
+                lengths[queue] = 0
+    return lengths
+
+
+class PlatformStateCollector(Collector):
+    """Series read from PostgreSQL and Redis at scrape time. A dependency that does not
+    answer drops its series from this scrape (and is logged); the rest is served."""
+
+    def collect(self):
+        from markets.selectors import prices_age_by_source
+        from notifications.selectors import outbox_pending_count
+
+        readers = (
+            (
+                "cryptovault_celery_queue_length",
+                "Messages waiting in each Celery queue (its Redis list).",
+                "queue",
+                celery_queue_lengths,
+            ),
+            (
+                "cryptovault_price_age_seconds",
+                "Seconds since the newest stored price of each source.",
+                "source",
+                prices_age_by_source,
+            ),
+            (
+                "cryptovault_email_outbox_pending",
+                "Emails in the outbox not sent yet.",
+                None,
+                outbox_pending_count,
+            ),
+        )
+        for name, documentation, label, read in readers:
+            try:
+                values = read()
+            except DEPENDENCY_ERRORS as exc:
+                logger.warning("metric unavailable", extra={"metric": name, "error": repr(exc)})
+                continue
+            if label is None:
+                yield GaugeMetricFamily(name, documentation, value=values)
+                continue
+            family = GaugeMetricFamily(name, documentation, labels=[label])
+            for key, value in sorted(values.items()):
+                family.add_metric([key], value)
+            yield family
+
+
+class _ThisProcess(Collector):
+    """The default registry (this process's own values) as one collector."""
+
+    def collect(self):
+        return REGISTRY.collect()
+
+
+def metrics_registry() -> CollectorRegistry:
+    """What a scrape answers: every process's values and the platform state."""
+    registry = CollectorRegistry()
+    if MULTIPROCESS:
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry.register(_ThisProcess())
+    registry.register(PlatformStateCollector())
+    return registry
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics`` with ``Authorization: Bearer <METRICS_TOKEN>``. Without the
+    setting the endpoint does not exist (404); a missing or wrong token is a 401."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        return handler404(request)
+    given = request.headers.get("Authorization", "")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+        response = JsonResponse(
+            {"detail": "A valid metrics token is required.", "code": "not_authenticated"},
+            status=401,
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)
