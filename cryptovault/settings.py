@@ -9,6 +9,7 @@ set); production (``DEBUG`` off, the default) refuses to start without its own
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -42,6 +43,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "channels",
+    "corsheaders",
     "accounts",
     "markets",
     "orders",
@@ -53,6 +55,8 @@ MIDDLEWARE = [
     "cryptovault.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers preflights itself, so it sits above anything that could refuse one.
+    "corsheaders.middleware.CorsMiddleware",
     "cryptovault.middleware.DependencyOutageMiddleware",
     "cryptovault.middleware.RequestLimitsMiddleware",
     "cryptovault.db_router.ReplicaPinningMiddleware",
@@ -387,6 +391,20 @@ CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000) if HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
+# Browser apps on other origins (django-cors-headers), for the API only. Bearer tokens,
+# not cookies: no credentials, so a listed origin never rides a user's session. The same
+# origins may open WebSocket/SSE streams (cryptovault/cors.py); the fast lane for
+# GET /api/v1/prices adds these headers through the same middleware (markets/asgi.py).
+_app_url = urlsplit(APP_URL)
+CORS_ALLOWED_ORIGINS = env.list(
+    "CORS_ALLOWED_ORIGINS", default=[f"{_app_url.scheme}://{_app_url.netloc}"]
+)
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "idempotency-key", "x-request-id"]
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
+# Browsers cap it (Chromium at 2 h, Firefox at 24 h); a day asks for the most.
+CORS_PREFLIGHT_MAX_AGE = env.int("CORS_PREFLIGHT_MAX_AGE", default=86400)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 # Request threads per web process, each with its own persistent DB connection.
 WEB_THREADS = env.int("WEB_THREADS", default=8)
