@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -454,6 +455,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "cryptovault.logging.RequestIdFilter"},
+        "task": {"()": "cryptovault.logging.TaskFilter"},
         "redact_tokens": {"()": "cryptovault.logging.TokenRedactionFilter"},
     },
     "formatters": {
@@ -461,18 +463,28 @@ LOGGING = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+            # uvicorn adds an ANSI-coloured copy of some messages as an extra.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         },
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["request_id", "redact_tokens"],
+            "filters": ["request_id", "task", "redact_tokens"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django.server": {"level": "WARNING"},
+        # Django's own defaults (DEFAULT_LOGGING, applied first) print plain text to
+        # stderr in DEBUG: their handlers go, the records reach the JSON handler.
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"level": "WARNING", "propagate": True},
+        # uvicorn (web) sets up its own plain-text handlers before it loads the
+        # application; this entry drops them (and resets uvicorn.error and uvicorn.access,
+        # children of "uvicorn"), so its lines reach the JSON handler at LOG_LEVEL.
+        # --no-access-log still applies: uvicorn checks it before each access line.
+        "uvicorn": {"handlers": [], "propagate": True},
         "celery": {"level": LOG_LEVEL},
     },
 }
