@@ -148,3 +148,15 @@ def test_websocket_handshakes_accept_listed_origins_own_hosts_and_programs():
 )
 def test_stream_origin_allowed(origin, allowed):
     assert stream_origin_allowed(origin) is allowed
+
+
+def test_the_default_allowed_origin_is_app_urls():
+    from cryptovault.tests.test_settings import run_python
+
+    result = run_python(
+        ["-c", "from django.conf import settings; print(settings.CORS_ALLOWED_ORIGINS)"],
+        DEBUG="true",
+        APP_URL="https://app.example.com:8443/console/",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['https://app.example.com:8443']"
