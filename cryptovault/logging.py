@@ -2,8 +2,8 @@
 task) and the redaction of tokens carried in query strings.
 
 Every process (web, worker, beat, simulator) logs through the settings' ``LOGGING``:
-one JSON object per line on stderr. The web and the simulator are uvicorn, whose own
-handlers are replaced there; the worker and beat keep it because
+one JSON object per line on stderr. uvicorn's own handlers (web) are dropped by that
+``LOGGING`` and never installed by the simulator; the worker and beat keep it because
 ``cryptovault.celery`` answers Celery's ``setup_logging`` signal."""
 
 import logging
@@ -99,7 +99,8 @@ class TaskFilter(logging.Filter):
 
 def configure(config: dict) -> None:
     """Django's LOGGING_CONFIG: the settings' LOGGING, then the redaction on uvicorn's
-    loggers (a ``loggers`` entry there would replace uvicorn's handlers)."""
+    loggers themselves, for wherever uvicorn's own handlers are in place (a server
+    started with its default log config, as the tests' servers are)."""
     logging.config.dictConfig(config)
     # Python's warnings (deprecations, Celery's SecurityWarning ...) as JSON lines too.
     logging.captureWarnings(True)
