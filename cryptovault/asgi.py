@@ -17,7 +17,7 @@ django_asgi_app = PooledThreadsASGIHandler(threads=settings.WEB_THREADS)
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from cryptovault.routing import (  # noqa: E402
-    AllowedHostsOriginValidator,
+    OriginCheckMiddleware,
     WebSocketOutageMiddleware,
     websocket_urlpatterns,
 )
@@ -28,7 +28,7 @@ application = ProtocolTypeRouter(
         # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py).
         "http": prices_fast_lane(django_asgi_app),
         "websocket": WebSocketOutageMiddleware(
-            AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+            OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
         ),
     }
 )

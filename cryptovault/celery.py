@@ -1,13 +1,30 @@
 import os
 
 from celery import Celery
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_ready
+from celery.signals import (
+    before_task_publish,
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_ready,
+)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 app = Celery("cryptovault")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@setup_logging.connect
+def _keep_django_logging(**_: object) -> None:
+    """Worker and beat log as the web does, one JSON object per line.
+
+    Celery sets its own plain-text handlers on the root logger unless this signal has a
+    receiver. Django, set up by Celery's Django fixup before this signal, has applied
+    the settings' ``LOGGING`` already (``LOG_LEVEL`` is its level, not ``--loglevel``),
+    so there is nothing left to do here.
+    """
 
 
 # The request id travels with each task, so a worker's log lines can be joined
@@ -22,18 +39,20 @@ def _attach_request_id(headers: dict | None = None, **_: object) -> None:
 
 
 @task_prerun.connect
-def _restore_request_id(task=None, **_: object) -> None:
-    from cryptovault.logging import request_id_var
+def _task_context_set(task_id=None, task=None, **_: object) -> None:
+    from cryptovault.logging import request_id_var, task_var
 
     request_id = getattr(task.request, "request_id", None) if task else None
     request_id_var.set(request_id)
+    task_var.set((task_id, task.name) if task else None)
 
 
 @task_postrun.connect
-def _clear_request_id(**_: object) -> None:
-    from cryptovault.logging import request_id_var
+def _task_context_clear(**_: object) -> None:
+    from cryptovault.logging import request_id_var, task_var
 
     request_id_var.set(None)
+    task_var.set(None)
 
 
 @worker_ready.connect

@@ -1,5 +1,10 @@
-"""Logging: request-id propagation (one context variable, set per request or task) and
-the redaction of tokens carried in query strings."""
+"""Logging: request-id and task propagation (context variables, set per request or
+task) and the redaction of tokens carried in query strings.
+
+Every process (web, worker, beat, simulator) logs through the settings' ``LOGGING``:
+one JSON object per line on stderr. uvicorn's own handlers (web) are dropped by that
+``LOGGING`` and never installed by the simulator; the worker and beat keep it because
+``cryptovault.celery`` answers Celery's ``setup_logging`` signal."""
 
 import logging
 import logging.config
@@ -9,6 +14,8 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+# (task id, task name) while a Celery task runs (cryptovault.celery's task signals).
+task_var: ContextVar[tuple[str, str] | None] = ContextVar("task", default=None)
 
 # uvicorn logs through its own handlers, set up before it imports the application. Its
 # WebSocket handshake lines ('"WebSocket /ws/user?token=..." [accepted]') are INFO on
@@ -80,10 +87,23 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+class TaskFilter(logging.Filter):
+    """``task_id`` and ``task_name`` on the records of a running task, absent elsewhere."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task = task_var.get()
+        if task is not None:
+            record.task_id, record.task_name = task
+        return True
+
+
 def configure(config: dict) -> None:
     """Django's LOGGING_CONFIG: the settings' LOGGING, then the redaction on uvicorn's
-    loggers (a ``loggers`` entry there would replace uvicorn's handlers)."""
+    loggers themselves, for wherever uvicorn's own handlers are in place (a server
+    started with its default log config, as the tests' servers are)."""
     logging.config.dictConfig(config)
+    # Python's warnings (deprecations, Celery's SecurityWarning ...) as JSON lines too.
+    logging.captureWarnings(True)
     for name in UVICORN_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, TokenRedactionFilter) for f in logger.filters):

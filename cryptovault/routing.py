@@ -5,9 +5,9 @@ import contextlib
 import logging
 
 import orjson
-from channels.security.websocket import OriginValidator
-from django.conf import settings
+from channels.security.websocket import WebsocketDenier
 
+from cryptovault.cors import stream_origin_allowed
 from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
 from markets.routing import websocket_urlpatterns as markets_ws
 from notifications.routing import websocket_urlpatterns as notifications_ws
@@ -20,23 +20,18 @@ websocket_urlpatterns = [*markets_ws, *notifications_ws]
 WS_CLOSE_TRY_AGAIN_LATER = 1013
 
 
-class AllowedHostsOriginValidator(OriginValidator):
-    """Channels' ``AllowedHostsOriginValidator``, except that a handshake without an
-    ``Origin`` header passes.
-
-    Browsers always send ``Origin``, and cross-site WebSocket hijacking needs a
-    browser, so a foreign origin is still refused (403). Programs (bots, servers,
-    CLI tools) send none and would otherwise be locked out of ``/ws/prices``.
-    """
+class OriginCheckMiddleware:
+    """Refuses (403) a WebSocket handshake whose ``Origin`` may not open a stream
+    (cryptovault.cors: ``CORS_ALLOWED_ORIGINS``, the platform's own hosts, or none)."""
 
     def __init__(self, application) -> None:
-        allowed_hosts = settings.ALLOWED_HOSTS
-        if settings.DEBUG and not allowed_hosts:
-            allowed_hosts = ["localhost", "127.0.0.1", "[::1]"]
-        super().__init__(application, allowed_hosts)
+        self.application = application
 
-    def valid_origin(self, parsed_origin) -> bool:
-        return parsed_origin is None or super().valid_origin(parsed_origin)
+    async def __call__(self, scope, receive, send):
+        origin = next((value for name, value in scope["headers"] if name == b"origin"), None)
+        if stream_origin_allowed(None if origin is None else origin.decode("latin-1")):
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
 
 
 class WebSocketOutageMiddleware:

@@ -9,9 +9,11 @@ set); production (``DEBUG`` off, the default) refuses to start without its own
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from pythonjsonlogger.core import RESERVED_ATTRS
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -43,6 +45,7 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "channels",
     "anymail",
+    "corsheaders",
     "accounts",
     "markets",
     "orders",
@@ -55,6 +58,8 @@ MIDDLEWARE = [
     "cryptovault.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Answers preflights itself, so it sits above anything that could refuse one.
+    "corsheaders.middleware.CorsMiddleware",
     "cryptovault.middleware.DependencyOutageMiddleware",
     "cryptovault.middleware.RequestLimitsMiddleware",
     "cryptovault.db_router.ReplicaPinningMiddleware",
@@ -411,6 +416,20 @@ CSRF_COOKIE_SECURE = HTTPS
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000) if HTTPS else 0
 SECURE_HSTS_INCLUDE_SUBDOMAINS = HTTPS
 SECURE_HSTS_PRELOAD = HTTPS
+# Browser apps on other origins (django-cors-headers), for the API only. Bearer tokens,
+# not cookies: no credentials, so a listed origin never rides a user's session. The same
+# origins may open WebSocket/SSE streams (cryptovault/cors.py); the fast lane for
+# GET /api/v1/prices adds these headers through the same middleware (markets/asgi.py).
+_app_url = urlsplit(APP_URL)
+CORS_ALLOWED_ORIGINS = env.list(
+    "CORS_ALLOWED_ORIGINS", default=[f"{_app_url.scheme}://{_app_url.netloc}"]
+)
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_CREDENTIALS = False
+CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "idempotency-key", "x-request-id"]
+CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
+# Browsers cap it (Chromium at 2 h, Firefox at 24 h); a day asks for the most.
+CORS_PREFLIGHT_MAX_AGE = env.int("CORS_PREFLIGHT_MAX_AGE", default=86400)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 # Request threads per web process, each with its own persistent DB connection.
 WEB_THREADS = env.int("WEB_THREADS", default=8)
@@ -470,6 +489,7 @@ LOGGING = {
     "disable_existing_loggers": False,
     "filters": {
         "request_id": {"()": "cryptovault.logging.RequestIdFilter"},
+        "task": {"()": "cryptovault.logging.TaskFilter"},
         "redact_tokens": {"()": "cryptovault.logging.TokenRedactionFilter"},
     },
     "formatters": {
@@ -477,18 +497,28 @@ LOGGING = {
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
             "rename_fields": {"asctime": "ts", "levelname": "level", "name": "logger"},
+            # uvicorn adds an ANSI-coloured copy of some messages as an extra.
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         },
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": "json",
-            "filters": ["request_id", "redact_tokens"],
+            "filters": ["request_id", "task", "redact_tokens"],
         },
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django.server": {"level": "WARNING"},
+        # Django's own defaults (DEFAULT_LOGGING, applied first) print plain text to
+        # stderr in DEBUG: their handlers go, the records reach the JSON handler.
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"level": "WARNING", "propagate": True},
+        # uvicorn (web) sets up its own plain-text handlers before it loads the
+        # application; this entry drops them (and resets uvicorn.error and uvicorn.access,
+        # children of "uvicorn"), so its lines reach the JSON handler at LOG_LEVEL.
+        # --no-access-log still applies: uvicorn checks it before each access line.
+        "uvicorn": {"handlers": [], "propagate": True},
         "celery": {"level": LOG_LEVEL},
     },
 }

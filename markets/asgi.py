@@ -5,18 +5,22 @@ path through ``sync_to_async``: about a dozen thread hops per request, which cap
 trivial async view at a few hundred requests/s on a small machine. The price snapshot is
 public and pre-encoded, so this lane answers it in front of Django: one Redis MGET, the
 headers Django's own ``SecurityMiddleware``/``XFrameOptionsMiddleware`` would add
-(computed once, by those classes), and the ``X-Request-ID`` the request-id middleware
-would set. Anything it is not sure about (another method or path, a host not in
-``ALLOWED_HOSTS``, an HTTP request that must be redirected to HTTPS, Redis trouble) goes
-to Django, where ``markets.apis.prices`` serves the same bytes the slow way. The
-per-IP rate limit rides in the same Redis round trip (one pipelined INCR).
+(computed once, by those classes), the CORS headers django-cors-headers would add
+(computed by its middleware once per origin; a CORS preflight is answered here too),
+and the ``X-Request-ID`` the request-id middleware would set. Anything it is not sure
+about (another method or path, a host not in ``ALLOWED_HOSTS``, an HTTP request that
+must be redirected to HTTPS, Redis trouble) goes to Django, where ``markets.apis.prices``
+serves the same bytes the slow way. The per-IP rate limit rides in the same Redis round
+trip (one pipelined INCR).
 """
 
 import time
-from functools import cache
+from functools import cache, lru_cache
 from types import SimpleNamespace
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
+from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -53,6 +57,45 @@ def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
 
 
+# Headers that are CORS's to set, out of what its middleware returns.
+_CORS_HEADERS = frozenset(
+    {
+        b"vary",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-expose-headers",
+        b"access-control-allow-headers",
+        b"access-control-allow-methods",
+        b"access-control-max-age",
+    }
+)
+
+
+# Bounded: the Origin header is the client's to choose.
+@lru_cache(maxsize=256)
+def _cors_headers(origin: str | None, preflight: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers django-cors-headers' middleware adds for this origin to a request on
+    the price path (a preflight's answer included), from that middleware."""
+    request = HttpRequest()
+    request.method = "OPTIONS" if preflight else "GET"
+    request.path = request.path_info = PRICES_PATH
+    if origin is not None:
+        request.META["HTTP_ORIGIN"] = origin
+    if preflight:
+        request.META["HTTP_ACCESS_CONTROL_REQUEST_METHOD"] = "GET"
+    response = CorsMiddleware(lambda r: HttpResponse())(request)
+    headers = ((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
+    return tuple((k, v) for k, v in headers if k in _CORS_HEADERS)
+
+
+def _cors_settings_changed(setting: str, **_: object) -> None:
+    if setting.startswith("CORS_"):
+        _cors_headers.cache_clear()
+
+
+setting_changed.connect(_cors_settings_changed, dispatch_uid="cv-prices-cors-headers")
+
+
 def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
     if scope.get("scheme") == "https":
         return True
@@ -66,14 +109,13 @@ def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
 
 def prices_fast_lane(django_app):
     async def app(scope, receive, send):
-        if (
-            scope["type"] != "http"
-            or scope["path"] != PRICES_PATH
-            or scope["method"] not in ("GET", "HEAD")
-        ):
+        if scope["type"] != "http" or scope["path"] != PRICES_PATH:
             return await django_app(scope, receive, send)
         started = time.perf_counter()
         headers = dict(scope["headers"])
+        preflight = scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
+        if scope["method"] not in ("GET", "HEAD") and not preflight:
+            return await django_app(scope, receive, send)
         domain, _port = split_domain_port(headers.get(b"host", b"").decode("latin-1"))
         secure = _is_secure(scope, headers)
         if (
@@ -82,6 +124,13 @@ def prices_fast_lane(django_app):
             or (settings.SECURE_SSL_REDIRECT and not secure)
         ):
             return await django_app(scope, receive, send)
+        origin = headers.get(b"origin")
+        cors_headers = _cors_headers(
+            None if origin is None else origin.decode("latin-1"), preflight
+        )
+        if preflight:
+            # As CorsMiddleware answers one: 200, empty, no rate limit spent.
+            return await _respond(send, headers, secure, 200, b"", cors_headers)
         client = client_ip_from(
             peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
             forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
@@ -95,24 +144,14 @@ def prices_fast_lane(django_app):
         if retry_after:
             body = rate_limited_body(retry_after)
             extra_headers.append((b"retry-after", str(retry_after).encode("latin-1")))
-        given_id = headers.get(REQUEST_ID_HEADER.lower().encode("latin-1"), b"")
-        request_id = request_id_from(
-            SimpleNamespace(headers={REQUEST_ID_HEADER: given_id.decode("latin-1")})
-        )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    *_static_headers(secure),
-                    *extra_headers,
-                    (b"content-length", str(len(body)).encode("latin-1")),
-                    (REQUEST_ID_HEADER.encode("latin-1"), request_id.encode("latin-1")),
-                ],
-            }
-        )
-        await send(
-            {"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body}
+        await _respond(
+            send,
+            headers,
+            secure,
+            status,
+            b"" if scope["method"] == "HEAD" else body,
+            (*cors_headers, *extra_headers),
+            content_length=len(body),
         )
         http_request_observe(
             method=scope["method"],
@@ -122,3 +161,32 @@ def prices_fast_lane(django_app):
         )
 
     return app
+
+
+async def _respond(
+    send,
+    request_headers: dict[bytes, bytes],
+    secure: bool,
+    status: int,
+    body: bytes,
+    extra_headers,
+    content_length: int | None = None,
+) -> None:
+    given_id = request_headers.get(REQUEST_ID_HEADER.lower().encode("latin-1"), b"")
+    request_id = request_id_from(
+        SimpleNamespace(headers={REQUEST_ID_HEADER: given_id.decode("latin-1")})
+    )
+    length = len(body) if content_length is None else content_length
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                *_static_headers(secure),
+                *extra_headers,
+                (b"content-length", str(length).encode("latin-1")),
+                (REQUEST_ID_HEADER.encode("latin-1"), request_id.encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -20,7 +20,7 @@ from django.test import Client
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.asgi_handler import PooledThreadsASGIHandler
 from cryptovault.routing import (
-    AllowedHostsOriginValidator,
+    OriginCheckMiddleware,
     WebSocketOutageMiddleware,
     websocket_urlpatterns,
 )
@@ -58,7 +58,7 @@ def server(postgres_proxy):
         {
             "http": prices_fast_lane(PooledThreadsASGIHandler(threads=REQUEST_THREADS)),
             "websocket": WebSocketOutageMiddleware(
-                AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+                OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
             ),
         }
     )
@@ -183,7 +183,7 @@ def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
         {
             "http": prices_fast_lane(PooledThreadsASGIHandler(threads=1)),
             "websocket": WebSocketOutageMiddleware(
-                AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns))
+                OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
             ),
         }
     )

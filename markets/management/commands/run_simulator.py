@@ -1,6 +1,10 @@
+import logging
+
 import uvicorn
 from django.conf import settings
 from django.core.management.base import BaseCommand
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -11,10 +15,16 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.SIMULATOR_PORT)
 
     def handle(self, *args, **options):
-        self.stdout.write(f"Simulator listening on http://{options['host']}:{options['port']}")
+        logger.info(
+            "simulator listening",
+            extra={"url": f"http://{options['host']}:{options['port']}"},
+        )
+        # log_config=None: uvicorn keeps the settings' LOGGING (JSON lines) instead of
+        # installing its plain-text handlers.
         uvicorn.run(
             "markets.simulator.app:app",
             host=options["host"],
             port=options["port"],
             log_level="warning",
+            log_config=None,
         )
