@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # off, and production refuses to start without its own keys). The caller's DEBUG wins.
 export DEBUG ?= true
 
-.PHONY: install run test lint format services migrate seed bench clean
+.PHONY: install run test lint format services browser static migrate seed bench clean
 
 install: $(STAMP)
 
@@ -21,6 +21,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 
 services:
 	@bash scripts/services.sh
+
+browser:
+	@bash scripts/browser.sh
+
+# Hashed, compressed copies under var/static, served by the app itself (WhiteNoise).
+static: install
+	$(BIN)/python manage.py collectstatic --noinput -v0
 
 migrate: install services
 	$(BIN)/python manage.py migrate --noinput
@@ -33,12 +40,12 @@ seed: migrate
 # web port (Authorization: Bearer $METRICS_TOKEN) shows them all (README "Metrics").
 run: export MARKET_DATA_URL ?= http://127.0.0.1:$(or $(SIMULATOR_PORT),8765)/api/v3
 run: export METRICS_TOKEN ?= dev-metrics-token
-run: install services migrate seed
+run: install services static migrate seed
 	rm -rf var/metrics && mkdir -p var/metrics
 	PROMETHEUS_MULTIPROC_DIR="$(CURDIR)/var/metrics" PATH="$(CURDIR)/$(BIN):$$PATH" \
 		$(BIN)/honcho start -f Procfile --port $${PORT:-8000}
 
-test: install services
+test: install services browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

@@ -10,6 +10,9 @@ import sys
 import uuid
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from csp.constants import HEADER as CSP_HEADER
+from csp.middleware import CSPMiddleware
+from csp.utils import build_policy
 from django.conf import settings
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -139,3 +142,17 @@ class DependencyOutageMiddleware(_HybridMiddleware):
         if isinstance(exception, DEPENDENCY_ERRORS):
             return service_unavailable_response()
         return handler500(request)
+
+
+class ContentSecurityPolicyMiddleware(CSPMiddleware):
+    """django-csp's policy (settings.CONTENT_SECURITY_POLICY, plus the view's decorators)
+    on HTML pages; ``settings.CSP_API_POLICY`` on everything else. A JSON body or a static
+    file never needs to load anything, and a JSON error keeps its policy even under
+    DEBUG, where django-csp leaves 404/500 bare for Django's debug pages."""
+
+    def process_response(self, request, response):
+        if response.get("Content-Type", "").startswith("text/html"):
+            return super().process_response(request, response)
+        if CSP_HEADER not in response:
+            response[CSP_HEADER] = build_policy(config=settings.CSP_API_POLICY)
+        return response

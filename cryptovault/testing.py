@@ -1,13 +1,23 @@
 """Helpers for the test suites (imported by tests only)."""
 
+import base64
 import contextlib
+import itertools
+import json
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+import httpx
 import uvicorn
+from websockets.sync.client import ClientConnection, connect
 
 
 @contextmanager
@@ -117,3 +127,157 @@ class TcpProxy:
             for sock in (source, target):
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+
+def chromium_path() -> str | None:
+    """Debian's chromium (scripts/browser.sh installs it), or $CHROMIUM."""
+    return os.environ.get("CHROMIUM") or shutil.which("chromium")
+
+
+class Page:
+    """One headless Chromium tab driven over the DevTools protocol (a websocket, no
+    driver binary, no browser download). It records what a person would see in the
+    devtools: every request with its resource type and status, and console/log
+    entries, CSP reports included."""
+
+    def __init__(self, websocket: ClientConnection) -> None:
+        self._ws = websocket
+        self._ids = itertools.count(1)
+        self.requests: dict[str, dict] = {}
+        self.console: list[str] = []
+        self._loaded = False
+        for domain in ("Page", "Network", "Runtime", "Log"):
+            self.send(f"{domain}.enable")
+        # Every load asks the server: a cached response would prove nothing about it.
+        self.send("Network.setCacheDisabled", cacheDisabled=True)
+
+    def send(self, method: str, **params) -> dict:
+        message_id = next(self._ids)
+        self._ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self._ws.recv(timeout=20))
+            if message.get("id") == message_id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+            self._record(message)
+
+    def _record(self, event: dict) -> None:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Network.requestWillBeSent":
+            self.requests[params["requestId"]] = {
+                "url": params["request"]["url"],
+                "type": params.get("type"),
+                "status": None,
+            }
+        elif method == "Network.responseReceived":
+            entry = self.requests.setdefault(params["requestId"], {"url": "", "type": None})
+            entry["status"] = params["response"]["status"]
+            entry["type"] = params.get("type") or entry["type"]
+        elif method == "Network.loadingFailed":
+            entry = self.requests.setdefault(params["requestId"], {"url": "", "type": None})
+            entry["status"] = f"failed: {params.get('errorText')} {params.get('blockedReason', '')}"
+        elif method == "Log.entryAdded":
+            entry = params["entry"]
+            self.console.append(f"{entry['level']} [{entry['source']}] {entry['text']}")
+        elif method == "Runtime.consoleAPICalled":
+            text = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+            self.console.append(f"{params['type']} [console] {text}")
+        elif method == "Runtime.exceptionThrown":
+            self.console.append(f"error [exception] {params['exceptionDetails']['text']}")
+        elif method == "Page.loadEventFired":
+            self._loaded = True
+
+    def pump(self, seconds: float) -> None:
+        """Record events for a while (requests a page makes after its load event)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                self._record(json.loads(self._ws.recv(timeout=left)))
+            except TimeoutError:
+                return
+
+    def goto(self, url: str) -> None:
+        self.requests.clear()
+        self.console.clear()
+        self._loaded = False
+        self.send("Page.navigate", url=url)
+        self.wait_load()
+
+    def wait_load(self, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._loaded:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the page did not load")
+            self._record(json.loads(self._ws.recv(timeout=timeout)))
+
+    def evaluate(self, expression: str):
+        result = self.send("Runtime.evaluate", expression=expression, returnByValue=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(result["exceptionDetails"]["text"])
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float = 15):
+        deadline = time.monotonic() + timeout
+        while not (value := self.evaluate(expression)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"never true: {expression}")
+            self.pump(0.1)
+        return value
+
+    def submit_form(self, selector: str, fields: dict[str, str]) -> None:
+        self._loaded = False
+        self.evaluate(
+            f"(() => {{ const form = document.querySelector({json.dumps(selector)});"
+            f" for (const [name, value] of Object.entries({json.dumps(fields)}))"
+            " form.elements[name].value = value;"
+            " form.submit(); })()"
+        )
+        self.wait_load()
+
+    def screenshot(self, path: Path) -> None:
+        data = self.send("Page.captureScreenshot", format="png")["data"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(data))
+
+
+@contextmanager
+def chromium_page(binary: str, *, width: int = 1280, height: int = 900) -> Iterator[Page]:
+    """A headless Chromium with a throwaway profile, and a tab on it."""
+    with tempfile.TemporaryDirectory(prefix="cv-chromium-") as profile:
+        args = [
+            binary,
+            "--headless",
+            "--remote-debugging-port=0",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-background-networking",
+            "--disable-extensions",
+            "about:blank",
+        ]
+        if os.geteuid() == 0:  # Chromium refuses to run as root inside its sandbox
+            args.insert(1, "--no-sandbox")
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 20
+            while not port_file.exists() or not port_file.read_text().strip():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"chromium did not start (exit {process.poll()})")
+                time.sleep(0.05)
+            port = port_file.read_text().split()[0]
+            targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+            tab = next(t for t in targets if t["type"] == "page")["webSocketDebuggerUrl"]
+            with connect(tab, max_size=None, open_timeout=10) as websocket:
+                yield Page(websocket)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,6 +1,12 @@
+from csp.constants import NONCE, SELF, UNSAFE_INLINE
+from csp.decorators import csp_update
 from django.contrib import admin
 from django.urls import include, path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import (
+    SpectacularAPIView,
+    SpectacularRedocView,
+    SpectacularSwaggerSplitView,
+)
 
 from accounts.pages import reset_password_page, verify_email_page
 from cryptovault.admin import admin_login
@@ -14,6 +20,18 @@ handler400 = "cryptovault.exceptions.handler400"
 handler403 = "cryptovault.exceptions.handler403"
 handler404 = "cryptovault.exceptions.handler404"
 handler500 = "cryptovault.exceptions.handler500"
+
+# What the API docs need beyond the pages' same-origin policy, and nothing else. Swagger
+# UI: its page's one inline <style> (by nonce) and the data: icons in its CSS; its init
+# script is a file of its own (the split view), so no inline script runs.
+swagger_ui = csp_update({"style-src": [SELF, NONCE], "img-src": [SELF, "data:"]})(
+    SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="api_docs/swagger_ui.html")
+)
+# ReDoc: styled-components writes <style> elements at run time (no nonce support in the
+# standalone bundle), its search runs in a blob: worker, its icons are data: images.
+redoc = csp_update(
+    {"style-src": [SELF, UNSAFE_INLINE], "worker-src": ["blob:"], "img-src": [SELF, "data:"]}
+)(SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"))
 
 api_v1 = [
     path("auth/", include("accounts.urls")),
@@ -31,7 +49,8 @@ urlpatterns = [
     path("reset-password", reset_password_page, name="reset-password-page"),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+    path("api/docs/", swagger_ui, name="swagger-ui"),
+    path("api/redoc/", redoc, name="redoc"),
     path("admin/dashboard/", admin_dashboard, name="admin-dashboard"),
     path("admin/login/", admin_login, name="admin-login"),
     path("admin/", admin.site.urls),

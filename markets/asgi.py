@@ -4,14 +4,14 @@ Django's built-in middleware (security, sessions, CSRF, auth ...) runs on its as
 path through ``sync_to_async``: about a dozen thread hops per request, which caps even a
 trivial async view at a few hundred requests/s on a small machine. The price snapshot is
 public and pre-encoded, so this lane answers it in front of Django: one Redis MGET, the
-headers Django's own ``SecurityMiddleware``/``XFrameOptionsMiddleware`` would add
-(computed once, by those classes), the CORS headers django-cors-headers would add
-(computed by its middleware once per origin; a CORS preflight is answered here too),
-and the ``X-Request-ID`` the request-id middleware would set. Anything it is not sure
-about (another method or path, a host not in ``ALLOWED_HOSTS``, an HTTP request that
-must be redirected to HTTPS, Redis trouble) goes to Django, where ``markets.apis.prices``
-serves the same bytes the slow way. The per-IP rate limit rides in the same Redis round
-trip (one pipelined INCR).
+headers Django's ``SecurityMiddleware``/``XFrameOptionsMiddleware`` and our
+``ContentSecurityPolicyMiddleware`` would add (computed once, by those classes), the CORS
+headers django-cors-headers would add (computed by its middleware once per origin; a CORS
+preflight is answered here too), and the ``X-Request-ID`` the request-id middleware would
+set. Anything it is not sure about (another method or path, a host not in
+``ALLOWED_HOSTS``, an HTTP request that must be redirected to HTTPS, Redis trouble) goes
+to Django, where ``markets.apis.prices`` serves the same bytes the slow way. The per-IP
+rate limit rides in the same Redis round trip (one pipelined INCR).
 """
 
 import time
@@ -29,7 +29,11 @@ from redis.exceptions import RedisError
 
 from accounts.ratelimit import rate_limited_body
 from cryptovault.metrics import http_request_observe
-from cryptovault.middleware import REQUEST_ID_HEADER, request_id_from
+from cryptovault.middleware import (
+    REQUEST_ID_HEADER,
+    ContentSecurityPolicyMiddleware,
+    request_id_from,
+)
 from cryptovault.net import client_ip_from
 from markets.selectors import prices_snapshot_bytes_async
 
@@ -54,6 +58,7 @@ def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     request = _ProbeRequest(secure)
     SecurityMiddleware(lambda r: response).process_response(request, response)
     XFrameOptionsMiddleware(lambda r: response).process_response(request, response)
+    ContentSecurityPolicyMiddleware(lambda r: response).process_response(request, response)
     return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
 
 
