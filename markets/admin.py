@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
+from cryptovault.dashboard import price_charts
 from markets.models import Coin, PricePoint
 from markets.services import coin_set_tracked
 
@@ -12,6 +13,13 @@ class CoinAdmin(AuditedAdmin):
     search_fields = ("id", "symbol", "name")
     readonly_fields = ("tracked", "created_at", "updated_at")
     actions = ("track", "untrack")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        coin = self.get_object(request, object_id)
+        if coin is not None:
+            [(_, chart)] = price_charts([coin])
+            extra_context = {**(extra_context or {}), "price_chart": chart}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         # The id is the CoinGecko id: set once on creation, never renamed.
