@@ -23,6 +23,7 @@ from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from accounts.models import AuditEvent, User
 from cryptovault.charts import Band, Series, time_chart
+from cryptovault.decimals import decimal_str
 from markets.models import Coin, PricePoint, StatusSample
 from markets.selectors import SIMULATED_SOURCE, prices_age_seconds, prices_snapshot
 from markets.sources import rate_limited_for
@@ -216,8 +217,9 @@ def price_charts(coins: list[Coin]) -> list[tuple[Coin, SafeString]]:
         line, gaps = _price_line(points, now, max_gap)
         bands = _merged(gaps + sample_spans)
         summary = (
-            f"{len(points)} recorded prices, from {min(p for _, p in points)} to "
-            f"{max(p for _, p in points)} usd, last {points[-1][1]} usd"
+            f"{len(points)} recorded prices, from {decimal_str(min(p for _, p in points))} "
+            f"to {decimal_str(max(p for _, p in points))} usd, "
+            f"last {decimal_str(points[-1][1])} usd"
             if points
             else "no price recorded"
         )

@@ -35,11 +35,11 @@ def texts(root: ET.Element) -> list[str]:
 
 def test_empty_data_says_no_data():
     root = parse(time_chart(title="Empty", desc="nothing", start=START, end=END, series=[]))
-    assert texts(root) == ["No data"]
+    assert texts(root) == ["Empty", "No data"]
     only_gaps = time_chart(
         title="Gaps", desc="d", start=START, end=END, series=[Series("a", minutes(None, None))]
     )
-    assert texts(parse(only_gaps)) == ["No data"]
+    assert texts(parse(only_gaps)) == ["Gaps", "No data"]
 
 
 def test_a_gap_breaks_the_line_and_bands_are_shaded():
