@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
 from cryptovault.dashboard import price_charts
-from markets.models import Coin, PricePoint
+from markets.models import Coin, PricePoint, StatusSample
 from markets.services import coin_set_tracked
 
 
@@ -47,6 +47,28 @@ class PricePointAdmin(admin.ModelAdmin):
     list_select_related = ("coin",)
     show_full_result_count = False
     paginator = LargeTablePaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(StatusSample)
+class StatusSampleAdmin(admin.ModelAdmin):
+    """The minute samples behind the dashboard's queue and price-age charts, read-only:
+    the sampler writes them."""
+
+    list_display = (
+        "ts",
+        "price_age_seconds",
+        "price_source",
+        "price_stale",
+        "queue_waiting",
+        "queue_unacked",
+    )
+    list_filter = ("price_stale", "price_source")
 
     def has_add_permission(self, request):
         return False
