@@ -29,6 +29,7 @@ OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "accounts.auditevent": ("view",),
     "markets.coin": ("view", "add", "change"),
     "markets.pricepoint": ("view",),
+    "markets.statussample": ("view",),
     "orders.balance": ("view", "change"),
     "orders.order": ("view", "change"),
     "orders.ledgerentry": ("view",),

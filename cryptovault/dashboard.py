@@ -1,26 +1,33 @@
 """The operations dashboard in the admin (``/admin/dashboard/``): price source status,
-queue depth, today's orders and signups, open limit orders, the latest audit events.
+queue depth, today's orders and signups, open limit orders, the latest audit events, and
+charts (``cryptovault.charts``) of prices, order flow, queues and signups over time.
 
 Every figure is cheap to compute whatever the size of the tables: Redis reads of what the
-poller and Celery already store, and counts served by indexes.
+poller and Celery already store, counts served by indexes, and chart series bounded by
+the primary key (rows newer than a boundary id) and grouped in PostgreSQL.
 """
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import Model
+from django.db.models import Count, Model, Q
+from django.db.models.functions import TruncDate, TruncMinute
 from django.template.response import TemplateResponse
 from django.utils import timezone
+from django.utils.safestring import SafeString
 from django_celery_beat.models import PeriodicTask
 from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from accounts.models import AuditEvent, User
-from markets.selectors import prices_age_seconds, prices_snapshot
+from cryptovault.charts import Band, Series, time_chart
+from cryptovault.decimals import decimal_str
+from markets.models import Coin, PricePoint, StatusSample
+from markets.selectors import SIMULATED_SOURCE, prices_age_seconds, prices_snapshot
 from markets.sources import rate_limited_for
-from orders.models import Order
+from orders.models import LedgerEntry, Order
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +37,21 @@ PLAN_CALLS_PER_MINUTE = {"demo": 30, "pro": 500}
 POLL_TASKS = ("markets.prices_poll", "markets.tickers_poll")
 
 
-def rows_since(model: type[Model], field: str, since: datetime) -> int:
-    """Rows created since ``since``, counted through the primary key: ids grow with the
-    creation time, so the newest row older than ``since`` bounds today's rows (a walk
-    back over today's rows on the pk index, no scan of the whole table)."""
+def rows_created_since(model: type[Model], field: str, since: datetime):
+    """Rows created since ``since``, found through the primary key: ids grow with the
+    creation time, so the newest row older than ``since`` bounds them (a walk back over
+    the recent rows on the pk index, no scan of the whole table)."""
     boundary = (
         model.objects.filter(**{f"{field}__lt": since})
         .order_by("-pk")
         .values_list("pk", flat=True)
         .first()
     )
-    rows = model.objects.all() if boundary is None else model.objects.filter(pk__gt=boundary)
-    return rows.count()
+    return model.objects.all() if boundary is None else model.objects.filter(pk__gt=boundary)
+
+
+def rows_since(model: type[Model], field: str, since: datetime) -> int:
+    return rows_created_since(model, field, since).count()
 
 
 def poll_calls_per_minute() -> float:
@@ -129,6 +139,237 @@ def activity_today() -> dict:
     }
 
 
+PRICE_WINDOW = timedelta(hours=24)
+RECENT_WINDOW = timedelta(hours=1)
+SIGNUP_DAYS = 30
+# The 24 h price lines keep one point per bucket (and both ends of every gap): a few
+# hundred points a coin, whatever the history interval.
+PRICE_BUCKET = timedelta(minutes=5)
+STALE_LABEL = "stale or no source price"
+MINUTE = timedelta(minutes=1)
+
+
+def _merged(spans: list[tuple[datetime, datetime]]) -> list[Band]:
+    bands: list[Band] = []
+    for start, end in sorted(spans):
+        if bands and start <= bands[-1].end:
+            bands[-1] = Band(bands[-1].start, max(bands[-1].end, end))
+        else:
+            bands.append(Band(start, end))
+    return bands
+
+
+def stale_sample_spans(since: datetime) -> list[tuple[datetime, datetime]]:
+    """Minutes the sampler found the prices stale or simulated (or Redis unreachable)."""
+    stale = StatusSample.objects.filter(
+        Q(price_stale=True) | Q(price_source=SIMULATED_SOURCE), ts__gte=since
+    ).values_list("ts", flat=True)
+    return [(ts, ts + MINUTE) for ts in stale]
+
+
+def _price_line(
+    points: list[tuple[datetime, object]], now: datetime, max_gap: timedelta
+) -> tuple[list[tuple[datetime, object]], list[tuple[datetime, object]]]:
+    """The line to draw (bucketed, ``None`` at every gap) and the gaps as spans: more
+    than ``max_gap`` between two source prices, or since the last one until now."""
+    line: list[tuple[datetime, object]] = []
+    gaps = []
+    # The last point kept may be replaced by a later one of its bucket, unless it is the
+    # first point after a gap (the line must start where the prices resumed).
+    replaceable = False
+    for index, (ts, price) in enumerate(points):
+        previous = points[index - 1][0] if index else None
+        after_gap = previous is not None and ts - previous > max_gap
+        if after_gap:
+            gaps.append((previous, ts))
+            line.append((previous + max_gap / 2, None))
+        same_bucket = bool(line) and (ts - now) // PRICE_BUCKET == (line[-1][0] - now) // (
+            PRICE_BUCKET
+        )
+        if replaceable and same_bucket and not after_gap:
+            line[-1] = (ts, price)
+        else:
+            line.append((ts, price))
+        replaceable = not after_gap and index > 0
+    if points and now - points[-1][0] > max_gap:
+        gaps.append((points[-1][0], now))
+    return line, gaps
+
+
+def price_charts(coins: list[Coin]) -> list[tuple[Coin, SafeString]]:
+    """Each coin's usd price over 24 h, shaded where there was no fresh source price:
+    gaps in the recorded history (failed polls, simulated fallback, which history never
+    records) and minutes the sampler saw stale prices. Two queries for any number of
+    coins."""
+    now = timezone.now()
+    since = now - PRICE_WINDOW
+    max_gap = timedelta(
+        seconds=max(2 * settings.PRICE_HISTORY_INTERVAL_SECONDS, settings.PRICE_STALE_SECONDS)
+    )
+    history: dict[str, list] = {coin.id: [] for coin in coins}
+    rows = PricePoint.objects.filter(coin__in=history, ts__gte=since).order_by("coin", "ts")
+    for coin_id, ts, price in rows.values_list("coin_id", "ts", "price"):
+        history[coin_id].append((ts, price))
+    sample_spans = stale_sample_spans(since)
+    charts = []
+    for coin in coins:
+        points = history[coin.id]
+        line, gaps = _price_line(points, now, max_gap)
+        bands = _merged(gaps + sample_spans)
+        summary = (
+            f"{len(points)} recorded prices, from {decimal_str(min(p for _, p in points))} "
+            f"to {decimal_str(max(p for _, p in points))} usd, "
+            f"last {decimal_str(points[-1][1])} usd"
+            if points
+            else "no price recorded"
+        )
+        chart = time_chart(
+            title=f"{coin.name} ({coin.symbol.upper()}): usd price, last 24 h",
+            desc=f"{summary}; {len(bands)} stale period(s) shaded.",
+            start=since,
+            end=now,
+            series=[Series("price (usd)", line)],
+            unit="usd",
+            bands=bands,
+            band_label=STALE_LABEL,
+        )
+        charts.append((coin, chart))
+    return charts
+
+
+def _per_minute(rows, since: datetime) -> list[tuple[datetime, int]]:
+    counts = {row["minute"]: row["n"] for row in rows}
+    start = since.replace(second=0, microsecond=0)
+    return [(start + MINUTE * i, counts.get(start + MINUTE * i, 0)) for i in range(61)]
+
+
+def order_flow_chart(now: datetime) -> SafeString:
+    """Orders placed, filled and rejected per minute over the last hour. Placed and
+    rejected come from the orders placed in the window (the queue rejects within moments
+    of placement); fills from the ledger, so a limit order resting since yesterday counts
+    in the minute it filled."""
+    since = now - RECENT_WINDOW
+    recent = rows_created_since(Order, "created_at", since)
+    placed = (
+        recent.annotate(minute=TruncMinute("created_at")).values("minute").annotate(n=Count("id"))
+    )
+    rejected = (
+        recent.filter(status=Order.Status.REJECTED)
+        .annotate(minute=TruncMinute("updated_at"))
+        .values("minute")
+        .annotate(n=Count("id"))
+    )
+    filled = (
+        rows_created_since(LedgerEntry, "created_at", since)
+        .filter(kind__in=(LedgerEntry.Kind.TRADE_BUY, LedgerEntry.Kind.TRADE_SELL))
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(n=Count("order_id", distinct=True))
+    )
+    series = [
+        Series("placed", _per_minute(placed, since)),
+        Series("filled", _per_minute(filled, since)),
+        Series("rejected", _per_minute(rejected, since)),
+    ]
+    totals = ", ".join(f"{one.name} {sum(n for _, n in one.points)}" for one in series)
+    has_orders = any(n for one in series for _, n in one.points)
+    return time_chart(
+        title="Orders per minute, last hour",
+        desc=f"Totals over the hour: {totals}.",
+        start=since,
+        end=now,
+        series=series if has_orders else [],
+        unit="orders/min",
+        zero_based=True,
+    )
+
+
+def status_charts(now: datetime) -> tuple[SafeString, SafeString]:
+    """Queue depth and price age over the last hour, from the minute samples; a minute
+    with no sample (sampler or beat down) breaks the lines."""
+    since = now - RECENT_WINDOW
+    samples = list(
+        StatusSample.objects.filter(ts__gte=since).values_list(
+            "ts", "queue_waiting", "queue_unacked", "price_age_seconds"
+        )
+    )
+    bands = _merged(stale_sample_spans(since))
+    gap = MINUTE * 2.5
+    waiting = [(ts, w) for ts, w, _, _ in samples]
+    unacked = [(ts, u) for ts, _, u, _ in samples]
+    ages = [(ts, age) for ts, _, _, age in samples]
+    latest = samples[-1] if samples else None
+    queue = time_chart(
+        title="Celery queue depth, last hour",
+        desc=(
+            f"{len(samples)} minute samples; latest {latest[1]} waiting, {latest[2]} in flight."
+            if latest
+            else "No samples recorded yet (is beat running markets.status_sample?)."
+        ),
+        start=since,
+        end=now,
+        series=[Series("waiting", waiting), Series("in flight", unacked)],
+        unit="messages",
+        max_gap=gap,
+        zero_based=True,
+    )
+    age = time_chart(
+        title="Price age, last hour",
+        desc=(
+            f"{len(samples)} minute samples; latest age {latest[3]} s; "
+            f"{len(bands)} stale period(s) shaded."
+            if latest
+            else "No samples recorded yet (is beat running markets.status_sample?)."
+        ),
+        start=since,
+        end=now,
+        series=[Series("price age (s)", ages)],
+        unit="seconds",
+        bands=bands,
+        band_label=STALE_LABEL,
+        max_gap=gap,
+        zero_based=True,
+    )
+    return queue, age
+
+
+def signups_chart(now: datetime) -> SafeString:
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    since = today - timedelta(days=SIGNUP_DAYS - 1)
+    rows = (
+        rows_created_since(User, "date_joined", since)
+        .annotate(day=TruncDate("date_joined"))
+        .values("day")
+        .annotate(n=Count("id"))
+    )
+    counts = {row["day"]: row["n"] for row in rows}
+    days = [since + timedelta(days=i) for i in range(SIGNUP_DAYS)]
+    points = [(day, counts.get(day.date(), 0)) for day in days]
+    total = sum(n for _, n in points)
+    return time_chart(
+        title=f"Signups per day, last {SIGNUP_DAYS} days",
+        desc=f"{total} signups over {SIGNUP_DAYS} days; today {points[-1][1]}.",
+        start=since,
+        end=today + timedelta(days=1),
+        series=[Series("signups", points)] if total else [],
+        kind="bar",
+        slot=timedelta(days=1),
+        unit="users",
+    )
+
+
+def dashboard_charts() -> dict:
+    now = timezone.now()
+    queue, age = status_charts(now)
+    return {
+        "prices": price_charts(list(Coin.objects.filter(tracked=True))),
+        "orders": order_flow_chart(now),
+        "queue": queue,
+        "price_age": age,
+        "signups": signups_chart(now),
+    }
+
+
 def _section(name: str, read):
     try:
         return read(), None
@@ -148,6 +389,7 @@ def dashboard(request):
         "queues": queues,
         "queues_error": queues_error,
         "today": activity_today(),
+        "charts": dashboard_charts(),
         "recent_events": AuditEvent.objects.select_related("actor")[:10],
     }
     return TemplateResponse(request, "admin/dashboard.html", context)

@@ -375,6 +375,12 @@ CELERY_BEAT_SCHEDULE["markets-tickers-poll"] = {
     "schedule": float(TICKERS_POLL_SECONDS),
     "options": {"expires": TICKERS_POLL_SECONDS, "expire_seconds": TICKERS_POLL_SECONDS},
 }
+# A minute's price age and queue depth for the dashboard charts (markets.StatusSample).
+CELERY_BEAT_SCHEDULE["markets-status-sample"] = {
+    "task": "markets.status_sample",
+    "schedule": 60.0,
+    "options": {"expires": 60, "expire_seconds": 60},
+}
 CELERY_BEAT_SCHEDULE["markets-history-prune"] = {
     "task": "markets.history_prune",
     "schedule": 86400.0,

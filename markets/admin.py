@@ -1,7 +1,8 @@
 from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from markets.models import Coin, PricePoint
+from cryptovault.dashboard import price_charts
+from markets.models import Coin, PricePoint, StatusSample
 from markets.services import coin_set_tracked
 
 
@@ -12,6 +13,13 @@ class CoinAdmin(AuditedAdmin):
     search_fields = ("id", "symbol", "name")
     readonly_fields = ("tracked", "created_at", "updated_at")
     actions = ("track", "untrack")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        coin = self.get_object(request, object_id)
+        if coin is not None:
+            [(_, chart)] = price_charts([coin])
+            extra_context = {**(extra_context or {}), "price_chart": chart}
+        return super().change_view(request, object_id, form_url, extra_context)
 
     def get_readonly_fields(self, request, obj=None):
         # The id is the CoinGecko id: set once on creation, never renamed.
@@ -39,6 +47,28 @@ class PricePointAdmin(admin.ModelAdmin):
     list_select_related = ("coin",)
     show_full_result_count = False
     paginator = LargeTablePaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(StatusSample)
+class StatusSampleAdmin(admin.ModelAdmin):
+    """The minute samples behind the dashboard's queue and price-age charts, read-only:
+    the sampler writes them."""
+
+    list_display = (
+        "ts",
+        "price_age_seconds",
+        "price_source",
+        "price_stale",
+        "queue_waiting",
+        "queue_unacked",
+    )
+    list_filter = ("price_stale", "price_source")
 
     def has_add_permission(self, request):
         return False

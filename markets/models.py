@@ -35,3 +35,24 @@ class PricePoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.coin_id} {self.ts:%Y-%m-%d %H:%M} {self.price}"
+
+
+class StatusSample(models.Model):
+    """What the platform looked like at one minute (``markets.status_sample`` on beat): the
+    price age and source, and the Celery queues. The dashboard charts the last hour of
+    queues and price age, and shades the stale minutes of the 24 h price charts. A table
+    rather than Redis: the record of an outage must survive the Redis restart ending it."""
+
+    ts = models.DateTimeField(unique=True)
+    # None: nothing recorded yet, or Redis unreachable when sampled.
+    price_age_seconds = models.FloatField(null=True)
+    price_source = models.CharField(max_length=32, null=True)
+    price_stale = models.BooleanField()
+    queue_waiting = models.PositiveIntegerField(null=True)
+    queue_unacked = models.PositiveIntegerField(null=True)
+
+    class Meta:
+        ordering = ("ts",)
+
+    def __str__(self) -> str:
+        return f"{self.ts:%Y-%m-%d %H:%M} age={self.price_age_seconds} queue={self.queue_waiting}"

@@ -6,20 +6,23 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import orjson
+import redis
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
 from markets import realtime
-from markets.models import Coin, PricePoint
+from markets.models import Coin, PricePoint, StatusSample
 from markets.selectors import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
     PRICES_QUOTES_KEY,
     TICKERS_KEY_PREFIX,
     price_quotes,
+    prices_age_seconds,
     prices_are_stale,
     prices_snapshot,
 )
@@ -34,6 +37,8 @@ from markets.sources import (
 logger = logging.getLogger(__name__)
 
 TICKERS_CURSOR_KEY = "cv:markets:tickers:cursor"
+# Samples are charted over the last hour, and their stale minutes shade the 24 h prices.
+STATUS_SAMPLE_RETENTION = timedelta(hours=24)
 
 # Names for the default tracked coins, so a fresh install shows sensible rows
 # before the first poll fills in whatever the source reports.
@@ -279,6 +284,36 @@ def history_prune() -> int:
     cutoff = timezone.now() - timedelta(days=settings.PRICE_HISTORY_RETENTION_DAYS)
     deleted, _ = PricePoint.objects.filter(ts__lt=cutoff).delete()
     return deleted
+
+
+def status_sample_record() -> StatusSample:
+    """Record this minute's price age and source and the Celery queue depths (one row per
+    minute: a retry or a second beat overwrites it), and drop samples past
+    ``STATUS_SAMPLE_RETENTION``. With Redis unreachable the minute is still recorded, as
+    stale with no figures: that outage is what the chart has to show."""
+    now = timezone.now()
+    try:
+        snapshot = prices_snapshot()
+        age, source, stale = prices_age_seconds(), snapshot["source"], snapshot["stale"]
+    except (redis.RedisError, OSError):
+        age, source, stale = None, None, True
+    try:
+        queues = queue_depths()
+        waiting, unacked = sum(queues["waiting"].values()), queues["unacked"]
+    except (redis.RedisError, OSError):
+        waiting = unacked = None
+    sample, _ = StatusSample.objects.update_or_create(
+        ts=now.replace(second=0, microsecond=0),
+        defaults={
+            "price_age_seconds": age,
+            "price_source": source,
+            "price_stale": stale,
+            "queue_waiting": waiting,
+            "queue_unacked": unacked,
+        },
+    )
+    StatusSample.objects.filter(ts__lt=now - STATUS_SAMPLE_RETENTION).delete()
+    return sample
 
 
 def tickers_poll(*, client: CoinGeckoClient | None = None) -> str | None:

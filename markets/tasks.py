@@ -60,3 +60,8 @@ def tickers_poll() -> None:
 @shared_task(name="markets.history_prune", ignore_result=True, time_limit=600)
 def history_prune() -> None:
     services.history_prune()
+
+
+@shared_task(name="markets.status_sample", ignore_result=True, time_limit=30)
+def status_sample() -> None:
+    services.status_sample_record()

@@ -33,7 +33,7 @@ from cryptovault.admin import LargeTablePaginator
 from cryptovault.dashboard import rows_since
 from markets.models import Coin
 from markets.selectors import prices_snapshot
-from markets.services import history_append
+from markets.services import history_append, status_sample_record
 from notifications.services import (
     notification_create,
     notification_preferences_update,
@@ -108,6 +108,7 @@ def seed(rows: int) -> None:
         CrontabSchedule.objects.create(minute=str(n % 60), hour=str(n % 24))
         SolarSchedule.objects.create(event="sunrise", latitude=n % 90, longitude=n % 180)
         ClockedSchedule.objects.create(clocked_time=now + timedelta(days=n))
+    status_sample_record()
 
 
 def model_admins():
