@@ -37,6 +37,7 @@ from redis.exceptions import LockError
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
+from cryptovault.reconnect import RetryingAsyncRedisConnection
 from markets.models import Coin, PricePoint
 from markets.sources import (
     SourceError,
@@ -172,7 +173,10 @@ def _async_redis() -> aioredis.Redis:
     client = _async_redis_by_loop.get(loop)
     if client is None:
         client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+            settings.REDIS_URL,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            connection_class=RetryingAsyncRedisConnection,
         )
         _async_redis_by_loop[loop] = client
     return client
@@ -185,23 +189,37 @@ async def prices_snapshot_bytes_async(*, client_ip: str) -> tuple[bytes, int]:
     trip: the MGET and the per-minute counter travel in one pipeline."""
     redis = _async_redis()
     if not settings.RATELIMIT_ENABLE:
-        body, as_of_raw = await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        body, as_of_raw = await _prices_mget_async(redis)
         if body is None:
             return await _prices_refilled_bytes(), 0
         return prices_body_render(body=body, as_of_raw=as_of_raw), 0
     now = time.time()
     window = int(now // 60)
     key = f"{PRICES_RATE_KEY_PREFIX}{client_ip}:{window}"
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        (body, as_of_raw), count, _ = await pipe.execute()
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            (body, as_of_raw), count, _ = await pipe.execute()
+    except aioredis.ConnectionError:
+        # A pooled connection that Redis closed (it restarted). The INCR may have run,
+        # so it is not sent again: this one request goes uncounted.
+        body, as_of_raw = await _prices_mget_async(redis)
+        count = 0
     if count > PRICES_PER_MINUTE:
         return b"", max(1, math.ceil((window + 1) * 60 - now))
     if body is None:
         return await _prices_refilled_bytes(), 0
     return prices_body_render(body=body, as_of_raw=as_of_raw), 0
+
+
+async def _prices_mget_async(redis: aioredis.Redis) -> list:
+    try:
+        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+    except aioredis.ConnectionError:
+        # A pooled connection that Redis closed (it restarted): a read is safe to repeat.
+        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
 
 
 async def _prices_refilled_bytes() -> bytes:

@@ -191,6 +191,7 @@ def test_every_connection_starts_with_the_database_limits():
 def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
     unreachable = "redis://127.0.0.1:1/0"
     settings.REDIS_URL = unreachable
+    settings.REDIS_CONNECT_RETRY_SECONDS = 0.3  # a long outage: the retries give up
     settings.CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",
