@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from markets.models import Coin, PricePoint
+from markets.models import Coin, LatestPrice, PricePoint
 from markets.services import coin_set_tracked
 
 
@@ -39,6 +39,20 @@ class PricePointAdmin(admin.ModelAdmin):
     list_select_related = ("coin",)
     show_full_result_count = False
     paginator = LargeTablePaginator
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(LatestPrice)
+class LatestPriceAdmin(admin.ModelAdmin):
+    """Read-only: written by the poll, read back only to refill an emptied Redis."""
+
+    list_display = ("coin", "price", "as_of", "source")
+    list_select_related = ("coin",)
 
     def has_add_permission(self, request):
         return False
