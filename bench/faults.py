@@ -223,6 +223,7 @@ class Load:
         self.ws_events: dict[int, set[str]] = {}
         self.ws_connected = False  # orders placed while it is down are not counted
         self.running = True
+        self.listening = True  # the socket outlives the load (see ``run``)
 
     def count(self, key: str, n: int = 1) -> None:
         self.stats[self.phase][key] += n
@@ -321,7 +322,7 @@ class Load:
     async def listener(self) -> None:
         """The ``/ws/user`` socket of user 0, reconnected whenever it drops."""
         url = f"ws://127.0.0.1:{self.args.port}/ws/user?token="
-        while self.running:
+        while self.listening:
             token = getattr(self, "ws_token", None)
             if token is None:
                 await asyncio.sleep(0.3)
@@ -329,7 +330,7 @@ class Load:
             try:
                 async with websockets.connect(url + token, open_timeout=5) as socket:
                     self.ws_connected = True
-                    while self.running:
+                    while self.listening:
                         try:
                             frame = await asyncio.wait_for(socket.recv(), timeout=1)
                         except TimeoutError:
@@ -345,8 +346,8 @@ class Load:
 
     async def run(self, platform: Platform, phases: list[str]) -> None:
         tasks = [asyncio.ensure_future(self.trader(i)) for i in range(self.args.users)]
-        tasks += [asyncio.ensure_future(self.signups_and_logins()),
-                  asyncio.ensure_future(self.listener())]  # fmt: skip
+        tasks.append(asyncio.ensure_future(self.signups_and_logins()))
+        listener = asyncio.ensure_future(self.listener())
         try:
             for phase in phases:
                 self.phase = phase
@@ -360,6 +361,17 @@ class Load:
             await asyncio.wait(tasks, timeout=15)
             for task in tasks:
                 task.cancel()
+            # The last orders fill after the load stops: the socket keeps listening until
+            # each order it counts has had an event past "pending" (or the drain timeout),
+            # else their fills would count as missed events.
+            deadline = time.monotonic() + self.args.drain_timeout
+            while time.monotonic() < deadline and any(
+                not self.ws_events.get(order_id, set()) - {"pending"} for order_id in self.ws_orders
+            ):
+                await asyncio.sleep(0.2)
+            self.listening = False
+            await asyncio.wait([listener], timeout=5)
+            listener.cancel()
 
 
 def inject(platform: Platform, fault: str, hold: float) -> None:

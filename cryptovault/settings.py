@@ -16,6 +16,8 @@ from django.core.exceptions import ImproperlyConfigured
 from pythonjsonlogger.core import RESERVED_ATTRS
 from whitenoise.compress import Compressor
 
+from cryptovault.reconnect import RetryingRedisConnection
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -104,6 +106,12 @@ DATABASES = {
 # Persistent connections in every process: web requests run on a fixed set of threads
 # (cryptovault/asgi_handler.py) and the worker recycles around each task (orders.tasks).
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+# Django's backend plus connect retries: a PostgreSQL restart shorter than
+# DATABASE_CONNECT_RETRY_SECONDS is a slower request, not a 503 (cryptovault/reconnect.py).
+POSTGRESQL_ENGINE = "cryptovault.postgresql"
+DATABASE_CONNECT_RETRY_SECONDS = env.float("DATABASE_CONNECT_RETRY_SECONDS", default=3.0)
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"]["ENGINE"] = POSTGRESQL_ENGINE
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 5
 # Limits every session starts with (milliseconds, 0 = none), for web, worker and beat
@@ -128,6 +136,8 @@ DATABASES["default"]["OPTIONS"].setdefault("options", _SESSION_OPTIONS)
 # Tests mirror it onto the test database: there is no separate replica to create.
 if env.str("DATABASE_REPLICA_URL", default=""):
     DATABASES["replica"] = env.db_url("DATABASE_REPLICA_URL")
+    if DATABASES["replica"]["ENGINE"] == "django.db.backends.postgresql":
+        DATABASES["replica"]["ENGINE"] = POSTGRESQL_ENGINE
     DATABASES["replica"]["CONN_MAX_AGE"] = DATABASES["default"]["CONN_MAX_AGE"]
     DATABASES["replica"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["replica"].setdefault("OPTIONS", {})["connect_timeout"] = 2
@@ -154,6 +164,9 @@ REDIS_URL = env.str("REDIS_URL", default="redis://localhost:6379/0")
 # - dashboard queue depths and the async price reads: plain commands, 2 s.
 REDIS_SOCKET_CONNECT_TIMEOUT = 2
 REDIS_SOCKET_TIMEOUT = 10
+# The cache's connections retry connecting (never a command) for this long, so a Redis
+# restart shorter than it is a slower request, not a 503 (cryptovault/reconnect.py).
+REDIS_CONNECT_RETRY_SECONDS = env.float("REDIS_CONNECT_RETRY_SECONDS", default=3.0)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -162,6 +175,7 @@ CACHES = {
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_CONNECT_TIMEOUT,
             "SOCKET_TIMEOUT": 2,
+            "CONNECTION_POOL_KWARGS": {"connection_class": RetryingRedisConnection},
         },
     }
 }

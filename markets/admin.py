@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
 from cryptovault.dashboard import price_charts
-from markets.models import Coin, PricePoint, StatusSample
+from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.services import coin_set_tracked
 
 
@@ -38,15 +38,8 @@ class CoinAdmin(AuditedAdmin):
         self.message_user(request, f"{queryset.count()} coin(s) untracked.", messages.SUCCESS)
 
 
-@admin.register(PricePoint)
-class PricePointAdmin(admin.ModelAdmin):
-    list_display = ("coin", "ts", "price")
-    list_filter = ("coin",)
-    # A year of history is millions of rows: no date_hierarchy (a DISTINCT over all of
-    # them), and an estimated count when unfiltered.
-    list_select_related = ("coin",)
-    show_full_result_count = False
-    paginator = LargeTablePaginator
+class RecordAdmin(admin.ModelAdmin):
+    """Rows the platform writes (polls, samplers): operators look, nobody edits."""
 
     def has_add_permission(self, request):
         return False
@@ -55,8 +48,19 @@ class PricePointAdmin(admin.ModelAdmin):
         return False
 
 
+@admin.register(PricePoint)
+class PricePointAdmin(RecordAdmin):
+    list_display = ("coin", "ts", "price")
+    list_filter = ("coin",)
+    # A year of history is millions of rows: no date_hierarchy (a DISTINCT over all of
+    # them), and an estimated count when unfiltered.
+    list_select_related = ("coin",)
+    show_full_result_count = False
+    paginator = LargeTablePaginator
+
+
 @admin.register(StatusSample)
-class StatusSampleAdmin(admin.ModelAdmin):
+class StatusSampleAdmin(RecordAdmin):
     """The minute samples behind the dashboard's queue and price-age charts, read-only:
     the sampler writes them."""
 
@@ -70,8 +74,10 @@ class StatusSampleAdmin(admin.ModelAdmin):
     )
     list_filter = ("price_stale", "price_source")
 
-    def has_add_permission(self, request):
-        return False
 
-    def has_change_permission(self, request, obj=None):
-        return False
+@admin.register(LatestPrice)
+class LatestPriceAdmin(RecordAdmin):
+    """Read-only: written by the poll, read back only to refill an emptied Redis."""
+
+    list_display = ("coin", "price", "as_of", "source")
+    list_select_related = ("coin",)

@@ -56,3 +56,24 @@ class StatusSample(models.Model):
 
     def __str__(self) -> str:
         return f"{self.ts:%Y-%m-%d %H:%M} age={self.price_age_seconds} queue={self.queue_waiting}"
+
+
+class LatestPrice(models.Model):
+    """The latest real (source-reported, never simulated) quote of a coin, upserted by
+    every successful poll. Redis holds the live price store; this row is its record, so
+    a Redis that comes back empty is refilled with true prices and their true ``as_of``
+    (``markets.services.prices_restore``) instead of none until the next poll lands."""
+
+    coin = models.OneToOneField(
+        Coin, primary_key=True, on_delete=models.CASCADE, related_name="latest_price"
+    )
+    price = models.DecimalField(max_digits=40, decimal_places=18)
+    change_24h_pct = models.DecimalField(max_digits=40, decimal_places=18, null=True)
+    market_cap = models.DecimalField(max_digits=40, decimal_places=18, null=True)
+    volume_24h = models.DecimalField(max_digits=40, decimal_places=18, null=True)
+    last_updated = models.DateTimeField()
+    as_of = models.DateTimeField()
+    source = models.CharField(max_length=32)
+
+    def __str__(self) -> str:
+        return f"{self.coin_id} {self.price} at {self.as_of:%Y-%m-%d %H:%M:%S}"

@@ -8,6 +8,10 @@ Redis layout of the price store (written only by ``markets.services.prices_recor
   per request.
 - ``PRICES_QUOTES_KEY``: a hash ``coin id -> JSON quote`` (price, 24h change, market cap,
   volume, per-coin ``as_of`` and ``source``) for callers that need one coin or typed values.
+
+Redis is a cache here: the record is PostgreSQL (``LatestPrice``). A reader that finds
+the store empty (Redis came back empty) refills it from there once
+(``price_store_refill``), so prices survive a Redis restart with their true age.
 """
 
 import asyncio
@@ -23,8 +27,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connections, router
+from django.db import DatabaseError, connections, router
 from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 from django_redis import get_redis_connection
@@ -32,6 +37,7 @@ from redis.exceptions import LockError
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
+from cryptovault.reconnect import RetryingAsyncRedisConnection
 from markets.models import Coin, PricePoint
 from markets.sources import (
     SourceError,
@@ -46,6 +52,12 @@ logger = logging.getLogger(__name__)
 PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
 PRICES_BODY_KEY = "cv:markets:prices:body"
 PRICES_QUOTES_KEY = "cv:markets:prices:quotes"
+# Set after a refill from PostgreSQL, for a poll period: an empty store is refilled once,
+# not on every read (a fresh install with no recorded price stays empty until its poll).
+PRICES_REFILLED_KEY = "cv:markets:prices:refilled"
+PRICES_REFILL_LOCK = "cv:markets:lock:prices_refill"
+# How long a reader waits for another reader's refill before it answers without it.
+PRICES_REFILL_WAIT_SECONDS = 3
 TICKERS_KEY_PREFIX = "cv:markets:tickers:coin:"
 # Upstream-backed reads: ``{"at": epoch fetched, "data": ...}``, kept past freshness.
 DETAILS_KEY_PREFIX = "cv:markets:upstream:details:"
@@ -120,8 +132,43 @@ def prices_body_render(*, body: bytes | None, as_of_raw: bytes | None) -> bytes:
     return body
 
 
+def price_store_refill() -> bool:
+    """Refill an empty price store from PostgreSQL's latest recorded real prices, once,
+    under a lock (``markets.services.prices_restore``). Called by the readers when they
+    find nothing; True when the store was empty and holds prices now (read again)."""
+    from markets.services import prices_restore  # services import this module
+
+    redis = get_redis_connection("default")
+    if redis.exists(PRICES_AS_OF_KEY, PRICES_REFILLED_KEY):
+        return False  # not empty (what the caller read is the answer), or already refilled
+    lock = redis.lock(PRICES_REFILL_LOCK, timeout=10)
+    if not lock.acquire(blocking=True, blocking_timeout=PRICES_REFILL_WAIT_SECONDS):
+        return False
+    try:
+        # Another reader may have refilled it while we waited for the lock.
+        if not redis.exists(PRICES_AS_OF_KEY, PRICES_REFILLED_KEY):
+            try:
+                restored = prices_restore()
+            except DatabaseError as exc:
+                # Without PostgreSQL there is nothing to refill from: answer as before
+                # (no prices) and let the next poll fill the store.
+                logger.warning("price store refill failed", extra={"error": str(exc)})
+            else:
+                logger.info("price store refilled", extra={"coins": restored})
+            redis.set(PRICES_REFILLED_KEY, 1, ex=settings.PRICE_POLL_SECONDS)
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            logger.warning("price store refill outlived its lock")
+    return bool(redis.exists(PRICES_AS_OF_KEY))
+
+
 def prices_snapshot_bytes() -> bytes:
-    body, as_of_raw = get_redis_connection("default").mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+    redis = get_redis_connection("default")
+    body, as_of_raw = redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+    if body is None and price_store_refill():
+        body, as_of_raw = redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
     return prices_body_render(body=body, as_of_raw=as_of_raw)
 
 
@@ -136,7 +183,10 @@ def _async_redis() -> aioredis.Redis:
     client = _async_redis_by_loop.get(loop)
     if client is None:
         client = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2
+            settings.REDIS_URL,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            connection_class=RetryingAsyncRedisConnection,
         )
         _async_redis_by_loop[loop] = client
     return client
@@ -149,19 +199,42 @@ async def prices_snapshot_bytes_async(*, client_ip: str) -> tuple[bytes, int]:
     trip: the MGET and the per-minute counter travel in one pipeline."""
     redis = _async_redis()
     if not settings.RATELIMIT_ENABLE:
-        body, as_of_raw = await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+        body, as_of_raw = await _prices_mget_async(redis)
+        if body is None:
+            return await _prices_refilled_bytes(), 0
         return prices_body_render(body=body, as_of_raw=as_of_raw), 0
     now = time.time()
     window = int(now // 60)
     key = f"{PRICES_RATE_KEY_PREFIX}{client_ip}:{window}"
-    async with redis.pipeline(transaction=False) as pipe:
-        pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-        pipe.incr(key)
-        pipe.expire(key, 120)
-        (body, as_of_raw), count, _ = await pipe.execute()
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+            pipe.incr(key)
+            pipe.expire(key, 120)
+            (body, as_of_raw), count, _ = await pipe.execute()
+    except aioredis.ConnectionError:
+        # A pooled connection that Redis closed (it restarted). The INCR may have run,
+        # so it is not sent again: this one request goes uncounted.
+        body, as_of_raw = await _prices_mget_async(redis)
+        count = 0
     if count > PRICES_PER_MINUTE:
         return b"", max(1, math.ceil((window + 1) * 60 - now))
+    if body is None:
+        return await _prices_refilled_bytes(), 0
     return prices_body_render(body=body, as_of_raw=as_of_raw), 0
+
+
+async def _prices_mget_async(redis: aioredis.Redis) -> list:
+    try:
+        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+    except aioredis.ConnectionError:
+        # A pooled connection that Redis closed (it restarted): a read is safe to repeat.
+        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
+
+
+async def _prices_refilled_bytes() -> bytes:
+    # Rare (Redis came back empty): the refill reads PostgreSQL, so it takes a thread.
+    return await sync_to_async(prices_snapshot_bytes, thread_sensitive=False)()
 
 
 def prices_snapshot() -> dict:
@@ -173,7 +246,10 @@ def prices_snapshot() -> dict:
 def price_quotes() -> dict[str, dict]:
     """Every stored quote, decoded: ``{coin: {"usd", "change_24h_pct", "market_cap",
     "volume_24h", "last_updated", "as_of", "source"}}`` (numbers as strings)."""
-    raw = get_redis_connection("default").hgetall(PRICES_QUOTES_KEY)
+    redis = get_redis_connection("default")
+    raw = redis.hgetall(PRICES_QUOTES_KEY)
+    if not raw and price_store_refill():
+        raw = redis.hgetall(PRICES_QUOTES_KEY)
     return {key.decode(): orjson.loads(value) for key, value in raw.items()}
 
 
@@ -182,7 +258,10 @@ def price_get_fresh(*, coin_id: str) -> PriceQuote:
     (``price_unavailable``) or it is not a real, current one (``price_stale``): older
     than ``PRICE_STALE_SECONDS``, stamped in the future, or made up by the ``simulated``
     fallback. Orders never fill on such a price."""
-    raw = get_redis_connection("default").hget(PRICES_QUOTES_KEY, coin_id)
+    redis = get_redis_connection("default")
+    raw = redis.hget(PRICES_QUOTES_KEY, coin_id)
+    if raw is None and price_store_refill():
+        raw = redis.hget(PRICES_QUOTES_KEY, coin_id)
     if raw is None:
         raise PriceUnavailable(f"No price available for {coin_id}.", code="price_unavailable")
     quote = orjson.loads(raw)

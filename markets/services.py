@@ -15,7 +15,7 @@ from django_redis import get_redis_connection
 from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
 from markets import realtime
-from markets.models import Coin, PricePoint, StatusSample
+from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.selectors import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
@@ -98,6 +98,21 @@ def _snapshot_body(*, as_of: datetime, source: str, quotes: dict[bytes, bytes]) 
     )
 
 
+def _quote_bytes(*, price: Decimal, fields: dict, as_of: datetime, source: str) -> bytes:
+    last_updated = fields.get("last_updated")
+    return orjson.dumps(
+        {
+            "usd": decimal_str(price),
+            "change_24h_pct": decimal_str(fields.get("change_24h_pct")),
+            "market_cap": decimal_str(fields.get("market_cap")),
+            "volume_24h": decimal_str(fields.get("volume_24h")),
+            "last_updated": iso_utc(last_updated or as_of),
+            "as_of": as_of.timestamp(),
+            "source": source,
+        }
+    )
+
+
 def prices_record(
     *,
     prices: dict[str, Decimal],
@@ -115,21 +130,12 @@ def prices_record(
     as_of = as_of or timezone.now()
     epoch = as_of.timestamp()
     extra = extra or {}
-    mapping = {}
-    for coin_id, price in prices.items():
-        fields = extra.get(coin_id, {})
-        last_updated = fields.get("last_updated")
-        mapping[coin_id] = orjson.dumps(
-            {
-                "usd": decimal_str(price),
-                "change_24h_pct": decimal_str(fields.get("change_24h_pct")),
-                "market_cap": decimal_str(fields.get("market_cap")),
-                "volume_24h": decimal_str(fields.get("volume_24h")),
-                "last_updated": iso_utc(last_updated or as_of),
-                "as_of": epoch,
-                "source": source,
-            }
+    mapping = {
+        coin_id: _quote_bytes(
+            price=price, fields=extra.get(coin_id, {}), as_of=as_of, source=source
         )
+        for coin_id, price in prices.items()
+    }
     redis = get_redis_connection("default")
     pipe = redis.pipeline(transaction=True)
     if mapping:
@@ -142,6 +148,83 @@ def prices_record(
     pipe.set(PRICES_AS_OF_KEY, repr(epoch))
     pipe.execute()
     return as_of
+
+
+def prices_restore() -> int:
+    """Refill the price store from the latest real quotes recorded in PostgreSQL
+    (``LatestPrice``), each with its own true ``as_of``: never restamped, so a recorded
+    price older than ``PRICE_STALE_SECONDS`` is served as stale and refused by orders,
+    exactly as if Redis had kept it. A quote already in the store wins (a poll that
+    landed meanwhile is newer). Returns the number of quotes restored."""
+    rows = list(LatestPrice.objects.filter(coin__tracked=True))
+    if not rows:
+        return 0
+    restored = {
+        row.coin_id: _quote_bytes(
+            price=row.price,
+            fields={
+                "change_24h_pct": row.change_24h_pct,
+                "market_cap": row.market_cap,
+                "volume_24h": row.volume_24h,
+                "last_updated": row.last_updated,
+            },
+            as_of=row.as_of,
+            source=row.source,
+        )
+        for row in rows
+    }
+    newest = max(rows, key=lambda row: row.as_of)
+    added = 0
+
+    def write(pipe) -> None:
+        nonlocal added
+        # WATCH makes this all-or-nothing against a concurrent prices_record.
+        if pipe.exists(PRICES_AS_OF_KEY):
+            return
+        existing = pipe.hgetall(PRICES_QUOTES_KEY)
+        quotes = {key.encode(): value for key, value in restored.items()} | existing
+        added = len(quotes) - len(existing)
+        pipe.multi()
+        pipe.hset(PRICES_QUOTES_KEY, mapping=quotes)
+        pipe.set(
+            PRICES_BODY_KEY,
+            _snapshot_body(as_of=newest.as_of, source=newest.source, quotes=quotes),
+        )
+        pipe.set(PRICES_AS_OF_KEY, repr(newest.as_of.timestamp()))
+
+    get_redis_connection("default").transaction(write, PRICES_AS_OF_KEY, PRICES_QUOTES_KEY)
+    return added
+
+
+def latest_prices_record(*, as_of: datetime, source: str, quotes: list[MarketQuote]) -> None:
+    """Upsert each coin's latest real quote (one statement per poll), the record
+    ``prices_restore`` refills Redis from."""
+    LatestPrice.objects.bulk_create(
+        [
+            LatestPrice(
+                coin_id=quote.id,
+                price=quote.price,
+                change_24h_pct=quote.change_24h_pct,
+                market_cap=quote.market_cap,
+                volume_24h=quote.volume_24h,
+                last_updated=quote.last_updated or as_of,
+                as_of=as_of,
+                source=source,
+            )
+            for quote in quotes
+        ],
+        update_conflicts=True,
+        unique_fields=["coin"],
+        update_fields=[
+            "price",
+            "change_24h_pct",
+            "market_cap",
+            "volume_24h",
+            "last_updated",
+            "as_of",
+            "source",
+        ],  # fmt: skip
+    )
 
 
 def prices_forget(*, coin_ids: list[str]) -> None:
@@ -236,6 +319,7 @@ def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
     if source == "coingecko":
         # Simulated prices are not history: charts show only what a source reported.
         history_append(as_of=as_of, prices=prices)
+        latest_prices_record(as_of=as_of, source=source, quotes=quotes)
         _coins_refresh_names(coins=coins, quotes=quotes)
     changed = [
         coin_id for coin_id, price in prices.items() if previous.get(coin_id) != decimal_str(price)

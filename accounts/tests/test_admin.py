@@ -33,7 +33,8 @@ from cryptovault.admin import LargeTablePaginator
 from cryptovault.dashboard import rows_since
 from markets.models import Coin
 from markets.selectors import prices_snapshot
-from markets.services import history_append, status_sample_record
+from markets.services import history_append, latest_prices_record, status_sample_record
+from markets.sources import MarketQuote
 from notifications.services import (
     notification_create,
     notification_preferences_update,
@@ -83,6 +84,14 @@ def seed(rows: int) -> None:
     prices = {f"coin-{n}": "100" for n in numbers}
     coins_and_prices(prices)
     history_append(as_of=now, prices={coin: Decimal(p) for coin, p in prices.items()})
+    latest_prices_record(
+        as_of=now,
+        source="coingecko",
+        quotes=[
+            MarketQuote(coin, coin, coin, Decimal(p), None, None, None, None)
+            for coin, p in prices.items()
+        ],
+    )
     for n, coin in zip(numbers, prices, strict=True):
         # No password: hashing one costs more than the rest of the row.
         user = User.objects.create_user(email=f"seed{n}@example.com", password=None)

@@ -5,6 +5,7 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import threading
 import time
 
 import httpx
@@ -93,6 +94,8 @@ def _login(http: httpx.Client, email: str) -> httpx.Response:
 
 def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy, settings):
     settings.DEBUG = True  # no HTML debug page either
+    # Longer than the connect retries: each request gives up after them (kept short here).
+    settings.DATABASE_CONNECT_RETRY_SECONDS = 0.5
     user = user_create()
     with httpx.Client(base_url=f"http://{server}", timeout=20) as http:
         access = _login(http, user.email).json()["access"]
@@ -111,6 +114,22 @@ def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy, sett
         assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
         assert _login(http, user.email).status_code == 200
         assert _ws_status(server, access) == 101
+
+
+def test_a_postgres_restart_shorter_than_the_connect_retries_is_invisible(
+    server, postgres_proxy, settings
+):
+    assert settings.DATABASE_CONNECT_RETRY_SECONDS >= 2
+    user = user_create()
+    with httpx.Client(base_url=f"http://{server}", timeout=20) as http:
+        access = _login(http, user.email).json()["access"]
+        auth = {"Authorization": f"Bearer {access}"}
+        assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
+
+        postgres_proxy.down()  # refused for about a second, then accepted again
+        threading.Timer(1.0, postgres_proxy.up).start()
+        assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
+        assert _login(http, user.email).status_code == 200
 
 
 def test_terminated_backends_are_replaced_on_the_next_request(server):
@@ -172,6 +191,7 @@ def test_every_connection_starts_with_the_database_limits():
 def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
     unreachable = "redis://127.0.0.1:1/0"
     settings.REDIS_URL = unreachable
+    settings.REDIS_CONNECT_RETRY_SECONDS = 0.3  # a long outage: the retries give up
     settings.CACHES = {
         "default": {
             "BACKEND": "django_redis.cache.RedisCache",

@@ -15,6 +15,8 @@ from markets.services import coins_seed, prices_poll, prices_record, tickers_rec
 
 
 # --- GET /prices ----------------------------------------------------------------------------
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 async def test_prices_before_any_poll():
     response = await AsyncClient().get("/api/v1/prices")
     assert response.status_code == 200
@@ -53,6 +55,8 @@ async def test_prices_flags_stale(settings):
     assert body["prices"]["bitcoin"]["usd"] == "1"
 
 
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 async def test_prices_is_public_and_read_only():
     client = AsyncClient()
     bogus = {"Authorization": "Bearer not-a-token"}

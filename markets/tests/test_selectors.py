@@ -24,6 +24,8 @@ from markets.selectors import (
 from markets.services import prices_forget, prices_record
 
 
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 def test_snapshot_is_empty_and_stale_before_any_write():
     assert prices_snapshot() == {"as_of": None, "source": None, "stale": True, "prices": {}}
     assert prices_age_seconds() is None
@@ -83,6 +85,8 @@ def test_simulated_or_future_prices_are_shown_but_never_fresh(source, ahead):
     assert snapshot["stale"] is (ahead > 0)
 
 
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 def test_price_get_fresh_unknown_coin():
     with pytest.raises(PriceUnavailable) as info:
         price_get_fresh(coin_id="bitcoin")
@@ -133,6 +137,8 @@ def coingecko(settings):
         yield mock
 
 
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 def test_concurrent_detail_reads_make_one_upstream_call(coingecko):
     def slow_details(request):
         time.sleep(0.5)  # long enough for every thread to arrive while it is in flight
@@ -153,6 +159,8 @@ def test_concurrent_detail_reads_make_one_upstream_call(coingecko):
     assert descriptions == [BITCOIN_DETAILS["description"]["en"]] * threads
 
 
+# An empty price store is refilled from PostgreSQL (none recorded here).
+@pytest.mark.django_db
 def test_stale_copy_serves_while_the_source_cannot(coingecko, settings):
     route = coingecko.get(f"{CG}/coins/bitcoin").mock(
         return_value=httpx.Response(200, json=BITCOIN_DETAILS)
@@ -186,3 +194,61 @@ def test_history_days_share_one_upstream_key(coingecko):
     assert len(three) == 3 * 24 + 1 and len(seven) == 7 * 24 + 1  # sliced, hourly
     assert three == seven[-len(three) :]
     assert seven[-1] == [seven[-1][0], "60000"]
+
+
+def _record_real_prices(*, as_of, prices: dict[str, str]) -> None:
+    """What a successful poll leaves behind in PostgreSQL and Redis."""
+    from markets.services import latest_prices_record
+    from markets.sources import MarketQuote
+
+    Coin.objects.bulk_create(
+        [Coin(id=coin_id, symbol=coin_id[:3], name=coin_id) for coin_id in prices]
+    )
+    quotes = [
+        MarketQuote(coin_id, coin_id[:3], coin_id, Decimal(price), Decimal("1.5"), None, None, None)
+        for coin_id, price in prices.items()
+    ]
+    latest_prices_record(as_of=as_of, source="coingecko", quotes=quotes)
+    prices_record(prices={q.id: q.price for q in quotes}, as_of=as_of)
+
+
+def _redis_restarted_empty() -> None:
+    from django_redis import get_redis_connection
+
+    get_redis_connection("default").flushdb()
+
+
+@pytest.mark.django_db
+def test_an_emptied_price_store_is_refilled_from_postgres_with_the_true_as_of():
+    as_of = timezone.now() - timedelta(seconds=5)
+    _record_real_prices(as_of=as_of, prices={"bitcoin": "65000.5", "ethereum": "3000"})
+    _redis_restarted_empty()
+
+    quote = price_get_fresh(coin_id="bitcoin")
+    assert (quote.price, quote.as_of, quote.source) == (Decimal("65000.5"), as_of, "coingecko")
+    snapshot = prices_snapshot()
+    assert snapshot["stale"] is False
+    assert snapshot["as_of"] == as_of.isoformat().replace("+00:00", "Z")
+    assert snapshot["prices"]["ethereum"] == {"usd": "3000", "change_24h_pct": "1.5"}
+
+
+@pytest.mark.django_db
+def test_a_refilled_price_that_was_already_old_is_still_stale(settings):
+    as_of = timezone.now() - timedelta(seconds=settings.PRICE_STALE_SECONDS + 5)
+    _record_real_prices(as_of=as_of, prices={"bitcoin": "65000"})
+    _redis_restarted_empty()
+
+    with pytest.raises(PriceUnavailable) as raised:
+        price_get_fresh(coin_id="bitcoin")
+    assert raised.value.code == "price_stale"
+    assert prices_snapshot()["stale"] is True
+
+
+@pytest.mark.django_db
+def test_a_refill_never_overwrites_a_newer_poll():
+    old = timezone.now() - timedelta(seconds=20)
+    _record_real_prices(as_of=old, prices={"bitcoin": "60000"})
+    _redis_restarted_empty()
+    prices_record(prices={"bitcoin": Decimal("61000")})  # a poll landed first
+
+    assert price_get_fresh(coin_id="bitcoin").price == Decimal("61000")

@@ -465,3 +465,29 @@ def _worker_process(log) -> Iterator[None]:
         finally:
             worker.terminate()
             worker.wait(timeout=30)
+
+
+def test_after_redis_comes_back_empty_a_market_order_fills_on_the_recorded_price(
+    celery_worker, api_client
+):
+    from django.utils import timezone
+    from django_redis import get_redis_connection
+
+    from markets.services import latest_prices_record
+    from markets.sources import MarketQuote
+
+    as_of = timezone.now()
+    quote = MarketQuote("bitcoin", "btc", "Bitcoin", Decimal("64000"), None, None, None, None)
+    latest_prices_record(as_of=as_of, source="coingecko", quotes=[quote])
+    get_redis_connection("default").flushdb()  # Redis restarted empty, before any poll
+
+    user = user_create(usd="10000")
+    api_client.force_authenticate(user)
+    response = api_client.post(
+        "/api/v1/orders",
+        {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.1"},
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    wait_until(lambda: Order.objects.get(pk=response.json()["id"]).status == "filled")
+    assert Order.objects.get(pk=response.json()["id"]).filled_price == Decimal("64000")
