@@ -65,6 +65,7 @@ def test_pages_get_a_same_origin_policy_and_json_the_empty_one(client):
         assert directives(client.get(path)["Content-Security-Policy"]) == API_POLICY, path
 
 
+@pytest.mark.django_db(transaction=True)  # an empty price store is refilled from PostgreSQL
 def test_the_prices_fast_lane_carries_the_api_policy():
     with uvicorn_in_thread(application) as address:
         response = httpx.get(f"http://{address}/api/v1/prices")
