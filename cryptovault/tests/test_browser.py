@@ -89,3 +89,32 @@ def test_admin_dashboard_and_docs_render_same_origin_without_csp_violations():
         page.goto(f"{origin}/api/redoc/")
         page.wait_for("document.querySelectorAll('[data-section-id^=\"operation/\"]').length")
         _check_page(page, origin, "api-redoc", blocked=(REDOCLY_LOGO,))
+
+
+def test_emails_render_in_the_browser(tmp_path):
+    """The HTML part of each account email as a browser shows it (screenshots for a person
+    to look at): it loads nothing from anywhere and shows the code and the button."""
+    from accounts.emails import password_reset_message, verification_message, welcome_message
+
+    user = user_create(email="ada@example.com", name="Ada")
+    messages = {  # name: (message, the link its button must carry)
+        "email-verification": (
+            verification_message(user=user, code="482913", token="t0ken"),
+            "/verify-email?token=t0ken",
+        ),
+        "email-welcome": (welcome_message(user=user), settings.APP_URL),
+        "email-password-reset": (
+            password_reset_message(user=user, token="t0ken"),
+            "/reset-password?token=t0ken",
+        ),
+    }
+    with chromium_page(CHROMIUM) as page:
+        for name, (message, link) in messages.items():
+            [(html, _)] = message.alternatives
+            file = tmp_path / f"{name}.html"
+            file.write_text(html)
+            page.goto(file.as_uri())
+            page.screenshot(SCREENSHOTS / f"{name}.png")
+            assert page.evaluate(f"document.querySelector('a[href*=\"{link}\"]') !== null"), name
+            assert [r["url"] for r in page.requests.values() if r["type"] != "Document"] == []
+    assert "482913" in messages["email-verification"][0].body
