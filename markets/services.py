@@ -256,6 +256,8 @@ def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list
     """Fan a successful poll out to whoever reacts to prices. Each hook must be cheap
     (enqueue a Celery task or publish to the channel layer): this runs inside the poll.
     A new subscriber is one more ``_tick_hook(...)`` line."""
+    # A documented cycle: orders and notifications import markets (prices, coins) at
+    # module level; the tick calls back up into them, so they are imported here.
     from notifications.services import price_alerts_evaluate
     from orders.services import limit_orders_on_prices
 
