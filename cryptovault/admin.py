@@ -14,9 +14,9 @@ from django.db import connections
 from django.http import JsonResponse
 from django.utils.functional import cached_property
 
-from accounts.ratelimit import rate_limit
 from accounts.services import audit_record
 from cryptovault.exceptions import ApplicationError
+from cryptovault.ratelimit import rate_limit
 
 # Enough to identify a hand-picked selection; "select all" on a big list is summarised.
 AUDITED_IDS = 100

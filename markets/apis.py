@@ -11,10 +11,10 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.ratelimit import rate_limit, rate_limited_body
 from cryptovault.exceptions import read_only_method_check
 from cryptovault.net import client_ip
 from cryptovault.pagination import PageNumberPagination, paginated_response
+from cryptovault.ratelimit import rate_limit, rate_limited_body
 from markets import selectors
 
 logger = logging.getLogger(__name__)

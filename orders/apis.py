@@ -10,9 +10,9 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.ratelimit import rate_limit
 from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
+from cryptovault.ratelimit import rate_limit
 from markets.fields import CoinIdField
 from orders import selectors, services
 from orders.models import LedgerEntry, Order
