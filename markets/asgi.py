@@ -35,7 +35,7 @@ from cryptovault.middleware import (
 )
 from cryptovault.net import client_ip_from
 from cryptovault.ratelimit import rate_limited_body
-from markets.selectors import prices_snapshot_bytes_async
+from markets.price_store import prices_snapshot_bytes_async
 
 PRICES_PATH = "/api/v1/prices"
 # The URL pattern Django would have matched (markets/urls.py), as MetricsMiddleware labels it.
