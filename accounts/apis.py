@@ -11,9 +11,9 @@ from rest_framework.views import APIView
 
 from accounts import crypto, selectors, services
 from accounts.models import Session, User
-from accounts.ratelimit import rate_limit
 from cryptovault.exceptions import ApplicationError
 from cryptovault.pagination import PageNumberPagination, paginated_response
+from cryptovault.ratelimit import rate_limit
 
 username_validator = RegexValidator(
     r"^[A-Za-z0-9_.-]{3,30}\Z",

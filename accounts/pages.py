@@ -12,8 +12,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods
 
 from accounts import selectors, services
-from accounts.ratelimit import rate_limit
 from cryptovault.exceptions import ApplicationError
+from cryptovault.ratelimit import rate_limit
 
 # As the API's serializers: no token the platform issues is longer.
 TOKEN_MAX_LENGTH = 128

@@ -11,12 +11,11 @@ import functools
 from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import connections
-from django.http import JsonResponse
 from django.utils.functional import cached_property
 
-from accounts.ratelimit import rate_limit
 from accounts.services import audit_record
-from cryptovault.exceptions import ApplicationError
+from cryptovault.exceptions import ApplicationError, error_response
+from cryptovault.ratelimit import rate_limit
 
 # Enough to identify a hand-picked selection; "select all" on a big list is summarised.
 AUDITED_IDS = 100
@@ -129,6 +128,5 @@ def admin_login(request, extra_context=None):
         try:
             rate_limit(request, group="admin-login", rate=ADMIN_LOGIN_RATE)
         except ApplicationError as exc:  # over the limit (429)
-            body = {"detail": exc.message, "code": exc.code}
-            return JsonResponse(body, status=exc.status_code, headers=exc.headers)
+            return error_response(exc.status_code, exc.message, exc.code, headers=exc.headers)
     return admin.site.login(request, extra_context)

@@ -8,6 +8,7 @@ from celery.signals import (
     task_prerun,
     worker_ready,
 )
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
@@ -53,6 +54,17 @@ def _task_context_clear(**_: object) -> None:
 
     request_id_var.set(None)
     task_var.set(None)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def _db_connections_recycle(task=None, **_: object) -> None:
+    """Around every task, what Django does around every request: close a connection
+    that is broken or older than CONN_MAX_AGE (so with CONN_MAX_AGE=0, after each
+    task). Celery's own per-task close is off when CONN_MAX_AGE > 0 (settings), so the
+    worker reuses its connection instead of starting a Postgres backend per task."""
+    if task is not None and not getattr(task.request, "is_eager", False):
+        close_old_connections()
 
 
 @worker_ready.connect

@@ -25,7 +25,8 @@ from accounts.models import AuditEvent, User
 from cryptovault.charts import Band, Series, time_chart
 from cryptovault.decimals import decimal_str
 from markets.models import Coin, PricePoint, StatusSample
-from markets.selectors import SIMULATED_SOURCE, prices_age_seconds, prices_snapshot
+from markets.price_store import SIMULATED_SOURCE
+from markets.selectors import prices_age_seconds, prices_snapshot
 from markets.sources import rate_limited_for
 from orders.models import LedgerEntry, Order
 

@@ -38,6 +38,20 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, SoftTimeLimitExceeded)
 # Matches what nginx answers when no web instance is up (deploy/nginx.conf).
 RETRY_AFTER_SECONDS = 5
+SERVICE_UNAVAILABLE_DETAIL = "A service this request needs is unavailable."
+
+
+def error_body(detail: Any, code: str, **extra: Any) -> dict[str, Any]:
+    """The one error shape of the API (``{"detail", "code"}``, plus field errors), for
+    every answer built outside DRF's exception handler as well as inside it."""
+    return {"detail": detail, "code": code, **extra}
+
+
+def error_response(
+    status_code: int, detail: str, code: str, *, headers: dict[str, str] | None = None
+) -> JsonResponse:
+    """A plain Django view's or middleware's error answer, in the API's shape."""
+    return JsonResponse(error_body(detail, code), status=status_code, headers=headers)
 
 
 class ApplicationError(Exception):
@@ -66,7 +80,7 @@ class ApplicationError(Exception):
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApplicationError):
-        body = {"detail": exc.message, "code": exc.code, **exc.extra}
+        body = error_body(exc.message, exc.code, **exc.extra)
         headers = dict(exc.headers)
         if exc.status_code == status.HTTP_503_SERVICE_UNAVAILABLE:
             headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
@@ -76,7 +90,7 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         exc = exceptions.ValidationError(detail)
     elif isinstance(exc, RequestDataTooBig):
         return Response(
-            {"detail": "Request body is too large.", "code": "request_too_large"},
+            error_body("Request body is too large.", "request_too_large"),
             status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     elif isinstance(exc, Http404):
@@ -92,36 +106,33 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         if detail is not None and "code" not in response.data:
             response.data["code"] = getattr(detail, "code", None) or exc.default_code
     if isinstance(response.data, list):
-        response.data = {"detail": response.data, "code": "invalid"}
+        response.data = error_body(response.data, "invalid")
     return response
-
-
-def _json_error(status_code: int, detail: str, code: str) -> JsonResponse:
-    return JsonResponse({"detail": detail, "code": code}, status=status_code)
 
 
 def service_unavailable_response() -> JsonResponse:
-    response = _json_error(
-        503, "A service this request needs is unavailable.", "service_unavailable"
+    return error_response(
+        503,
+        SERVICE_UNAVAILABLE_DETAIL,
+        "service_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
-    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
-    return response
 
 
 def handler400(request, exception=None):
-    return _json_error(400, "Bad request.", "bad_request")
+    return error_response(400, "Bad request.", "bad_request")
 
 
 def handler403(request, exception=None):
-    return _json_error(403, "You do not have permission to perform this action.", "forbidden")
+    return error_response(403, "You do not have permission to perform this action.", "forbidden")
 
 
 def handler404(request, exception=None):
-    return _json_error(404, "Not found.", "not_found")
+    return error_response(404, "Not found.", "not_found")
 
 
 def handler500(request):
-    return _json_error(500, "Internal server error.", "server_error")
+    return error_response(500, "Internal server error.", "server_error")
 
 
 def read_only_method_check(request) -> JsonResponse | None:
@@ -132,6 +143,9 @@ def read_only_method_check(request) -> JsonResponse | None:
     """
     if request.method in ("GET", "HEAD"):
         return None
-    response = _json_error(405, f'Method "{request.method}" not allowed.', "method_not_allowed")
-    response["Allow"] = "GET, HEAD"
-    return response
+    return error_response(
+        405,
+        f'Method "{request.method}" not allowed.',
+        "method_not_allowed",
+        headers={"Allow": "GET, HEAD"},
+    )

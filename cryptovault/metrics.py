@@ -19,7 +19,7 @@ import os
 import time
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from kombu.exceptions import ChannelError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -34,7 +34,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from cryptovault.exceptions import DEPENDENCY_ERRORS, handler404
+from cryptovault.exceptions import DEPENDENCY_ERRORS, error_response, handler404
 from cryptovault.middleware import _HybridMiddleware
 
 logger = logging.getLogger(__name__)
@@ -205,10 +205,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         return handler404(request)
     given = request.headers.get("Authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        response = JsonResponse(
-            {"detail": "A valid metrics token is required.", "code": "not_authenticated"},
-            status=401,
+        return error_response(
+            401,
+            "A valid metrics token is required.",
+            "not_authenticated",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
         )
-        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
-        return response
     return HttpResponse(generate_latest(metrics_registry()), content_type=CONTENT_TYPE_LATEST)

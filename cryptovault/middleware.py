@@ -15,10 +15,11 @@ from csp.middleware import CSPMiddleware
 from csp.utils import build_policy
 from django.conf import settings
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 
 from cryptovault.exceptions import (
     DEPENDENCY_ERRORS,
+    error_response,
     handler404,
     handler500,
     service_unavailable_response,
@@ -94,13 +95,9 @@ class RequestLimitsMiddleware(_HybridMiddleware):
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return JsonResponse(
-                {"detail": "Invalid Content-Length header.", "code": "bad_request"}, status=400
-            )
+            return error_response(400, "Invalid Content-Length header.", "bad_request")
         if length > settings.DATA_UPLOAD_MAX_MEMORY_SIZE:
-            return JsonResponse(
-                {"detail": "Request body is too large.", "code": "request_too_large"}, status=413
-            )
+            return error_response(413, "Request body is too large.", "request_too_large")
         return None
 
 

@@ -8,7 +8,12 @@ import orjson
 from channels.security.websocket import WebsocketDenier
 
 from cryptovault.cors import stream_origin_allowed
-from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
+from cryptovault.exceptions import (
+    DEPENDENCY_ERRORS,
+    RETRY_AFTER_SECONDS,
+    SERVICE_UNAVAILABLE_DETAIL,
+    error_body,
+)
 from markets.routing import websocket_urlpatterns as markets_ws
 from notifications.routing import websocket_urlpatterns as notifications_ws
 
@@ -65,9 +70,7 @@ class WebSocketOutageMiddleware:
 
 
 async def _deny_service_unavailable(send) -> None:
-    body = orjson.dumps(
-        {"detail": "A service this request needs is unavailable.", "code": "service_unavailable"}
-    )
+    body = orjson.dumps(error_body(SERVICE_UNAVAILABLE_DETAIL, "service_unavailable"))
     await send(
         {
             "type": "websocket.http.response.start",

@@ -222,7 +222,7 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery's Django fixup closes the DB connection around every task (ignoring
 # CONN_MAX_AGE) unless this is set; a worker run with CONN_MAX_AGE > 0 (Procfile) then
-# keeps its connection, recycled by Django's own rules around each task (orders.tasks).
+# keeps its connection, recycled by Django's own rules around each task (cryptovault.celery).
 if DATABASES["default"]["CONN_MAX_AGE"]:
     CELERY_DB_REUSE_MAX = 100_000
 # A task redelivered after a worker crash must not wait the default hour.

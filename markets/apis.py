@@ -11,18 +11,18 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts.ratelimit import rate_limit, rate_limited_body
 from cryptovault.exceptions import read_only_method_check
 from cryptovault.net import client_ip
 from cryptovault.pagination import PageNumberPagination, paginated_response
-from markets import selectors
+from cryptovault.ratelimit import rate_limit, rate_limited_body
+from markets import arbitrage, price_store, selectors, upstream
 
 logger = logging.getLogger(__name__)
 
 
 # Per client IP and minute (django-ratelimit, ``RATELIMIT_ENABLE``). Details and history
 # may reach the source, so they are the tightest. GET /prices is counted in its own lane
-# (``selectors.PRICES_PER_MINUTE``).
+# (``price_store.PRICES_PER_MINUTE``).
 RATES = {"coins": "120/m", "coin-detail": "30/m", "coin-history": "30/m", "arbitrage": "60/m"}
 
 
@@ -108,7 +108,7 @@ class CoinDetailApi(PublicApi):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request, coin_id: str):
-        details = selectors.coin_details(coin=_coin_or_404(coin_id))
+        details = upstream.coin_details(coin=_coin_or_404(coin_id))
         return Response(self.OutputSerializer(details).data)
 
 
@@ -135,7 +135,7 @@ class CoinHistoryApi(PublicApi):
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         days = params.validated_data["days"]
-        prices = selectors.coin_history(coin_id=coin.id, days=days)
+        prices = upstream.coin_history(coin_id=coin.id, days=days)
         return Response(
             self.OutputSerializer({"coin": coin.id, "days": days, "prices": prices}).data
         )
@@ -177,7 +177,7 @@ class ArbitrageApi(PublicApi):
     def get(self, request):
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        result = selectors.arbitrage_opportunities(
+        result = arbitrage.arbitrage_opportunities(
             min_net_pct=params.validated_data.get("min_net_pct")
         )
         result["opportunities"] = self.OpportunitySerializer(
@@ -196,7 +196,7 @@ async def prices(request: HttpRequest) -> HttpResponse:
     if (refused := read_only_method_check(request)) is not None:
         return refused
     # Redis down: DependencyOutageMiddleware answers 503 service_unavailable.
-    body, retry_after = await selectors.prices_snapshot_bytes_async(client_ip=client_ip(request))
+    body, retry_after = await price_store.prices_snapshot_bytes_async(client_ip=client_ip(request))
     if retry_after:
         return HttpResponse(
             rate_limited_body(retry_after),

@@ -27,7 +27,6 @@ from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 from redis.exceptions import RedisError
 
-from accounts.ratelimit import rate_limited_body
 from cryptovault.metrics import http_request_observe
 from cryptovault.middleware import (
     REQUEST_ID_HEADER,
@@ -35,7 +34,8 @@ from cryptovault.middleware import (
     request_id_from,
 )
 from cryptovault.net import client_ip_from
-from markets.selectors import prices_snapshot_bytes_async
+from cryptovault.ratelimit import rate_limited_body
+from markets.price_store import prices_snapshot_bytes_async
 
 PRICES_PATH = "/api/v1/prices"
 # The URL pattern Django would have matched (markets/urls.py), as MetricsMiddleware labels it.

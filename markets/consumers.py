@@ -47,8 +47,8 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from websockets.protocol import State
 
 from cryptovault.metrics import WebSocketConnectionsCounted
+from markets.price_store import prices_snapshot_bytes
 from markets.realtime import prices_channel
-from markets.selectors import prices_snapshot_bytes
 
 logger = logging.getLogger(__name__)
 

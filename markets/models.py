@@ -62,7 +62,7 @@ class LatestPrice(models.Model):
     """The latest real (source-reported, never simulated) quote of a coin, upserted by
     every successful poll. Redis holds the live price store; this row is its record, so
     a Redis that comes back empty is refilled with true prices and their true ``as_of``
-    (``markets.services.prices_restore``) instead of none until the next poll lands."""
+    (``markets.price_store.prices_restore``) instead of none until the next poll lands."""
 
     coin = models.OneToOneField(
         Coin, primary_key=True, on_delete=models.CASCADE, related_name="latest_price"

@@ -16,16 +16,16 @@ from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
 from markets import realtime
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
-from markets.selectors import (
+from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
     PRICES_QUOTES_KEY,
     TICKERS_KEY_PREFIX,
-    price_quotes,
-    prices_age_seconds,
     prices_are_stale,
-    prices_snapshot,
+    quote_bytes,
+    snapshot_body,
 )
+from markets.selectors import price_quotes, prices_age_seconds, prices_snapshot
 from markets.sources import (
     CoinGeckoClient,
     MarketQuote,
@@ -56,10 +56,6 @@ KNOWN_COINS: dict[str, tuple[str, str]] = {
 }
 
 
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 @transaction.atomic
 def coins_seed(*, coin_ids: list[str]) -> list[Coin]:
     """Ensure a tracked row for each id; idempotent, never un-tracks anything."""
@@ -87,32 +83,6 @@ def coin_set_tracked(*, coin: Coin, tracked: bool) -> Coin:
     return coin
 
 
-def _snapshot_body(*, as_of: datetime, source: str, quotes: dict[bytes, bytes]) -> bytes:
-    entries = {}
-    for key in sorted(quotes):
-        quote = orjson.loads(quotes[key])
-        entries[key.decode()] = {"usd": quote["usd"], "change_24h_pct": quote["change_24h_pct"]}
-    # Key order matters: "stale" must precede "prices" (see selectors.STALE_FALSE).
-    return orjson.dumps(
-        {"as_of": iso_utc(as_of), "source": source, "stale": False, "prices": entries}
-    )
-
-
-def _quote_bytes(*, price: Decimal, fields: dict, as_of: datetime, source: str) -> bytes:
-    last_updated = fields.get("last_updated")
-    return orjson.dumps(
-        {
-            "usd": decimal_str(price),
-            "change_24h_pct": decimal_str(fields.get("change_24h_pct")),
-            "market_cap": decimal_str(fields.get("market_cap")),
-            "volume_24h": decimal_str(fields.get("volume_24h")),
-            "last_updated": iso_utc(last_updated or as_of),
-            "as_of": as_of.timestamp(),
-            "source": source,
-        }
-    )
-
-
 def prices_record(
     *,
     prices: dict[str, Decimal],
@@ -131,9 +101,7 @@ def prices_record(
     epoch = as_of.timestamp()
     extra = extra or {}
     mapping = {
-        coin_id: _quote_bytes(
-            price=price, fields=extra.get(coin_id, {}), as_of=as_of, source=source
-        )
+        coin_id: quote_bytes(price=price, fields=extra.get(coin_id, {}), as_of=as_of, source=source)
         for coin_id, price in prices.items()
     }
     redis = get_redis_connection("default")
@@ -142,58 +110,12 @@ def prices_record(
         pipe.hset(PRICES_QUOTES_KEY, mapping=mapping)
     pipe.hgetall(PRICES_QUOTES_KEY)
     quotes = pipe.execute()[-1]
-    body = _snapshot_body(as_of=as_of, source=source, quotes=quotes)
+    body = snapshot_body(as_of=as_of, source=source, quotes=quotes)
     pipe = redis.pipeline(transaction=True)
     pipe.set(PRICES_BODY_KEY, body)
     pipe.set(PRICES_AS_OF_KEY, repr(epoch))
     pipe.execute()
     return as_of
-
-
-def prices_restore() -> int:
-    """Refill the price store from the latest real quotes recorded in PostgreSQL
-    (``LatestPrice``), each with its own true ``as_of``: never restamped, so a recorded
-    price older than ``PRICE_STALE_SECONDS`` is served as stale and refused by orders,
-    exactly as if Redis had kept it. A quote already in the store wins (a poll that
-    landed meanwhile is newer). Returns the number of quotes restored."""
-    rows = list(LatestPrice.objects.filter(coin__tracked=True))
-    if not rows:
-        return 0
-    restored = {
-        row.coin_id: _quote_bytes(
-            price=row.price,
-            fields={
-                "change_24h_pct": row.change_24h_pct,
-                "market_cap": row.market_cap,
-                "volume_24h": row.volume_24h,
-                "last_updated": row.last_updated,
-            },
-            as_of=row.as_of,
-            source=row.source,
-        )
-        for row in rows
-    }
-    newest = max(rows, key=lambda row: row.as_of)
-    added = 0
-
-    def write(pipe) -> None:
-        nonlocal added
-        # WATCH makes this all-or-nothing against a concurrent prices_record.
-        if pipe.exists(PRICES_AS_OF_KEY):
-            return
-        existing = pipe.hgetall(PRICES_QUOTES_KEY)
-        quotes = {key.encode(): value for key, value in restored.items()} | existing
-        added = len(quotes) - len(existing)
-        pipe.multi()
-        pipe.hset(PRICES_QUOTES_KEY, mapping=quotes)
-        pipe.set(
-            PRICES_BODY_KEY,
-            _snapshot_body(as_of=newest.as_of, source=newest.source, quotes=quotes),
-        )
-        pipe.set(PRICES_AS_OF_KEY, repr(newest.as_of.timestamp()))
-
-    get_redis_connection("default").transaction(write, PRICES_AS_OF_KEY, PRICES_QUOTES_KEY)
-    return added
 
 
 def latest_prices_record(*, as_of: datetime, source: str, quotes: list[MarketQuote]) -> None:
@@ -240,7 +162,7 @@ def prices_forget(*, coin_ids: list[str]) -> None:
         return
     source = orjson.loads(body)["source"]
     as_of = datetime.fromtimestamp(float(as_of_raw), tz=UTC)
-    redis.set(PRICES_BODY_KEY, _snapshot_body(as_of=as_of, source=source, quotes=quotes))
+    redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
 
 
 def _tick_hook(hook, **kwargs) -> None:
@@ -256,6 +178,8 @@ def prices_on_tick(*, as_of: datetime, prices: dict[str, Decimal], changed: list
     """Fan a successful poll out to whoever reacts to prices. Each hook must be cheap
     (enqueue a Celery task or publish to the channel layer): this runs inside the poll.
     A new subscriber is one more ``_tick_hook(...)`` line."""
+    # A documented cycle: orders and notifications import markets (prices, coins) at
+    # module level; the tick calls back up into them, so they are imported here.
     from notifications.services import price_alerts_evaluate
     from orders.services import limit_orders_on_prices
 

@@ -25,6 +25,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.module_loading import import_string
+from django_redis import get_redis_connection
 
 from accounts.models import User
 from cryptovault.emails import email_render
@@ -77,8 +78,7 @@ def outbox_email_add(
 def outbox_emails_wake() -> bool:
     """Schedule a drain run unless one is already scheduled. Returns whether this call
     scheduled one."""
-    from django_redis import get_redis_connection
-
+    # notifications.tasks imports this module (tasks call the outbox).
     from notifications.tasks import notification_emails_drain
 
     redis = get_redis_connection("default")
@@ -143,8 +143,6 @@ def _failed(outbox: OutboxEmail, exc: BaseException) -> None:
 
 def outbox_emails_drain() -> int:
     """Send every due email; returns how many went out. Overlapping runs are safe."""
-    from django_redis import get_redis_connection
-
     # Cleared before the first claim, so a row committed after it schedules the next run.
     get_redis_connection("default").delete(EMAIL_DRAIN_KEY)
     sent = 0

@@ -37,7 +37,6 @@ from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
 from cryptovault.logging import request_id_var
-from orders.apis import OrderOutputSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -157,8 +156,3 @@ def sessions_close(*, session_ids: list[str]) -> None:
             await layer.group_send(session_group(session_id), {"type": "session.revoked"})
 
     _run(close_all)
-
-
-def order_payload(order) -> dict:
-    """The order exactly as the orders API shows it."""
-    return OrderOutputSerializer(order).data

@@ -18,6 +18,8 @@ from django.utils import timezone
 from accounts.models import User
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
+from markets.models import Coin
+from markets.selectors import prices_tradable
 from notifications import realtime
 from notifications.models import (
     DEFAULT_EMAIL_KINDS,
@@ -178,13 +180,14 @@ def notification_delete(*, notification: Notification) -> None:
     notification.delete()
 
 
-def order_event_push(*, order) -> None:
+def order_event_push(*, user_id: int, order: dict) -> None:
     """After commit, send ``{"type":"order","order":{...}}`` to the owner's sockets.
 
-    The payload is taken now, so it describes the status this change produced even
-    if a later change lands before the push goes out.
+    ``order`` is the order as the orders API shows it, serialized by the caller when the
+    change happens, so it describes the status this change produced even if a later
+    change lands before the push goes out (and this app needs no orders serializer).
     """
-    _deliver(user_id=order.user_id, frame={"type": "order", "order": realtime.order_payload(order)})
+    _deliver(user_id=user_id, frame={"type": "order", "order": order})
 
 
 def sessions_revoked_push(*, session_ids: Iterable[Any]) -> None:
@@ -208,8 +211,6 @@ def sessions_revoked_push(*, session_ids: Iterable[Any]) -> None:
 
 @transaction.atomic
 def price_alert_create(*, user: User, coin_id: str, condition: str, price: Decimal) -> PriceAlert:
-    from markets.models import Coin
-
     coin = Coin.objects.filter(pk=coin_id, tracked=True).first()
     if coin is None:
         raise ApplicationError(
@@ -250,8 +251,6 @@ def price_alerts_evaluate() -> int:
     them inactive, so an alert triggers once. The task is enqueued whenever any alert is
     due, so a lost message (Redis restarted empty) is made good by the next poll.
     """
-    from markets.selectors import prices_tradable
-
     prices = prices_tradable()
     triggered = 0
     if prices:
@@ -265,6 +264,7 @@ def price_alerts_evaluate() -> int:
             notified_at=None,
         )
     if triggered or PriceAlert.objects.filter(DUE).exists():
+        # notifications.tasks imports this module (tasks call services).
         from notifications.tasks import price_alerts_fire
 
         # robust: a broker hiccup is logged and must not fail the price poll.

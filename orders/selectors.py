@@ -4,6 +4,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.db.models import QuerySet, Sum
 
+from markets.selectors import prices_snapshot
 from orders.models import USD, Balance, LedgerEntry, Order
 
 VALUE_QUANTUM = Decimal("0.00000001")
@@ -61,8 +62,6 @@ def portfolio_get(*, user) -> dict:
     A coin without a known price has ``price``/``value_usd`` null and is left out
     of the total rather than counted as zero silently.
     """
-    from markets.selectors import prices_snapshot
-
     prices = prices_snapshot()["prices"]
     balances = list(Balance.objects.filter(user=user))
     if not any(b.asset == USD for b in balances):

@@ -7,11 +7,13 @@ database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 """
 
 import logging
+from datetime import timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_redis import get_redis_connection
 from rest_framework import status as http
 
 from accounts.models import User
@@ -19,7 +21,15 @@ from cryptovault import metrics
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
 from markets.models import Coin
+from markets.selectors import (
+    PriceUnavailable,
+    price_get_fresh,
+    price_quotes,
+    prices_tradable,
+)
+from notifications.services import deliveries_batched, notification_create, order_event_push
 from orders.models import USD, Balance, LedgerEntry, Order
+from orders.serializers import OrderOutputSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -212,8 +222,6 @@ def _reference_price(*, coin_id: str) -> Decimal:
     A stale price is still a fair estimate for the reservation; the queue refuses to
     fill on it and rejects the order (releasing the funds).
     """
-    from markets.selectors import PriceUnavailable, price_get_fresh, price_quotes
-
     try:
         return price_get_fresh(coin_id=coin_id).price
     except PriceUnavailable as exc:
@@ -240,8 +248,7 @@ def _queue_enqueue(user_id: int, *, force: bool = False) -> None:
     after finds no mark and enqueues the next run. Under load a user's orders pile up
     behind one queued run and are processed in one batch.
     """
-    from django_redis import get_redis_connection
-
+    # orders.tasks imports this module (tasks call services, services enqueue tasks).
     from orders.tasks import order_queue_process
 
     marked = get_redis_connection("default").set(
@@ -307,8 +314,6 @@ def _order_notional_check(*, quantity: Decimal, price: Decimal | None, coin_id: 
     its limit, or for a market order at the latest cached price (a market sell with no
     price yet is checked again when it fills)."""
     if price is None:
-        from markets.selectors import PriceUnavailable
-
         try:
             price = _reference_price(coin_id=coin_id)
         except PriceUnavailable:
@@ -395,9 +400,7 @@ _TERMINAL_NOTIFICATIONS = {
 
 
 def _order_notify(order: Order) -> None:
-    from notifications.services import notification_create, order_event_push
-
-    order_event_push(order=order)
+    order_event_push(user_id=order.user_id, order=OrderOutputSerializer(order).data)
     if order.status not in _TERMINAL_NOTIFICATIONS:
         return
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
@@ -526,8 +529,6 @@ def order_queue_process(*, user_id: int) -> int:
     a time, and an order that fails on its own is rejected (funds released), so one
     bad order can never block the user's queue.
     """
-    from django_redis import get_redis_connection
-
     # Cleared before reading the orders: see _queue_enqueue.
     get_redis_connection("default").delete(_queue_key(user_id))
     processed, batch_size = 0, QUEUE_BATCH_SIZE
@@ -550,16 +551,12 @@ def order_queue_process(*, user_id: int) -> int:
 
 @transaction.atomic
 def _queue_batch_process(*, user_id: int, limit: int) -> int:
-    from notifications.services import deliveries_batched
-
     # The batch's pushes go out as one per user, its emails as one task.
     with deliveries_batched():
         return _queue_batch_fill(user_id=user_id, limit=limit)
 
 
 def _queue_batch_fill(*, user_id: int, limit: int) -> int:
-    from markets.selectors import PriceUnavailable, price_get_fresh
-
     orders = list(
         Order.objects.select_for_update(of=("self",))
         .select_related(*_ORDER_USER)
@@ -627,6 +624,7 @@ def limit_orders_on_prices() -> None:
     price store and finds the crossing orders through the partial index on open orders
     by (coin, side, limit). A lost message costs nothing: the next poll enqueues again.
     """
+    # orders.tasks imports this module (tasks call services, services enqueue tasks).
     from orders.tasks import limit_orders_match
 
     try:
@@ -645,8 +643,6 @@ def limit_orders_fill() -> int:
     Each order fills in its own transaction under its row lock, so a concurrent
     cancel or a second run resolves to exactly one outcome.
     """
-    from markets.selectors import prices_tradable
-
     filled = 0
     for coin_id, price in prices_tradable().items():
         if not price.is_finite() or price <= 0:
@@ -668,8 +664,6 @@ def limit_orders_fill() -> int:
 
 @transaction.atomic
 def _limit_order_fill(*, order_id: int, price: Decimal) -> bool:
-    from notifications.services import deliveries_batched
-
     with deliveries_batched():
         return _limit_order_fill_locked(order_id=order_id, price=price)
 
@@ -729,8 +723,6 @@ def order_queue_sweep(*, older_than_seconds: int = 30) -> int:
     The safety net for an enqueue lost after commit (broker briefly down); the
     queue itself is idempotent, so an extra run costs one query.
     """
-    from datetime import timedelta
-
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
     user_ids = list(
         Order.objects.filter(status=Order.Status.PENDING, created_at__lt=cutoff)

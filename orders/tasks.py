@@ -3,8 +3,6 @@ idempotent: ``acks_late`` means a worker killed mid-task gets the message
 redelivered, and the services only ever act on orders still in the right status."""
 
 from celery import shared_task
-from celery.signals import task_postrun, task_prerun
-from django.db import close_old_connections
 
 from cryptovault.exceptions import TRANSIENT_ERRORS
 from orders import services
@@ -24,17 +22,6 @@ _RETRY = {
     "soft_time_limit": 60,
     "time_limit": 90,
 }
-
-
-@task_prerun.connect
-@task_postrun.connect
-def _db_connections_recycle(task=None, **_) -> None:
-    """Around every task, what Django does around every request: close a connection
-    that is broken or older than CONN_MAX_AGE (so with CONN_MAX_AGE=0, after each
-    task). Celery's own per-task close is off when CONN_MAX_AGE > 0 (settings), so the
-    worker reuses its connection instead of starting a Postgres backend per task."""
-    if task is not None and not getattr(task.request, "is_eager", False):
-        close_old_connections()
 
 
 @shared_task(name="orders.queue_process", **_RETRY)

@@ -110,7 +110,7 @@ async def test_the_admin_login_works_through_it():
 
 
 async def test_an_async_view_still_works():
-    from markets.selectors import prices_snapshot_bytes
+    from markets.price_store import prices_snapshot_bytes
     from markets.services import prices_record
 
     await asyncio.to_thread(prices_record, prices={"bitcoin": Decimal("65000")})

@@ -4,7 +4,7 @@ import pytest
 from django.test import override_settings
 from django_redis import get_redis_connection
 
-from markets.selectors import PRICES_AS_OF_KEY
+from markets.price_store import PRICES_AS_OF_KEY
 
 pytestmark = pytest.mark.django_db
 

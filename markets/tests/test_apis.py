@@ -10,7 +10,7 @@ from django.test import AsyncClient
 from django.utils import timezone
 
 from markets.models import Coin, PricePoint
-from markets.selectors import prices_snapshot_bytes
+from markets.price_store import prices_snapshot_bytes
 from markets.services import coins_seed, prices_poll, prices_record, tickers_record
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from cryptovault.asgi import application, django_asgi_app
 from markets.asgi import prices_fast_lane
-from markets.selectors import prices_snapshot_bytes
+from markets.price_store import prices_snapshot_bytes
 from markets.services import prices_record
 
 # Headers whose values differ per response by design.
@@ -104,7 +104,7 @@ async def test_django_answers_what_the_lane_hands_on(snapshot):
 
 
 async def test_rate_limited_per_ip_in_the_lane_and_in_django(snapshot, settings):
-    from markets.selectors import PRICES_PER_MINUTE
+    from markets.price_store import PRICES_PER_MINUTE
 
     for _ in range(PRICES_PER_MINUTE):
         assert (await _get(application)).status_code == 200

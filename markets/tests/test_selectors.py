@@ -11,17 +11,15 @@ import respx
 from django.utils import timezone
 
 from markets.models import Coin
+from markets.price_store import prices_snapshot_bytes
 from markets.selectors import (
     PriceUnavailable,
-    coin_details,
-    coin_history,
-    history_fetch_days,
     price_get_fresh,
     prices_age_seconds,
     prices_snapshot,
-    prices_snapshot_bytes,
 )
 from markets.services import prices_forget, prices_record
+from markets.upstream import coin_details, coin_history, history_fetch_days
 
 
 # An empty price store is refilled from PostgreSQL (none recorded here).

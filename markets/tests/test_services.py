@@ -8,10 +8,10 @@ import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
 
+from markets.arbitrage import arbitrage_opportunities
 from markets.models import Coin, PricePoint
 from markets.selectors import (
     PriceUnavailable,
-    arbitrage_opportunities,
     price_get_fresh,
     price_quotes,
     prices_snapshot,

@@ -11,7 +11,7 @@ import orjson
 from django_ratelimit.core import get_usage
 from rest_framework import status
 
-from cryptovault.exceptions import ApplicationError
+from cryptovault.exceptions import ApplicationError, error_body
 from cryptovault.net import ratelimit_key_ip
 
 # The contract's limits, per client IP.
@@ -31,7 +31,7 @@ def rate_limited_message(retry_after: int) -> str:
 
 def rate_limited_body(retry_after: int) -> bytes:
     """The 429 body, for lanes answering outside DRF's exception handler."""
-    return orjson.dumps({"detail": rate_limited_message(retry_after), "code": "rate_limited"})
+    return orjson.dumps(error_body(rate_limited_message(retry_after), "rate_limited"))
 
 
 class RateLimited(ApplicationError):

@@ -4,7 +4,8 @@ reconnect per task (which cost a Postgres backend start per order run)."""
 import pytest
 from django.db import connection
 
-from orders.tasks import _db_connections_recycle, order_queue_sweep
+from cryptovault.celery import _db_connections_recycle
+from orders.tasks import order_queue_sweep
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

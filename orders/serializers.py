@@ -1,0 +1,27 @@
+"""Order serializers shared by the orders API and the ``/ws/user`` pushes."""
+
+from rest_framework import serializers
+
+from cryptovault.decimals import PlainDecimalField
+from orders.models import Order
+
+
+# Declared field by field rather than as a ModelSerializer: it runs twice per placed
+# order (response and push) and once per status change, and a ModelSerializer rebuilds
+# its fields from the model on every instance (0.3 ms of a ~10 ms POST).
+class OrderOutputSerializer(serializers.Serializer):
+    """An order as the API and ``/ws/user`` show it."""
+
+    id = serializers.IntegerField(read_only=True)
+    client_order_id = serializers.CharField(read_only=True, allow_null=True)
+    coin = serializers.CharField(source="coin_id", read_only=True)
+    side = serializers.ChoiceField(choices=Order.Side.choices, read_only=True)
+    type = serializers.ChoiceField(choices=Order.Type.choices, read_only=True)
+    quantity = PlainDecimalField(read_only=True)
+    limit_price = PlainDecimalField(read_only=True, allow_null=True)
+    status = serializers.ChoiceField(choices=Order.Status.choices, read_only=True)
+    filled_price = PlainDecimalField(read_only=True, allow_null=True)
+    fee = PlainDecimalField(read_only=True, allow_null=True)
+    reject_reason = serializers.CharField(read_only=True, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
