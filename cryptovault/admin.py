@@ -14,8 +14,8 @@ from django.db import connections
 from django.http import JsonResponse
 from django.utils.functional import cached_property
 
+from accounts.audit import audit_record
 from accounts.ratelimit import rate_limit
-from accounts.services import audit_record
 from cryptovault.exceptions import ApplicationError
 
 # Enough to identify a hand-picked selection; "select all" on a big list is summarised.
