@@ -67,6 +67,18 @@ def _sessions_end(*, session_ids: list[str], reason: str) -> list[str]:
     return open_ids
 
 
+def _revoked_audit(*, target: Any, actor: User | None, request, data: dict) -> None:
+    """The audit row of sessions ended by eviction, revocation or revoke-all (``data``
+    names them, the user and the reason)."""
+    audit_record(
+        action=AuditEvent.Action.SESSION_REVOKED,
+        actor=actor,
+        target=target,
+        request=request,
+        data=data,
+    )
+
+
 def sessions_expired_close(*, user: User) -> list[str]:
     """Close the user's rows whose idle deadline passed; returns the live ids, oldest
     first."""
@@ -98,13 +110,8 @@ def session_start(*, user: User, request=None) -> tuple[Session, dict[str, str]]
     excess = len(live) - settings.MAX_SESSIONS_PER_USER
     if excess > 0:
         for sid in _sessions_end(session_ids=live[:excess], reason="evicted"):
-            audit_record(
-                action=AuditEvent.Action.SESSION_REVOKED,
-                actor=user,
-                target=f"session {sid}",
-                request=request,
-                data={"session_id": sid, "user_id": user.pk, "reason": "evicted"},
-            )
+            data = {"session_id": sid, "user_id": user.pk, "reason": "evicted"}
+            _revoked_audit(target=f"session {sid}", actor=user, request=request, data=data)
     return session, session_tokens_issue(session=session)
 
 
@@ -149,13 +156,8 @@ def session_revoke(
         return False
     ended = bool(_sessions_end(session_ids=[session_id], reason=reason))
     if ended:
-        audit_record(
-            action=AuditEvent.Action.SESSION_REVOKED,
-            actor=actor,
-            target=session,
-            request=request,
-            data={"session_id": session_id, "user_id": session.user_id, "reason": reason},
-        )
+        data = {"session_id": session_id, "user_id": session.user_id, "reason": reason}
+        _revoked_audit(target=session, actor=actor, request=request, data=data)
     return ended
 
 
@@ -181,13 +183,8 @@ def user_sessions_revoke_all(
     )
     ended = _sessions_end(session_ids=ids, reason=reason)
     if ended:
-        audit_record(
-            action=AuditEvent.Action.SESSION_REVOKED,
-            actor=actor,
-            target=user,
-            request=request,
-            data={"session_ids": ended, "user_id": user.pk, "reason": reason},
-        )
+        data = {"session_ids": ended, "user_id": user.pk, "reason": reason}
+        _revoked_audit(target=user, actor=actor, request=request, data=data)
     return len(ended)
 
 
