@@ -22,7 +22,6 @@ GOOGLE_CERTS_TIMEOUT = 5.0
 
 
 def _google_claims(id_token: str) -> dict:
-
     try:
         # Reject what is not even a JWT before any network call.
         pyjwt.get_unverified_header(id_token)

@@ -23,7 +23,6 @@ def login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
 
 
 def _new_login_notify(*, user: User, session: Session) -> None:
-
     where = session.ip or "an unknown address"
     notification_create(
         user=user,

@@ -33,7 +33,6 @@ def _password_validate(*, password: str, user: User, field: str) -> None:
 def password_reset_request(*, email: str) -> None:
     """Accept the reset email whatever the address: no enumeration, same timing (the
     same outbox row either way; the drain finds the account, if any)."""
-
     outbox_email_add(kind="password_reset", address=email_normalize(email))
 
 

@@ -15,7 +15,6 @@ from cryptovault.exceptions import ApplicationError
 def user_role_set(*, user: User, role: str, actor: User | None = None, request=None) -> User:
     """Roles map onto Django's flags and groups (accounts.roles): operators and admins
     are staff and members of their role's group, and of no other role group."""
-
     if role not in User.Role.values:
         raise ApplicationError(f"Unknown role {role!r}.", code="invalid_role")
     previous = user.role

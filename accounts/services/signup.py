@@ -19,7 +19,6 @@ def email_normalize(email: str) -> str:
 def user_signup(
     *, email: str, password: str, username: str | None = None, name: str = "", request=None
 ) -> User:
-
     email = email_normalize(email)
     user = User(email=email, username=username or None, name=name)
     errors: dict[str, list[str]] = {}
@@ -48,7 +47,6 @@ def user_signup(
 def user_ensure_demo(*, email: str, password: str) -> tuple[User, bool]:
     """A verified demo account with its signup bonus; the password is only set when the
     user is created."""
-
     user = User.objects.filter(email__iexact=email).first()
     created = user is None
     if created:

@@ -51,7 +51,6 @@ def email_verification_issue(*, user: User) -> tuple[EmailVerification, str, str
 
 def verification_email_request(*, user: User) -> None:
     """Email ``user`` a fresh code and link (the earlier ones stop working when it goes)."""
-
     outbox_email_add(kind="verification", user=user)
 
 
@@ -68,7 +67,6 @@ def verification_email_message(*, outbox) -> EmailMessage | None:
 def verification_resend_request(*, email: str) -> None:
     """Accept the resend whatever the email: the answer and its timing reveal nothing
     (the same outbox row either way; the drain finds the account, if any)."""
-
     outbox_email_add(kind="verification", address=email_normalize(email))
 
 
@@ -127,7 +125,6 @@ def email_verify(
 def user_email_mark_verified(*, user: User, request=None) -> bool:
     """Mark the email verified; the first call only credits the bonus, notifies and
     sends the welcome email. Returns whether this call did it."""
-
     locked = User.objects.select_for_update().get(pk=user.pk)
     if locked.email_verified_at is not None:
         user.email_verified_at = locked.email_verified_at
