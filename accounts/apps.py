@@ -8,6 +8,8 @@ class AccountsConfig(AppConfig):
     name = "accounts"
 
     def ready(self) -> None:
+        # Imported here, not at the top: these modules import models, which Django
+        # loads only after every app's config module (the documented place is ready()).
         # Registers the OpenAPI extension for our authentication class.
         from accounts import schema  # noqa: F401
         from accounts.admin_sessions import admin_session_stamp

@@ -15,8 +15,9 @@ class SessionJWTAuthentication(JWTAuthentication):
 
     def get_user(self, validated_token):
         # Imported here: DRF imports this class while rest_framework.views is still
-        # initialising, and the selectors' imports lead back to it.
-        from accounts.selectors import session_user_get
+        # initialising, and the services' imports lead back to it (accounts.services ->
+        # notifications.services -> notifications.realtime -> orders.apis -> DRF views).
+        from accounts.services import session_user_get
 
         # A session store that cannot answer raises one of DEPENDENCY_ERRORS, which
         # DependencyOutageMiddleware answers as a JSON 503 with Retry-After.

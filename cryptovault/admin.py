@@ -13,7 +13,7 @@ from django.core.paginator import Paginator
 from django.db import connections
 from django.utils.functional import cached_property
 
-from accounts.services import audit_record
+from accounts.audit import audit_record
 from cryptovault.exceptions import ApplicationError, error_response
 from cryptovault.ratelimit import rate_limit
 

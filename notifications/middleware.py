@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import AnonymousUser
 from rest_framework_simplejwt.tokens import AccessToken
 
-from accounts.selectors import user_from_access_token
+from accounts.services import user_from_access_token
 
 BEARER_SUBPROTOCOL = "bearer"
 MAX_TOKEN_CHARS = 4096

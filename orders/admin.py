@@ -15,7 +15,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from accounts.services import audit_record
+from accounts.audit import audit_record
 from cryptovault.admin import LargeTablePaginator, ReadOnlyAdmin
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError

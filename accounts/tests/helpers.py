@@ -1,6 +1,11 @@
 import re
+from datetime import timedelta
 
 from django.core import mail
+from django.utils import timezone
+
+from accounts import session_store
+from accounts.models import Session
 
 
 def mails_to(email: str, subject_part: str = ""):
@@ -16,13 +21,6 @@ def code_and_token(message) -> tuple[str, str]:
 def session_idle_out(session_id: str) -> None:
     """What SESSION_IDLE_SECONDS without a request does: the row's idle deadline
     passes and the cache key expires."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from accounts import session_store
-    from accounts.models import Session
-
     Session.objects.filter(pk=session_id).update(
         idle_expires_at=timezone.now() - timedelta(seconds=1)
     )

@@ -2,14 +2,18 @@
 bounded number of queries, actions go through services and are audited, operators
 cannot escalate, everyone else is kept out."""
 
+import importlib
 import itertools
+import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group, Permission
+from django.contrib.contenttypes.models import ContentType
 from django.core import mail
 from django.db import connection
 from django.test import Client
@@ -26,15 +30,21 @@ from django_celery_beat.models import (
 from django_redis import get_redis_connection
 
 from accounts import services
+from accounts.audit import audit_record
 from accounts.models import AuditEvent, PasswordResetToken, Session, User
-from accounts.roles import ADMIN_GROUP, OPERATOR_GROUP
+from accounts.roles import ADMIN_GROUP, OPERATOR_GROUP, roles_on_post_migrate
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.admin import LargeTablePaginator
 from cryptovault.dashboard import rows_since
 from markets.models import Coin
 from markets.selectors import prices_snapshot
-from markets.services import history_append, latest_prices_record, status_sample_record
-from markets.sources import MarketQuote
+from markets.services import (
+    history_append,
+    latest_prices_record,
+    prices_record,
+    status_sample_record,
+)
+from markets.sources import BACKOFF_UNTIL_KEY, MarketQuote
 from notifications.services import (
     notification_create,
     notification_preferences_update,
@@ -97,7 +107,7 @@ def seed(rows: int) -> None:
         user = User.objects.create_user(email=f"seed{n}@example.com", password=None)
         wallet_adjust(user=user, asset="usd", amount=Decimal(1000), reason="seed")
         services.session_start(user=user)
-        services.audit_record(action="seeded", actor=user, target=user)
+        audit_record(action="seeded", actor=user, target=user)
         services.email_verification_issue(user=user)
         PasswordResetToken.objects.create(
             user=user, token_hash=uuid.uuid4().hex, expires_at=now + timedelta(hours=1)
@@ -503,10 +513,6 @@ def test_operators_switch_periodic_tasks_but_cannot_change_what_they_run(
 
 
 def test_the_migration_takes_back_what_operators_may_no_longer_do():
-    import importlib
-
-    from django.apps import apps
-
     migration = importlib.import_module(
         "accounts.migrations.0005_operators_only_switch_periodic_tasks"
     )
@@ -620,12 +626,12 @@ def test_admin_login_is_audited_and_rate_limited(client, operator, user, monkeyp
 
 def test_big_tables_list_with_an_estimate_unless_filtered(admin_client, monkeypatch):
     for _ in range(3):
-        services.audit_record(action="before_analyze")
+        audit_record(action="before_analyze")
     analysed = AuditEvent.objects.count()
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE accounts_auditevent")
     for _ in range(2):
-        services.audit_record(action="after_analyze")
+        audit_record(action="after_analyze")
     monkeypatch.setattr(LargeTablePaginator, "EXACT_UP_TO", 0)
 
     url = reverse("admin:accounts_auditevent_changelist")
@@ -663,11 +669,6 @@ def test_operators_track_coins_and_act_on_orders_through_services(operator_clien
 
 
 def test_permissions_added_later_reach_the_groups_after_migrate():
-    from django.apps import apps
-    from django.contrib.contenttypes.models import ContentType
-
-    from accounts.roles import roles_on_post_migrate
-
     coin_type = ContentType.objects.get_for_model(Coin)
     later = Permission.objects.create(codename="export_coin", name="x", content_type=coin_type)
     roles_on_post_migrate(sender=apps.get_app_config("markets"))
@@ -676,11 +677,6 @@ def test_permissions_added_later_reach_the_groups_after_migrate():
 
 
 def test_dashboard_names_price_source_problems(operator_client):
-    import time
-
-    from markets.services import prices_record
-    from markets.sources import BACKOFF_UNTIL_KEY
-
     coins_and_prices({"bitcoin": "65000"})
     prices_record(
         prices={"bitcoin": Decimal(65000)},
@@ -712,8 +708,6 @@ def test_the_ledger_and_the_audit_log_are_read_only_even_for_admins(admin_client
 
 
 def test_every_model_of_ours_has_an_admin():
-    from django.apps import apps
-
     ours = ("accounts", "markets", "orders", "notifications", "django_celery_beat")
     internal = {"django_celery_beat.PeriodicTasks"}  # beat's own change marker
     missing = [

@@ -1,14 +1,25 @@
 import time
+from datetime import timedelta
 
+import jwt
 import pytest
+from django.contrib.sessions.models import Session as DjangoSession
 from django.core import mail
+from django.utils import timezone
 from rest_framework.test import APIRequestFactory
 
-from accounts.models import AuditEvent, User
+from accounts.audit import audit_record
+from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
 from accounts.permissions import IsAdmin, IsOperator
-from accounts.services import audit_record, user_ensure_demo, user_role_set
+from accounts.services import (
+    accounts_prune,
+    user_ensure_demo,
+    user_lock,
+    user_role_set,
+    user_unlock,
+)
 from accounts.tests.factories import PASSWORD, user_create
-from accounts.tests.helpers import code_and_token, mails_to
+from accounts.tests.helpers import code_and_token, mails_to, session_idle_out
 from orders.models import LedgerEntry
 
 
@@ -93,16 +104,6 @@ def test_emails_go_through_a_real_worker(celery_worker, api_client):
 
 @pytest.mark.django_db
 def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
-    from datetime import timedelta
-
-    import jwt
-    from django.contrib.sessions.models import Session as DjangoSession
-    from django.utils import timezone
-
-    from accounts.models import EmailVerification, PasswordResetToken, Session
-    from accounts.services import accounts_prune
-    from accounts.tests.helpers import session_idle_out
-
     live = api.login(user.email)
     idle = api.login(user.email)
     idle_sid = jwt.decode(idle["access"], options={"verify_signature": False})["sid"]
@@ -132,8 +133,6 @@ def test_prune_closes_idle_sessions_and_drops_dead_rows(api, user):
 
 @pytest.mark.django_db
 def test_operator_lock_ends_sessions_and_unlock_restores_login(api, user):
-    from accounts.services import user_lock, user_unlock
-
     operator = user_create()
     token = api.login(user.email)["access"]
     user_lock(user=user, actor=operator)

@@ -5,13 +5,13 @@ from datetime import timedelta
 import jwt
 import pytest
 from django.conf import settings as django_settings
+from django.contrib.auth.hashers import make_password
 from django.utils import timezone
 from django_redis import get_redis_connection
 
 from accounts import session_store
 from accounts.models import AuditEvent, Session
-from accounts.selectors import user_from_access_token
-from accounts.services import session_revoke, user_sessions_revoke_all
+from accounts.services import session_revoke, user_from_access_token, user_sessions_revoke_all
 from accounts.tests.factories import PASSWORD, user_create
 from accounts.tests.helpers import session_idle_out
 from notifications.models import Notification
@@ -268,8 +268,6 @@ def test_redis_down_is_503_not_500(api, user, settings):
 
 
 def test_bcrypt_hashes_are_accepted_and_upgraded_to_argon2(api):
-    from django.contrib.auth.hashers import make_password
-
     user = user_create()
     user.password = make_password(PASSWORD, hasher="bcrypt_sha256")
     user.save(update_fields=["password"])

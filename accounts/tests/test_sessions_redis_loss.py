@@ -11,8 +11,7 @@ from rest_framework.test import APIClient
 from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.models import Session
-from accounts.selectors import session_user_get
-from accounts.services import session_revoke
+from accounts.services import session_revoke, session_user_get
 from accounts.tests.factories import PASSWORD
 from accounts.tests.helpers import session_idle_out
 

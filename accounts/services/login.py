@@ -1,0 +1,61 @@
+"""The API login: a password check under the lockout, then a session."""
+
+from django.contrib.auth.hashers import make_password
+from django.db import transaction
+from rest_framework import status
+
+from accounts.audit import audit_record
+from accounts.models import AuditEvent, Session, User
+from accounts.services.lockout import lock_check, lockout_key, login_failed, login_failures_forget
+from accounts.services.sessions import session_start
+from cryptovault.exceptions import ApplicationError
+from notifications.services import notification_create
+
+
+def login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
+    """Start a session for a user who just proved who they are: audit and notify."""
+    session, tokens = session_start(user=user, request=request)
+    audit_record(
+        action=action, actor=user, target=session, request=request, data={"session_id": session.pk}
+    )
+    _new_login_notify(user=user, session=session)
+    return tokens
+
+
+def _new_login_notify(*, user: User, session: Session) -> None:
+    where = session.ip or "an unknown address"
+    notification_create(
+        user=user,
+        kind="new_login",
+        title="New login",
+        body=f"New sign-in from {where} ({session.user_agent or 'unknown device'}).",
+        data={"session_id": session.pk, "ip": session.ip, "user_agent": session.user_agent},
+    )
+
+
+def user_login(*, identifier: str, password: str, request=None) -> tuple[User, dict[str, str]]:
+    key, user = lockout_key(identifier)
+    lock_check(key)
+    if user is None:
+        # Same work as a real check, so response time does not tell accounts apart.
+        make_password(password)
+        valid = False
+    else:
+        valid = user.check_password(password) and user.is_active
+    if not valid:
+        login_failed(key=key, identifier=identifier, user=user, request=request)
+        raise ApplicationError(
+            "Invalid credentials.",
+            code="invalid_credentials",
+            status_code=status.HTTP_401_UNAUTHORIZED,
+        )
+    login_failures_forget(key)
+    if not user.is_email_verified:
+        raise ApplicationError(
+            "Verify your email address before logging in.",
+            code="email_not_verified",
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
+    with transaction.atomic():
+        tokens = login_complete(user=user, action=AuditEvent.Action.LOGIN, request=request)
+    return user, tokens
