@@ -8,6 +8,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.auth.models import Group, Permission
 from django.core import mail
@@ -121,7 +122,11 @@ def seed(rows: int) -> None:
 
 
 def model_admins():
-    return sorted(admin.site._registry.items(), key=lambda item: item[0]._meta.label)
+    registered = (model for model in apps.get_models() if admin.site.is_registered(model))
+    return sorted(
+        ((model, admin.site.get_model_admin(model)) for model in registered),
+        key=lambda item: item[0]._meta.label,
+    )
 
 
 def can_view(user: User, model) -> bool:
@@ -507,8 +512,6 @@ def test_operators_switch_periodic_tasks_but_cannot_change_what_they_run(
 def test_the_migration_takes_back_what_operators_may_no_longer_do():
     import importlib
 
-    from django.apps import apps
-
     migration = importlib.import_module(
         "accounts.migrations.0005_operators_only_switch_periodic_tasks"
     )
@@ -665,7 +668,6 @@ def test_operators_track_coins_and_act_on_orders_through_services(operator_clien
 
 
 def test_permissions_added_later_reach_the_groups_after_migrate():
-    from django.apps import apps
     from django.contrib.contenttypes.models import ContentType
 
     from accounts.roles import roles_on_post_migrate
@@ -714,7 +716,6 @@ def test_the_ledger_and_the_audit_log_are_read_only_even_for_admins(admin_client
 
 
 def test_every_model_of_ours_has_an_admin():
-    from django.apps import apps
 
     ours = ("accounts", "markets", "orders", "notifications", "django_celery_beat")
     internal = {"django_celery_beat.PeriodicTasks"}  # beat's own change marker
@@ -722,6 +723,6 @@ def test_every_model_of_ours_has_an_admin():
         model._meta.label
         for label in ours
         for model in apps.get_app_config(label).get_models()
-        if model not in admin.site._registry and model._meta.label not in internal
+        if not admin.site.is_registered(model) and model._meta.label not in internal
     ]
     assert missing == []
