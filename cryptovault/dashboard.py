@@ -19,11 +19,12 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.safestring import SafeString
 from django_celery_beat.models import PeriodicTask
-from kombu.transport.redis import PRIORITY_STEPS, Channel
 
 from accounts.models import AuditEvent, User
 from cryptovault.charts import Band, Series, time_chart
 from cryptovault.decimals import decimal_str
+from cryptovault.exceptions import DEPENDENCY_ERRORS
+from cryptovault.metrics import celery_queue_lengths, celery_unacked_count
 from markets.models import Coin, PricePoint, StatusSample
 from markets.price_store import SIMULATED_SOURCE
 from markets.selectors import prices_age_seconds, prices_snapshot
@@ -32,7 +33,6 @@ from orders.models import LedgerEntry, Order
 
 logger = logging.getLogger(__name__)
 
-QUEUES = ("celery", "orders")
 # Calls a minute the CoinGecko plans allow (Demo: about 30, errors count too).
 PLAN_CALLS_PER_MINUTE = {"demo": 30, "pro": 500}
 POLL_TASKS = ("markets.prices_poll", "markets.tickers_poll")
@@ -107,23 +107,8 @@ def price_source_status() -> dict:
 
 
 def queue_depths() -> dict:
-    """Messages waiting in each Celery queue (kombu keeps one Redis list per queue and
-    priority step) and messages taken by workers but not acknowledged yet."""
-    client = redis.Redis.from_url(
-        settings.CELERY_BROKER_URL, socket_timeout=2, socket_connect_timeout=2
-    )
-    try:
-        pipe = client.pipeline(transaction=False)
-        for queue in QUEUES:
-            for step in PRIORITY_STEPS:
-                pipe.llen(f"{queue}{Channel.sep}{step}" if step else queue)
-        pipe.hlen(Channel.unacked_key)
-        lengths = pipe.execute()
-    finally:
-        client.close()
-    steps = len(PRIORITY_STEPS)
-    waiting = {queue: sum(lengths[i * steps : (i + 1) * steps]) for i, queue in enumerate(QUEUES)}
-    return {"waiting": waiting, "unacked": lengths[-1]}
+    """Messages waiting in each Celery queue and messages workers hold unacknowledged."""
+    return {"waiting": celery_queue_lengths(), "unacked": celery_unacked_count()}
 
 
 def activity_today() -> dict:
@@ -303,7 +288,8 @@ def status_charts(now: datetime) -> tuple[SafeString, SafeString]:
     queue = time_chart(
         title="Celery queue depth, last hour",
         desc=(
-            f"{len(samples)} minute samples; latest {latest[1]} waiting, {latest[2]} in flight."
+            f"{len(samples)} minute samples; latest {latest[1]} waiting, "
+            f"{'unknown (no worker answered)' if latest[2] is None else latest[2]} in flight."
             if latest
             else "No samples recorded yet (is beat running markets.status_sample?)."
         ),
@@ -374,7 +360,7 @@ def dashboard_charts() -> dict:
 def _section(name: str, read):
     try:
         return read(), None
-    except (redis.RedisError, OSError) as exc:
+    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError) as exc:
         logger.warning("dashboard section unavailable", extra={"section": name, "error": str(exc)})
         return None, f"Unavailable: {exc}"
 

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 # The Redis lists KEDA scales the worker on (deploy/k8s/worker.yaml).
 CELERY_QUEUES = ("celery", "orders")
+# How long an inspect broadcast waits for worker replies; it always waits this long, as
+# the number of workers is not known.
+INSPECT_TIMEOUT_SECONDS = 0.5
 
 HTTP_REQUESTS = Counter(
     "cryptovault_http_requests_total",
@@ -121,7 +124,8 @@ class WebSocketConnectionsCounted:
 
 def celery_queue_lengths() -> dict[str, int]:
     """Messages waiting in each Celery queue: the length of its Redis list, what KEDA's
-    Redis list scaler reads too (kombu's passive declare; an empty list does not exist)."""
+    Redis list scaler reads too (kombu's passive declare, which counts every priority
+    step of the queue; an empty list does not exist)."""
     from cryptovault.celery import app
 
     lengths = {}
@@ -134,6 +138,21 @@ def celery_queue_lengths() -> dict[str, int]:
             except ChannelError:
                 lengths[queue] = 0
     return lengths
+
+
+def celery_unacked_count() -> int | None:
+    """Messages the workers hold and have not acknowledged, as they report them (Celery's
+    inspect): running ones (tasks ack late) and prefetched ones. None when no worker
+    answered within ``INSPECT_TIMEOUT_SECONDS`` (none up, or all busy past the timeout).
+    A message whose worker died before acking is back in its queue once the broker's
+    visibility timeout passes, and counted as waiting then."""
+    from cryptovault.celery import app
+
+    inspect = app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
+    active, reserved = inspect.active(), inspect.reserved()
+    if active is None and reserved is None:
+        return None
+    return sum(len(tasks) for replies in (active, reserved) for tasks in (replies or {}).values())
 
 
 class PlatformStateCollector(Collector):

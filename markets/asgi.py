@@ -14,12 +14,14 @@ to Django, where ``markets.apis.prices`` serves the same bytes the slow way. The
 rate limit rides in the same Redis round trip (one pipelined INCR).
 """
 
+import io
 import time
 from functools import cache, lru_cache
 from types import SimpleNamespace
 
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse
 from django.http.request import split_domain_port, validate_host
@@ -42,20 +44,20 @@ PRICES_PATH = "/api/v1/prices"
 PRICES_ROUTE = "api/v1/prices"
 
 
-class _ProbeRequest(HttpRequest):
-    def __init__(self, secure: bool) -> None:
-        super().__init__()
-        self._secure = secure
-
-    def _get_scheme(self) -> str:
-        return "https" if self._secure else "http"
-
-
 @cache
 def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers Django's middleware adds to every response, from those classes."""
+    """The headers Django's middleware adds to every response, from those classes, given
+    a request as Django builds it from an ASGI scope of that scheme."""
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": PRICES_PATH,
+        "scheme": "https" if secure else "http",
+        "query_string": b"",
+        "headers": [],
+    }
+    request = ASGIRequest(scope, io.BytesIO())
     response = HttpResponse(content_type="application/json")
-    request = _ProbeRequest(secure)
     SecurityMiddleware(lambda r: response).process_response(request, response)
     XFrameOptionsMiddleware(lambda r: response).process_response(request, response)
     ContentSecurityPolicyMiddleware(lambda r: response).process_response(request, response)

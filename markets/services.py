@@ -14,6 +14,7 @@ from django_redis import get_redis_connection
 
 from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
+from cryptovault.exceptions import DEPENDENCY_ERRORS
 from markets import realtime
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.price_store import (
@@ -308,7 +309,7 @@ def status_sample_record() -> StatusSample:
     try:
         queues = queue_depths()
         waiting, unacked = sum(queues["waiting"].values()), queues["unacked"]
-    except (redis.RedisError, OSError):
+    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError):
         waiting = unacked = None
     sample, _ = StatusSample.objects.update_or_create(
         ts=now.replace(second=0, microsecond=0),

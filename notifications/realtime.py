@@ -7,12 +7,13 @@ Group names are part of the seam with other apps:
 
 Frames are encoded to JSON text once here, in the sender, and relayed verbatim.
 
-Sync callers outside any event loop (Celery tasks, commands) send through one
-long-lived event loop per process, run by a daemon thread: ``async_to_sync`` there would
-make a new loop, and with it a new Redis connection, for every push, which was half the
-cost of an order fill. The channel layer keeps one connection pool per loop, so this loop's
-pool is reused by every push of the process. Sync code under an event loop (views under
-ASGI) sends on that loop.
+Sync callers (Celery tasks, commands, views on their request threads) send through one
+long-lived event loop per process, run by a daemon thread: ``async_to_sync`` outside an
+event loop would make a new loop, and with it a new Redis connection, for every push,
+which was half the cost of an order fill. The channel layer keeps one connection pool per
+loop, so this loop's pool is reused by every push of the process. Views send on it too
+rather than on the server's loop: finding that loop from a request thread takes asgiref
+internals, and one more pool per web process costs nothing that matters.
 
 ``user_push`` does not wait: it chains the push behind the previous one on its loop, so
 pushes go out one at a time in the order they were handed over (a user's frames keep
@@ -32,7 +33,6 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 from rest_framework.utils.encoders import JSONEncoder
 
@@ -65,23 +65,6 @@ def _layer_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def _under_event_loop() -> bool:
-    """Whether this thread runs sync code for an event loop of this process (a view
-    under ASGI, ``sync_to_async``), the same test ``async_to_sync`` makes."""
-    state = SyncToAsync.threadlocal
-    return getattr(state, "main_event_loop_pid", None) == os.getpid() and (
-        getattr(state, "main_event_loop", None) is not None
-    )
-
-
-def _sync_callers_loop() -> asyncio.AbstractEventLoop:
-    """The loop sync code of this thread sends on: the server's loop under ASGI, else
-    the process's push loop."""
-    if _under_event_loop():
-        return SyncToAsync.threadlocal.main_event_loop
-    return _layer_loop()
-
-
 # Per loop, the last push handed over: each push waits for the one before it, so the
 # frames of one process keep their order.
 _last_push: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task]" = (
@@ -99,8 +82,8 @@ async def _send_after(previous: asyncio.Task | None, send: Callable[[], Awaitabl
 
 
 def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
-    """Hand ``send`` to this thread's loop and return at once (see the module docstring)."""
-    loop = _sync_callers_loop()
+    """Hand ``send`` to the push loop and return at once (see the module docstring)."""
+    loop = _layer_loop()
 
     def start() -> None:
         # Each pending task is referenced by the next one's ``previous`` and the last by
@@ -115,13 +98,13 @@ def _push_soon(send: Callable[[], Awaitable[None]]) -> None:
 
 
 def _run(send: Callable[[], Awaitable[None]]) -> None:
-    """Run ``send()`` on this thread's loop and wait for it (revocations: published when
+    """Run ``send()`` on the push loop and wait for it (revocations: published when
     this returns)."""
 
     async def call() -> None:
         await send()
 
-    future = asyncio.run_coroutine_threadsafe(call(), _sync_callers_loop())
+    future = asyncio.run_coroutine_threadsafe(call(), _layer_loop())
     try:
         future.result(timeout=PUSH_TIMEOUT_SECONDS)
     except TimeoutError:

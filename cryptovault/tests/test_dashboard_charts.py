@@ -104,7 +104,8 @@ def test_dashboard_charts_show_real_orders_signups_prices_and_stale_moments(oper
     age = charts["Price age, last hour"]
     assert "1 minute samples" in age and "stale or no source price" in age
     queue = charts["Celery queue depth, last hour"]
-    assert "latest 0 waiting, 0 in flight" in queue
+    # No worker ran the sampler here, so none reported messages in flight.
+    assert "latest 0 waiting, unknown (no worker answered) in flight" in queue
 
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     (SCREENSHOTS / "dashboard.html").write_text(html)
@@ -147,6 +148,7 @@ def test_sampler_task_records_a_sample_and_trims_old_ones(celery_worker, celery_
     assert latest.price_age_seconds is not None and latest.price_age_seconds < 60
     # The task's own message was taken off the queue: none waiting, none unacked but it.
     assert latest.queue_waiting == 0
+    assert latest.queue_unacked == 1
     # Run again in the same minute: still one sample for it (the row is rewritten).
     result = status_sample.delay()
     assert celery_task_results.wait(result.id)[0] == "SUCCESS"

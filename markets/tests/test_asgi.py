@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import httpx
 import pytest
+from django.core.asgi import get_asgi_application
 
 from cryptovault.asgi import application, django_asgi_app
 from markets.asgi import prices_fast_lane
@@ -47,12 +48,41 @@ async def test_hsts_when_https(snapshot, settings):
     from markets.asgi import _static_headers
 
     _static_headers.cache_clear()
+    https = {"X-Forwarded-Proto": "https"}
     try:
-        response = await _get(application, headers={"X-Forwarded-Proto": "https"})
+        fast = await _get(application, headers=https)
+        # A fresh Django app: its middleware reads the settings when loaded.
+        slow = await _get(get_asgi_application(), headers=https)
     finally:
         _static_headers.cache_clear()
-    assert response.status_code == 200
-    assert response.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert fast.status_code == slow.status_code == 200
+    assert fast.headers["strict-transport-security"].startswith("max-age=31536000")
+    assert {k: v for k, v in fast.headers.items() if k not in PER_RESPONSE} == {
+        k: v for k, v in slow.headers.items() if k not in PER_RESPONSE
+    }
+
+
+async def test_https_from_the_servers_scheme(snapshot, settings):
+    """HTTPS the server saw itself (no proxy header): HSTS as Django would add it."""
+    settings.HTTPS = True
+    settings.SECURE_HSTS_SECONDS = 31536000
+    from markets.asgi import _static_headers
+
+    _static_headers.cache_clear()
+    try:
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url="https://localhost") as client:
+            fast = await client.get("/api/v1/prices")
+        transport = httpx.ASGITransport(app=get_asgi_application())
+        async with httpx.AsyncClient(transport=transport, base_url="https://localhost") as client:
+            slow = await client.get("/api/v1/prices")
+    finally:
+        _static_headers.cache_clear()
+    assert fast.status_code == slow.status_code == 200
+    assert "strict-transport-security" in slow.headers
+    assert {k: v for k, v in fast.headers.items() if k not in PER_RESPONSE} == {
+        k: v for k, v in slow.headers.items() if k not in PER_RESPONSE
+    }
 
 
 async def test_echoes_a_sane_request_id_only(snapshot):
