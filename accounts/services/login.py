@@ -9,7 +9,6 @@ from accounts.models import AuditEvent, Session, User
 from accounts.services.lockout import lock_check, lockout_key, login_failed, login_failures_forget
 from accounts.services.sessions import session_start
 from cryptovault.exceptions import ApplicationError
-from notifications.services import notification_create
 
 
 def login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
@@ -23,6 +22,9 @@ def login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
 
 
 def _new_login_notify(*, user: User, session: Session) -> None:
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.services import notification_create
+
     where = session.ip or "an unknown address"
     notification_create(
         user=user,

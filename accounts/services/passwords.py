@@ -18,7 +18,6 @@ from accounts.services.lockout import login_failures_clear
 from accounts.services.sessions import session_start, session_tokens_issue, user_sessions_revoke_all
 from accounts.services.signup import email_normalize
 from cryptovault.exceptions import ApplicationError
-from notifications.outbox import outbox_email_add
 
 PASSWORD_RESET_TTL = timedelta(hours=1)
 
@@ -33,6 +32,9 @@ def _password_validate(*, password: str, user: User, field: str) -> None:
 def password_reset_request(*, email: str) -> None:
     """Accept the reset email whatever the address: no enumeration, same timing (the
     same outbox row either way; the drain finds the account, if any)."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.outbox import outbox_email_add
+
     outbox_email_add(kind="password_reset", address=email_normalize(email))
 
 

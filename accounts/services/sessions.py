@@ -23,7 +23,6 @@ from accounts import session_store
 from accounts.audit import audit_record, request_ip
 from accounts.models import AuditEvent, Session, User
 from cryptovault.exceptions import ApplicationError
-from notifications.services import sessions_revoked_push
 
 
 class InvalidToken(ApplicationError):
@@ -50,6 +49,9 @@ def _idle_deadline(now):
 @transaction.atomic
 def _sessions_end(*, session_ids: list[str], reason: str) -> list[str]:
     """End these sessions; returns the ids that were still open in PostgreSQL."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.services import sessions_revoked_push
+
     if not session_ids:
         return []
 

@@ -7,8 +7,6 @@ from django.utils import timezone
 
 from accounts.audit import audit_record
 from accounts.models import AuditEvent, User
-from notifications.outbox import outbox_email_add
-from orders.services import wallet_credit_signup_bonus
 
 
 def email_normalize(email: str) -> str:
@@ -19,6 +17,9 @@ def email_normalize(email: str) -> str:
 def user_signup(
     *, email: str, password: str, username: str | None = None, name: str = "", request=None
 ) -> User:
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.outbox import outbox_email_add
+
     email = email_normalize(email)
     user = User(email=email, username=username or None, name=name)
     errors: dict[str, list[str]] = {}
@@ -47,6 +48,9 @@ def user_signup(
 def user_ensure_demo(*, email: str, password: str) -> tuple[User, bool]:
     """A verified demo account with its signup bonus; the password is only set when the
     user is created."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from orders.services import wallet_credit_signup_bonus
+
     user = User.objects.filter(email__iexact=email).first()
     created = user is None
     if created:

@@ -19,9 +19,6 @@ from accounts.models import AuditEvent, EmailVerification, User
 from accounts.selectors import user_by_email
 from accounts.services.signup import email_normalize
 from cryptovault.exceptions import ApplicationError
-from notifications.outbox import outbox_email_add
-from notifications.services import notification_create
-from orders.services import wallet_credit_signup_bonus
 
 VERIFICATION_TTL = timedelta(hours=24)
 VERIFICATION_MAX_ATTEMPTS = 5
@@ -51,6 +48,9 @@ def email_verification_issue(*, user: User) -> tuple[EmailVerification, str, str
 
 def verification_email_request(*, user: User) -> None:
     """Email ``user`` a fresh code and link (the earlier ones stop working when it goes)."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.outbox import outbox_email_add
+
     outbox_email_add(kind="verification", user=user)
 
 
@@ -67,6 +67,9 @@ def verification_email_message(*, outbox) -> EmailMessage | None:
 def verification_resend_request(*, email: str) -> None:
     """Accept the resend whatever the email: the answer and its timing reveal nothing
     (the same outbox row either way; the drain finds the account, if any)."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.outbox import outbox_email_add
+
     outbox_email_add(kind="verification", address=email_normalize(email))
 
 
@@ -125,6 +128,11 @@ def email_verify(
 def user_email_mark_verified(*, user: User, request=None) -> bool:
     """Mark the email verified; the first call only credits the bonus, notifies and
     sends the welcome email. Returns whether this call did it."""
+    # Upward call: notifications and orders build on accounts (module-level would cycle).
+    from notifications.outbox import outbox_email_add
+    from notifications.services import notification_create
+    from orders.services import wallet_credit_signup_bonus
+
     locked = User.objects.select_for_update().get(pk=user.pk)
     if locked.email_verified_at is not None:
         user.email_verified_at = locked.email_verified_at
