@@ -8,7 +8,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 RUN useradd --create-home --uid 1000 app
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# The runtime lock only (no dev tools, honcho included), every file checked against its hash.
+RUN pip install --no-cache-dir --require-hashes -r requirements.txt
 COPY --chown=app:app . .
 USER app
 # Hashed, brotli/gzip-compressed static files, served by the app itself (WhiteNoise).

@@ -4,20 +4,40 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The lock tool (uv, requirements-tools.txt) lives apart from the app's environment.
+LOCK_TOOLS := var/lock-tools
 
 
 # Everything run from here is development: dev keys and local hosts (DEBUG defaults to
 # off, and production refuses to start without its own keys). The caller's DEBUG wins.
 export DEBUG ?= true
 
-.PHONY: install run test lint format services browser static migrate seed bench clean
+.PHONY: install lock lock-check run test lint format services browser static migrate seed bench clean
 
 install: $(STAMP)
 
+# requirements-dev.txt is the whole development environment (runtime pins included), every
+# package pinned with its hashes: pip refuses anything else.
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.txt
 	@touch $(STAMP)
+
+$(LOCK_TOOLS)/.installed: requirements-tools.txt
+	@test -x $(LOCK_TOOLS)/bin/python || $(PYTHON) -m venv $(LOCK_TOOLS)
+	@$(LOCK_TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements-tools.txt || { echo "lock: could not install uv from requirements-tools.txt;" \
+		"this needs the package index (PyPI)." >&2; exit 1; }
+	@touch $@
+
+# Recompiles requirements*.txt from requirements*.in, moving only what an input changed or
+# UPGRADE="NAME[==X.Y] ..." names (README "Dependencies").
+lock: $(LOCK_TOOLS)/.installed
+	@UV=$(LOCK_TOOLS)/bin/uv UPGRADE="$(UPGRADE)" bash scripts/lock.sh
+
+# Fails if a lock no longer matches its input; CI runs it before the tests.
+lock-check: $(LOCK_TOOLS)/.installed
+	@UV=$(LOCK_TOOLS)/bin/uv bash scripts/lock.sh --check
 
 services:
 	@bash scripts/services.sh
