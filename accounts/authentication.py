@@ -16,7 +16,7 @@ class SessionJWTAuthentication(JWTAuthentication):
     def get_user(self, validated_token):
         # Imported here: DRF imports this class while rest_framework.views is still
         # initialising, and the services' imports lead back to it (accounts.services ->
-        # notifications.services -> notifications.realtime -> orders.apis -> DRF views).
+        # cryptovault.exceptions -> rest_framework.views -> DEFAULT_AUTHENTICATION_CLASSES).
         from accounts.services import session_user_get
 
         # A session store that cannot answer raises one of DEPENDENCY_ERRORS, which
