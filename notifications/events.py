@@ -38,6 +38,7 @@ from notifications.realtime import frame_encode
 EVENT_RETENTION = timedelta(hours=24)
 EVENT_RETENTION_PER_USER = 1000
 REPLAY_PAGE = 500
+MAX_EVENT_ID = 2**63 - 1
 
 
 class Event(NamedTuple):
@@ -77,6 +78,14 @@ def events_record(*, frames_by_user: dict[int, list[dict]]) -> None:
                     )
                 )
     UserEvent.objects.bulk_create(rows)
+
+
+def event_id_parse(raw: str) -> int:
+    """A client's event id (``Last-Event-ID``, ``?since=``); ValueError if it is none."""
+    value = int(raw.strip())
+    if not 0 <= value <= MAX_EVENT_ID:
+        raise ValueError(raw)
+    return value
 
 
 def event_last_id(*, user_id: int) -> int:

@@ -39,14 +39,13 @@ from accounts.selectors import session_is_live, user_from_access_token
 from cryptovault.cors import stream_origin_allowed
 from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
 from cryptovault.net import client_ip_from
-from notifications.events import EventCursor
+from notifications.events import EventCursor, event_id_parse
 from notifications.middleware import MAX_TOKEN_CHARS
 from notifications.realtime import session_group, user_group
 
 logger = logging.getLogger(__name__)
 
 USER_STREAM_PATH = "/api/v1/stream/user"
-MAX_EVENT_ID = 2**63 - 1
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -217,12 +216,7 @@ def _last_event_id(headers: dict[bytes, bytes], query: dict[str, list[str]]) -> 
         headers.get(b"last-event-id", b"").decode("latin-1").strip()
         or (query.get("last_event_id") or [""])[0].strip()
     )
-    if not raw:
-        return None
-    value = int(raw)
-    if not 0 <= value <= MAX_EVENT_ID:
-        raise ValueError(raw)
-    return value
+    return event_id_parse(raw) if raw else None
 
 
 async def user_stream(scope, receive, send, headers: dict[bytes, bytes]) -> None:

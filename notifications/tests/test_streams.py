@@ -276,3 +276,28 @@ def test_prune_keeps_the_last_events_of_each_user():
             _notify(user)
     assert events_prune() == 2
     assert UserEvent.objects.filter(user=user).order_by("event_id").first().event_id == 3
+
+
+@pytest.mark.asyncio
+async def test_ws_user_since_replays_then_goes_live_once():
+    from asgiref.sync import sync_to_async
+
+    from notifications.tests.ws import ws_connect, ws_receive
+
+    user, _, token = await sync_to_async(_login)()
+    for n in range(3):
+        await sync_to_async(_notify)(user, f"n{n}")
+    # A new user's ids start at 1.
+    communicator, connected, _ = await ws_connect(f"/ws/user?token={token}&since=1")
+    assert connected
+    replayed = [await ws_receive(communicator) for _ in range(2)]
+    assert [f["id"] for f in replayed] == [2, 3]
+    assert [f["notification"]["title"] for f in replayed] == ["n1", "n2"]
+    await sync_to_async(_notify)(user, "live")
+    live = await ws_receive(communicator)
+    assert (live["id"], live["notification"]["title"]) == (4, "live")
+    await communicator.disconnect()
+
+    communicator, connected, _ = await ws_connect(f"/ws/user?token={token}&since=99")
+    assert await ws_receive(communicator) == {"type": "reset", "last_event_id": 4}
+    await communicator.disconnect()
