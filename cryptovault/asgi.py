@@ -22,11 +22,13 @@ from cryptovault.routing import (  # noqa: E402
     websocket_urlpatterns,
 )
 from markets.asgi import prices_fast_lane  # noqa: E402
+from notifications.streams import streams_lane  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py).
-        "http": prices_fast_lane(django_asgi_app),
+        # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py),
+        # and so are the SSE streams (notifications/streams.py).
+        "http": streams_lane(prices_fast_lane(django_asgi_app)),
         "websocket": WebSocketOutageMiddleware(
             OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
         ),

@@ -460,6 +460,11 @@ CORS_PREFLIGHT_MAX_AGE = env.int("CORS_PREFLIGHT_MAX_AGE", default=86400)
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=256 * 1024)
 # Request threads per web process, each with its own persistent DB connection.
 WEB_THREADS = env.int("WEB_THREADS", default=8)
+# Server-Sent Events (notifications.streams): a comment this often keeps proxies from
+# timing an idle stream out; open streams are capped per user and per client IP.
+STREAM_KEEPALIVE_SECONDS = env.float("STREAM_KEEPALIVE_SECONDS", default=15.0)
+STREAM_MAX_PER_USER = env.int("STREAM_MAX_PER_USER", default=5)
+STREAM_MAX_PER_IP = env.int("STREAM_MAX_PER_IP", default=50)
 
 # --- I18N / static ---------------------------------------------------------------
 LANGUAGE_CODE = "en-us"

@@ -1,12 +1,15 @@
 from django.contrib import admin, messages
 
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator
+from markets.admin import RecordAdmin
 from notifications import services
 from notifications.models import (
     Notification,
     NotificationPreference,
     OutboxEmail,
     PriceAlert,
+    UserEvent,
+    UserEventCounter,
 )
 
 
@@ -101,3 +104,20 @@ class OutboxEmailAdmin(AuditedAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(UserEvent)
+class UserEventAdmin(RecordAdmin):
+    list_display = ("id", "user", "event_id", "kind", "created_at")
+    list_filter = ("kind",)
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    paginator = LargeTablePaginator
+    show_full_result_count = False
+
+
+@admin.register(UserEventCounter)
+class UserEventCounterAdmin(RecordAdmin):
+    list_display = ("user", "last_id")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)

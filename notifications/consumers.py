@@ -4,6 +4,10 @@ Thin by design: authentication happens in ``notifications.middleware``, events a
 pushed by services after commit (``notifications.realtime``) as ready-encoded text,
 and this consumer only joins the groups and relays.
 
+``?since=<event id>`` replays the events after that id from the log
+(notifications.events) before the live ones, each once (or sends a ``reset`` frame when
+the log no longer reaches back that far).
+
 A revoked session closes its sockets at once (a ``session.revoked`` push). A session
 that merely idles out (``SESSION_IDLE_SECONDS`` without an API request; nobody pushes)
 is noticed by a check every ``SESSION_CHECK_SECONDS``: the socket is closed with 4401
@@ -14,6 +18,7 @@ the cached session.
 
 import asyncio
 import logging
+from urllib.parse import parse_qs
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -21,12 +26,15 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from accounts.selectors import session_is_live
 from cryptovault.metrics import WebSocketConnectionsCounted
+from notifications.events import EventCursor, event_id_parse
 from notifications.middleware import scope_authenticate
 from notifications.realtime import WS_CLOSE_UNAUTHORIZED, session_group, user_group
 
 logger = logging.getLogger(__name__)
 
 SESSION_CHECK_SECONDS = 60.0
+# A bad ``?since=`` (the 4000-4999 range is the application's).
+WS_CLOSE_INVALID = 4400
 
 
 class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
@@ -53,6 +61,31 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
             await self.close(code=WS_CLOSE_UNAUTHORIZED)
             return
         self._session_check = asyncio.ensure_future(self._check_session_alive())
+        await self._resume(user_id=user.pk)
+
+    async def _resume(self, *, user_id: int) -> None:
+        """Replay from ``?since=`` (groups joined already: nothing is lost in between)."""
+        raw = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("since")
+        if not raw:
+            return
+        try:
+            since = event_id_parse(raw[0])
+        except ValueError:
+            await self.send(
+                text_data='{"type":"error","code":"invalid_since","detail":"Not an event id."}'
+            )
+            await self.close(code=WS_CLOSE_INVALID)
+            return
+        self._cursor, reset = await EventCursor.open(user_id=user_id, after=since)
+        if reset:
+            await self.send(
+                text_data=orjson.dumps(
+                    {"type": "reset", "last_event_id": self._cursor.last_id}
+                ).decode()
+            )
+            return
+        for event in await self._cursor.catch_up():
+            await self.send(text_data=event.text)
 
     async def disconnect(self, code: int) -> None:
         check = getattr(self, "_session_check", None)
@@ -90,8 +123,13 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
         )
 
     async def user_frames(self, event: dict) -> None:
-        for text in event["texts"]:
-            await self.send(text_data=text)
+        cursor = getattr(self, "_cursor", None)
+        if cursor is None:
+            for text in event["texts"]:
+                await self.send(text_data=text)
+            return
+        for logged in await cursor.live(event["texts"]):
+            await self.send(text_data=logged.text)
 
     async def session_revoked(self, event: dict) -> None:
         await self.close(code=WS_CLOSE_UNAUTHORIZED)

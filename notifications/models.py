@@ -176,3 +176,38 @@ class OutboxEmail(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} to {self.user_id or self.address} ({self.status})"
+
+
+class UserEventCounter(models.Model):
+    """The last event id given to a user (notifications.events): survives pruning, so
+    an id older than the log is told apart from one never given."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
+    last_id = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"events of {self.user_id} up to #{self.last_id}"
+
+
+class UserEvent(models.Model):
+    """One frame pushed on a user's streams, replayable by its per-user ``event_id``."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    event_id = models.BigIntegerField()
+    kind = models.CharField(max_length=16)
+    # The frame's JSON text exactly as pushed (its "id" included): replayed byte for byte.
+    frame = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "event_id"], name="user_event_id_unique"),
+        ]
+        indexes = [models.Index(fields=["created_at"], name="user_event_created")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.event_id} for {self.user_id}"

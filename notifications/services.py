@@ -21,6 +21,7 @@ from cryptovault.exceptions import ApplicationError
 from markets.models import Coin
 from markets.selectors import prices_tradable
 from notifications import realtime
+from notifications.events import events_record
 from notifications.models import (
     DEFAULT_EMAIL_KINDS,
     DUE,
@@ -43,14 +44,16 @@ class _Deliveries:
     """What one transaction sends once it has committed: each user's frames, in order,
     as one push, and a wake-up of the email drain if it left emails in the outbox.
 
-    ``emails`` are the batch's outbox rows, written together (one INSERT) before the
-    transaction commits, by :meth:`emails_save`."""
+    The frames are logged (notifications.events, which numbers them) and ``emails``,
+    the batch's outbox rows, written together (one INSERT), before the transaction
+    commits, by :meth:`save`."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
         self.emails: list[OutboxEmail] = []
 
-    def emails_save(self) -> None:
+    def save(self) -> None:
+        events_record(frames_by_user=self.frames)
         if self.emails:
             OutboxEmail.objects.bulk_create(self.emails)
 
@@ -88,7 +91,7 @@ def deliveries_batched() -> Iterator[None]:
         yield
     finally:
         _batch.reset(token)
-    deliveries.emails_save()
+    deliveries.save()
     transaction.on_commit(deliveries.send, robust=True)
 
 
@@ -104,7 +107,7 @@ def _deliver(*, user_id: int, frame: dict, email: OutboxEmail | None = None) -> 
     if email is not None:
         deliveries.emails.append(email)
     if alone:
-        deliveries.emails_save()
+        deliveries.save()
         transaction.on_commit(deliveries.send, robust=True)
 
 

@@ -1,0 +1,367 @@
+"""Server-Sent Events: ``GET /api/v1/stream/user``, a user's ``order`` and
+``notification`` events, resumable with ``Last-Event-ID``.
+
+A plain ASGI app in front of Django (as ``markets.asgi``'s fast lane), not a Django
+view: Django's handler here keeps one of its ``WEB_THREADS`` request threads for a
+request's whole life (``cryptovault.asgi_handler``), so a handful of open streams would
+starve the REST API. Everything a stream does after its checks is async: the channel
+layer for live frames and revocations, PostgreSQL (the event log) and Redis (the caps)
+through short thread hops.
+
+Order of a stream's start, so that nothing is lost between replay and live:
+1. refuse early, as JSON: a foreign ``Origin`` (403), a bad ``Last-Event-ID`` (400), a
+   bad or revoked token (401), a cap reached (429), PostgreSQL or Redis down (503);
+2. join the user's and the session's channel-layer groups;
+3. check the session once more (a revocation published before joining is not missed);
+4. open the event cursor (replay from the log, or ``reset``), then relay live frames
+   through it (deduplicated by id, gaps filled from the log).
+A ``session.revoked`` push ends the stream with ``event: revoked``; so does a session
+found dead (idled out) at a keep-alive. A slow reader never holds frames in this
+process: the channel layer drops what its queue cannot take, and the gap is read back
+from the log once the reader catches up.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from urllib.parse import parse_qs
+
+import orjson
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django_redis import get_redis_connection
+from rest_framework_simplejwt.tokens import AccessToken
+
+from accounts.selectors import session_is_live, user_from_access_token
+from cryptovault.cors import stream_origin_allowed
+from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
+from cryptovault.net import client_ip_from
+from notifications.events import EventCursor, event_id_parse
+from notifications.middleware import MAX_TOKEN_CHARS
+from notifications.realtime import session_group, user_group
+
+logger = logging.getLogger(__name__)
+
+USER_STREAM_PATH = "/api/v1/stream/user"
+
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+def streams_lane(django_app):
+    """Serves the stream paths; everything else goes to ``django_app``."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http" and scope["path"] == USER_STREAM_PATH:
+            return await _guarded(user_stream, scope, receive, send)
+        return await django_app(scope, receive, send)
+
+    return app
+
+
+async def _guarded(stream, scope, receive, send) -> None:
+    if scope["method"] != "GET":
+        return await _refuse(send, 405, "Method not allowed.", "method_not_allowed")
+    headers = dict(scope["headers"])
+    origin = headers.get(b"origin")
+    if not stream_origin_allowed(None if origin is None else origin.decode("latin-1")):
+        return await _refuse(send, 403, "This origin may not open streams.", "origin_not_allowed")
+    try:
+        await stream(scope, receive, send, headers)
+    except DEPENDENCY_ERRORS as exc:
+        logger.warning("stream dependency unavailable: %s: %s", type(exc).__name__, exc)
+        with contextlib.suppress(RuntimeError):  # RuntimeError: the stream had started
+            await _refuse(
+                send,
+                503,
+                "A service this request needs is unavailable.",
+                "service_unavailable",
+                [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+            )
+
+
+async def _refuse(send, status: int, detail: str, code: str, extra_headers=()) -> None:
+    body = orjson.dumps({"detail": detail, "code": code})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *_SECURITY_HEADERS,
+                *extra_headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _start_stream(send) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *_SECURITY_HEADERS,
+            ],
+        }
+    )
+
+
+def sse_event(*, event: str, data: str, event_id: int | None = None) -> bytes:
+    """One SSE event (``data`` is single-line JSON)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {data}\n\n".encode()
+
+
+KEEP_ALIVE = b": keep-alive\n\n"
+
+
+# --- Caps on open streams ------------------------------------------------------------
+
+# Each open stream is a member of a sorted set per user and per IP, scored by when its
+# lease ends; a stream renews it at every keep-alive, so a process that died without
+# closing its streams frees their places when the leases run out.
+_ACQUIRE = """
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  if redis.call('ZCARD', key) >= tonumber(ARGV[4 + i]) then return i end
+end
+for _, key in ipairs(KEYS) do
+  redis.call('ZADD', key, ARGV[2], ARGV[3])
+  redis.call('EXPIRE', key, ARGV[4])
+end
+return 0
+"""
+
+
+class StreamSlot:
+    """A place among the open streams of a user and of an IP address."""
+
+    def __init__(self, caps: dict[str, int]) -> None:
+        self.keys = [f"cv:streams:{name}" for name in caps]
+        self.caps = list(caps.values())
+        self.member = uuid.uuid4().hex
+
+    def _lease_seconds(self) -> int:
+        return int(settings.STREAM_KEEPALIVE_SECONDS * 3) + 5
+
+    def acquire(self) -> bool:
+        redis = get_redis_connection("default")
+        now = time.time()
+        full = redis.eval(
+            _ACQUIRE,
+            len(self.keys),
+            *self.keys,
+            now,
+            now + self._lease_seconds(),
+            self.member,
+            self._lease_seconds(),
+            *self.caps,
+        )
+        return full == 0
+
+    def renew(self) -> None:
+        redis = get_redis_connection("default")
+        expires = time.time() + self._lease_seconds()
+        with redis.pipeline(transaction=False) as pipe:
+            for key in self.keys:
+                pipe.zadd(key, {self.member: expires}, xx=True)
+                pipe.expire(key, self._lease_seconds())
+            pipe.execute()
+
+    def release(self) -> None:
+        redis = get_redis_connection("default")
+        with redis.pipeline(transaction=False) as pipe:
+            for key in self.keys:
+                pipe.zrem(key, self.member)
+            pipe.execute()
+
+
+def _in_thread(func):
+    return database_sync_to_async(func, thread_sensitive=False)
+
+
+# --- GET /api/v1/stream/user -----------------------------------------------------------
+
+
+def _authenticate(token: str) -> tuple[int | None, str | None]:
+    """(user id, session id) for a live access token, else (None, None)."""
+    user = user_from_access_token(token=token)
+    if user is None:
+        return None, None
+    return user.pk, str(AccessToken(token).get("sid"))
+
+
+def _token(headers: dict[bytes, bytes], query: dict[str, list[str]]) -> str | None:
+    scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return (query.get("token") or [None])[0]
+
+
+def _last_event_id(headers: dict[bytes, bytes], query: dict[str, list[str]]) -> int | None:
+    """The id to resume after; ValueError for one that is not an event id."""
+    raw = (
+        headers.get(b"last-event-id", b"").decode("latin-1").strip()
+        or (query.get("last_event_id") or [""])[0].strip()
+    )
+    return event_id_parse(raw) if raw else None
+
+
+async def user_stream(scope, receive, send, headers: dict[bytes, bytes]) -> None:
+    query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+    try:
+        after = _last_event_id(headers, query)
+    except ValueError:
+        return await _refuse(
+            send, 400, "Last-Event-ID must be an event id.", "invalid_last_event_id"
+        )
+    token = _token(headers, query)
+    user_id = session_id = None
+    if token and len(token) <= MAX_TOKEN_CHARS:
+        user_id, session_id = await _in_thread(_authenticate)(token)
+    if user_id is None:
+        return await _refuse(
+            send,
+            401,
+            "Authentication credentials were not provided or are invalid.",
+            "not_authenticated",
+        )
+    client_ip = client_ip_from(
+        peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
+        forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
+    )
+    slot = StreamSlot(
+        {
+            f"user:{user_id}": settings.STREAM_MAX_PER_USER,
+            f"ip:{client_ip}": settings.STREAM_MAX_PER_IP,
+        }
+    )
+    if not await _in_thread(slot.acquire)():
+        return await _refuse(
+            send,
+            429,
+            "Too many open streams.",
+            "too_many_streams",
+            [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+        )
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    groups = [user_group(user_id), session_group(session_id)]
+    try:
+        for group in groups:
+            await layer.group_add(group, channel)
+        if not await _in_thread(session_is_live)(session_id=session_id):
+            return await _refuse(send, 401, "Session has ended.", "session_revoked")
+        cursor, reset = await EventCursor.open(user_id=user_id, after=after)
+        await _start_stream(send)
+        await _relay(
+            send,
+            receive,
+            _UserFeed(layer, channel, cursor, session_id, slot),
+            reset=reset,
+        )
+    finally:
+        for group in groups:
+            with contextlib.suppress(*DEPENDENCY_ERRORS):
+                await layer.group_discard(group, channel)
+        with contextlib.suppress(*DEPENDENCY_ERRORS):
+            await _in_thread(slot.release)()
+
+
+class _StreamEnd(Exception):
+    """The stream ends after the bytes carried (``event: revoked``)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _UserFeed:
+    def __init__(self, layer, channel, cursor: EventCursor, session_id: str, slot) -> None:
+        self.layer, self.channel, self.cursor = layer, channel, cursor
+        self.session_id, self.slot = session_id, slot
+
+    async def first(self, *, reset: bool) -> bytes:
+        if reset:
+            data = orjson.dumps({"last_event_id": self.cursor.last_id}).decode()
+            return sse_event(event="reset", data=data, event_id=self.cursor.last_id)
+        return b"".join(self._encode(event) for event in await self.cursor.catch_up())
+
+    @staticmethod
+    def _encode(event) -> bytes:
+        return sse_event(event=event.kind, data=event.text, event_id=event.id)
+
+    async def next(self) -> bytes:
+        message = await self.layer.receive(self.channel)
+        if message.get("type") == "session.revoked":
+            raise _StreamEnd(_revoked())
+        if message.get("type") != "user.frames":
+            return b""
+        return b"".join(self._encode(event) for event in await self.cursor.live(message["texts"]))
+
+    async def idle(self) -> None:
+        """At each keep-alive: the session may have idled out; the caps' lease renews."""
+        if not await _in_thread(session_is_live)(session_id=self.session_id):
+            raise _StreamEnd(_revoked())
+        await _in_thread(self.slot.renew)()
+
+
+def _revoked() -> bytes:
+    return sse_event(event="revoked", data='{"detail":"Session has ended."}')
+
+
+async def _relay(send, receive, feed, *, reset: bool = False) -> None:
+    """Send the feed's bytes until the client goes away or the feed ends the stream;
+    ``: keep-alive`` whenever nothing was sent for STREAM_KEEPALIVE_SECONDS."""
+
+    async def produce() -> None:
+        first = await feed.first(reset=reset)
+        await send({"type": "http.response.body", "body": first or KEEP_ALIVE, "more_body": True})
+        pending: asyncio.Task | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(feed.next())
+                done, _ = await asyncio.wait({pending}, timeout=settings.STREAM_KEEPALIVE_SECONDS)
+                if done:
+                    # Taken out first: a task is awaited once, whatever it raised.
+                    task, pending = pending, None
+                    chunk = task.result()
+                    if chunk:
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    await feed.idle()
+                    await send(
+                        {"type": "http.response.body", "body": KEEP_ALIVE, "more_body": True}
+                    )
+        except _StreamEnd as end:
+            await send({"type": "http.response.body", "body": end.data, "more_body": False})
+        finally:
+            if pending is not None:
+                pending.cancel()
+
+    async def client_gone() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    producer = asyncio.ensure_future(produce())
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (producer, watcher):
+            task.cancel()
+        await asyncio.gather(producer, watcher, return_exceptions=True)
+    if producer.done() and not producer.cancelled() and producer.exception() is not None:
+        raise producer.exception()
