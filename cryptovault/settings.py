@@ -281,6 +281,11 @@ ADMIN_SESSION_MAX_SECONDS = env.int("ADMIN_SESSION_MAX_SECONDS", default=12 * 36
 SESSION_COOKIE_AGE = ADMIN_SESSION_IDLE_SECONDS
 # Daily: close idled-out session rows, drop expired codes and reset links.
 CELERY_BEAT_SCHEDULE["accounts-prune"] = {"task": "accounts.prune", "schedule": 86400.0}
+# Daily: the user event log past its retention (notifications.events).
+CELERY_BEAT_SCHEDULE["notifications-events-prune"] = {
+    "task": "notifications.events_prune",
+    "schedule": 86400.0,
+}
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")
 RSA_PRIVATE_KEY_FILE = env.str("RSA_PRIVATE_KEY_FILE", default=str(BASE_DIR / ".keys/rsa.pem"))
 

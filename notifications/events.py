@@ -20,7 +20,7 @@ batches).
 
 Retention: an event stays replayable for at least ``EVENT_RETENTION`` (24 h) and at most
 the last ``EVENT_RETENTION_PER_USER`` (1,000) per user; ``events_prune`` (the daily
-``accounts.prune`` task) deletes the rest. Resuming from an id no longer in the log is a
+``notifications.events_prune`` task) deletes the rest. Resuming from an id no longer in the log is a
 ``reset``: the client re-fetches its state over REST.
 """
 

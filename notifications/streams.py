@@ -35,7 +35,8 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from rest_framework_simplejwt.tokens import AccessToken
 
-from accounts.selectors import session_is_live, user_from_access_token
+from accounts.selectors import session_is_live
+from accounts.services import user_from_access_token
 from cryptovault.cors import stream_origin_allowed
 from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
 from cryptovault.net import client_ip_from

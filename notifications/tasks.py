@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from notifications import outbox, services
+from notifications import events, outbox, services
 
 
 @shared_task(name="notifications.emails_drain", acks_late=True, soft_time_limit=120, time_limit=150)
@@ -22,3 +22,9 @@ def price_alerts_fire(*_ignored_args, **_ignored_kwargs) -> int:
     (``{coin: price}``) and may still sit in the queue after a deploy, and a periodic
     task can be given any; both are accepted and ignored, so none can fire an alert."""
     return services.price_alerts_fire()
+
+
+@shared_task(name="notifications.events_prune", acks_late=True, soft_time_limit=600, time_limit=660)
+def user_events_prune() -> int:
+    """The user event log past its retention (``notifications.events``), daily."""
+    return events.events_prune()
