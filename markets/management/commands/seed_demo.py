@@ -25,7 +25,7 @@ class Command(BaseCommand):
         if options["with_user"]:
             password = options["password"] or secrets.token_urlsafe(12)
             user, created = user_ensure_demo(email=options["email"], password=password)
-            if created or options["password"]:
+            if created:
                 self.stdout.write(
                     self.style.SUCCESS(f"Demo user: {user.email} / password: {password}")
                 )
