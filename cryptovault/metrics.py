@@ -160,6 +160,8 @@ class PlatformStateCollector(Collector):
     answer drops its series from this scrape (and is logged); the rest is served."""
 
     def collect(self):
+        # Upward calls: the apps import this module for their counters (module-level
+        # imports of their selectors would cycle).
         from markets.selectors import prices_age_by_source
         from notifications.selectors import outbox_pending_count
 

@@ -1,10 +1,10 @@
 """ASGI fast lane for ``GET /api/v1/prices``, the platform's hottest endpoint.
 
-Django's built-in middleware (security, sessions, CSRF, auth ...) runs on its async
-path through ``sync_to_async``: about a dozen thread hops per request, which caps even a
-trivial async view at a few hundred requests/s on a small machine. The price snapshot is
-public and pre-encoded, so this lane answers it in front of Django: one Redis MGET, the
-headers Django's ``SecurityMiddleware``/``XFrameOptionsMiddleware`` and our
+Through Django, every request takes a hop onto one of the ``WEB_THREADS`` request
+threads and runs the whole middleware chain (``cryptovault.asgi_handler``), costs that
+dwarf a read of one Redis key (README, "Market data", has the measured ratio). The price
+snapshot is public and pre-encoded, so this lane answers it in front of Django: one Redis
+MGET, the headers Django's ``SecurityMiddleware``/``XFrameOptionsMiddleware`` and our
 ``ContentSecurityPolicyMiddleware`` would add (computed once, by those classes), the CORS
 headers django-cors-headers would add (computed by its middleware once per origin; a CORS
 preflight is answered here too), and the ``X-Request-ID`` the request-id middleware would

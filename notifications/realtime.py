@@ -10,7 +10,7 @@ Frames are encoded to JSON text once here, in the sender, and relayed verbatim.
 Sync callers (Celery tasks, commands, views on their request threads) send through one
 long-lived event loop per process, run by a daemon thread: ``async_to_sync`` outside an
 event loop would make a new loop, and with it a new Redis connection, for every push,
-which was half the cost of an order fill. The channel layer keeps one connection pool per
+a large share of an order fill's cost. The channel layer keeps one connection pool per
 loop, so this loop's pool is reused by every push of the process. Views send on it too
 rather than on the server's loop: finding that loop from a request thread takes asgiref
 internals, and one more pool per web process costs nothing that matters.
