@@ -32,6 +32,7 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.utils import timezone
 
+from accounts.models import User
 from notifications.models import UserEvent, UserEventCounter
 from notifications.realtime import frame_encode
 
@@ -53,6 +54,15 @@ def events_record(*, frames_by_user: dict[int, list[dict]]) -> None:
     now = timezone.now()
     rows = []
     with connection.cursor() as cursor:
+        # The users' rows first, as the commit's foreign-key check of the log rows would
+        # take them (FOR KEY SHARE), then the counters; both in user id order. Taken at
+        # commit instead, they came after the counter: a login holding its user's row
+        # FOR UPDATE and waiting for the counter deadlocked with us.
+        cursor.execute(
+            f"SELECT 1 FROM {User._meta.db_table} WHERE id = ANY(%s)"  # noqa: S608 - our table name
+            " ORDER BY id FOR KEY SHARE",
+            [sorted(frames_by_user)],
+        )
         # Locked in user id order: two batches touching the same users cannot deadlock.
         for user_id in sorted(frames_by_user):
             frames = frames_by_user[user_id]

@@ -288,12 +288,12 @@ def test_queue_processes_each_users_orders_in_the_order_received():
 def test_a_queue_run_costs_two_writes_per_order_plus_a_constant(orders, django_assert_num_queries):
     """Per order: its UPDATE and its notification INSERT. Per run: BEGIN, the orders
     (with the user and the email preferences joined), the balances, one ledger INSERT,
-    one balances UPDATE, the user's event ids (one upsert) and events (one INSERT),
-    one email outbox INSERT (fills are emailed), COMMIT."""
+    one balances UPDATE, the user's row (FOR KEY SHARE), event ids (one upsert) and
+    events (one INSERT), one email outbox INSERT (fills are emailed), COMMIT."""
     user = user_create(usd="100000", bitcoin="1")
     for _ in range(orders):
         place(user, quantity="0.01")
-    with django_assert_num_queries(9 + 2 * orders):
+    with django_assert_num_queries(10 + 2 * orders):
         process(user)
     assert Order.objects.filter(user=user, status="filled").count() == orders
 
