@@ -45,6 +45,9 @@ def _private_uses(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and node.attr in BANNED_ATTRIBUTES:
             found.append(f"line {node.lineno}: .{node.attr} ({BANNED_ATTRIBUTES[node.attr]})")
+        elif isinstance(node, ast.Name) and node.id in BANNED_ATTRIBUTES:
+            # A class attribute set in the class body (``channel_layer_alias = ...``).
+            found.append(f"line {node.lineno}: {node.id} ({BANNED_ATTRIBUTES[node.id]})")
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -102,9 +105,11 @@ def test_app_code_reads_no_private_attributes_of_other_libraries():
 
 def test_the_private_attribute_check_catches_the_old_fast_path():
     old = (
+        "class PricesConsumer:\n"
+        "    channel_layer_alias = 'no-such-layer'\n"
         "def deliver(connection, send, wire):\n"
         "    if connection.conn.state is OPEN and connection.writable.is_set():\n"
         "        connection.transport.write(wire)\n"
         "    send({'type': 'websocket.send'}).send(None)\n"
     )
-    assert len(_private_uses(old)) == 4
+    assert len(_private_uses(old)) == 5
