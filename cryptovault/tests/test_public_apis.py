@@ -24,6 +24,9 @@ BANNED_ATTRIBUTES = {
     "handshake_complete": "uvicorn's connection state",
     "close_sent": "uvicorn's connection state",
     "writable": "uvicorn's flow control",
+}
+# Names set in a class body that reach into a base class's machinery.
+BANNED_CLASS_ATTRIBUTES = {
     # Channels picks a layer by alias; an alias that is not configured is a hack.
     "channel_layer_alias": "Channels' layer lookup (a plain ASGI app needs no layer)",
 }
@@ -45,9 +48,13 @@ def _private_uses(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Attribute) and node.attr in BANNED_ATTRIBUTES:
             found.append(f"line {node.lineno}: .{node.attr} ({BANNED_ATTRIBUTES[node.attr]})")
-        elif isinstance(node, ast.Name) and node.id in BANNED_ATTRIBUTES:
-            # A class attribute set in the class body (``channel_layer_alias = ...``).
-            found.append(f"line {node.lineno}: {node.id} ({BANNED_ATTRIBUTES[node.id]})")
+        elif isinstance(node, ast.ClassDef):
+            for statement in node.body:
+                targets = statement.targets if isinstance(statement, ast.Assign) else []
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id in BANNED_CLASS_ATTRIBUTES:
+                        reason = BANNED_CLASS_ATTRIBUTES[target.id]
+                        found.append(f"line {target.lineno}: {target.id} ({reason})")
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
