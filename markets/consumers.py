@@ -156,7 +156,7 @@ class PriceFeed:
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message["type"] == "message":
-                        self._fan_out(message["data"])
+                        await self._fan_out(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -177,7 +177,7 @@ class PriceFeed:
         for socket in list(self._sockets):
             socket.resync()
 
-    def _fan_out(self, data: bytes) -> None:
+    async def _fan_out(self, data: bytes) -> None:
         text = data.decode()
         try:
             tick = orjson.loads(data)
@@ -191,7 +191,7 @@ class PriceFeed:
         for socket in list(self._sockets):
             coins = socket.coins
             if coins is None:
-                socket.deliver(as_of, text)
+                await socket.push(as_of, text)
                 continue
             frame = narrowed.get(coins)
             if frame is None:
@@ -199,7 +199,7 @@ class PriceFeed:
                 frame = narrowed[coins] = _encode(
                     {"type": "tick", "as_of": tick["as_of"], "prices": subset}
                 )
-            socket.deliver(as_of, frame)
+            await socket.push(as_of, frame)
 
 
 price_feed = PriceFeed()
@@ -231,6 +231,26 @@ class PriceSocket:
         self._outbox.clear()
         if self._writer is not None:
             self._writer.cancel()
+
+    async def push(self, as_of: datetime | None, frame: Any) -> None:
+        """Write a tick now if the socket keeps up, without a task of its own; else queue it.
+
+        The send gets no time to wait: a server's send only waits when its client stopped
+        reading (flow control). Such a send is abandoned (whether its frame went out is
+        then unknown) and the socket gets a fresh snapshot from its own writer instead,
+        so the sockets after it in this tick are not held up.
+        """
+        if not self._live or self._writer is not None or self._outbox:
+            self.deliver(as_of, frame)
+            return
+        try:
+            async with asyncio.timeout(0):
+                await self.send({"type": "websocket.send", "text": frame})
+        except TimeoutError:
+            logger.info("price socket not reading; it gets a snapshot when it drains")
+            self.resync()
+        except Exception:  # noqa: S110 - the client is gone; its disconnect cleans up
+            pass
 
     def deliver(self, as_of: datetime | None, frame: Any) -> None:
         """Queue a frame and make sure a writer runs (called in the event loop; never
