@@ -203,6 +203,30 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
     await communicator.disconnect()
 
 
+async def test_a_socket_that_stops_reading_does_not_hold_up_a_tick(tracked):
+    stalled, _ = await _connected()
+    (stalled_socket,) = price_feed._sockets
+    reading, _ = await _connected()
+    gate = asyncio.Event()
+    send = stalled_socket.send
+
+    async def paused_send(message):
+        await gate.wait()
+        await send(message)
+
+    stalled_socket.send = paused_send
+    await sync_to_async(_record_and_tick)({"bitcoin": "67000"})
+    # The reading socket has its tick while the stalled one's send still waits.
+    assert (await ws_receive(reading))["prices"]["bitcoin"]["usd"] == "67000"
+    gate.set()
+    # The stalled socket's tick was abandoned: it gets the snapshot, which holds it.
+    frame = await ws_receive(stalled)
+    assert frame["type"] == "snapshot"
+    assert frame["prices"]["bitcoin"]["usd"] == "67000"
+    await stalled.disconnect()
+    await reading.disconnect()
+
+
 @pytest.fixture
 def live_server_url():
     """The platform's ASGI application on a real uvicorn (websockets-sansio, as in
