@@ -188,18 +188,45 @@ class PriceFeed:
             return
         self._snapshot = None
         narrowed: dict[frozenset[str], str] = {}
-        for socket in list(self._sockets):
+
+        def frame_for(socket: PriceSocket) -> str:
             coins = socket.coins
             if coins is None:
-                await socket.push(as_of, text)
-                continue
+                return text
             frame = narrowed.get(coins)
             if frame is None:
                 subset = {coin: entry for coin, entry in prices.items() if coin in coins}
                 frame = narrowed[coins] = _encode(
                     {"type": "tick", "as_of": tick["as_of"], "prices": subset}
                 )
-            await socket.push(as_of, frame)
+            return frame
+
+        # Each socket's send is awaited in turn, in this task, with no time to wait: a
+        # server's send only waits when its client stopped reading (flow control). Such
+        # a send is abandoned (whether its frame went out is then unknown) and that
+        # socket gets a fresh snapshot from a writer task of its own; the loop resumes
+        # with the next socket. One deadline covers the whole run, so a tick leaves no
+        # per-socket timer or task behind. (uvicorn's sends finish without waiting
+        # otherwise; under a server whose every send waits, each tick would reach its
+        # sockets as a snapshot: correct, only costlier.)
+        remaining = iter(list(self._sockets))
+        while True:
+            socket = None
+            try:
+                async with asyncio.timeout(0):
+                    for socket in remaining:
+                        if not socket.idle:
+                            socket.deliver(as_of, frame_for(socket))
+                            continue
+                        try:
+                            await socket.send({"type": "websocket.send", "text": frame_for(socket)})
+                        except Exception:  # noqa: S112 - the client is gone; its disconnect cleans up
+                            continue
+                return
+            except TimeoutError:
+                logger.info("price socket not reading; it gets a snapshot when it drains")
+                if socket is not None:
+                    socket.resync()
 
 
 price_feed = PriceFeed()
@@ -232,27 +259,10 @@ class PriceSocket:
         if self._writer is not None:
             self._writer.cancel()
 
-    async def push(self, as_of: datetime | None, frame: Any) -> None:
-        """Write a tick now if the socket keeps up, without a task of its own; else queue it.
-
-        The send gets no time to wait: a server's send only waits when its client stopped
-        reading (flow control). Such a send is abandoned (whether its frame went out is
-        then unknown) and the socket gets a fresh snapshot from its own writer instead,
-        so the sockets after it in this tick are not held up. (uvicorn's sends finish
-        without waiting otherwise; under a server whose every send waits, each tick would
-        reach its sockets as a snapshot: correct, only costlier.)
-        """
-        if not self._live or self._writer is not None or self._outbox:
-            self.deliver(as_of, frame)
-            return
-        try:
-            async with asyncio.timeout(0):
-                await self.send({"type": "websocket.send", "text": frame})
-        except TimeoutError:
-            logger.info("price socket not reading; it gets a snapshot when it drains")
-            self.resync()
-        except Exception:  # noqa: S110 - the client is gone; its disconnect cleans up
-            pass
+    @property
+    def idle(self) -> bool:
+        """Open, with nothing queued or being written: a tick may be sent right away."""
+        return self._live and self._writer is None and not self._outbox
 
     def deliver(self, as_of: datetime | None, frame: Any) -> None:
         """Queue a frame and make sure a writer runs (called in the event loop; never
