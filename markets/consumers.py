@@ -12,9 +12,9 @@ The stream is a plain ASGI application (``prices_socket``), not a Channels consu
 it needs no channel layer, no per-message database clean-up and no handler dispatch,
 only the ASGI ``receive``/``send`` pair the server hands it. Each socket's frames go out
 through that public ``send`` (the server frames, and compresses if negotiated, per
-socket), written by a short-lived task per socket, so the sockets of one tick are
-written concurrently and a socket whose client stopped reading (its ``send`` waits)
-delays nobody else.
+socket). A tick's sends are awaited one after another in the feed's task, without a task
+per socket; a send that would wait (its client stopped reading) is abandoned, so that
+socket delays nobody else (``PriceFeed._fan_out``).
 
 Only such a slow socket builds a backlog, in its own bounded outbox; one whose outbox
 overflows gets one fresh snapshot instead of its backlog. After a Redis reconnect every
