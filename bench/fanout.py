@@ -1,7 +1,7 @@
 """/ws/prices fan-out: N WebSocket subscribers on real uvicorn web processes receive ticks.
 
     DATABASE_URL=postgres://postgres@localhost:5432/cv_realtime \\
-    REDIS_URL=redis://localhost:6379/13 .venv/bin/python bench/fanout.py
+    REDIS_URL=redis://localhost:6379/13 .venv/bin/python bench/fanout.py [--rounds 2]
 
 Writes a 10-coin snapshot into the given Redis db (use your own), starts uvicorn
 serving ``cryptovault.asgi:application`` with ``--web-processes`` workers, then for
@@ -17,9 +17,18 @@ tick), each carrying its send time as ``as_of``, and prints:
   with a snapshot counts its missed ticks as dropped),
 - web process RSS growth per 1,000 connections.
 
-Goal: 5,000 subscribers, p99 <= 100 ms, zero drops; 10,000 idle connections per
-process within 1.5 GiB. ``--client raw`` (default) is a minimal client that costs little
-CPU per message; ``--client websockets`` offers permessage-deflate as browsers do.
+Next to it, with the same clients, a *peer*: a bare ``websockets`` server (its public
+``websockets.asyncio.server.serve`` and ``websockets.broadcast``, as many processes as
+web processes, sharing the port with ``SO_REUSEPORT``) subscribed to the same Redis
+channel, which sends each tick to all its sockets with ``websockets.broadcast``. Rounds
+alternate peer, platform, peer, platform (``--rounds`` pairs), since the machine may be
+shared; a summary prints each side's p50/p99 and the ratio of the platform's p99 to the
+peer's (medians over the rounds).
+
+Goal: at 5,000 subscribers the platform's p99 within 1.25x of the peer's, zero drops;
+10,000 idle connections per process within 1.5 GiB. ``--client raw`` (default) is a
+minimal client that costs little CPU per message; ``--client websockets`` offers
+permessage-deflate as browsers do.
 """
 
 import argparse
@@ -45,6 +54,8 @@ from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
 # Production settings, as deployed; the server started below inherits them.
 for _name, _value in production_env().items():
     os.environ.setdefault(_name, _value)
+# uvicorn logs every WebSocket handshake at INFO: thousands of lines per round.
+os.environ.setdefault("LOG_LEVEL", "WARNING")
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +67,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between ticks")
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--client-processes", type=int, default=2)
-    parser.add_argument("--port", type=int, default=8661)
+    parser.add_argument("--rounds", type=int, default=2, help="peer/platform pairs per size")
+    parser.add_argument(
+        "--only", choices=["both", "platform", "peer"], default="both", help="servers to run"
+    )
+    parser.add_argument("--serve-peer", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument(
         "--ws",
         default="auto",
@@ -228,39 +243,129 @@ async def _client(url, count, client, ready, stop, results) -> None:
     results.put({"latencies": recorder.latencies, **recorder.counts, "open": len(sockets)})
 
 
-# --- server ---------------------------------------------------------------------------
+# --- servers ----------------------------------------------------------------------------
 
 
-def start_server(args: argparse.Namespace) -> subprocess.Popen:
-    port, workers = args.port, args.web_processes
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_listening(port: int, processes: list[subprocess.Popen], settle: float) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            time.sleep(settle)  # let every process start accepting
+            return
+        except OSError:
+            time.sleep(0.2)
+    for process in processes:
+        process.kill()
+    raise SystemExit(f"server on :{port} did not start")
+
+
+class Server:
+    """A running fan-out server: the platform (uvicorn) or the peer (bare websockets)."""
+
+    def __init__(self, name: str, port: int, processes: list[subprocess.Popen]) -> None:
+        self.name, self.port, self.processes = name, port, processes
+
+    def pids(self) -> list[int]:
+        """The processes serving sockets: uvicorn's workers, or the servers themselves."""
+        pids = []
+        for process in self.processes:
+            children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+            children = [
+                int(pid)
+                for pid in children_file.read_text().split()
+                # multiprocessing's resource tracker is a child too, but serves nothing.
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+            ]
+            pids += children or [process.pid]
+        return pids
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.terminate()
+        for process in self.processes:
+            process.wait(timeout=20)
+
+
+def start_platform(args: argparse.Namespace) -> Server:
+    port, workers = free_port(), args.web_processes
     command = uvicorn_command(
         port=port,
         workers=workers,
         extra=["--ws", args.ws, "--ws-per-message-deflate", str(not args.no_deflate).lower()],
     )
     server = subprocess.Popen(command, cwd=ROOT)  # noqa: S603 - fixed arguments
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            time.sleep(1.0 if workers > 1 else 0.2)  # let every worker start accepting
-            return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit("uvicorn did not start")
+    wait_listening(port, [server], 1.0 if workers > 1 else 0.2)
+    return Server("platform", port, [server])
 
 
-def web_pids(server: subprocess.Popen) -> list[int]:
-    """The processes serving sockets: uvicorn's workers, or the server itself."""
-    children_file = Path(f"/proc/{server.pid}/task/{server.pid}/children")
-    children = [
-        int(pid)
-        for pid in children_file.read_text().split()
-        # multiprocessing's resource tracker is a child too, but serves nothing.
-        if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+def start_peer(args: argparse.Namespace) -> Server:
+    from markets.realtime import prices_channel
+    from markets.selectors import prices_snapshot_bytes
+
+    port = free_port()
+    # The peer imports no Django: it gets the channel and the snapshot text from here.
+    snapshot = '{"type":"snapshot",' + prices_snapshot_bytes().decode()[1:]
+    command = [sys.executable, __file__, "--serve-peer", str(port)]
+    if args.no_deflate:
+        command.append("--no-deflate")
+    env = {**os.environ, "PEER_CHANNEL": prices_channel(), "PEER_SNAPSHOT": snapshot}
+    processes = [
+        subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - fixed arguments
+        for _ in range(args.web_processes)
     ]
-    return children or [server.pid]
+    wait_listening(port, processes, 0.5)
+    return Server("peer", port, processes)
+
+
+def serve_peer(port: int, deflate: bool) -> None:
+    """One peer process: the tick's text to every socket with ``websockets.broadcast``
+    (which frames, and compresses if negotiated, per socket, as uvicorn does)."""
+    import uvloop
+
+    uvloop.run(_serve_peer(port, deflate))
+
+
+async def _serve_peer(port: int, deflate: bool) -> None:
+    import orjson
+    import redis.asyncio as aioredis
+    from websockets import ConnectionClosed, broadcast
+    from websockets.asyncio.server import serve
+
+    snapshot = os.environ["PEER_SNAPSHOT"]
+    connections = set()
+
+    async def handler(connection) -> None:
+        await connection.send(snapshot)
+        connections.add(connection)
+        try:
+            async for message in connection:
+                if orjson.loads(message).get("type") == "ping":
+                    await connection.send('{"type":"pong"}')
+        except ConnectionClosed:
+            pass  # the raw client drops its sockets without a closing handshake
+        finally:
+            connections.discard(connection)
+
+    client = aioredis.Redis.from_url(os.environ["REDIS_URL"])
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(os.environ["PEER_CHANNEL"])
+    async with serve(
+        handler,
+        "127.0.0.1",
+        port,
+        reuse_port=True,
+        compression="deflate" if deflate else None,
+        max_queue=None,
+    ):
+        async for message in pubsub.listen():
+            broadcast(connections, message["data"].decode())
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -285,15 +390,15 @@ def rss_bytes(pids: list[int]) -> int:
 # --- one round --------------------------------------------------------------------------
 
 
-def run_round(args, server, subscribers: int) -> None:
+def run_round(args, server: Server, subscribers: int) -> dict:
     from markets.realtime import prices_tick_publish
 
     ctx = mp.get_context("fork")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
-    url = f"ws://127.0.0.1:{args.port}/ws/prices"
+    url = f"ws://127.0.0.1:{server.port}/ws/prices"
     shares = [subscribers // args.client_processes] * args.client_processes
     shares[0] += subscribers - sum(shares)
-    pids = web_pids(server)
+    pids = server.pids()
     rss_before = rss_bytes(pids)
     started = time.monotonic()
     clients = [
@@ -329,52 +434,85 @@ def run_round(args, server, subscribers: int) -> None:
     expected = args.ticks * opened
     per_thousand = (rss_after - rss_before) / max(opened, 1) * 1000
 
-    def ms(q: float) -> str:
+    def ms(q: float) -> float:
         if not latencies:
-            return "n/a"
-        return f"{latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000:.1f}"
+            return float("nan")
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
 
     print(
-        f"subscribers={subscribers} open={opened} failed={sum(r['failed'] for r in reports)} "
-        f"connect={connect_seconds:.1f}s web_processes={len(pids)}\n"
-        f"  ticks={args.ticks} every {args.interval}s  latency ms: p50={ms(0.50)} "
-        f"p99={ms(0.99)} max={ms(1.0)} "
+        f"[{server.name}] subscribers={subscribers} open={opened} "
+        f"failed={sum(r['failed'] for r in reports)} "
+        f"connect={connect_seconds:.1f}s processes={len(pids)} "
+        f"load={os.getloadavg()[0]:.1f}\n"
+        f"  ticks={args.ticks} every {args.interval}s  latency ms: p50={ms(0.50):.1f} "
+        f"p99={ms(0.99):.1f} max={ms(1.0):.1f} "
         f"mean={statistics.fmean(latencies) * 1000 if latencies else 0:.1f}\n"
-        f"  CPU per tick: web {web_cpu / args.ticks * 1000:.0f} ms, "
+        f"  CPU per tick: server {web_cpu / args.ticks * 1000:.0f} ms, "
         f"clients {client_cpu / args.ticks * 1000:.0f} ms\n"
         f"  dropped={expected - received} of {expected} "
         f"(re-sync snapshots={sum(r['snapshots'] for r in reports)})\n"
-        f"  web RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, "
+        f"  server RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MiB, "
         f"{per_thousand / 2**20:.1f} MiB per 1,000 connections",
         flush=True,
     )
+    return {"p50": ms(0.50), "p99": ms(0.99), "dropped": expected - received}
+
+
+def summarize(results: dict[tuple[int, str], list[dict]]) -> None:
+    print("\nsummary (median over rounds; ratio = platform p99 / peer p99):", flush=True)
+    for size in sorted({size for size, _ in results}):
+        sides = {name: results.get((size, name), []) for name in ("peer", "platform")}
+        line = [f"  {size} subscribers:"]
+        for name, rounds in sides.items():
+            if rounds:
+                p50s = ", ".join(f"{r['p50']:.0f}" for r in rounds)
+                p99s = ", ".join(f"{r['p99']:.0f}" for r in rounds)
+                line.append(f"{name} p50 [{p50s}] p99 [{p99s}] ms;")
+        if sides["peer"] and sides["platform"]:
+            ratio = statistics.median(r["p99"] for r in sides["platform"]) / statistics.median(
+                r["p99"] for r in sides["peer"]
+            )
+            line.append(f"ratio {ratio:.2f}")
+        print(" ".join(line), flush=True)
 
 
 def main() -> None:
     args = parse_args()
+    if args.serve_peer:
+        serve_peer(args.serve_peer, deflate=not args.no_deflate)
+        return
     import django
 
     django.setup()
     from markets.services import prices_record
 
     prices_record(prices={coin: Decimal(price) for coin, price in PRICES.items()})
-    server = start_server(args)
+    names = ["peer", "platform"] if args.only == "both" else [args.only]
+    servers = {}
     try:
+        for name in names:
+            servers[name] = start_peer(args) if name == "peer" else start_platform(args)
         print(
-            f"fanout bench: uvicorn x{args.web_processes} (--ws {args.ws}) on :{args.port}, "
-            f"{args.client_processes} client processes, "
+            f"fanout bench: {' and '.join(names)}, {args.web_processes} server processes each "
+            f"(platform: uvicorn --ws {args.ws}), {args.client_processes} client processes, "
             f"client={args.client} "
             f"({'permessage-deflate' if args.client == 'websockets' else 'no compression'}), "
-            f"{os.cpu_count()} CPUs shared by server and clients, "
+            f"{os.cpu_count()} CPUs shared by servers and clients, "
             f"load average {os.getloadavg()[0]:.1f} before the run",
             flush=True,
         )
+        results: dict[tuple[int, str], list[dict]] = {}
         for size in (int(s) for s in args.subscribers.split(",")):
-            run_round(args, server, size)
-            time.sleep(2.0)  # sockets of the round wind down
+            for _ in range(args.rounds):
+                for name in names:  # interleaved: a load spike hits both sides alike
+                    results.setdefault((size, name), []).append(
+                        run_round(args, servers[name], size)
+                    )
+                    time.sleep(2.0)  # sockets of the round wind down
+        summarize(results)
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        for server in servers.values():
+            server.stop()
 
 
 if __name__ == "__main__":

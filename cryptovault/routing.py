@@ -49,8 +49,6 @@ class WebSocketOutageMiddleware:
         self.application = application
 
     async def __call__(self, scope, receive, send):
-        # ``send`` is passed on as it is: the price stream recognises uvicorn's own
-        # connection behind it (markets.consumers).
         try:
             return await self.application(scope, receive, send)
         except DEPENDENCY_ERRORS as exc:

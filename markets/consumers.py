@@ -8,32 +8,26 @@ set. Nothing is written per socket in Redis, so the cost of a tick in Redis does
 grow with the audience (unlike ``group_send``, which writes once per member and
 drops silently on full channels).
 
-Frames are written to each socket right away. Under uvicorn's default WebSocket
-implementation (websockets-sansio) a tick's frame is also *framed* once per tick: the
-same bytes (RFC 6455 header + payload, unmasked, uncompressed) are written to each
-socket's transport, skipping the per-socket ASGI send, re-encoding and framing (web
-CPU per tick at 5,000 sockets: 166 -> 137 ms; what is left is mostly the kernel's
-send). That is valid with permessage-deflate negotiated too: a message without RSV1
-is simply not compressed (RFC 7692 §6), and the compressor's context only covers
-compressed messages. Any other server or state (the handshake not done, a close sent,
-the transport paused by a slow reader) takes the ASGI path.
+The stream is a plain ASGI application (``prices_socket``), not a Channels consumer:
+it needs no channel layer, no per-message database clean-up and no handler dispatch,
+only the ASGI ``receive``/``send`` pair the server hands it. Each socket's frames go out
+through that public ``send`` (the server frames, and compresses if negotiated, per
+socket). A tick's sends are awaited one after another in the feed's task, without a task
+per socket; a send that would wait (its client stopped reading) is abandoned, so that
+socket delays nobody else (``PriceFeed._fan_out``).
 
-Only a socket whose client stopped reading gets a backlog, in its own bounded outbox
-drained by its own task, so one slow client never delays the others. A socket whose
-outbox overflows gets one fresh snapshot instead of its backlog; after a Redis
-reconnect every socket gets a fresh snapshot, because ticks published while the
-subscription was down are lost.
+Only such a slow socket builds a backlog, in its own bounded outbox; one whose outbox
+overflows gets one fresh snapshot instead of its backlog. After a Redis reconnect every
+socket gets a fresh snapshot, because ticks published while the subscription was down
+are lost.
 """
 
 import asyncio
-import functools
 import logging
 import os
 import re
-import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Coroutine
 from datetime import datetime
 from typing import Any
 
@@ -41,17 +35,15 @@ import orjson
 import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
 
-from cryptovault.metrics import WebSocketConnectionsCounted
+from cryptovault.metrics import WEBSOCKET_CONNECTIONS
 from markets.price_store import prices_snapshot_bytes
 from markets.realtime import prices_channel
 
 logger = logging.getLogger(__name__)
 
+STREAM = "/ws/prices"
 # Ticks a socket may have queued before it is considered too slow and re-synced.
 OUTBOX_LIMIT = 32
 # New connections within this window share one snapshot read (a tick invalidates it).
@@ -76,48 +68,6 @@ def _encode(frame: dict) -> str:
     return orjson.dumps(frame).decode()
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One final, unmasked, uncompressed text frame (RFC 6455 §5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", 0x81, size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", 0x81, 126, size)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, size)
-    return header + payload
-
-
-# What _writable_now reads of uvicorn's connection (uvicorn is pinned; a release that
-# renames any of these turns the direct path off instead of breaking the fan-out, and
-# test_prices_ws's live-server test fails so the next person notices).
-_DIRECT_ATTRIBUTES = ("handshake_complete", "writable", "close_sent", "disconnected", "conn")
-
-
-def _direct_connection(send: Any) -> WebSocketsSansIOProtocol | None:
-    """The uvicorn websockets-sansio connection behind an ASGI ``send``, if that is what
-    it is (the consumer's ``send`` is the connection's bound method)."""
-    connection = getattr(send, "__self__", None)
-    if type(connection) is not WebSocketsSansIOProtocol:
-        return None
-    if not all(hasattr(connection, name) for name in _DIRECT_ATTRIBUTES):
-        return None
-    return connection
-
-
-def _writable_now(connection: WebSocketsSansIOProtocol) -> bool:
-    """Whether a data frame may go straight to the transport: open, nothing closing, and
-    not paused by a slow reader (then the ASGI path queues it)."""
-    return (
-        connection.handshake_complete
-        and connection.writable.is_set()
-        and not connection.close_sent
-        and not connection.disconnected
-        and connection.conn.state is State.OPEN
-        and not connection.transport.is_closing()
-    )
-
-
 class PriceFeed:
     """This process's one subscription to price ticks, fanned out to its sockets."""
 
@@ -130,7 +80,7 @@ class PriceFeed:
         if self._loop is loop:
             return
         self._loop = loop
-        self._sockets: set[PricesConsumer] = set()
+        self._sockets: set[PriceSocket] = set()
         self._task: asyncio.Task | None = None
         self._ready = asyncio.Event()
         self._snapshot: tuple[float, datetime | None, str] | None = None
@@ -138,7 +88,7 @@ class PriceFeed:
         self._tracked: tuple[float, frozenset[str]] | None = None
         self.resyncs = 0
 
-    async def join(self, socket: "PricesConsumer") -> None:
+    async def join(self, socket: "PriceSocket") -> None:
         """Register a socket; returns once ticks are flowing (or Redis is known down)."""
         self._bind()
         self._sockets.add(socket)
@@ -150,7 +100,7 @@ class PriceFeed:
         except TimeoutError:
             logger.warning("price feed not subscribed yet; the socket is re-synced later")
 
-    def leave(self, socket: "PricesConsumer") -> None:
+    def leave(self, socket: "PriceSocket") -> None:
         if self._loop is not asyncio.get_running_loop():
             return
         self._sockets.discard(socket)
@@ -206,7 +156,7 @@ class PriceFeed:
                 while True:
                     message = await pubsub.get_message(timeout=5.0)
                     if message is not None and message["type"] == "message":
-                        self._fan_out(message["data"])
+                        await self._fan_out(message["data"])
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -227,7 +177,7 @@ class PriceFeed:
         for socket in list(self._sockets):
             socket.resync()
 
-    def _fan_out(self, data: bytes) -> None:
+    async def _fan_out(self, data: bytes) -> None:
         text = data.decode()
         try:
             tick = orjson.loads(data)
@@ -237,120 +187,87 @@ class PriceFeed:
             logger.error("malformed price tick on %s: %.200s", prices_channel(), text)
             return
         self._snapshot = None
-        wire = text_frame(data)
-        narrowed: dict[frozenset[str], tuple[str, bytes]] = {}
-        for socket in list(self._sockets):
+        narrowed: dict[frozenset[str], str] = {}
+
+        def frame_for(socket: PriceSocket) -> str:
             coins = socket.coins
             if coins is None:
-                socket.deliver(as_of, text, wire)
-                continue
+                return text
             frame = narrowed.get(coins)
             if frame is None:
                 subset = {coin: entry for coin, entry in prices.items() if coin in coins}
-                encoded = orjson.dumps({"type": "tick", "as_of": tick["as_of"], "prices": subset})
-                frame = narrowed[coins] = (encoded.decode(), text_frame(encoded))
-            socket.deliver(as_of, *frame)
+                frame = narrowed[coins] = _encode(
+                    {"type": "tick", "as_of": tick["as_of"], "prices": subset}
+                )
+            return frame
+
+        # Each socket's send is awaited in turn, in this task, with no time to wait: a
+        # server's send only waits when its client stopped reading (flow control). Such
+        # a send is abandoned (whether its frame went out is then unknown) and that
+        # socket gets a fresh snapshot from a writer task of its own; the loop resumes
+        # with the next socket. One deadline covers the whole run, so a tick leaves no
+        # per-socket timer or task behind. (uvicorn's sends finish without waiting
+        # otherwise; under a server whose every send waits, each tick would reach its
+        # sockets as a snapshot: correct, only costlier.)
+        remaining = iter(list(self._sockets))
+        while True:
+            socket = None
+            try:
+                async with asyncio.timeout(0):
+                    for socket in remaining:
+                        if not socket.idle:
+                            socket.deliver(as_of, frame_for(socket))
+                            continue
+                        try:
+                            await socket.send({"type": "websocket.send", "text": frame_for(socket)})
+                        except Exception:  # noqa: S112 - the client is gone; its disconnect cleans up
+                            continue
+                return
+            except TimeoutError:
+                logger.info("price socket not reading; it gets a snapshot when it drains")
+                if socket is not None:
+                    socket.resync()
 
 
 price_feed = PriceFeed()
 
 
-async def _finish(coroutine: Coroutine, pending: Any) -> None:
-    """Carry on a coroutine that suspended while driven by hand, as its Task would:
-    wait for what it yielded, then resume it (or throw what that raised into it)."""
-    while True:
-        try:
-            if pending is None:  # a bare yield (sleep(0)): just give the loop a turn
-                await asyncio.sleep(0)
-            else:
-                await pending
-        except BaseException as exc:  # noqa: B036 - cancellation is forwarded too
-            step = functools.partial(coroutine.throw, exc)
-        else:
-            step = functools.partial(coroutine.send, None)
-        try:
-            pending = step()
-        except StopIteration:
-            return
+class PriceSocket:
+    """One ``/ws/prices`` connection: its coin filter and its outbox, written in order by
+    at most one task at a time."""
 
-
-class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
-    """Public price stream: snapshot on connect, then a tick per poll.
-
-    Client messages: ``{"type":"ping"}`` → ``{"type":"pong"}``;
-    ``{"type":"subscribe","coins":[...]}`` narrows ticks to those coins;
-    ``{"type":"unsubscribe"}`` widens them again. Anything else gets
-    ``{"type":"error","code","detail"}`` and the socket stays open.
-    """
-
-    stream = "/ws/prices"
-    # Ticks come from the process's PriceFeed, not from the channel layer, so this
-    # consumer needs no channel of its own (an unconfigured alias means none).
-    channel_layer_alias = "prices-feed-no-channel-layer"
-
-    coins: frozenset[str] | None = None
-    _direct: WebSocketsSansIOProtocol | None = None
-    dropped = 0
-
-    async def dispatch(self, message: dict) -> None:
-        # The base class closes stale DB connections (a thread hop) before every
-        # message; this consumer never touches the database on the hot path.
-        handler = getattr(self, message["type"].replace(".", "_"), None)
-        if handler is None:
-            raise ValueError(f"No handler for message type {message['type']}")
-        await handler(message)
-
-    async def connect(self) -> None:
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.coins: frozenset[str] | None = None
+        self.dropped = 0
         self._outbox: deque[tuple[datetime | None, Any]] = deque()
-        self._drain_task: asyncio.Task | None = None
+        self._writer: asyncio.Task | None = None
         self._live = False  # set once the snapshot went out; ticks queue until then
-        self._direct = _direct_connection(self.base_send)
-        await price_feed.join(self)
-        try:
-            as_of, snapshot = await price_feed.snapshot()
-        except Exception:
-            # Before the handshake is answered: Redis down is a 503 (cryptovault.routing).
-            price_feed.leave(self)
-            raise
-        await self.accept()
-        # Ticks queued while the snapshot was read and no newer than it are in it already.
+
+    async def open(self, as_of: datetime | None, snapshot: str) -> None:
+        """Send the snapshot, then whatever was queued meanwhile and is newer than it."""
         self._outbox = deque(
             item for item in self._outbox if as_of is None or item[0] is None or item[0] > as_of
         )
-        await self.send(text_data=snapshot)
+        await self.send({"type": "websocket.send", "text": snapshot})
         self._live = True
-        if self._outbox:
-            self._drain_task = asyncio.ensure_future(self._drain())
+        self._start_writer()
 
-    async def disconnect(self, code: int) -> None:
-        price_feed.leave(self)
-        if getattr(self, "_drain_task", None) is not None:
-            self._drain_task.cancel()
+    def close(self) -> None:
+        self._live = False
+        self._outbox.clear()
+        if self._writer is not None:
+            self._writer.cancel()
 
-    def deliver(self, as_of: datetime | None, frame: Any, wire: bytes | None = None) -> None:
-        """Send or queue a frame (called in the event loop by the feed; never blocks).
+    @property
+    def idle(self) -> bool:
+        """Open, with nothing queued or being written: a tick may be sent right away."""
+        return self._live and self._writer is None and not self._outbox
 
-        Fast path: nothing queued, so the frame is written right away: its ready-made
-        ``wire`` bytes straight to the transport when the server allows it (see the
-        module docstring), else by driving the server's send coroutine by hand; that
-        completes without suspending unless the client stopped reading (the transport
-        is paused), and saves a task switch per socket per tick. A send that does
-        suspend is finished by a drain task, and later frames queue behind it.
-        """
-        if self._live and self._drain_task is None and not self._outbox and frame is not _RESYNC:
-            direct = self._direct
-            if wire is not None and direct is not None and _writable_now(direct):
-                direct.transport.write(wire)
-                return
-            send = self.base_send({"type": "websocket.send", "text": frame})
-            try:
-                pending = send.send(None)
-            except StopIteration:
-                return
-            except Exception:
-                return  # the client is gone; disconnect() cleans up
-            self._drain_task = asyncio.ensure_future(self._drain(_finish(send, pending)))
-            return
+    def deliver(self, as_of: datetime | None, frame: Any) -> None:
+        """Queue a frame and make sure a writer runs (called in the event loop; never
+        blocks). A writer still busy from an earlier frame means the client is slow:
+        past ``OUTBOX_LIMIT`` frames its backlog becomes one snapshot."""
         if len(self._outbox) >= OUTBOX_LIMIT:
             self.dropped += len(self._outbox)
             logger.info(
@@ -359,19 +276,20 @@ class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
             self._outbox.clear()
             frame = _RESYNC
         self._outbox.append((as_of, frame))
-        if self._live and self._drain_task is None:
-            self._drain_task = asyncio.ensure_future(self._drain())
+        self._start_writer()
 
     def resync(self) -> None:
         """Replace whatever is queued with one fresh snapshot."""
         self._outbox.clear()
         self.deliver(None, _RESYNC)
 
-    async def _drain(self, unfinished: Awaitable[None] | None = None) -> None:
+    def _start_writer(self) -> None:
+        if self._live and self._writer is None and self._outbox:
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _write(self) -> None:
         # While it runs, this task is the only writer to the socket: frames stay in order.
         try:
-            if unfinished is not None:
-                await unfinished
             while self._outbox:
                 _, frame = self._outbox.popleft()
                 if frame is _RESYNC:
@@ -380,12 +298,12 @@ class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
                     except Exception:
                         logger.warning("snapshot for re-sync unavailable", exc_info=True)
                         continue
-                await self.send(text_data=frame)
+                await self.send({"type": "websocket.send", "text": frame})
         except Exception:
-            # The client went away mid-send; disconnect() follows and cleans up.
+            # The client went away mid-send; the disconnect that follows cleans up.
             self._outbox.clear()
         finally:
-            self._drain_task = None
+            self._writer = None
 
     def _reply(self, frame: dict) -> None:
         self.deliver(None, _encode(frame))
@@ -393,7 +311,7 @@ class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
     def _error(self, code: str, detail: str, **extra: Any) -> None:
         self._reply({"type": "error", "code": code, "detail": detail, **extra})
 
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+    async def receive(self, text_data: str | None, bytes_data: bytes | None) -> None:
         if text_data is None:
             return self._error("invalid_message", "Send JSON text frames.")
         if len(text_data) > MAX_CLIENT_MESSAGE_CHARS:
@@ -432,3 +350,39 @@ class PricesConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
             return self._error("unknown_coins", "Not tracked coins.", coins=unknown)
         self.coins = frozenset(coins)
         return None
+
+
+async def prices_socket(scope: dict, receive: Any, send: Any) -> None:
+    """The ``/ws/prices`` ASGI application: snapshot on connect, then a tick per poll.
+
+    Client messages: ``{"type":"ping"}`` → ``{"type":"pong"}``;
+    ``{"type":"subscribe","coins":[...]}`` narrows ticks to those coins;
+    ``{"type":"unsubscribe"}`` widens them again. Anything else gets
+    ``{"type":"error","code","detail"}`` and the socket stays open. A dependency down
+    before the handshake is answered raises, for ``cryptovault.routing`` to answer 503.
+    """
+    if (await receive())["type"] != "websocket.connect":
+        return
+    socket = PriceSocket(send)
+    await price_feed.join(socket)
+    try:
+        as_of, snapshot = await price_feed.snapshot()
+    except Exception:
+        price_feed.leave(socket)
+        raise
+    try:
+        await send({"type": "websocket.accept"})
+        WEBSOCKET_CONNECTIONS.labels(stream=STREAM).inc()
+        try:
+            await socket.open(as_of, snapshot)
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message["type"] == "websocket.receive":
+                    await socket.receive(message.get("text"), message.get("bytes"))
+        finally:
+            WEBSOCKET_CONNECTIONS.labels(stream=STREAM).dec()
+    finally:
+        price_feed.leave(socket)
+        socket.close()

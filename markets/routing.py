@@ -1,7 +1,7 @@
 from django.urls import path
 
-from markets.consumers import PricesConsumer
+from markets.consumers import prices_socket
 
 websocket_urlpatterns = [
-    path("ws/prices", PricesConsumer.as_asgi()),
+    path("ws/prices", prices_socket),
 ]

@@ -29,8 +29,6 @@ ALLOWED_UNDERSCORE = {
 ALLOWED_IN_FILE = {
     # Our own attribute, set on the request by the replica router.
     ("cryptovault/db_router.py", "_replica_pin_token"),
-    # The /ws/prices fast path, being replaced in its own change.
-    ("notifications/tests/test_prices_ws.py", "_direct"),
 }
 
 

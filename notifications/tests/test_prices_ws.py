@@ -182,14 +182,16 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
     (socket,) = price_feed._sockets
     # A client that stopped reading: the server's send suspends until the gate opens.
     gate = asyncio.Event()
-    send = socket.base_send
+    send = socket.send
 
     async def paused_send(message):
         await gate.wait()
         await send(message)
 
-    socket.base_send = paused_send
+    socket.send = paused_send
     frame = '{"type":"tick","as_of":null,"prices":{}}'
+    socket.deliver(None, frame)
+    await asyncio.sleep(0)  # its writer takes the frame and waits on the stalled client
     for _ in range(100):
         socket.deliver(None, frame)
     assert socket.dropped > 0
@@ -199,6 +201,30 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
     await communicator.send_json_to({"type": "ping"})
     assert await ws_receive_type(communicator, "pong") == {"type": "pong"}
     await communicator.disconnect()
+
+
+async def test_a_socket_that_stops_reading_does_not_hold_up_a_tick(tracked):
+    stalled, _ = await _connected()
+    (stalled_socket,) = price_feed._sockets
+    reading, _ = await _connected()
+    gate = asyncio.Event()
+    send = stalled_socket.send
+
+    async def paused_send(message):
+        await gate.wait()
+        await send(message)
+
+    stalled_socket.send = paused_send
+    await sync_to_async(_record_and_tick)({"bitcoin": "67000"})
+    # The reading socket has its tick while the stalled one's send still waits.
+    assert (await ws_receive(reading))["prices"]["bitcoin"]["usd"] == "67000"
+    gate.set()
+    # The stalled socket's tick was abandoned: it gets the snapshot, which holds it.
+    frame = await ws_receive(stalled)
+    assert frame["type"] == "snapshot"
+    assert frame["prices"]["bitcoin"]["usd"] == "67000"
+    await stalled.disconnect()
+    await reading.disconnect()
 
 
 @pytest.fixture
@@ -213,10 +239,10 @@ def live_server_url():
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])
-async def test_ticks_written_directly_reach_a_real_client(tracked, live_server_url, compression):
-    """Under uvicorn, ticks skip the ASGI send: their frames are built once per tick and
-    written to each transport. A standards-checking client (websockets) reads them, also
-    with permessage-deflate negotiated (an uncompressed message is allowed then)."""
+async def test_ticks_reach_a_real_client_over_uvicorn(tracked, live_server_url, compression):
+    """Under uvicorn (websockets-sansio, as in production) a standards-checking client
+    (websockets) reads the snapshot, ticks and replies, also with permessage-deflate
+    negotiated (each socket's frames then go out compressed)."""
     import orjson
     import websockets
 
@@ -224,8 +250,6 @@ async def test_ticks_written_directly_reach_a_real_client(tracked, live_server_u
         f"{live_server_url}/ws/prices", compression=compression, max_size=2**20
     ) as client:
         assert orjson.loads(await client.recv())["type"] == "snapshot"
-        (socket,) = price_feed._sockets
-        assert socket._direct is not None  # the direct path is on (uvicorn as pinned)
         await sync_to_async(_record_and_tick)({"bitcoin": "70000.5"})
         tick = orjson.loads(await asyncio.wait_for(client.recv(), 5))
         assert tick["type"] == "tick" and tick["prices"]["bitcoin"]["usd"] == "70000.5"
