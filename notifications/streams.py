@@ -9,7 +9,8 @@ layer for live frames and revocations, PostgreSQL (the event log) and Redis (the
 through short thread hops.
 
 Order of a stream's start, so that nothing is lost between replay and live:
-1. refuse early, as JSON: a foreign ``Origin`` (403), a bad ``Last-Event-ID`` (400), a
+1. answer a CORS preflight as the API does; refuse early, as JSON (with the API's CORS
+   headers, as the stream itself): a foreign ``Origin`` (403), a bad ``Last-Event-ID`` (400), a
    bad or revoked token (401), a cap reached (429), PostgreSQL or Redis down (503);
 2. join the user's and the session's channel-layer groups;
 3. check the session once more (a revocation published before joining is not missed);
@@ -37,7 +38,7 @@ from rest_framework_simplejwt.tokens import AccessToken
 
 from accounts.selectors import session_is_live
 from accounts.services import user_from_access_token
-from cryptovault.cors import stream_origin_allowed
+from cryptovault.cors import cors_headers, stream_origin_allowed
 from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
 from cryptovault.net import client_ip_from
 from notifications.events import EventCursor, event_id_parse
@@ -67,19 +68,35 @@ def streams_lane(django_app):
 
 
 async def _guarded(stream, scope, receive, send) -> None:
-    if scope["method"] != "GET":
-        return await _refuse(send, 405, "Method not allowed.", "method_not_allowed")
     headers = dict(scope["headers"])
-    origin = headers.get(b"origin")
-    if not stream_origin_allowed(None if origin is None else origin.decode("latin-1")):
-        return await _refuse(send, 403, "This origin may not open streams.", "origin_not_allowed")
+    raw_origin = headers.get(b"origin")
+    origin = None if raw_origin is None else raw_origin.decode("latin-1")
+    preflight = scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
+    # A cross-origin EventSource (or fetch) reads nothing, not even a refusal, without
+    # the API's CORS headers; the platform's own pages need none.
+    cors = cors_headers(scope["path"], origin, preflight)
+
+    async def send_with_cors(message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message["headers"], *cors]}
+        await send(message)
+
+    if preflight:
+        # As CorsMiddleware answers one for the API: 200, empty.
+        return await _respond(send_with_cors, 200, b"", "text/plain")
+    if scope["method"] != "GET":
+        return await _refuse(send_with_cors, 405, "Method not allowed.", "method_not_allowed")
+    if not stream_origin_allowed(origin):
+        return await _refuse(
+            send_with_cors, 403, "This origin may not open streams.", "origin_not_allowed"
+        )
     try:
-        await stream(scope, receive, send, headers)
+        await stream(scope, receive, send_with_cors, headers)
     except DEPENDENCY_ERRORS as exc:
         logger.warning("stream dependency unavailable: %s: %s", type(exc).__name__, exc)
         with contextlib.suppress(RuntimeError):  # RuntimeError: the stream had started
             await _refuse(
-                send,
+                send_with_cors,
                 503,
                 "A service this request needs is unavailable.",
                 "service_unavailable",
@@ -89,12 +106,16 @@ async def _guarded(stream, scope, receive, send) -> None:
 
 async def _refuse(send, status: int, detail: str, code: str, extra_headers=()) -> None:
     body = orjson.dumps({"detail": detail, "code": code})
+    await _respond(send, status, body, "application/json", extra_headers)
+
+
+async def _respond(send, status: int, body: bytes, content_type: str, extra_headers=()) -> None:
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
-                (b"content-type", b"application/json"),
+                (b"content-type", content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
                 *_SECURITY_HEADERS,
                 *extra_headers,

@@ -245,6 +245,70 @@ def test_caps_per_user_and_per_ip(server, settings):
                 assert second.status_code == 429
 
 
+APP = "http://localhost:3000"
+
+
+def _cors(response: httpx.Response) -> dict[str, str]:
+    return {
+        k: v for k, v in response.headers.items() if k.startswith("access-control-") or k == "vary"
+    }
+
+
+def test_a_cross_origin_event_source_gets_the_apis_cors_headers(server, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP]
+    _, _, token = _login()
+    with httpx.Client(timeout=TIMEOUT) as client:
+        api = client.get(f"{server}/api/v1/orders", headers={"Origin": APP})  # Django's
+        with client.stream(
+            "GET", f"{server}/api/v1/stream/user", params={"token": token}, headers={"Origin": APP}
+        ) as stream:
+            assert stream.status_code == 200
+            assert SSE(stream).next() == {"comment": "keep-alive"}
+            stream_cors = _cors(stream)
+        refused = client.get(f"{server}/api/v1/stream/user", headers={"Origin": APP})
+
+    assert api.status_code == refused.status_code == 401
+    assert refused.json()["code"] == "not_authenticated"
+    assert stream_cors["access-control-allow-origin"] == APP
+    assert "origin" in stream_cors["vary"].lower()
+    assert stream_cors == _cors(api) == _cors(refused)
+    assert set(stream_cors["access-control-expose-headers"].split(", ")) == {
+        "x-request-id",
+        "retry-after",
+    }
+
+
+def test_a_stream_preflight_is_answered_as_the_apis(server, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP]
+    preflight = {
+        "Origin": APP,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, last-event-id",
+    }
+    with httpx.Client(timeout=TIMEOUT) as client:
+        stream = client.options(f"{server}/api/v1/stream/user", headers=preflight)
+        api = client.options(f"{server}/api/v1/orders", headers=preflight)
+        stranger = client.options(
+            f"{server}/api/v1/stream/user", headers={**preflight, "Origin": "http://evil.example"}
+        )
+        refused = client.get(
+            f"{server}/api/v1/stream/user", headers={"Origin": "http://evil.example"}
+        )
+
+    assert stream.status_code == api.status_code == 200
+    assert stream.content == b""
+    assert _cors(stream) == _cors(api)
+    assert stream.headers["access-control-allow-origin"] == APP
+    allowed = {h.strip() for h in stream.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "last-event-id"} <= allowed
+    assert "GET" in stream.headers["access-control-allow-methods"]
+    # A foreign origin gets no CORS headers: the browser hides the 403 from its page.
+    assert stranger.status_code == 200
+    assert "access-control-allow-origin" not in stranger.headers
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+
+
 def test_an_id_past_retention_is_a_reset(server):
     user, _, token = _login()
     for _ in range(3):
