@@ -17,7 +17,8 @@ Order of a stream's start, so that nothing is lost between replay and live:
 4. open the event cursor (replay from the log, or ``reset``), then relay live frames
    through it (deduplicated by id, gaps filled from the log).
 A ``session.revoked`` push ends the stream with ``event: revoked``; so does a session
-found dead (idled out) at a keep-alive. A slow reader never holds frames in this
+found dead (idled out) at a keep-alive. SIGTERM ends every stream (its last chunk) so
+the process can exit. A slow reader never holds frames in this
 process: the channel layer drops what its queue cannot take, and the gap is read back
 from the log once the reader catches up.
 """
@@ -25,6 +26,8 @@ from the log once the reader catches up.
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
 import uuid
 from urllib.parse import parse_qs
@@ -343,9 +346,50 @@ def _revoked() -> bytes:
     return sse_event(event="revoked", data='{"detail":"Session has ended."}')
 
 
+# --- Shutdown -------------------------------------------------------------------------
+
+# The event loop of the main thread -> its event, set when the process is told to stop.
+_stopping: dict[asyncio.AbstractEventLoop, asyncio.Event] = {}
+
+
+def _stopping_event() -> asyncio.Event:
+    """Set when this process is told to stop (SIGTERM, SIGINT).
+
+    On those signals uvicorn stops accepting connections, then waits for the open
+    responses to finish, without telling them (no ``http.disconnect``): a stream would
+    hold the shutdown until its client leaves. So the handler in place (uvicorn's,
+    installed before it loads the app) is wrapped, once per server loop: it still
+    runs, after setting this event. Only the main thread can take signals; a server
+    run in another thread (tests) keeps its streams until they end."""
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is not threading.main_thread():
+        return asyncio.Event()
+    if loop not in _stopping:
+        event = _stopping[loop] = asyncio.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _chained(signum, loop, event))
+    return _stopping[loop]
+
+
+def _chained(signum: int, loop: asyncio.AbstractEventLoop, event: asyncio.Event):
+    previous = signal.getsignal(signum)
+
+    def handler(received: int, frame) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(event.set)
+        if callable(previous):
+            previous(received, frame)
+        elif previous is not None:  # SIG_DFL or SIG_IGN: as without this handler
+            signal.signal(received, previous)
+            signal.raise_signal(received)
+
+    return handler
+
+
 async def _relay(send, receive, feed, *, reset: bool = False) -> None:
-    """Send the feed's bytes until the client goes away or the feed ends the stream;
-    ``: keep-alive`` whenever nothing was sent for STREAM_KEEPALIVE_SECONDS."""
+    """Send the feed's bytes until the client goes away, the feed ends the stream or
+    the server stops; ``: keep-alive`` whenever nothing was sent for
+    STREAM_KEEPALIVE_SECONDS."""
 
     async def produce() -> None:
         first = await feed.first(reset=reset)
@@ -379,11 +423,18 @@ async def _relay(send, receive, feed, *, reset: bool = False) -> None:
 
     producer = asyncio.ensure_future(produce())
     watcher = asyncio.ensure_future(client_gone())
+    stopping = asyncio.ensure_future(_stopping_event().wait())
+    tasks = {producer, watcher, stopping}
+    done: set = set()
     try:
-        await asyncio.wait({producer, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (producer, watcher):
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(producer, watcher, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if done == {stopping}:
+        # The last chunk: the client sees the stream end and resumes, with its
+        # Last-Event-ID, on an instance that stays; uvicorn can then exit.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
     if producer.done() and not producer.cancelled() and producer.exception() is not None:
         raise producer.exception()

@@ -1,6 +1,11 @@
 """GET /api/v1/stream/user end to end: a real uvicorn, a real SSE client (httpx
 streaming), real sessions, the Redis channel layer and the PostgreSQL event log."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
@@ -8,6 +13,7 @@ from datetime import timedelta
 import httpx
 import orjson
 import pytest
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -365,3 +371,57 @@ async def test_ws_user_since_replays_then_goes_live_once():
     communicator, connected, _ = await ws_connect(f"/ws/user?token={token}&since=99")
     assert await ws_receive(communicator) == {"type": "reset", "last_event_id": 4}
     await communicator.disconnect()
+
+
+def test_sigterm_ends_open_streams_and_the_server_exits_cleanly():
+    # uvicorn as the Procfile runs it, in its own process: signals reach its main thread.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    database = django_settings.DATABASES["default"]
+    process = subprocess.Popen(  # noqa: S603 - fixed interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "cryptovault.asgi:application",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],  # fmt: skip
+        env={
+            **os.environ,
+            "DEBUG": "true",
+            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:"
+            f"{database['PORT']}/{database['NAME']}",
+            "LOG_LEVEL": "INFO",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.1)
+        _, _, token = _login()
+        server = f"http://127.0.0.1:{port}"
+        with httpx.Client() as client, _stream(client, server, token) as response:
+            assert response.status_code == 200
+            sse = SSE(response)
+            assert sse.next() == {"comment": "keep-alive"}
+            process.send_signal(signal.SIGTERM)
+            assert sse.next() == {}  # the server ended the stream (not a read timeout)
+        # Exits on its own: the open stream no longer holds the shutdown.
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in stderr, stderr
+    assert "Shutting down" in stderr
