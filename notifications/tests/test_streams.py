@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import httpx
 import orjson
@@ -16,10 +17,13 @@ import pytest
 from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
+from websockets.sync.client import connect as ws_connect
 
 from accounts import services as account_services
 from cryptovault.asgi import application
 from cryptovault.testing import uvicorn_in_thread
+from markets import services as market_services
+from markets.selectors import prices_snapshot
 from notifications import services
 from notifications.events import EVENT_RETENTION_PER_USER, events_prune
 from notifications.models import UserEvent
@@ -425,3 +429,97 @@ def test_sigterm_ends_open_streams_and_the_server_exits_cleanly():
     assert process.returncode in (0, -signal.SIGTERM)
     assert "Traceback" not in stderr, stderr
     assert "Shutting down" in stderr
+
+
+COINS = ["bitcoin", "ethereum", "solana"]
+
+
+@pytest.fixture
+def tracked():
+    market_services.coins_seed(coin_ids=COINS)
+    market_services.prices_record(
+        prices={
+            "bitcoin": Decimal("65000.12"),
+            "ethereum": Decimal("3000"),
+            "solana": Decimal("150"),
+        }
+    )
+
+
+def _tick(prices: dict[str, str]) -> None:
+    """What the poller does after a successful fetch: write to Redis, then publish."""
+    decimals = {coin: Decimal(price) for coin, price in prices.items()}
+    as_of = market_services.prices_record(prices=decimals, as_of=timezone.now())
+    market_services.prices_on_tick(as_of=as_of, prices=decimals, changed=list(decimals))
+
+
+def _prices(client: httpx.Client, server: str, **params):
+    return client.stream("GET", f"{server}/api/v1/stream/prices", params=params, timeout=TIMEOUT)
+
+
+def test_price_stream_sends_the_ws_prices_frames(server, tracked):
+    address = server.removeprefix("http://")
+    with (
+        ws_connect(f"ws://{address}/ws/prices") as socket,
+        httpx.Client() as client,
+        _prices(client, server) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        sse = SSE(response)
+        ws_snapshot = orjson.loads(socket.recv(timeout=10))
+        snapshot = sse.next_event()
+        assert snapshot["event"] == "snapshot" and "id" not in snapshot
+        assert snapshot["data"] == ws_snapshot == {"type": "snapshot", **prices_snapshot()}
+        assert snapshot["data"]["prices"]["bitcoin"]["usd"] == "65000.12"
+
+        _tick({"bitcoin": "66000.5", "ethereum": "3100"})
+        tick = sse.next_event()
+        assert tick["event"] == "tick"
+        assert tick["data"] == orjson.loads(socket.recv(timeout=10))
+        assert tick["data"]["prices"]["bitcoin"]["usd"] == "66000.5"
+        assert tick["data"]["as_of"] > snapshot["data"]["as_of"]
+
+
+def test_price_stream_narrows_to_coins(server, tracked):
+    with httpx.Client() as client, _prices(client, server, coins="Bitcoin, solana") as response:
+        sse = SSE(response)
+        assert set(sse.next_event()["data"]["prices"]) == {"bitcoin", "solana"}
+        _tick({"bitcoin": "66000.5", "ethereum": "3100"})
+        tick = sse.next_event()["data"]["prices"]
+        assert set(tick) == {"bitcoin", "solana"}
+        assert tick["bitcoin"] == prices_snapshot()["prices"]["bitcoin"]
+        assert tick["bitcoin"]["usd"] == "66000.5"
+
+
+@pytest.mark.parametrize(
+    ("coins", "code"),
+    [
+        ("bitcoin,nope-coin", "unknown_coins"),
+        ("BTC/USD", "invalid_coins"),
+        (",".join(f"c{i}" for i in range(201)), "invalid_coins"),
+    ],
+)
+def test_price_stream_refuses_bad_coins(server, tracked, coins, code):
+    with httpx.Client() as client, _prices(client, server, coins=coins) as response:
+        response.read()
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    if code == "unknown_coins":
+        assert response.json()["coins"] == ["nope-coin"]
+
+
+def test_price_streams_are_anonymous_and_capped_per_ip(server, settings, tracked):
+    settings.STREAM_MAX_PER_IP = 1
+    with httpx.Client() as client:
+        with _prices(client, server) as first:
+            first_events = SSE(first)  # kept referenced: its connection stays open
+            assert first_events.next_event()["event"] == "snapshot"
+            # One cap per IP for every kind of stream.
+            _, _, token = _login()
+            for second in (_prices(client, server), _stream(client, server, token)):
+                with second as refused:
+                    refused.read()
+                    assert refused.status_code == 429
+                    assert refused.json()["code"] == "too_many_streams"
