@@ -1,6 +1,9 @@
-"""Which browser origins may open a stream (WebSocket, Server-Sent Events).
+"""Browser origins: which may open a stream (WebSocket, Server-Sent Events), and the
+CORS headers of the responses answered in front of Django.
 
-CORS on plain HTTP is django-cors-headers' job (settings ``CORS_*``). A stream
+CORS on plain HTTP is django-cors-headers' job (settings ``CORS_*``). The ASGI lanes
+that answer before Django's middleware (``markets.asgi``, ``notifications.streams``)
+take their CORS headers from that same middleware (``cors_headers``). A stream
 handshake is checked here instead, against the same ``CORS_ALLOWED_ORIGINS`` plus the
 platform's own hosts (``ALLOWED_HOSTS``, so its own pages can open streams): a browser
 on another origin must not ride a user's ``?token=`` link or, for a public stream,
@@ -9,9 +12,13 @@ passes: browsers always send it, programs (bots, servers, CLI tools) do not, and
 cross-site hijacking needs a browser.
 """
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
+from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.http import HttpRequest, HttpResponse
 from django.http.request import validate_host
 
 
@@ -36,3 +43,42 @@ def stream_origin_allowed(origin: str | None) -> bool:
     if settings.DEBUG and not hosts:
         hosts = [".localhost", "127.0.0.1", "[::1]"]
     return validate_host(host, hosts)
+
+
+# Headers that are CORS's to set, out of what its middleware returns.
+_CORS_HEADERS = frozenset(
+    {
+        b"vary",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+        b"access-control-expose-headers",
+        b"access-control-allow-headers",
+        b"access-control-allow-methods",
+        b"access-control-max-age",
+    }
+)
+
+
+# Bounded: the Origin header is the client's to choose (callers pass fixed paths).
+@lru_cache(maxsize=256)
+def cors_headers(path: str, origin: str | None, preflight: bool) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers django-cors-headers' middleware adds for this origin to a GET on
+    ``path`` (or to the answer of its preflight), from that middleware."""
+    request = HttpRequest()
+    request.method = "OPTIONS" if preflight else "GET"
+    request.path = request.path_info = path
+    if origin is not None:
+        request.META["HTTP_ORIGIN"] = origin
+    if preflight:
+        request.META["HTTP_ACCESS_CONTROL_REQUEST_METHOD"] = "GET"
+    response = CorsMiddleware(lambda r: HttpResponse())(request)
+    headers = ((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
+    return tuple((k, v) for k, v in headers if k in _CORS_HEADERS)
+
+
+def _cors_settings_changed(setting: str, **_: object) -> None:
+    if setting.startswith("CORS_"):
+        cors_headers.cache_clear()
+
+
+setting_changed.connect(_cors_settings_changed, dispatch_uid="cv-cors-headers")

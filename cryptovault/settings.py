@@ -458,7 +458,15 @@ CORS_ALLOWED_ORIGINS = env.list(
 )
 CORS_URLS_REGEX = r"^/api/"
 CORS_ALLOW_CREDENTIALS = False
-CORS_ALLOW_HEADERS = ["accept", "authorization", "content-type", "idempotency-key", "x-request-id"]
+# last-event-id: an EventSource polyfill that sends Authorization resumes a stream with it.
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "last-event-id",
+    "x-request-id",
+]
 CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
 # Browsers cap it (Chromium at 2 h, Firefox at 24 h); a day asks for the most.
 CORS_PREFLIGHT_MAX_AGE = env.int("CORS_PREFLIGHT_MAX_AGE", default=86400)

@@ -16,19 +16,18 @@ rate limit rides in the same Redis round trip (one pipelined INCR).
 
 import io
 import time
-from functools import cache, lru_cache
+from functools import cache
 from types import SimpleNamespace
 
-from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
-from django.core.signals import setting_changed
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
 from django.middleware.security import SecurityMiddleware
 from redis.exceptions import RedisError
 
+from cryptovault.cors import cors_headers
 from cryptovault.metrics import http_request_observe
 from cryptovault.middleware import (
     REQUEST_ID_HEADER,
@@ -64,45 +63,6 @@ def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
 
 
-# Headers that are CORS's to set, out of what its middleware returns.
-_CORS_HEADERS = frozenset(
-    {
-        b"vary",
-        b"access-control-allow-origin",
-        b"access-control-allow-credentials",
-        b"access-control-expose-headers",
-        b"access-control-allow-headers",
-        b"access-control-allow-methods",
-        b"access-control-max-age",
-    }
-)
-
-
-# Bounded: the Origin header is the client's to choose.
-@lru_cache(maxsize=256)
-def _cors_headers(origin: str | None, preflight: bool) -> tuple[tuple[bytes, bytes], ...]:
-    """The headers django-cors-headers' middleware adds for this origin to a request on
-    the price path (a preflight's answer included), from that middleware."""
-    request = HttpRequest()
-    request.method = "OPTIONS" if preflight else "GET"
-    request.path = request.path_info = PRICES_PATH
-    if origin is not None:
-        request.META["HTTP_ORIGIN"] = origin
-    if preflight:
-        request.META["HTTP_ACCESS_CONTROL_REQUEST_METHOD"] = "GET"
-    response = CorsMiddleware(lambda r: HttpResponse())(request)
-    headers = ((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
-    return tuple((k, v) for k, v in headers if k in _CORS_HEADERS)
-
-
-def _cors_settings_changed(setting: str, **_: object) -> None:
-    if setting.startswith("CORS_"):
-        _cors_headers.cache_clear()
-
-
-setting_changed.connect(_cors_settings_changed, dispatch_uid="cv-prices-cors-headers")
-
-
 def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
     if scope.get("scheme") == "https":
         return True
@@ -132,12 +92,12 @@ def prices_fast_lane(django_app):
         ):
             return await django_app(scope, receive, send)
         origin = headers.get(b"origin")
-        cors_headers = _cors_headers(
-            None if origin is None else origin.decode("latin-1"), preflight
+        cors = cors_headers(
+            PRICES_PATH, None if origin is None else origin.decode("latin-1"), preflight
         )
         if preflight:
             # As CorsMiddleware answers one: 200, empty, no rate limit spent.
-            return await _respond(send, headers, secure, 200, b"", cors_headers)
+            return await _respond(send, headers, secure, 200, b"", cors)
         client = client_ip_from(
             peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
             forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
@@ -157,7 +117,7 @@ def prices_fast_lane(django_app):
             secure,
             status,
             b"" if scope["method"] == "HEAD" else body,
-            (*cors_headers, *extra_headers),
+            (*cors, *extra_headers),
             content_length=len(body),
         )
         http_request_observe(

@@ -114,6 +114,10 @@ def coin_get(*, coin_id: str) -> Coin | None:
     return Coin.objects.filter(pk=coin_id).first()
 
 
+def coin_ids_tracked() -> frozenset[str]:
+    return frozenset(Coin.objects.filter(tracked=True).values_list("id", flat=True))
+
+
 def _coins_matching(search: str) -> QuerySet[Coin]:
     """Tracked coins matching ``search``, annotated with ``rank``: 0 exact id or symbol,
     1 prefix of id, symbol or name, 2 name (or id) contains."""

@@ -13,7 +13,9 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -317,16 +319,38 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def edge(tmp_path):
-    """nginx with deploy/nginx.conf on a free port, its upstream a closed port."""
+def nginx_location(conf: str, prefix: str) -> str:
+    """The body of ``location <prefix> { ... }`` (no nested blocks in ours)."""
+    return re.search(rf"location {re.escape(prefix)} \{{(.*?)\}}", conf, re.S).group(1)
+
+
+def test_nginx_passes_event_streams_unbuffered():
+    conf = NGINX_CONF.read_text()
+    stream = nginx_location(conf, "/api/v1/stream/")
+    for directive in ("proxy_buffering off;", "proxy_cache off;", "gzip off;"):
+        assert directive in stream
+    read_timeout = re.search(r"proxy_read_timeout (\d+)h;", stream)
+    assert read_timeout and int(read_timeout.group(1)) * 3600 > 15  # the keep-alive
+    # HTTP/1.1 to the upstream (chunked responses, keepalive) comes from the server block.
+    server = conf[conf.index("server {") :]
+    assert "proxy_http_version 1.1;" in server and "proxy_http_version" not in stream
+    assert "gzip on" not in conf
+
+    ingress = k8s_objects("Ingress")["cryptovault"]["metadata"]["annotations"]
+    assert ingress["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"
+    assert int(ingress["nginx.ingress.kubernetes.io/proxy-read-timeout"]) > 15
+
+
+@contextmanager
+def nginx_in_front_of(tmp_path, upstream_port: int):
+    """nginx with deploy/nginx.conf on a free port, in front of ``upstream_port``."""
     if shutil.which("nginx") is None:
         pytest.skip("nginx is not installed")
     port = free_port()
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         NGINX_CONF.read_text()
-        .replace("server web:8000", f"server 127.0.0.1:{free_port()}")
+        .replace("server web:8000", f"server 127.0.0.1:{upstream_port}")
         .replace("listen 80;", f"listen 127.0.0.1:{port};")
     )
     command = ["nginx", "-p", str(tmp_path), "-c", str(conf)]
@@ -338,16 +362,71 @@ def edge(tmp_path):
     process = subprocess.Popen(  # noqa: S603
         [*command, "-g", globals_], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        assert time.monotonic() < deadline, "nginx did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=10)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.monotonic() < deadline, "nginx did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def edge(tmp_path):
+    """nginx whose upstream is a closed port."""
+    with nginx_in_front_of(tmp_path, free_port()) as url:
+        yield url
+
+
+def test_nginx_relays_each_event_while_the_stream_is_still_open(tmp_path):
+    # An upstream that writes one event and then holds the response open until the
+    # client has read it: a buffering or compressing proxy would sit on the event and
+    # the read would hang. The upstream sends no X-Accel-Buffering, so this is nginx.conf.
+    client_has_it = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def upstream():
+        conn, _ = listener.accept()
+        with conn:
+            requests.append(conn.recv(65536))
+            event = b"id: 1\nevent: order\ndata: {}\n\n"
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Cache-Control: no-cache\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + f"{len(event):x}\r\n".encode()
+                + event
+                + b"\r\n"
+            )
+            client_has_it.wait(timeout=30)
+            conn.sendall(b"0\r\n\r\n")
+
+    server = threading.Thread(target=upstream, daemon=True)
+    server.start()
+    try:
+        with nginx_in_front_of(tmp_path, listener.getsockname()[1]) as url:
+            with httpx.stream(
+                "GET",
+                f"{url}/api/v1/stream/user",
+                headers={"Accept-Encoding": "gzip", "Accept": "text/event-stream"},
+                timeout=httpx.Timeout(10),  # a guard against a hang, not a speed figure
+            ) as response:
+                assert response.status_code == 200
+                assert "content-encoding" not in response.headers
+                lines = response.iter_lines()
+                assert [next(lines) for _ in range(3)] == ["id: 1", "event: order", "data: {}"]
+                client_has_it.set()
+                assert list(lines) == [""]
+    finally:
+        client_has_it.set()
+        server.join(timeout=10)
+        listener.close()
+    assert requests[0].startswith(b"GET /api/v1/stream/user HTTP/1.1\r\n")
 
 
 def test_nginx_answers_in_the_api_error_format_when_no_instance_is_up(edge):

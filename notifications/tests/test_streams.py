@@ -1,19 +1,29 @@
 """GET /api/v1/stream/user end to end: a real uvicorn, a real SSE client (httpx
 streaming), real sessions, the Redis channel layer and the PostgreSQL event log."""
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from datetime import timedelta
+from decimal import Decimal
 
 import httpx
 import orjson
 import pytest
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
+from websockets.sync.client import connect as ws_connect
 
 from accounts import services as account_services
 from cryptovault.asgi import application
 from cryptovault.testing import uvicorn_in_thread
+from markets import services as market_services
+from markets.selectors import prices_snapshot
 from notifications import services
 from notifications.events import EVENT_RETENTION_PER_USER, events_prune
 from notifications.models import UserEvent
@@ -245,6 +255,70 @@ def test_caps_per_user_and_per_ip(server, settings):
                 assert second.status_code == 429
 
 
+APP = "http://localhost:3000"
+
+
+def _cors(response: httpx.Response) -> dict[str, str]:
+    return {
+        k: v for k, v in response.headers.items() if k.startswith("access-control-") or k == "vary"
+    }
+
+
+def test_a_cross_origin_event_source_gets_the_apis_cors_headers(server, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP]
+    _, _, token = _login()
+    with httpx.Client(timeout=TIMEOUT) as client:
+        api = client.get(f"{server}/api/v1/orders", headers={"Origin": APP})  # Django's
+        with client.stream(
+            "GET", f"{server}/api/v1/stream/user", params={"token": token}, headers={"Origin": APP}
+        ) as stream:
+            assert stream.status_code == 200
+            assert SSE(stream).next() == {"comment": "keep-alive"}
+            stream_cors = _cors(stream)
+        refused = client.get(f"{server}/api/v1/stream/user", headers={"Origin": APP})
+
+    assert api.status_code == refused.status_code == 401
+    assert refused.json()["code"] == "not_authenticated"
+    assert stream_cors["access-control-allow-origin"] == APP
+    assert "origin" in stream_cors["vary"].lower()
+    assert stream_cors == _cors(api) == _cors(refused)
+    assert set(stream_cors["access-control-expose-headers"].split(", ")) == {
+        "x-request-id",
+        "retry-after",
+    }
+
+
+def test_a_stream_preflight_is_answered_as_the_apis(server, settings):
+    settings.CORS_ALLOWED_ORIGINS = [APP]
+    preflight = {
+        "Origin": APP,
+        "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization, last-event-id",
+    }
+    with httpx.Client(timeout=TIMEOUT) as client:
+        stream = client.options(f"{server}/api/v1/stream/user", headers=preflight)
+        api = client.options(f"{server}/api/v1/orders", headers=preflight)
+        stranger = client.options(
+            f"{server}/api/v1/stream/user", headers={**preflight, "Origin": "http://evil.example"}
+        )
+        refused = client.get(
+            f"{server}/api/v1/stream/user", headers={"Origin": "http://evil.example"}
+        )
+
+    assert stream.status_code == api.status_code == 200
+    assert stream.content == b""
+    assert _cors(stream) == _cors(api)
+    assert stream.headers["access-control-allow-origin"] == APP
+    allowed = {h.strip() for h in stream.headers["access-control-allow-headers"].split(",")}
+    assert {"authorization", "last-event-id"} <= allowed
+    assert "GET" in stream.headers["access-control-allow-methods"]
+    # A foreign origin gets no CORS headers: the browser hides the 403 from its page.
+    assert stranger.status_code == 200
+    assert "access-control-allow-origin" not in stranger.headers
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+
+
 def test_an_id_past_retention_is_a_reset(server):
     user, _, token = _login()
     for _ in range(3):
@@ -301,3 +375,151 @@ async def test_ws_user_since_replays_then_goes_live_once():
     communicator, connected, _ = await ws_connect(f"/ws/user?token={token}&since=99")
     assert await ws_receive(communicator) == {"type": "reset", "last_event_id": 4}
     await communicator.disconnect()
+
+
+def test_sigterm_ends_open_streams_and_the_server_exits_cleanly():
+    # uvicorn as the Procfile runs it, in its own process: signals reach its main thread.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    database = django_settings.DATABASES["default"]
+    process = subprocess.Popen(  # noqa: S603 - fixed interpreter and arguments
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "cryptovault.asgi:application",
+            "--port",
+            str(port),
+            "--no-access-log",
+        ],  # fmt: skip
+        env={
+            **os.environ,
+            "DEBUG": "true",
+            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:"
+            f"{database['PORT']}/{database['NAME']}",
+            "LOG_LEVEL": "INFO",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.1)
+        _, _, token = _login()
+        server = f"http://127.0.0.1:{port}"
+        with httpx.Client() as client, _stream(client, server, token) as response:
+            assert response.status_code == 200
+            sse = SSE(response)
+            assert sse.next() == {"comment": "keep-alive"}
+            process.send_signal(signal.SIGTERM)
+            assert sse.next() == {}  # the server ended the stream (not a read timeout)
+        # Exits on its own: the open stream no longer holds the shutdown.
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode in (0, -signal.SIGTERM)
+    assert "Traceback" not in stderr, stderr
+    assert "Shutting down" in stderr
+
+
+COINS = ["bitcoin", "ethereum", "solana"]
+
+
+@pytest.fixture
+def tracked():
+    market_services.coins_seed(coin_ids=COINS)
+    market_services.prices_record(
+        prices={
+            "bitcoin": Decimal("65000.12"),
+            "ethereum": Decimal("3000"),
+            "solana": Decimal("150"),
+        }
+    )
+
+
+def _tick(prices: dict[str, str]) -> None:
+    """What the poller does after a successful fetch: write to Redis, then publish."""
+    decimals = {coin: Decimal(price) for coin, price in prices.items()}
+    as_of = market_services.prices_record(prices=decimals, as_of=timezone.now())
+    market_services.prices_on_tick(as_of=as_of, prices=decimals, changed=list(decimals))
+
+
+def _prices(client: httpx.Client, server: str, **params):
+    return client.stream("GET", f"{server}/api/v1/stream/prices", params=params, timeout=TIMEOUT)
+
+
+def test_price_stream_sends_the_ws_prices_frames(server, tracked):
+    address = server.removeprefix("http://")
+    with (
+        ws_connect(f"ws://{address}/ws/prices") as socket,
+        httpx.Client() as client,
+        _prices(client, server) as response,
+    ):
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-accel-buffering"] == "no"
+        sse = SSE(response)
+        ws_snapshot = orjson.loads(socket.recv(timeout=10))
+        snapshot = sse.next_event()
+        assert snapshot["event"] == "snapshot" and "id" not in snapshot
+        assert snapshot["data"] == ws_snapshot == {"type": "snapshot", **prices_snapshot()}
+        assert snapshot["data"]["prices"]["bitcoin"]["usd"] == "65000.12"
+
+        _tick({"bitcoin": "66000.5", "ethereum": "3100"})
+        tick = sse.next_event()
+        assert tick["event"] == "tick"
+        assert tick["data"] == orjson.loads(socket.recv(timeout=10))
+        assert tick["data"]["prices"]["bitcoin"]["usd"] == "66000.5"
+        assert tick["data"]["as_of"] > snapshot["data"]["as_of"]
+
+
+def test_price_stream_narrows_to_coins(server, tracked):
+    with httpx.Client() as client, _prices(client, server, coins="Bitcoin, solana") as response:
+        sse = SSE(response)
+        assert set(sse.next_event()["data"]["prices"]) == {"bitcoin", "solana"}
+        _tick({"bitcoin": "66000.5", "ethereum": "3100"})
+        tick = sse.next_event()["data"]["prices"]
+        assert set(tick) == {"bitcoin", "solana"}
+        assert tick["bitcoin"] == prices_snapshot()["prices"]["bitcoin"]
+        assert tick["bitcoin"]["usd"] == "66000.5"
+
+
+@pytest.mark.parametrize(
+    ("coins", "code"),
+    [
+        ("bitcoin,nope-coin", "unknown_coins"),
+        ("BTC/USD", "invalid_coins"),
+        (",".join(f"c{i}" for i in range(201)), "invalid_coins"),
+    ],
+)
+def test_price_stream_refuses_bad_coins(server, tracked, coins, code):
+    with httpx.Client() as client, _prices(client, server, coins=coins) as response:
+        response.read()
+    assert response.status_code == 400
+    assert response.json()["code"] == code
+    if code == "unknown_coins":
+        assert response.json()["coins"] == ["nope-coin"]
+
+
+def test_price_streams_are_anonymous_and_capped_per_ip(server, settings, tracked):
+    settings.STREAM_MAX_PER_IP = 1
+    with httpx.Client() as client:
+        with _prices(client, server) as first:
+            first_events = SSE(first)  # kept referenced: its connection stays open
+            assert first_events.next_event()["event"] == "snapshot"
+            # One cap per IP for every kind of stream.
+            _, _, token = _login()
+            for second in (_prices(client, server), _stream(client, server, token)):
+                with second as refused:
+                    refused.read()
+                    assert refused.status_code == 429
+                    assert refused.json()["code"] == "too_many_streams"
