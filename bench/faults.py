@@ -320,15 +320,18 @@ class Load:
                 await asyncio.sleep(1)
 
     async def listener(self) -> None:
-        """The ``/ws/user`` socket of user 0, reconnected whenever it drops."""
+        """The ``/ws/user`` socket of user 0, reconnected whenever it drops, resuming
+        after the last event id it saw (``?since=``), as a client should."""
         url = f"ws://127.0.0.1:{self.args.port}/ws/user?token="
+        last_id = None
         while self.listening:
             token = getattr(self, "ws_token", None)
             if token is None:
                 await asyncio.sleep(0.3)
                 continue
+            since = "" if last_id is None else f"&since={last_id}"
             try:
-                async with websockets.connect(url + token, open_timeout=5) as socket:
+                async with websockets.connect(url + token + since, open_timeout=5) as socket:
                     self.ws_connected = True
                     while self.listening:
                         try:
@@ -336,6 +339,7 @@ class Load:
                         except TimeoutError:
                             continue
                         event = _json(frame)
+                        last_id = event.get("id", last_id)
                         if event.get("type") == "order":
                             order = event["order"]
                             self.ws_events.setdefault(order["id"], set()).add(order["status"])
