@@ -244,7 +244,8 @@ class Page:
 @contextmanager
 def chromium_page(binary: str, *, width: int = 1280, height: int = 900) -> Iterator[Page]:
     """A headless Chromium with a throwaway profile, and a tab on it."""
-    with tempfile.TemporaryDirectory(prefix="cv-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile while it is removed.
+    with tempfile.TemporaryDirectory(prefix="cv-chromium-", ignore_cleanup_errors=True) as profile:
         args = [
             binary,
             "--headless",

@@ -19,11 +19,17 @@ LIMITS = [
 
 @pytest.mark.parametrize("path, limit, payload", LIMITS)
 def test_per_ip_limits_answer_429_with_retry_after(api, path, limit, payload):
-    for i in range(limit):
-        # Login attempts rotate identifiers so the lockout stays out of the way.
-        data = {**payload, "email": f"n{i}@example.com"} if path == "login" else payload
-        assert api.post(path, data).status_code != 429, i
-    response = api.post(path, payload)
+    # The limits count in fixed windows: a slow burst can straddle a window's end and
+    # start over. That can happen once, not twice in a row, so one retry on a fresh count.
+    for _attempt in range(2):
+        get_redis_connection("default").flushdb()
+        for i in range(limit):
+            # Login attempts rotate identifiers so the lockout stays out of the way.
+            data = {**payload, "email": f"n{i}@example.com"} if path == "login" else payload
+            assert api.post(path, data).status_code != 429, i
+        response = api.post(path, payload)
+        if response.status_code == 429:
+            break
     assert response.status_code == 429
     assert response.json()["code"] == "rate_limited"
     assert 1 <= int(response["Retry-After"]) <= 60
