@@ -24,7 +24,6 @@ are lost.
 
 import asyncio
 import logging
-import os
 import re
 import time
 from collections import deque
@@ -32,14 +31,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from django.conf import settings
 
 from cryptovault.metrics import WEBSOCKET_CONNECTIONS
 from markets.price_store import prices_snapshot_bytes
-from markets.realtime import prices_channel
+from markets.realtime import price_ticks_follow, prices_channel
 
 logger = logging.getLogger(__name__)
 
@@ -132,44 +129,14 @@ class PriceFeed:
         return cached[1]
 
     async def _run(self) -> None:
-        delay = 0.2
-        subscribed_before = False
-        while True:
-            # Reads wait in get_message(timeout=...), which bounds them itself; the
-            # socket timeout covers the other commands (settings: "Redis timeouts").
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_SOCKET_CONNECT_TIMEOUT,
-                socket_keepalive=True,
-                health_check_interval=15,
-                client_name=f"cv-price-feed-{os.getpid()}",
-            )
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(prices_channel())
-                self._ready.set()
-                if subscribed_before:
-                    self._resync_all()
-                subscribed_before = True
-                delay = 0.2
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is not None and message["type"] == "message":
-                        await self._fan_out(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("price feed lost Redis; reconnecting in %.1fs", delay, exc_info=True)
-                self._ready.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                try:
-                    await pubsub.aclose()
-                    await client.aclose()
-                except Exception:  # noqa: S110 - the connection is being dropped anyway
-                    pass
+        await price_ticks_follow(
+            subscribed=self._subscribed, lost=self._ready.clear, tick=self._fan_out
+        )
+
+    def _subscribed(self, again: bool) -> None:
+        self._ready.set()
+        if again:
+            self._resync_all()
 
     def _resync_all(self) -> None:
         self.resyncs += 1

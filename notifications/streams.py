@@ -48,7 +48,7 @@ from cryptovault.cors import cors_headers, stream_origin_allowed
 from cryptovault.exceptions import DEPENDENCY_ERRORS, RETRY_AFTER_SECONDS
 from cryptovault.net import client_ip_from
 from markets.price_store import prices_snapshot_bytes
-from markets.realtime import prices_channel
+from markets.realtime import price_ticks_follow, prices_channel
 from markets.selectors import coin_ids_tracked
 from notifications.events import EventCursor, event_id_parse
 from notifications.middleware import MAX_TOKEN_CHARS
@@ -416,43 +416,16 @@ class _PriceTicks:
             self._task = None
 
     async def _run(self) -> None:
-        delay = 0.2
-        subscribed_before = False
-        while True:
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL,
-                socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-                socket_connect_timeout=settings.REDIS_SOCKET_CONNECT_TIMEOUT,
-                socket_keepalive=True,
-                health_check_interval=15,
-            )
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(prices_channel())
-                self._ready.set()
-                if subscribed_before:  # ticks published meanwhile are lost
-                    self._put_all({queue: _RESYNC for queue in self._queues})
-                subscribed_before, delay = True, 0.2
-                while True:
-                    message = await pubsub.get_message(timeout=5.0)
-                    if message is not None and message["type"] == "message":
-                        self._fan_out(message["data"])
-            except (*DEPENDENCY_ERRORS, OSError) as exc:
-                logger.warning(
-                    "price ticks lost Redis (%s: %s); again in %.1fs",
-                    type(exc).__name__,
-                    exc,
-                    delay,
-                )
-                self._ready.clear()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            finally:
-                with contextlib.suppress(*DEPENDENCY_ERRORS):
-                    await pubsub.aclose()
-                    await client.aclose()
+        await price_ticks_follow(
+            subscribed=self._subscribed, lost=self._ready.clear, tick=self._fan_out
+        )
 
-    def _fan_out(self, data: bytes) -> None:
+    def _subscribed(self, again: bool) -> None:
+        self._ready.set()
+        if again:  # ticks published meanwhile are lost
+            self._put_all({queue: _RESYNC for queue in self._queues})
+
+    async def _fan_out(self, data: bytes) -> None:
         try:
             tick = orjson.loads(data)
             prices = tick["prices"]
