@@ -13,11 +13,9 @@ from django.utils import timezone
 from markets import services as market_services
 from markets.consumers import price_feed
 from markets.selectors import prices_snapshot
-from notifications.tests.ws import ws_connect, ws_receive, ws_receive_type
+from notifications.tests.ws import COINS, ws_connect, ws_receive, ws_receive_type
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
-
-COINS = ["bitcoin", "ethereum", "solana"]
 
 
 def _record_and_tick(prices: dict[str, str]) -> None:
@@ -25,18 +23,6 @@ def _record_and_tick(prices: dict[str, str]) -> None:
     decimals = {coin: Decimal(price) for coin, price in prices.items()}
     as_of = market_services.prices_record(prices=decimals, as_of=timezone.now())
     market_services.prices_on_tick(as_of=as_of, prices=decimals, changed=list(decimals))
-
-
-@pytest.fixture
-def tracked(db):
-    market_services.coins_seed(coin_ids=COINS)
-    market_services.prices_record(
-        prices={
-            "bitcoin": Decimal("65000.12"),
-            "ethereum": Decimal("3000"),
-            "solana": Decimal("150"),
-        }
-    )
 
 
 async def _connected():

@@ -431,21 +431,6 @@ def test_sigterm_ends_open_streams_and_the_server_exits_cleanly():
     assert "Shutting down" in stderr
 
 
-COINS = ["bitcoin", "ethereum", "solana"]
-
-
-@pytest.fixture
-def tracked():
-    market_services.coins_seed(coin_ids=COINS)
-    market_services.prices_record(
-        prices={
-            "bitcoin": Decimal("65000.12"),
-            "ethereum": Decimal("3000"),
-            "solana": Decimal("150"),
-        }
-    )
-
-
 def _tick(prices: dict[str, str]) -> None:
     """What the poller does after a successful fetch: write to Redis, then publish."""
     decimals = {coin: Decimal(price) for coin, price in prices.items()}

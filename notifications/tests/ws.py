@@ -4,6 +4,9 @@ from channels.testing import WebsocketCommunicator
 
 from cryptovault.asgi import application
 
+# The coins the price-stream tests track (the ``tracked`` fixture in conftest.py).
+COINS = ["bitcoin", "ethereum", "solana"]
+
 # Long enough for a Redis round trip on a loaded CI box, short enough to fail fast.
 RECEIVE_TIMEOUT = 5
 
