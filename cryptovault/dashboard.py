@@ -21,10 +21,11 @@ from django.utils.safestring import SafeString
 from django_celery_beat.models import PeriodicTask
 
 from accounts.models import AuditEvent, User
+from cryptovault.celery import celery_queue_lengths
 from cryptovault.charts import Band, Series, time_chart
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import DEPENDENCY_ERRORS
-from cryptovault.metrics import celery_queue_lengths, celery_unacked_count
+from cryptovault.metrics import celery_unacked_count
 from markets.models import Coin, PricePoint, StatusSample
 from markets.price_store import SIMULATED_SOURCE
 from markets.selectors import prices_age_seconds, prices_snapshot

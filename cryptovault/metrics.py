@@ -20,7 +20,6 @@ import time
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from kombu.exceptions import ChannelError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -34,14 +33,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cryptovault.celery import celery_queue_lengths
 from cryptovault.exceptions import DEPENDENCY_ERRORS, error_response, handler404
 from cryptovault.middleware import _HybridMiddleware
 
 logger = logging.getLogger(__name__)
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-# The Redis lists KEDA scales the worker on (deploy/k8s/worker.yaml).
-CELERY_QUEUES = ("celery", "orders")
 # How long an inspect broadcast waits for worker replies; it always waits this long, as
 # the number of workers is not known.
 INSPECT_TIMEOUT_SECONDS = 0.5
@@ -120,24 +118,6 @@ class WebSocketConnectionsCounted:
             WEBSOCKET_CONNECTIONS.labels(stream=self.stream).dec()
             self._counted = False
         await super().websocket_disconnect(message)
-
-
-def celery_queue_lengths() -> dict[str, int]:
-    """Messages waiting in each Celery queue: the length of its Redis list, what KEDA's
-    Redis list scaler reads too (kombu's passive declare, which counts every priority
-    step of the queue; an empty list does not exist)."""
-    from cryptovault.celery import app
-
-    lengths = {}
-    with app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1)
-        channel = connection.default_channel
-        for queue in CELERY_QUEUES:
-            try:
-                lengths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-            except ChannelError:
-                lengths[queue] = 0
-    return lengths
 
 
 def celery_unacked_count() -> int | None:

@@ -220,6 +220,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that has received nothing for this long while messages wait in its queues is
+# reconnected to the broker (cryptovault.celery.ConsumerWatchdog).
+WORKER_STALL_SECONDS = env.float("WORKER_STALL_SECONDS", default=30.0)
+WORKER_STALL_CHECK_SECONDS = env.float("WORKER_STALL_CHECK_SECONDS", default=5.0)
 # Celery's Django fixup closes the DB connection around every task (ignoring
 # CONN_MAX_AGE) unless this is set; a worker run with CONN_MAX_AGE > 0 (Procfile) then
 # keeps its connection, recycled by Django's own rules around each task (cryptovault.celery).
