@@ -16,6 +16,7 @@ from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import DEPENDENCY_ERRORS
 from markets import realtime
+from markets.catalogue import coin_names
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.price_store import (
     PRICES_AS_OF_KEY,
@@ -41,28 +42,13 @@ TICKERS_CURSOR_KEY = "cv:markets:tickers:cursor"
 # Samples are charted over the last hour, and their stale minutes shade the 24 h prices.
 STATUS_SAMPLE_RETENTION = timedelta(hours=24)
 
-# Names for the default tracked coins, so a fresh install shows sensible rows
-# before the first poll fills in whatever the source reports.
-KNOWN_COINS: dict[str, tuple[str, str]] = {
-    "bitcoin": ("btc", "Bitcoin"),
-    "ethereum": ("eth", "Ethereum"),
-    "tether": ("usdt", "Tether"),
-    "binancecoin": ("bnb", "BNB"),
-    "solana": ("sol", "Solana"),
-    "ripple": ("xrp", "XRP"),
-    "usd-coin": ("usdc", "USDC"),
-    "cardano": ("ada", "Cardano"),
-    "dogecoin": ("doge", "Dogecoin"),
-    "tron": ("trx", "TRON"),
-}
-
 
 @transaction.atomic
 def coins_seed(*, coin_ids: list[str]) -> list[Coin]:
     """Ensure a tracked row for each id; idempotent, never un-tracks anything."""
     coins = []
     for coin_id in coin_ids:
-        symbol, name = KNOWN_COINS.get(coin_id, (coin_id[:32], coin_id.replace("-", " ").title()))
+        symbol, name = coin_names(coin_id)
         coin, created = Coin.objects.get_or_create(
             id=coin_id, defaults={"symbol": symbol, "name": name, "tracked": True}
         )
