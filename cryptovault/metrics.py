@@ -155,6 +155,11 @@ def celery_unacked_count() -> int | None:
     return sum(len(tasks) for replies in (active, reserved) for tasks in (replies or {}).values())
 
 
+def queue_depths() -> dict:
+    """Messages waiting in each Celery queue and messages workers hold unacknowledged."""
+    return {"waiting": celery_queue_lengths(), "unacked": celery_unacked_count()}
+
+
 class PlatformStateCollector(Collector):
     """Series read from PostgreSQL and Redis at scrape time. A dependency that does not
     answer drops its series from this scrape (and is logged); the rest is served."""

@@ -55,6 +55,9 @@ INSTALLED_APPS = [
     "channels",
     "anymail",
     "corsheaders",
+    # The project package as an app: its admin module re-registers the models above
+    # (groups, periodic tasks) with the audit trail, so it comes after them.
+    "cryptovault",
     "accounts",
     "markets",
     "orders",

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
-from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from cryptovault.dashboard import price_charts
+from cryptovault.admin import AuditedAdmin, LargeTablePaginator, RecordAdmin
+from markets.charts import price_charts
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.services import coin_set_tracked
 
@@ -36,16 +36,6 @@ class CoinAdmin(AuditedAdmin):
         for coin in queryset:
             coin_set_tracked(coin=coin, tracked=False)
         self.message_user(request, f"{queryset.count()} coin(s) untracked.", messages.SUCCESS)
-
-
-class RecordAdmin(admin.ModelAdmin):
-    """Rows the platform writes (polls, samplers): operators look, nobody edits."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(PricePoint)

@@ -12,9 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import DEPENDENCY_ERRORS
+from cryptovault.metrics import queue_depths
 from markets import realtime
 from markets.catalogue import coin_names
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample

@@ -1,7 +1,6 @@
 from django.contrib import admin, messages
 
-from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from markets.admin import RecordAdmin
+from cryptovault.admin import AuditedAdmin, LargeTablePaginator, RecordAdmin
 from notifications import services
 from notifications.models import (
     Notification,
