@@ -6,6 +6,8 @@ the ``admin`` group and superusers); operators act on regular users only, and on
 the actions below, which call ``accounts.services`` (those audit who did what, when).
 """
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
@@ -95,7 +97,7 @@ class UserChangeForm(auth_forms.UserChangeForm):
     class Meta(auth_forms.UserChangeForm.Meta):
         model = User
         fields = "__all__"
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"], exclude_pk=self.instance.pk)
@@ -112,7 +114,7 @@ class UserCreationForm(auth_forms.AdminUserCreationForm):
     class Meta(auth_forms.AdminUserCreationForm.Meta):
         model = User
         fields = ("email",)
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"])
@@ -175,7 +177,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        fields = ("sessions", *SERVICE_FIELDS)
+        fields: tuple[str, ...] = ("sessions", *SERVICE_FIELDS)
         if not can_manage_roles(request):
             # A new email would skip verification and open the account to a reset.
             fields += ("email", *PRIVILEGE_FIELDS)

@@ -17,6 +17,7 @@ from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.models import Group
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.utils.functional import cached_property
 from django_celery_beat import admin as beat_admin
 from django_celery_beat.models import (
@@ -79,22 +80,16 @@ class AuditedAdmin(admin.ModelAdmin):
 
         return audited, name, description
 
+    def _form_audit(self, request, obj, message, *, action: str) -> None:
+        data = {"model": obj._meta.label_lower, "changes": _changes(message)}
+        admin_audit(request, action=action, target=obj, data=data)
+
     def log_addition(self, request, obj, message):
-        admin_audit(
-            request,
-            action="admin_added",
-            target=obj,
-            data={"model": obj._meta.label_lower, "changes": _changes(message)},
-        )
+        self._form_audit(request, obj, message, action="admin_added")
         return super().log_addition(request, obj, message)
 
     def log_change(self, request, obj, message):
-        admin_audit(
-            request,
-            action="admin_changed",
-            target=obj,
-            data={"model": obj._meta.label_lower, "changes": _changes(message)},
-        )
+        self._form_audit(request, obj, message, action="admin_changed")
         return super().log_change(request, obj, message)
 
     def log_deletions(self, request, queryset):
@@ -118,7 +113,7 @@ class LargeTablePaginator(Paginator):
     @cached_property
     def count(self) -> int:
         queryset = self.object_list
-        if not queryset.query.where:
+        if isinstance(queryset, QuerySet) and not queryset.query.where:
             with connections[queryset.db].cursor() as cursor:
                 cursor.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
@@ -152,6 +147,14 @@ class RecordAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class LargeRecordAdmin(RecordAdmin):
+    """Records of a table that grows without bound (price history, the event log): an
+    estimated count when unfiltered, and no full count beside a filtered one."""
+
+    paginator = LargeTablePaginator
+    show_full_result_count = False
 
 
 def admin_login(request, extra_context=None):

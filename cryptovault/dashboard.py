@@ -11,11 +11,11 @@ Project wiring, like the URLconf that serves it: it reads every app, and no app 
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
-import redis
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import Count, Model
+from django.db.models import Count, Model, QuerySet
 from django.db.models.functions import TruncDate, TruncMinute
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -24,7 +24,7 @@ from django_celery_beat.models import PeriodicTask
 
 from accounts.models import AuditEvent, User
 from cryptovault.charts import Series, merged_bands, time_chart
-from cryptovault.exceptions import DEPENDENCY_ERRORS
+from cryptovault.exceptions import STATUS_READ_ERRORS
 from cryptovault.metrics import queue_depths
 from markets.charts import MINUTE, STALE_LABEL, price_charts, stale_sample_spans
 from markets.models import Coin, StatusSample
@@ -39,17 +39,18 @@ PLAN_CALLS_PER_MINUTE = {"demo": 30, "pro": 500}
 POLL_TASKS = ("markets.prices_poll", "markets.tickers_poll")
 
 
-def rows_created_since(model: type[Model], field: str, since: datetime):
+def rows_created_since(model: type[Model], field: str, since: datetime) -> QuerySet[Any]:
     """Rows created since ``since``, found through the primary key: ids grow with the
     creation time, so the newest row older than ``since`` bounds them (a walk back over
     the recent rows on the pk index, no scan of the whole table)."""
     boundary = (
-        model.objects.filter(**{f"{field}__lt": since})
+        model._default_manager.filter(**{f"{field}__lt": since})
         .order_by("-pk")
         .values_list("pk", flat=True)
         .first()
     )
-    return model.objects.all() if boundary is None else model.objects.filter(pk__gt=boundary)
+    rows = model._default_manager.all()
+    return rows if boundary is None else rows.filter(pk__gt=boundary)
 
 
 def rows_since(model: type[Model], field: str, since: datetime) -> int:
@@ -154,13 +155,14 @@ def order_flow_chart(now: datetime) -> SafeString:
         .values("minute")
         .annotate(n=Count("order_id", distinct=True))
     )
-    series = [
-        Series("placed", _per_minute(placed, since)),
-        Series("filled", _per_minute(filled, since)),
-        Series("rejected", _per_minute(rejected, since)),
-    ]
-    totals = ", ".join(f"{one.name} {sum(n for _, n in one.points)}" for one in series)
-    has_orders = any(n for one in series for _, n in one.points)
+    counts = {
+        "placed": _per_minute(placed, since),
+        "filled": _per_minute(filled, since),
+        "rejected": _per_minute(rejected, since),
+    }
+    series = [Series(name, points) for name, points in counts.items()]
+    totals = ", ".join(f"{name} {sum(n for _, n in points)}" for name, points in counts.items())
+    has_orders = any(n for points in counts.values() for _, n in points)
     return time_chart(
         title="Orders per minute, last hour",
         desc=f"Totals over the hour: {totals}.",
@@ -262,7 +264,7 @@ def dashboard_charts() -> dict:
 def _section(name: str, read):
     try:
         return read(), None
-    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError) as exc:
+    except STATUS_READ_ERRORS as exc:
         logger.warning("dashboard section unavailable", extra={"section": name, "error": str(exc)})
         return None, f"Unavailable: {exc}"
 

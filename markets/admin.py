@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from cryptovault.admin import AuditedAdmin, LargeTablePaginator, RecordAdmin
+from cryptovault.admin import AuditedAdmin, LargeRecordAdmin, RecordAdmin
 from markets.charts import price_charts
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.services import coin_set_tracked
@@ -39,14 +39,12 @@ class CoinAdmin(AuditedAdmin):
 
 
 @admin.register(PricePoint)
-class PricePointAdmin(RecordAdmin):
+class PricePointAdmin(LargeRecordAdmin):
     list_display = ("coin", "ts", "price")
     list_filter = ("coin",)
     # A year of history is millions of rows: no date_hierarchy (a DISTINCT over all of
     # them), and an estimated count when unfiltered.
     list_select_related = ("coin",)
-    show_full_result_count = False
-    paginator = LargeTablePaginator
 
 
 @admin.register(StatusSample)

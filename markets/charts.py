@@ -2,6 +2,8 @@
 the operations dashboard) shaded where there was no fresh source price."""
 
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
@@ -30,18 +32,18 @@ def stale_sample_spans(since: datetime) -> list[tuple[datetime, datetime]]:
 
 
 def _price_line(
-    points: list[tuple[datetime, object]], now: datetime, max_gap: timedelta
-) -> tuple[list[tuple[datetime, object]], list[tuple[datetime, object]]]:
+    points: list[tuple[datetime, Decimal]], now: datetime, max_gap: timedelta
+) -> tuple[list[tuple[datetime, Decimal | None]], list[tuple[datetime, datetime]]]:
     """The line to draw (bucketed, ``None`` at every gap) and the gaps as spans: more
     than ``max_gap`` between two source prices, or since the last one until now."""
-    line: list[tuple[datetime, object]] = []
-    gaps = []
+    line: list[tuple[datetime, Decimal | None]] = []
+    gaps: list[tuple[datetime, datetime]] = []
     # The last point kept may be replaced by a later one of its bucket, unless it is the
     # first point after a gap (the line must start where the prices resumed).
     replaceable = False
     for index, (ts, price) in enumerate(points):
-        previous = points[index - 1][0] if index else None
-        after_gap = previous is not None and ts - previous > max_gap
+        previous = points[index - 1][0] if index else ts
+        after_gap = ts - previous > max_gap
         if after_gap:
             gaps.append((previous, ts))
             line.append((previous + max_gap / 2, None))
@@ -68,11 +70,18 @@ def price_charts(coins: list[Coin]) -> list[tuple[Coin, SafeString]]:
     max_gap = timedelta(
         seconds=max(2 * settings.PRICE_HISTORY_INTERVAL_SECONDS, settings.PRICE_STALE_SECONDS)
     )
-    history: dict[str, list] = {coin.id: [] for coin in coins}
+    history: dict[str, list[tuple[datetime, Decimal]]] = {coin.id: [] for coin in coins}
     rows = PricePoint.objects.filter(coin__in=history, ts__gte=since).order_by("coin", "ts")
     for coin_id, ts, price in rows.values_list("coin_id", "ts", "price"):
         history[coin_id].append((ts, price))
     sample_spans = stale_sample_spans(since)
+    # The same window, unit and shading for every coin.
+    every_chart: dict[str, Any] = {
+        "start": since,
+        "end": now,
+        "unit": "usd",
+        "band_label": STALE_LABEL,
+    }
     charts = []
     for coin in coins:
         points = history[coin.id]
@@ -88,12 +97,9 @@ def price_charts(coins: list[Coin]) -> list[tuple[Coin, SafeString]]:
         chart = time_chart(
             title=f"{coin.name} ({coin.symbol.upper()}): usd price, last 24 h",
             desc=f"{summary}; {len(bands)} stale period(s) shaded.",
-            start=since,
-            end=now,
             series=[Series("price (usd)", line)],
-            unit="usd",
             bands=bands,
-            band_label=STALE_LABEL,
+            **every_chart,
         )
         charts.append((coin, chart))
     return charts

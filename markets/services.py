@@ -1,9 +1,11 @@
 """Writes of market data: coins in PostgreSQL, the latest prices in Redis."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import redis
@@ -13,7 +15,7 @@ from django.utils import timezone
 from django_redis import get_redis_connection
 
 from cryptovault.decimals import decimal_str
-from cryptovault.exceptions import DEPENDENCY_ERRORS
+from cryptovault.exceptions import STATUS_READ_ERRORS
 from cryptovault.metrics import queue_depths
 from markets import realtime
 from markets.catalogue import coin_names
@@ -152,7 +154,7 @@ def prices_forget(*, coin_ids: list[str]) -> None:
     redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
 
 
-def _tick_hook(hook, **kwargs) -> None:
+def _tick_hook(hook: Callable[..., object], **kwargs: Any) -> None:
     # One failing subscriber must not keep the tick from the others, nor fail the poll
     # (the prices are already recorded).
     try:
@@ -206,10 +208,10 @@ def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
             quotes = client.coins_markets(ids=sorted(coins))
     except SourceError as exc:
         logger.warning("price poll failed", extra={"error": str(exc)})
-        quotes = _fallback_quotes(coins)
-        if quotes is None:
+        fallback = _fallback_quotes(coins)
+        if fallback is None:
             return None
-        source = "simulated"
+        quotes, source = fallback, "simulated"
     if not quotes:
         return None
     previous = {coin_id: quote["usd"] for coin_id, quote in price_quotes().items()}
@@ -295,7 +297,7 @@ def status_sample_record() -> StatusSample:
     try:
         queues = queue_depths()
         waiting, unacked = sum(queues["waiting"].values()), queues["unacked"]
-    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError):
+    except STATUS_READ_ERRORS:
         waiting = unacked = None
     sample, _ = StatusSample.objects.update_or_create(
         ts=now.replace(second=0, microsecond=0),
