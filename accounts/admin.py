@@ -6,30 +6,22 @@ the ``admin`` group and superusers); operators act on regular users only, and on
 the actions below, which call ``accounts.services`` (those audit who did what, when).
 """
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import forms as auth_forms
-from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html
-from django_celery_beat import admin as beat_admin
-from django_celery_beat.models import (
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
-    PeriodicTask,
-    SolarSchedule,
-)
 
 from accounts import services
 from accounts.apis import username_validator
 from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
-from accounts.roles import PERIODIC_TASK_EDITOR_PERMISSION, ROLE_MANAGER_PERMISSION
+from accounts.roles import ROLE_MANAGER_PERMISSION
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator, ReadOnlyAdmin, admin_audit
 
 admin.site.site_header = "CryptoVault operations"
@@ -105,7 +97,7 @@ class UserChangeForm(auth_forms.UserChangeForm):
     class Meta(auth_forms.UserChangeForm.Meta):
         model = User
         fields = "__all__"
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"], exclude_pk=self.instance.pk)
@@ -122,7 +114,7 @@ class UserCreationForm(auth_forms.AdminUserCreationForm):
     class Meta(auth_forms.AdminUserCreationForm.Meta):
         model = User
         fields = ("email",)
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"])
@@ -185,7 +177,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        fields = ("sessions", *SERVICE_FIELDS)
+        fields: tuple[str, ...] = ("sessions", *SERVICE_FIELDS)
         if not can_manage_roles(request):
             # A new email would skip verification and open the account to a reset.
             fields += ("email", *PRIVILEGE_FIELDS)
@@ -375,67 +367,3 @@ class SecretTokenAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     search_fields = ("user__email",)
     exclude = ("code_hash", "token_hash")
-
-
-class OperatorPeriodicTaskForm(forms.ModelForm):
-    """What operators may change on a periodic task. A plain form: the beat form requires
-    a task name, which operators neither see as a field nor send."""
-
-    class Meta:
-        model = PeriodicTask
-        fields = ("enabled", "description")
-
-
-class PeriodicTaskAdmin(AuditedAdmin, beat_admin.PeriodicTaskAdmin):
-    """Operators switch periodic tasks on and off (the form or the enable/disable/toggle
-    actions) and may annotate them; everything else is read-only to them. Only who may
-    create a task (``PERIODIC_TASK_EDITOR_PERMISSION``: admins) edits what a task runs,
-    with which arguments, on which queue and schedule."""
-
-    OPERATOR_FIELDS = OperatorPeriodicTaskForm.Meta.fields
-
-    def _edits_definition(self, request) -> bool:
-        return request.user.has_perm(PERIODIC_TASK_EDITOR_PERMISSION)
-
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = super().get_fieldsets(request, obj)
-        if self._edits_definition(request):
-            return fieldsets
-        # "regtask" is the form's picker for "task", not a value to show: "task" says it.
-        return [
-            (name, {**options, "fields": [f for f in options["fields"] if f != "regtask"]})
-            for name, options in fieldsets
-        ]
-
-    def get_readonly_fields(self, request, obj=None):
-        if self._edits_definition(request):
-            return super().get_readonly_fields(request, obj)
-        return [
-            field
-            for _, options in self.get_fieldsets(request, obj)
-            for field in options["fields"]
-            if field not in self.OPERATOR_FIELDS
-        ]
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if not self._edits_definition(request):
-            # Read-only fields are left out of the form, so a POST that sends them anyway
-            # (args, kwargs, task, queue, schedule...) changes nothing.
-            kwargs["form"] = OperatorPeriodicTaskForm
-        return super().get_form(request, obj, change=change, **kwargs)
-
-
-# Periodic tasks, schedules and groups come from other apps' admins; re-registered with
-# the audit trail. (This module is autodiscovered after django.contrib.auth's and
-# django_celery_beat's.)
-admin.site.unregister(PeriodicTask)
-admin.site.register(PeriodicTask, PeriodicTaskAdmin)
-for _model, _base in (
-    (Group, GroupAdmin),
-    (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
-    (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
-    (SolarSchedule, beat_admin.SolarScheduleAdmin),
-    (ClockedSchedule, beat_admin.ClockedScheduleAdmin),
-):
-    admin.site.unregister(_model)
-    admin.site.register(_model, type(_base.__name__, (AuditedAdmin, _base), {}))

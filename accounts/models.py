@@ -1,4 +1,5 @@
 from collections.abc import Iterator
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
@@ -11,7 +12,7 @@ from django.utils.crypto import salted_hmac
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
-    def get_by_natural_key(self, email: str) -> "User":
+    def get_by_natural_key(self, email: str | None) -> "User":
         return self.get(email__iexact=email)
 
     def create_user(self, email: str, password: str | None = None, **fields) -> "User":
@@ -54,11 +55,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     # (admin) session made before the bump stops authenticating (see get_session_auth_hash).
     sessions_epoch = models.PositiveIntegerField(default=0, editable=False)
 
-    objects = UserManager()
+    objects: ClassVar[UserManager] = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         constraints = [
@@ -84,7 +85,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     # cache loss can bring a revoked session back.
     SESSION_AUTH_SALT = "accounts.User.get_session_auth_hash"
 
-    def _session_auth_hash(self, secret: str) -> str:
+    def _session_auth_hash(self, secret: str | bytes) -> str:
         value = f"{self.password}:{self.sessions_epoch}"
         digest = salted_hmac(self.SESSION_AUTH_SALT, value, secret=secret, algorithm="sha256")
         return digest.hexdigest()

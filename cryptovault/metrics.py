@@ -17,6 +17,8 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -43,6 +45,8 @@ MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 # How long an inspect broadcast waits for worker replies; it always waits this long, as
 # the number of workers is not known.
 INSPECT_TIMEOUT_SECONDS = 0.5
+# When the request reached MetricsMiddleware, kept in its environ (request.META).
+STARTED_META = "cryptovault.metrics_started"
 
 HTTP_REQUESTS = Counter(
     "cryptovault_http_requests_total",
@@ -87,15 +91,15 @@ class MetricsMiddleware(_HybridMiddleware):
     includes the other middleware."""
 
     def before(self, request: HttpRequest) -> None:
-        request.metrics_started = time.perf_counter()
+        request.META[STARTED_META] = time.perf_counter()
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         match = request.resolver_match
         http_request_observe(
-            method=request.method,
+            method=request.method or "",
             route=match.route if match is not None else "unmatched",
             status=response.status_code,
-            seconds=time.perf_counter() - request.metrics_started,
+            seconds=time.perf_counter() - request.META[STARTED_META],
         )
         return response
 
@@ -109,7 +113,7 @@ class WebSocketConnectionsCounted:
     _counted = False
 
     async def accept(self, *args, **kwargs) -> None:
-        await super().accept(*args, **kwargs)
+        await super().accept(*args, **kwargs)  # type: ignore[misc]  # the consumer's, after us
         WEBSOCKET_CONNECTIONS.labels(stream=self.stream).inc()
         self._counted = True
 
@@ -117,7 +121,7 @@ class WebSocketConnectionsCounted:
         if self._counted:
             WEBSOCKET_CONNECTIONS.labels(stream=self.stream).dec()
             self._counted = False
-        await super().websocket_disconnect(message)
+        await super().websocket_disconnect(message)  # type: ignore[misc]  # likewise
 
 
 def celery_unacked_count() -> int | None:
@@ -135,17 +139,23 @@ def celery_unacked_count() -> int | None:
     return sum(len(tasks) for replies in (active, reserved) for tasks in (replies or {}).values())
 
 
+def queue_depths() -> dict:
+    """Messages waiting in each Celery queue and messages workers hold unacknowledged."""
+    return {"waiting": celery_queue_lengths(), "unacked": celery_unacked_count()}
+
+
 class PlatformStateCollector(Collector):
     """Series read from PostgreSQL and Redis at scrape time. A dependency that does not
     answer drops its series from this scrape (and is logged); the rest is served."""
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         # Upward calls: the apps import this module for their counters (module-level
         # imports of their selectors would cycle).
         from markets.selectors import prices_age_by_source
         from notifications.selectors import outbox_pending_count
 
-        readers = (
+        # (series, help, label or None for a single value, what reads it)
+        readers: tuple[tuple[str, str, str | None, Callable[[], Any]], ...] = (
             (
                 "cryptovault_celery_queue_length",
                 "Messages waiting in each Celery queue (its Redis list).",

@@ -18,6 +18,10 @@ from whitenoise.compress import Compressor
 
 from cryptovault.reconnect import RetryingRedisConnection
 
+# The coin and venue catalogue (plain data, no Django): the tracked coins' and venue
+# fees' defaults.
+from markets import catalogue
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -51,6 +55,9 @@ INSTALLED_APPS = [
     "channels",
     "anymail",
     "corsheaders",
+    # The project package as an app: its admin module re-registers the models above
+    # (groups, periodic tasks) with the audit trail, so it comes after them.
+    "cryptovault",
     "accounts",
     "markets",
     "orders",
@@ -331,21 +338,7 @@ MARKET_DATA_URL = env.str("MARKET_DATA_URL", default="https://api.coingecko.com/
 COINGECKO_API_KEY = env.str("COINGECKO_API_KEY", default="")
 COINGECKO_PLAN = env.str("COINGECKO_PLAN", default="demo")
 MARKET_DATA_FALLBACK = env.str("MARKET_DATA_FALLBACK", default="simulated")
-TRACKED_COINS = env.list(
-    "TRACKED_COINS",
-    default=[
-        "bitcoin",
-        "ethereum",
-        "tether",
-        "binancecoin",
-        "solana",
-        "ripple",
-        "usd-coin",
-        "cardano",
-        "dogecoin",
-        "tron",
-    ],
-)
+TRACKED_COINS = env.list("TRACKED_COINS", default=catalogue.DEFAULT_TRACKED_COINS)
 PRICE_POLL_SECONDS = env.int("PRICE_POLL_SECONDS", default=10)
 PRICE_STALE_SECONDS = env.int("PRICE_STALE_SECONDS", default=60)
 SIGNUP_BONUS_USD = env.str("SIGNUP_BONUS_USD", default="10000")
@@ -375,14 +368,10 @@ MARKET_DATA_LAST_COPY_SECONDS = env.int("MARKET_DATA_LAST_COPY_SECONDS", default
 ARBITRAGE_MIN_NET_PCT = Decimal(env.str("ARBITRAGE_MIN_NET_PCT", default="0"))
 ARBITRAGE_MAX_AGE_SECONDS = env.int("ARBITRAGE_MAX_AGE_SECONDS", default=600)
 # Taker fee per venue (CoinGecko exchange id); others pay ARBITRAGE_DEFAULT_FEE.
-ARBITRAGE_VENUE_FEES = {
-    "binance": Decimal("0.001"),
-    "gdax": Decimal("0.004"),
-    "kraken": Decimal("0.0026"),
-    "bitstamp": Decimal("0.003"),
-    "okex": Decimal("0.001"),
-}
-ARBITRAGE_DEFAULT_FEE = Decimal(env.str("ARBITRAGE_DEFAULT_FEE", default="0.002"))
+ARBITRAGE_VENUE_FEES = {venue.id: venue.taker_fee for venue in catalogue.VENUES.values()}
+ARBITRAGE_DEFAULT_FEE = Decimal(
+    env.str("ARBITRAGE_DEFAULT_FEE", default=str(catalogue.DEFAULT_VENUE_FEE))
+)
 COIN_DETAILS_CACHE_SECONDS = env.int("COIN_DETAILS_CACHE_SECONDS", default=300)
 # One history row per coin per interval (PostgreSQL), kept for a year.
 PRICE_HISTORY_INTERVAL_SECONDS = env.int("PRICE_HISTORY_INTERVAL_SECONDS", default=60)

@@ -6,13 +6,21 @@ between ``available`` and ``locked`` (reserving for an order) does not change th
 total, so it writes no ledger entry; everything that changes the total does.
 """
 
+from typing import TypedDict
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+
+class _Digits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
 # Enough digits for any quantity or usd amount; services quantize before writing
 # (quantities and usd amounts to 8 places), so nothing is rounded by the database.
-MONEY = {"max_digits": 38, "decimal_places": 18}
+MONEY: _Digits = {"max_digits": 38, "decimal_places": 18}
 
 USD = "usd"
 

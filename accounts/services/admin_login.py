@@ -1,6 +1,7 @@
 """The admin console's password check, under the API login's rules."""
 
 from django.contrib.auth import authenticate
+from django.http import HttpRequest
 
 from accounts.audit import audit_record
 from accounts.models import User
@@ -17,7 +18,7 @@ class AdminLoginRefused(Exception):
     """Wrong credentials, or an account that may not use the console (same answer)."""
 
 
-def admin_login(*, identifier: str, password: str, request) -> User:
+def admin_login(*, identifier: str, password: str, request: HttpRequest | None) -> User:
     """The admin console's password check, under the API login's rules: the same
     per-account lockout (failures here and at ``user_login`` add up) and the same audit
     (``admin_login`` / ``admin_login_failed``, ``lockout``). Returns the staff user to

@@ -5,6 +5,7 @@ import functools
 import jwt as pyjwt
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpRequest
 from google.auth import exceptions as google_exceptions
 from google.auth.transport import requests as google_requests
 from google.oauth2 import id_token as google_id_token
@@ -50,7 +51,9 @@ def _google_claims(id_token: str) -> dict:
         raise InvalidToken("Invalid Google ID token.", code="invalid_token") from exc
 
 
-def google_sign_in(*, id_token: str, request=None) -> tuple[User, dict[str, str]]:
+def google_sign_in(
+    *, id_token: str, request: HttpRequest | None = None
+) -> tuple[User, dict[str, str]]:
     """Sign in with a Google ID token: the account linked to the Google subject, else
     the account with that (Google-verified) email, else a new verified account."""
     claims = _google_claims(id_token)

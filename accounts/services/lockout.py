@@ -3,6 +3,7 @@ admin console's."""
 
 import hashlib
 
+from django.http import HttpRequest
 from django_redis import get_redis_connection
 from rest_framework import status
 
@@ -60,7 +61,7 @@ def login_failed(
     key: str,
     identifier: str,
     user: User | None,
-    request,
+    request: HttpRequest | None,
     action: str = AuditEvent.Action.LOGIN_FAILED,
 ) -> None:
     redis = get_redis_connection("default")

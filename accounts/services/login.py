@@ -2,6 +2,7 @@
 
 from django.contrib.auth.hashers import make_password
 from django.db import transaction
+from django.http import HttpRequest
 from rest_framework import status
 
 from accounts.audit import audit_record
@@ -11,7 +12,9 @@ from accounts.services.sessions import session_start
 from cryptovault.exceptions import ApplicationError
 
 
-def login_complete(*, user: User, action: str, request=None) -> dict[str, str]:
+def login_complete(
+    *, user: User, action: str, request: HttpRequest | None = None
+) -> dict[str, str]:
     """Start a session for a user who just proved who they are: audit and notify."""
     session, tokens = session_start(user=user, request=request)
     audit_record(
@@ -35,7 +38,9 @@ def _new_login_notify(*, user: User, session: Session) -> None:
     )
 
 
-def user_login(*, identifier: str, password: str, request=None) -> tuple[User, dict[str, str]]:
+def user_login(
+    *, identifier: str, password: str, request: HttpRequest | None = None
+) -> tuple[User, dict[str, str]]:
     key, user = lockout_key(identifier)
     lock_check(key)
     if user is None:
@@ -44,7 +49,7 @@ def user_login(*, identifier: str, password: str, request=None) -> tuple[User, d
         valid = False
     else:
         valid = user.check_password(password) and user.is_active
-    if not valid:
+    if user is None or not valid:
         login_failed(key=key, identifier=identifier, user=user, request=request)
         raise ApplicationError(
             "Invalid credentials.",

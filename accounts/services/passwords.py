@@ -2,11 +2,13 @@
 
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import emails
@@ -18,6 +20,9 @@ from accounts.services.lockout import login_failures_clear
 from accounts.services.sessions import session_start, session_tokens_issue, user_sessions_revoke_all
 from accounts.services.signup import email_normalize
 from cryptovault.exceptions import ApplicationError
+
+if TYPE_CHECKING:  # notifications builds on accounts: no import at run time
+    from notifications.models import OutboxEmail
 
 PASSWORD_RESET_TTL = timedelta(hours=1)
 
@@ -38,7 +43,7 @@ def password_reset_request(*, email: str) -> None:
     outbox_email_add(kind="password_reset", address=email_normalize(email))
 
 
-def password_reset_email_message(*, outbox) -> EmailMessage | None:
+def password_reset_email_message(*, outbox: "OutboxEmail") -> EmailMessage | None:
     """The outbox's reset email (notifications.outbox): the link is issued when it is
     sent, so the token exists only as its hash in the database."""
     user = user_by_email(outbox.address)
@@ -56,7 +61,7 @@ def password_reset_email_message(*, outbox) -> EmailMessage | None:
 
 
 @transaction.atomic
-def password_reset(*, token: str, new_password: str, request=None) -> User:
+def password_reset(*, token: str, new_password: str, request: HttpRequest | None = None) -> User:
     reset = (
         PasswordResetToken.objects.select_for_update()
         .select_related("user")
@@ -81,7 +86,12 @@ def password_reset(*, token: str, new_password: str, request=None) -> User:
 
 @transaction.atomic
 def user_password_change(
-    *, user: User, session_id: str | None, current_password: str, new_password: str, request=None
+    *,
+    user: User,
+    session_id: str | None,
+    current_password: str,
+    new_password: str,
+    request: HttpRequest | None = None,
 ) -> dict[str, str]:
     """Change the password; every other session ends and this one gets fresh tokens."""
     if not user.check_password(current_password):
