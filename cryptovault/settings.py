@@ -55,6 +55,7 @@ INSTALLED_APPS = [
     "markets",
     "orders",
     "notifications",
+    "bots",
 ]
 
 # The security headers wrap everything below them, early refusals included.
