@@ -1,6 +1,6 @@
 """The apps import each other without a cycle.
 
-Each app (``accounts``, ``markets``, ``orders``, ``notifications``) is one node. An edge
+Each app (``accounts``, ``markets``, ``orders``, ``notifications``, ``bots``) is one node. An edge
 is an import executed when a module loads: at module level or in a class body, not
 inside a function. The graph is read from the source (AST). The project package
 ``cryptovault`` is not a node: it holds both the plumbing every app imports and the
@@ -16,7 +16,7 @@ import itertools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("accounts", "markets", "orders", "notifications")
+APPS = ("accounts", "markets", "orders", "notifications", "bots")
 
 
 def _node(module: str) -> str | None:
@@ -120,3 +120,11 @@ def test_the_graph_holds_the_known_seams():
     assert "markets" in graph["orders"]  # orders read prices
     assert "accounts" in graph["notifications"]  # sockets authenticate sessions
     assert "orders" not in graph["notifications"]  # orders hand over their payload
+
+
+def test_bots_is_a_leaf():
+    """The Binance-compatible API sits on top: it may use accounts, markets and orders,
+    and no app depends on it."""
+    graph = import_graph()
+    assert set(graph.get("bots", {})) <= {"accounts", "markets", "orders"}
+    assert [app for app, edges in graph.items() if "bots" in edges] == []
