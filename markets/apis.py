@@ -186,6 +186,7 @@ class CoinOhlcApi(PublicApi):
     @extend_schema(
         parameters=[InputSerializer],
         responses={200: OHLC_SCHEMA},
+        operation_id="coins_ohlc_list",
     )
     def get(self, request, coin_id: str):
         coin = _coin_or_404(coin_id)
