@@ -52,6 +52,10 @@ class BinanceApi(View):
             used = weights.weight_spend(
                 ip=client_ip(request), weight=self.request_weight(request.GET)
             )
+            if any(len(values) > 1 for _name, values in request.GET.lists()):
+                raise errors.BinanceError(
+                    errors.TOO_MANY_PARAMETERS, "Duplicate values for a parameter detected."
+                )
             response = super().dispatch(request, *args, **kwargs)
         except errors.BinanceError as exc:
             response = self._error(exc)

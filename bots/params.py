@@ -16,8 +16,9 @@ SYMBOLS_LEGAL = r'^\[("[A-Z0-9-_.]{1,20}"(,"[A-Z0-9-_.]{1,20}"){0,}){0,1}\]$'
 LONG_RE = re.compile(r"^[0-9]{1,20}$")
 LONG_LEGAL = "^[0-9]{1,20}$"
 INT_MAX = 2**31 - 1
-# Epoch ms beyond this year are no time a candle or trade can have (datetime overflows).
-MS_MAX = 253402300799999  # 9999-12-31T23:59:59.999Z
+# Epoch ms from the year 3000 on are no time a candle or a trade has; refusing them keeps
+# the window arithmetic (a start plus 1000 days) far from datetime's year-9999 end.
+MS_MAX = 32503680000000 - 1  # 2999-12-31T23:59:59.999Z
 
 
 def _value(query: QueryDict, name: str) -> str | None:

@@ -207,12 +207,14 @@ def book_build(*, coin_id: str, quote: dict | None, levels: int) -> Book:
         return Book(last_update_id=0, bids=[], asks=[])
     mid = Decimal(quote["usd"])
     half = _half_spread(coin_id)
+    # Levels priced to 7 significant digits of the price (0.01 at 65000), on PRICE_TICK.
+    tick = max(Decimal(1).scaleb(mid.adjusted() - 6), PRICE_TICK)
     bids, asks = [], []
     bid, ask = mid * (1 - half), mid * (1 + half)
     for level in range(levels):
         usd = DEPTH_LEVEL_USD * (level + 1)
-        bid_price = bid.quantize(PRICE_TICK, rounding=ROUND_DOWN)
-        ask_price = ask.quantize(PRICE_TICK, rounding=ROUND_UP)
+        bid_price = bid.quantize(tick, rounding=ROUND_DOWN)
+        ask_price = ask.quantize(tick, rounding=ROUND_UP)
         if bid_price > 0:
             bids.append((bid_price, (usd / bid_price).quantize(QUANTITY_STEP, ROUND_DOWN)))
         asks.append((ask_price, (usd / ask_price).quantize(QUANTITY_STEP, ROUND_DOWN)))

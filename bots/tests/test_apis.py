@@ -145,6 +145,8 @@ def test_depth_is_synthetic_around_the_venue_spread(client, priced):
     assert asks[0][0] == pytest.approx(Decimal("65065"), rel=Decimal("0.00001"))
     assert [p for p, _ in bids] == sorted((p for p, _ in bids), reverse=True)
     assert [p for p, _ in asks] == sorted(p for p, _ in asks)
+    # Priced to 7 significant digits: cents at 65000.
+    assert all(p.as_tuple().exponent >= -2 for p, _ in bids + asks)
     assert _get(client, "depth", symbol="BTCUSD", limit=501)["X-MBX-USED-WEIGHT-1M"] == "55"
     assert len(_get(client, "depth", symbol="ETHUSD", limit=9999).json()["bids"]) == 5000
 
@@ -284,6 +286,13 @@ def test_trades_are_the_platforms_fills_anonymised(client, priced):
             "Data sent for parameter 'limit' is not valid.",
         ),
         ("depth", {"symbol": "BTCUSD", "limit": "1e3"}, -1100, None),
+        (
+            "avgPrice",
+            {"symbol": ["BTCUSD", "ETHUSD"]},
+            -1101,
+            "Duplicate values for a parameter detected.",
+        ),
+        ("ticker/price", {"symbols": "[]"}, -1102, None),
     ],
 )
 def test_bad_requests_are_binance_errors(client, priced, path, query, code, msg):
@@ -326,3 +335,37 @@ def test_weight_is_per_ip(client, priced):
     _get(client, "exchangeInfo")
     other = client.get(BASE + "ping", REMOTE_ADDR="10.1.2.3")
     assert other["X-MBX-USED-WEIGHT-1M"] == "1"
+
+
+def test_redis_down_is_the_platforms_503(client, db, settings):
+    unreachable = "redis://127.0.0.1:1/0"
+    settings.REDIS_CONNECT_RETRY_SECONDS = 0.3
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": unreachable,
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
+        }
+    }
+    response = _get(client, "ping")
+    assert response.status_code == 503
+    assert response.json()["code"] == "service_unavailable"
+    assert response["Retry-After"]
+
+
+def test_head_and_security_headers(client, priced):
+    response = client.head(BASE + "ticker/price", {"symbol": "BTCUSD"})
+    assert response.status_code == 200
+    assert response["X-MBX-USED-WEIGHT-1M"] == "2"
+    assert "default-src 'none'" in response["Content-Security-Policy"]
+    assert response["X-Content-Type-Options"] == "nosniff"
+
+
+def test_far_future_times_are_refused_not_overflowed(client, priced):
+    for name in ("startTime", "endTime"):
+        response = _get(
+            client, "klines", symbol="BTCUSD", interval="1d", limit=1000, **{name: 32503680000000}
+        )
+        assert response.status_code == 400 and response.json()["code"] == -1130
+    last = _get(client, "klines", symbol="BTCUSD", interval="1d", startTime=32503679999999)
+    assert last.status_code == 200 and last.json() == []
