@@ -62,6 +62,7 @@ INSTALLED_APPS = [
     "markets",
     "orders",
     "notifications",
+    "bots",
 ]
 
 # The security headers wrap everything below them, early refusals included.

@@ -37,9 +37,11 @@ class OrderListCreateApi(APIView):
         coin = CoinIdField()
         side = serializers.ChoiceField(choices=Order.Side.choices)
         type = serializers.ChoiceField(choices=Order.Type.choices)
-        quantity = PlainDecimalField(decimal_places=8, max_value=services.ORDER_QUANTITY_MAX)
+        quantity = PlainDecimalField(
+            decimal_places=services.ORDER_QUANTITY_PLACES, max_value=services.ORDER_QUANTITY_MAX
+        )
         limit_price = PlainDecimalField(
-            decimal_places=12,
+            decimal_places=services.ORDER_PRICE_PLACES,
             max_value=PRICE_MAX,
             required=False,
             allow_null=True,

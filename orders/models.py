@@ -113,6 +113,12 @@ class Order(models.Model):
                 condition=Q(status="open"),
                 name="orders_open_book",
             ),
+            # The latest fills of a coin, newest first (Binance's public ``trades``).
+            models.Index(
+                fields=["coin", "-updated_at", "-id"],
+                condition=Q(status="filled"),
+                name="orders_fills_by_coin",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -44,6 +44,10 @@ QUANTUM = Decimal("0.00000001")
 # cap stays far inside Decimal's 28 significant digits and the ledger's 20 integer
 # digits, so no order can overflow.
 ORDER_QUANTITY_MAX = Decimal("1000000000000")
+# Decimal places an order's quantity and limit price may have (quantities are ledger
+# amounts: QUANTUM).
+ORDER_QUANTITY_PLACES = 8
+ORDER_PRICE_PLACES = 12
 ORDER_NOTIONAL_MAX = Decimal("1000000000")
 # An operator's credit or debit moves at most this much of an asset at a time.
 WALLET_ADJUST_MAX = Decimal("1000000000000")

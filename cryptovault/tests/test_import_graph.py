@@ -165,3 +165,11 @@ def test_a_cycle_through_the_project_package_is_seen():
     assert find_cycle(graph) == ["accounts", PROJECT, "accounts"]
     assert _node("cryptovault.admin") == PROJECT
     assert _node("cryptovault.urls") == "cryptovault.urls"
+
+
+def test_bots_is_a_leaf():
+    """The Binance-compatible API sits on top: it may use accounts, markets, orders and
+    the plumbing, and no app depends on it."""
+    graph = import_graph()
+    assert set(graph.get("bots", {})) <= {"accounts", "markets", "orders", PROJECT}
+    assert [app for app, edges in graph.items() if "bots" in edges] == []

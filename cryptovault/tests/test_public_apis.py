@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-OUR_PACKAGES = ("cryptovault", "accounts", "markets", "orders", "notifications")
+OUR_PACKAGES = ("cryptovault", "accounts", "markets", "orders", "notifications", "bots")
 
 # Names that were read from library internals once, whatever object they hang on.
 KNOWN_PRIVATE = {
