@@ -16,6 +16,7 @@ import logging
 
 import orjson
 from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http.response import HttpResponseBase
 from django.utils.decorators import method_decorator
 from django.views import View
 from django.views.decorators.csrf import csrf_exempt
@@ -46,7 +47,7 @@ class BinanceApi(View):
     def get(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
         return self._answer(self.handle(request, request.GET), status=200)
 
-    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    def dispatch(self, request: HttpRequest, *args, **kwargs) -> HttpResponseBase:
         used = None
         try:
             used = weights.weight_spend(
@@ -79,7 +80,8 @@ class BinanceApi(View):
     def http_method_not_allowed(self, request, *args, **kwargs) -> HttpResponse:
         response = self._error(errors.unsupported())
         response.status_code = 405
-        response["Allow"] = ", ".join(m.upper() for m in self._allowed_methods())
+        allowed = (method for method in self.http_method_names if hasattr(self, method))
+        response["Allow"] = ", ".join(method.upper() for method in allowed)
         return response
 
     @staticmethod

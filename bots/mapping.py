@@ -17,15 +17,15 @@ from cryptovault.decimals import decimal_str
 from orders.models import USD, Balance, Order
 from orders.services import buy_cost, sell_proceeds
 
-ORDER_STATUS = {
+ORDER_STATUS: dict[str, str] = {
     Order.Status.PENDING: "NEW",
     Order.Status.OPEN: "NEW",
     Order.Status.FILLED: "FILLED",
     Order.Status.CANCELLED: "CANCELED",
     Order.Status.REJECTED: "REJECTED",
 }
-ORDER_TYPE = {Order.Type.MARKET: "MARKET", Order.Type.LIMIT: "LIMIT"}
-ORDER_SIDE = {Order.Side.BUY: "BUY", Order.Side.SELL: "SELL"}
+ORDER_TYPE: dict[str, str] = {Order.Type.MARKET: "MARKET", Order.Type.LIMIT: "LIMIT"}
+ORDER_SIDE: dict[str, str] = {Order.Side.BUY: "BUY", Order.Side.SELL: "SELL"}
 
 
 def asset_name(*, asset: str, coin_symbols: dict[str, str]) -> str:
@@ -39,7 +39,7 @@ def asset_name(*, asset: str, coin_symbols: dict[str, str]) -> str:
 def order_quote_qty(order: Order) -> Decimal:
     """The usd notional the fill booked (``cummulativeQuoteQty``), rounded as the ledger
     rounds it (up on buys, down on sells); 0 unless filled."""
-    if order.status != Order.Status.FILLED:
+    if order.status != Order.Status.FILLED or order.filled_price is None:
         return Decimal(0)
     cost = buy_cost if order.side == Order.Side.BUY else sell_proceeds
     notional, _fee = cost(quantity=order.quantity, price=order.filled_price)
@@ -51,7 +51,7 @@ def _executed_qty(order: Order) -> Decimal:
 
 
 def _num(value: Decimal | None) -> str:
-    return decimal_str(value) if value is not None else "0"
+    return decimal_str(value) or "0"
 
 
 def order_to_binance(order: Order, *, symbol: str) -> dict:

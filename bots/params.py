@@ -4,6 +4,7 @@ missing mandatory parameter is -1102, characters outside the parameter's legal r
 
 import re
 from datetime import UTC, datetime
+from typing import Literal, overload
 
 import orjson
 from django.http import QueryDict
@@ -26,6 +27,10 @@ def _value(query: QueryDict, name: str) -> str | None:
     return None if value is None or value == "" else value
 
 
+@overload
+def symbol_param(query: QueryDict, *, required: Literal[True]) -> str: ...
+@overload
+def symbol_param(query: QueryDict, *, required: bool) -> str | None: ...
 def symbol_param(query: QueryDict, *, required: bool) -> str | None:
     value = _value(query, "symbol")
     if value is None:

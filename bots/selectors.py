@@ -68,7 +68,7 @@ def now_ms() -> int:
 
 
 def _num(value: Decimal | None) -> str:
-    return decimal_str(value) if value is not None else "0"
+    return decimal_str(value) or "0"
 
 
 def market_table() -> dict[str, Market]:
@@ -295,13 +295,14 @@ def tickers_24hr(*, markets: list[Market], mini: bool = False) -> list[dict]:
             open_ = (last / (1 + change_pct / 100)).quantize(PRICE_TICK)
         high, low = ranges.get(market.coin_id, (last, last))
         if last is not None:
-            high, low = max(high, last), min(low, last)
+            high = last if high is None else max(high, last)
+            low = last if low is None else min(low, last)
         quote_volume = Decimal(quote["volume_24h"]) if quote and quote["volume_24h"] else None
         volume = quote_volume / last if quote_volume and last else None
         close_time = int(quote["as_of"] * 1000) if quote else ms(now)
         row = {
             "symbol": market.symbol,
-            "priceChange": _num(last - open_ if last is not None else None),
+            "priceChange": _num(last - open_ if last is not None and open_ is not None else None),
             "priceChangePercent": _num(change_pct),
             "weightedAvgPrice": _num(last),
             "prevClosePrice": _num(open_),
@@ -406,12 +407,13 @@ def trades(*, fills: list[Order]) -> list[dict]:
             "id": order.pk,
             "price": decimal_str(order.filled_price),
             "qty": decimal_str(order.quantity),
-            "quoteQty": decimal_str((order.quantity * order.filled_price).quantize(QUANTITY_STEP)),
+            "quoteQty": decimal_str((order.quantity * price).quantize(QUANTITY_STEP)),
             "time": ms(order.updated_at),
             "isBuyerMaker": _buyer_is_maker(order),
             "isBestMatch": True,
         }
         for order in fills
+        if (price := order.filled_price) is not None
     ]
 
 

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 from django.db import connections, router
@@ -255,6 +256,7 @@ def candle_list(
         since = last_open + timedelta(seconds=step) - span
     # Bucketed by PostgreSQL: a day of 1-minute points per 1d candle, only buckets travel.
     # Lag-tolerant, so the router may send it to the replica like any PricePoint read.
+    params: list[Any] = [timedelta(seconds=step), _EPOCH, coin_id, since, until, limit]
     with connections[router.db_for_read(PricePoint)].cursor() as cursor:
         cursor.execute(
             f"""
@@ -267,7 +269,7 @@ def candle_list(
             ORDER BY bucket
             LIMIT %s
             """,  # noqa: S608 - the table name is ours, every value is a parameter
-            [timedelta(seconds=step), _EPOCH, coin_id, since, until, limit],
+            params,
         )
         return [Candle(*row) for row in cursor.fetchall()]
 
