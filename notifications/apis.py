@@ -17,6 +17,9 @@ from notifications.serializers import (
 
 
 class NotificationListApi(APIView):
+    # What an API key needs here (accounts.authentication.ApiKeyAuthentication).
+    api_key_scopes = {"GET": "read"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationListFilter"
@@ -39,6 +42,8 @@ class NotificationListApi(APIView):
 
 
 class NotificationUnreadCountApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationUnreadCount"
@@ -120,6 +125,8 @@ class NotificationPreferencesApi(APIView):
 
 
 class PriceAlertListCreateApi(APIView):
+    api_key_scopes = {"GET": "read", "POST": "trade"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PriceAlertListFilter"
@@ -162,6 +169,8 @@ class PriceAlertListCreateApi(APIView):
 
 
 class PriceAlertDetailApi(APIView):
+    api_key_scopes = {"GET": "read", "DELETE": "trade"}
+
     OutputSerializer = PriceAlertSerializer
 
     @extend_schema(responses=OutputSerializer)

@@ -31,6 +31,10 @@ class AccountLocked(ApplicationError):
         )
 
 
+def user_lockout_key(user: User) -> str:
+    return f"user:{user.pk}"
+
+
 def lockout_key(identifier: str) -> tuple[str, User | None]:
     """(the lockout key, the account) for a login identifier.
 
@@ -41,7 +45,7 @@ def lockout_key(identifier: str) -> tuple[str, User | None]:
     """
     user = _user_by_identifier(identifier)
     if user is not None:
-        return f"user:{user.pk}", user
+        return user_lockout_key(user), user
     return "id:" + hashlib.sha256(identifier.strip().lower().encode()).hexdigest(), None
 
 
@@ -91,7 +95,7 @@ def login_failures_forget(key: str) -> None:
 
 
 def login_failures_clear(*, user: User) -> None:
-    key = f"user:{user.pk}"
+    key = user_lockout_key(user)
     get_redis_connection("default").delete(_FAIL_KEY.format(key), _LOCK_KEY.format(key))
 
 
