@@ -33,7 +33,9 @@ from accounts.models import (
     AuditEvent,
     EmailVerification,
     PasswordResetToken,
+    RecoveryCode,
     Session,
+    TwoFactor,
     User,
 )
 from accounts.roles import PERIODIC_TASK_EDITOR_PERMISSION, ROLE_MANAGER_PERMISSION
@@ -435,6 +437,26 @@ class SecretTokenAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     search_fields = ("user__email",)
     exclude = ("code_hash", "token_hash")
+
+
+@admin.register(TwoFactor)
+class TwoFactorAdmin(ReadOnlyAdmin):
+    """Who has two-factor login on; the secret is never shown. Hidden from operators."""
+
+    list_display = ("user", "created_at", "enabled_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("secret_encrypted", "last_used_step")
+
+
+@admin.register(RecoveryCode)
+class RecoveryCodeAdmin(ReadOnlyAdmin):
+    """Only hashes are stored; whether a code was used. Hidden from operators."""
+
+    list_display = ("user", "used_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("code_hash",)
 
 
 class OperatorPeriodicTaskForm(forms.ModelForm):
