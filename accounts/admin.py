@@ -403,6 +403,7 @@ class AuditActionFilter(admin.SimpleListFilter):
         "email_verified_by_operator",
         "order_cancelled_by_operator",
         "role_set",
+        "two_factor_reset_by_operator",
         "user_locked",
         "user_unlocked",
         "verification_resent_by_operator",
@@ -441,12 +442,26 @@ class SecretTokenAdmin(ReadOnlyAdmin):
 
 @admin.register(TwoFactor)
 class TwoFactorAdmin(ReadOnlyAdmin):
-    """Who has two-factor login on; the secret is never shown. Hidden from operators."""
+    """Who has two-factor login on; the secret is never shown. Hidden from operators;
+    admins turn it off for a user who lost the device and the recovery codes."""
 
     list_display = ("user", "created_at", "enabled_at")
     list_select_related = ("user",)
     search_fields = ("user__email",)
     exclude = ("secret_encrypted", "last_used_step")
+    actions = ("reset",)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the reset action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_twofactor")
+
+    @admin.action(description="Turn two-factor login off (lost device)", permissions=["change"])
+    def reset(self, request, queryset):
+        done = sum(
+            services.two_factor_reset(user=device.user, actor=request.user, request=request)
+            for device in queryset.select_related("user")
+        )
+        self.message_user(request, f"Two-factor login turned off for {done} user(s).")
 
 
 @admin.register(RecoveryCode)

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from cryptography.fernet import Fernet, MultiFernet
 from django.core.exceptions import ImproperlyConfigured
 from pythonjsonlogger.core import RESERVED_ATTRS
 from whitenoise.compress import Compressor
@@ -324,6 +325,13 @@ if not DEBUG:
             "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys of your own "
             "(Fernet.generate_key(), comma-separated)"
         )
+    else:
+        try:
+            MultiFernet([Fernet(key.strip()) for key in API_KEY_ENCRYPTION_KEYS])
+        except ValueError:
+            _missing.append(
+                "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys (32 url-safe base64 bytes)"
+            )
     if _missing:
         raise ImproperlyConfigured(
             "DEBUG is off (production) and the configuration is unsafe: "

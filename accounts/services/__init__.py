@@ -76,6 +76,7 @@ from accounts.services.two_factor import (
     two_factor_disable,
     two_factor_enable,
     two_factor_enabled,
+    two_factor_reset,
     two_factor_setup,
 )
 from accounts.services.verification import (
@@ -139,6 +140,7 @@ __all__ = [
     "two_factor_disable",
     "two_factor_enable",
     "two_factor_enabled",
+    "two_factor_reset",
     "two_factor_setup",
     "user_email_mark_verified",
     "user_ensure_demo",

@@ -64,7 +64,7 @@ def admin_login(*, identifier: str, password: str, otp: str = "", request) -> Us
         if not otp.strip():
             # Not a guess: the form asks for the code. Failures so far keep counting.
             raise AdminOtpRefused
-        if not otp_verify(user=user, code=otp, request=request):
+        if not otp_verify(user=user, code=otp, login=True, request=request):
             login_failed(
                 key=key,
                 identifier=identifier,

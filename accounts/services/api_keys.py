@@ -175,7 +175,10 @@ def api_keys_revoke_all(*, user: User, reason: str, actor: User | None = None, r
 def _signature_valid(api_key: ApiKey, message: bytes, signature: str) -> bool:
     if api_key.kind == ApiKey.Kind.ED25519:
         try:
-            raw = base64.b64decode(signature.strip(), validate=True)
+            text = signature.strip()
+            # Standard base64; the URL-safe alphabet is accepted too.
+            altchars = b"-_" if ("-" in text or "_" in text) else None
+            raw = base64.b64decode(text, altchars=altchars, validate=True)
             public = Ed25519PublicKey.from_public_bytes(base64.b64decode(api_key.public_key))
             public.verify(raw, message)
         except (ValueError, binascii.Error, CryptoInvalidSignature):

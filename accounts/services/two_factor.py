@@ -82,15 +82,21 @@ def two_factor_setup(*, user: User) -> dict[str, str]:
     return {"otpauth_uri": uri, "qr_svg": segno.make(uri, error="m").svg_inline(scale=4)}
 
 
-def _totp_accept(*, device: TwoFactor, code: str) -> bool:
-    """A code of the current 30 s step or either neighbour (clock drift), newer than the
-    last accepted one; records its step. ``device`` is locked by the caller."""
+def _totp_accept(*, device: TwoFactor, code: str, login: bool) -> bool:
+    """A code of the current 30 s step or either neighbour (clock drift). A login spends
+    the code (RFC 6238 section 5.2): its step is recorded and no login accepts it, or an
+    older one, again. Confirmations by a logged-in user (enable, disable, key creation)
+    come with the session and the password, so they only check it. ``device`` is locked
+    by the caller."""
     totp = pyotp.TOTP(secret_decrypt(device.secret_encrypted))
     now_step = totp.timecode(timezone.now())
     for step in (now_step - 1, now_step, now_step + 1):
-        if step > device.last_used_step and constant_time_compare(totp.generate_otp(step), code):
-            device.last_used_step = step
-            device.save(update_fields=["last_used_step"])
+        if login and step <= device.last_used_step:
+            continue
+        if constant_time_compare(totp.generate_otp(step), code):
+            if login:
+                device.last_used_step = step
+                device.save(update_fields=["last_used_step"])
             return True
     return False
 
@@ -122,7 +128,7 @@ def two_factor_enable(*, user: User, code: str, request=None) -> list[str]:
             code="two_factor_not_pending",
             status_code=status.HTTP_409_CONFLICT,
         )
-    if not _totp_accept(device=device, code=code.strip()):
+    if not _totp_accept(device=device, code=code.strip(), login=False):
         raise InvalidOtp()
     device.enabled_at = timezone.now()
     device.save(update_fields=["enabled_at"])
@@ -133,9 +139,10 @@ def two_factor_enable(*, user: User, code: str, request=None) -> list[str]:
     return codes
 
 
-def otp_verify(*, user: User, code: str, request=None) -> bool:
-    """Whether ``code`` is a good TOTP code or an unused recovery code of ``user`` (each
-    is then spent). False also when 2FA is off."""
+def otp_verify(*, user: User, code: str, login: bool, request=None) -> bool:
+    """Whether ``code`` is a good TOTP code or an unused recovery code of ``user``. A
+    recovery code is then spent, and so is a TOTP code for a ``login``. False also when
+    2FA is off."""
     code = code.strip()
     with transaction.atomic():
         device = (
@@ -146,7 +153,7 @@ def otp_verify(*, user: User, code: str, request=None) -> bool:
         if device is None:
             return False
         if len(code) == 6 and code.isdigit():
-            return _totp_accept(device=device, code=code)
+            return _totp_accept(device=device, code=code, login=login)
         spent = RecoveryCode.objects.filter(
             user=user, code_hash=token_digest(_recovery_normalize(code)), used_at__isnull=True
         ).update(used_at=timezone.now())
@@ -167,7 +174,7 @@ def second_factor_check(*, user: User, code: str, request=None, action: str) -> 
     (audited as ``action``); raises AccountLocked or InvalidOtp."""
     key = user_lockout_key(user)
     lock_check(key)
-    if not otp_verify(user=user, code=code, request=request):
+    if not otp_verify(user=user, code=code, login=True, request=request):
         login_failed(key=key, identifier=user.email, user=user, request=request, action=action)
         raise InvalidOtp(status.HTTP_401_UNAUTHORIZED)
 
@@ -189,7 +196,7 @@ def credentials_confirm(*, user: User, password: str, otp: str | None, request=N
             raise ApplicationError(
                 "Two-factor login is on: send the code as otp.", code="otp_required"
             )
-        if not otp_verify(user=user, code=otp, request=request):
+        if not otp_verify(user=user, code=otp, login=False, request=request):
             login_failed(
                 key=key,
                 identifier=user.email,
@@ -216,6 +223,18 @@ def two_factor_disable(*, user: User, password: str, code: str, request=None) ->
         audit_record(
             action=AuditEvent.Action.TWO_FACTOR_DISABLED, actor=user, target=user, request=request
         )
+
+
+def two_factor_reset(*, user: User, actor: User | None = None, request=None) -> bool:
+    """Staff turn 2FA off for a user who lost the device and the recovery codes."""
+    with transaction.atomic():
+        deleted, _ = TwoFactor.objects.filter(user=user).delete()
+        RecoveryCode.objects.filter(user=user).delete()
+        if deleted:
+            audit_record(
+                action="two_factor_reset_by_operator", actor=actor, target=user, request=request
+            )
+    return bool(deleted)
 
 
 def login_challenge_issue(*, user: User, action: str) -> OtpRequired:

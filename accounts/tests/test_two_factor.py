@@ -6,6 +6,7 @@ from urllib.parse import parse_qs, urlsplit
 import pyotp
 import pytest
 from django.test import Client
+from django.urls import reverse
 
 from accounts import services
 from accounts.models import AuditEvent, RecoveryCode, TwoFactor, User
@@ -94,6 +95,17 @@ def test_a_totp_code_is_accepted_once(api, user):
     replay = api.post("login/otp", {"challenge": challenge_of(api, user), "code": code})
 
     assert replay.status_code == 401 and replay.json()["code"] == "invalid_otp"
+
+
+def test_one_code_confirms_enable_and_then_logs_in(api, user):
+    access = api.login(user.email)["access"]
+    uri = api.post("2fa/setup", token=access).json()["otpauth_uri"]
+    code = pyotp.parse_uri(uri).now()
+    assert api.post("2fa/enable", {"code": code}, token=access).status_code == 200
+
+    response = api.post("login/otp", {"challenge": challenge_of(api, user), "code": code})
+
+    assert response.status_code == 200
 
 
 def test_a_recovery_code_logs_in_once(api, user):
@@ -211,6 +223,26 @@ def test_staff_with_two_factor_on_give_a_code_at_the_admin_login(api):
     failed = AuditEvent.objects.filter(action="admin_login_failed", target_id=str(operator.pk))
     assert failed.count() == 1  # the wrong code; a missing one is not a guess
     assert AuditEvent.objects.filter(action="admin_login", actor=operator).exists()
+
+
+def test_an_admin_turns_two_factor_off_for_a_lost_device(api, user):
+    two_factor_on(api, user)
+    admin_user = services.user_role_set(user=user_create(), role=User.Role.ADMIN)
+    client = Client()
+    client.force_login(admin_user)
+    device = TwoFactor.objects.get(user=user)
+
+    response = client.post(
+        reverse("admin:accounts_twofactor_changelist"),
+        {"action": "reset", "_selected_action": [device.pk]},
+    )
+
+    assert response.status_code == 302
+    assert not services.two_factor_enabled(user=user)
+    assert api.login(user.email)["access"]
+    assert AuditEvent.objects.filter(
+        action="two_factor_reset_by_operator", actor=admin_user, target_id=str(user.pk)
+    ).exists()
 
 
 def test_staff_without_two_factor_log_in_to_the_admin_with_the_password(api):

@@ -63,6 +63,7 @@ def test_debug_defaults_to_off_and_production_starts_when_everything_is_given(pr
         ({"JWT_SIGNING_KEY": ""}, "JWT_SIGNING_KEY must be a secret of your own"),
         ({"API_KEY_ENCRYPTION_KEYS": None}, "API_KEY_ENCRYPTION_KEYS must be set"),
         ({"API_KEY_ENCRYPTION_KEYS": DEV_FERNET_KEY}, "API_KEY_ENCRYPTION_KEYS must be set"),
+        ({"API_KEY_ENCRYPTION_KEYS": "not-a-fernet-key"}, "API_KEY_ENCRYPTION_KEYS must be set"),
     ],
     ids=[
         "no-secret-key",
@@ -73,6 +74,7 @@ def test_debug_defaults_to_off_and_production_starts_when_everything_is_given(pr
         "empty-jwt",
         "no-api-key-encryption-keys",
         "dev-api-key-encryption-key",
+        "bad-api-key-encryption-key",
     ],
 )
 def test_production_refuses_to_start_without_each_required_setting(production, change, message):
