@@ -14,7 +14,8 @@ class SessionJWTScheme(SimpleJWTScheme):
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "accounts.authentication.ApiKeyAuthentication"
-    name = ["apiKey", "apiKeyTimestamp", "apiKeySignature"]
+    # Named after the headers (and sorted after jwtAuth, the scheme listed first).
+    name = ["xApiKey", "xApiTimestamp", "xApiSignature"]
 
     def get_security_requirement(self, auto_schema):
         # Only where a key may be used: the view declares a scope for the method.
@@ -28,8 +29,9 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
                 "type": "apiKey",
                 "in": "header",
                 "name": "X-API-Key",
-                "description": "The key's public id. Sent with X-API-Timestamp and "
-                "X-API-Signature; the operation's description names the scope it needs.",
+                "description": "The key's public id, sent with X-API-Timestamp and "
+                "X-API-Signature. Scopes: read for GETs, trade to place and cancel orders "
+                "and to create and delete alerts.",
             },
             {
                 "type": "apiKey",
