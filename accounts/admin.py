@@ -20,7 +20,16 @@ from django.utils.html import format_html
 
 from accounts import services
 from accounts.apis import username_validator
-from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
+from accounts.models import (
+    ApiKey,
+    AuditEvent,
+    EmailVerification,
+    PasswordResetToken,
+    RecoveryCode,
+    Session,
+    TwoFactor,
+    User,
+)
 from accounts.roles import ROLE_MANAGER_PERMISSION
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator, ReadOnlyAdmin, admin_audit
 
@@ -34,7 +43,15 @@ admin.site.site_url = None  # no public site to "view": the platform is an API
 class AdminLoginForm(AdminAuthenticationForm):
     """The console's login under the API login's rules (accounts.services.admin_login):
     failures count toward the account's lockout, a locked account is refused even with
-    the right password, every attempt is audited."""
+    the right password, staff with 2FA on also give a code, every attempt is audited."""
+
+    otp = forms.CharField(
+        label="Two-factor code",
+        required=False,
+        max_length=32,
+        help_text="Only if two-factor login is on: a code from your app or a recovery code.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
 
     error_messages = {
         **AdminAuthenticationForm.error_messages,
@@ -42,6 +59,7 @@ class AdminLoginForm(AdminAuthenticationForm):
         "account_locked": (
             "Too many failed logins for this account. Try again in %(minutes)s minute(s)."
         ),
+        "otp": "Enter a valid two-factor code (this account has two-factor login on).",
     }
 
     def clean(self):
@@ -51,7 +69,10 @@ class AdminLoginForm(AdminAuthenticationForm):
             return self.cleaned_data  # the field errors say what is missing
         try:
             self.user_cache = services.admin_login(
-                identifier=identifier, password=password, request=self.request
+                identifier=identifier,
+                password=password,
+                otp=self.cleaned_data.get("otp") or "",
+                request=self.request,
             )
         except services.AccountLocked as exc:
             minutes = -(-exc.retry_after // 60)
@@ -60,12 +81,16 @@ class AdminLoginForm(AdminAuthenticationForm):
                 code="account_locked",
                 params={"minutes": minutes},
             ) from exc
+        except services.AdminOtpRefused as exc:
+            raise forms.ValidationError(self.error_messages["otp"], code="otp") from exc
         except services.AdminLoginRefused as exc:
             raise self.get_invalid_login_error() from exc
         return self.cleaned_data
 
 
 admin.site.login_form = AdminLoginForm
+# Django's login page with the two-factor field.
+admin.site.login_template = "admin/cryptovault_login.html"
 
 PRIVILEGE_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissions")
 # Changed only through actions, which run the services' side effects (bonus, sessions).
@@ -317,6 +342,43 @@ class SessionAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Revoked {ended} session(s).", messages.SUCCESS)
 
 
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Bots' keys: who, what scopes, from where, last used; never a secret (only its
+    encrypted form is stored, and it is not shown either). Revoking stops a key at once."""
+
+    list_display = (
+        "label", "user", "key", "kind", "scopes", "created_at", "expires_at", "last_used_at",
+        "revoked",
+    )  # fmt: skip
+    list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__email", "=key", "label")
+    list_select_related = ("user",)
+    show_full_result_count = False
+    paginator = LargeTablePaginator
+    exclude = ("secret_encrypted",)
+    actions = ("revoke",)
+
+    @admin.display(boolean=True, ordering="revoked_at")
+    def revoked(self, api_key: ApiKey) -> bool:
+        return api_key.is_revoked
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the revoke action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_apikey")
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True).select_related("user"):
+            if is_privileged(api_key.user) and not can_manage_roles(request):
+                continue
+            revoked += services.api_key_revoke(
+                api_key=api_key, reason="operator", actor=request.user, request=request
+            )
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
 class AuditActionFilter(admin.SimpleListFilter):
     """Known actions, without a DISTINCT over the whole log (other apps add their own
     actions; the search box finds any action by its exact name)."""
@@ -333,6 +395,7 @@ class AuditActionFilter(admin.SimpleListFilter):
         "email_verified_by_operator",
         "order_cancelled_by_operator",
         "role_set",
+        "two_factor_reset_by_operator",
         "user_locked",
         "user_unlocked",
         "verification_resent_by_operator",
@@ -367,3 +430,37 @@ class SecretTokenAdmin(ReadOnlyAdmin):
     list_select_related = ("user",)
     search_fields = ("user__email",)
     exclude = ("code_hash", "token_hash")
+
+
+@admin.register(TwoFactor)
+class TwoFactorAdmin(ReadOnlyAdmin):
+    """Who has two-factor login on; the secret is never shown. Hidden from operators;
+    admins turn it off for a user who lost the device and the recovery codes."""
+
+    list_display = ("user", "created_at", "enabled_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("secret_encrypted", "last_used_step")
+    actions = ("reset",)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the reset action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_twofactor")
+
+    @admin.action(description="Turn two-factor login off (lost device)", permissions=["change"])
+    def reset(self, request, queryset):
+        done = sum(
+            services.two_factor_reset(user=device.user, actor=request.user, request=request)
+            for device in queryset.select_related("user")
+        )
+        self.message_user(request, f"Two-factor login turned off for {done} user(s).")
+
+
+@admin.register(RecoveryCode)
+class RecoveryCodeAdmin(ReadOnlyAdmin):
+    """Only hashes are stored; whether a code was used. Hidden from operators."""
+
+    list_display = ("user", "used_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("code_hash",)

@@ -26,6 +26,7 @@ _ALL = ("view", "add", "change", "delete")
 OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "accounts.user": ("view", "change"),
     "accounts.session": ("view", "change"),
+    "accounts.apikey": ("view", "change"),
     "accounts.auditevent": ("view",),
     "markets.coin": ("view", "add", "change"),
     "markets.pricepoint": ("view",),

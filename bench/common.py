@@ -17,6 +17,7 @@ def production_env() -> dict[str, str]:
     """Production settings (DEBUG off, which refuses to start without its own keys) with
     throwaway keys. Cached: the bench process and every server it starts share them, as
     they verify each other's tokens."""
+    from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -31,6 +32,7 @@ def production_env() -> dict[str, str]:
         "SECRET_KEY": "bench-" + os.urandom(24).hex(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "RSA_PRIVATE_KEY": pem.decode(),
+        "API_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
 
 

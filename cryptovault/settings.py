@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from cryptography.fernet import Fernet, MultiFernet
 from django.core.exceptions import ImproperlyConfigured
 from pythonjsonlogger.core import RESERVED_ATTRS
 from whitenoise.compress import Compressor
@@ -300,6 +301,15 @@ CELERY_BEAT_SCHEDULE["notifications-events-prune"] = {
 }
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")
 RSA_PRIVATE_KEY_FILE = env.str("RSA_PRIVATE_KEY_FILE", default=str(BASE_DIR / ".keys/rsa.pem"))
+# Fernet keys (comma-separated) encrypting API key secrets and TOTP secrets at rest: the
+# first encrypts, all decrypt (MultiFernet); `manage.py secrets_reencrypt` moves every
+# stored secret under the first. Only development has a built-in one.
+_DEV_API_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHktYXBpLWtleS1lbmNyeXB0aW9uLWtleSE="  # noqa: S105
+API_KEY_ENCRYPTION_KEYS = env.list(
+    "API_KEY_ENCRYPTION_KEYS", default=[_DEV_API_KEY_ENCRYPTION_KEY] if DEBUG else []
+)
+# API key signatures: the timestamp may be this far from the server's clock either way.
+API_KEY_TIMESTAMP_WINDOW_MS = 10_000
 
 # Production refuses to start on anything a developer machine would make up: the dev
 # SECRET_KEY (it also signs JWTs unless JWT_SIGNING_KEY is set), no host list, or a
@@ -322,6 +332,18 @@ if not DEBUG:
         _missing.append(
             "RSA_PRIVATE_KEY (PEM) or RSA_PRIVATE_KEY_FILE (an existing PEM file) must be set"
         )
+    if not API_KEY_ENCRYPTION_KEYS or _DEV_API_KEY_ENCRYPTION_KEY in API_KEY_ENCRYPTION_KEYS:
+        _missing.append(
+            "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys of your own "
+            "(Fernet.generate_key(), comma-separated)"
+        )
+    else:
+        try:
+            MultiFernet([Fernet(key.strip()) for key in API_KEY_ENCRYPTION_KEYS])
+        except ValueError:
+            _missing.append(
+                "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys (32 url-safe base64 bytes)"
+            )
     if _missing:
         raise ImproperlyConfigured(
             "DEBUG is off (production) and the configuration is unsafe: "
@@ -459,6 +481,9 @@ CORS_ALLOW_HEADERS = [
     "content-type",
     "idempotency-key",
     "last-event-id",
+    "x-api-key",
+    "x-api-signature",
+    "x-api-timestamp",
     "x-request-id",
 ]
 CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
@@ -518,6 +543,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # simplejwt + the token's login session must still be alive (instant revocation).
         "accounts.authentication.SessionJWTAuthentication",
+        # X-API-Key + X-API-Timestamp + X-API-Signature; views declare the scope they need.
+        "accounts.authentication.ApiKeyAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "cryptovault.pagination.PageNumberPagination",
@@ -539,6 +566,8 @@ SPECTACULAR_SETTINGS = {
         "OrderSideEnum": "orders.models.Order.Side",
         "OrderTypeEnum": "orders.models.Order.Type",
         "OrderStatusEnum": "orders.models.Order.Status",
+        "ApiKeyKindEnum": "accounts.models.ApiKey.Kind",
+        "ApiKeyScopeEnum": "accounts.models.ApiKey.Scope",
     },
     # Swagger UI and ReDoc from drf-spectacular-sidecar's static files: no CDN, works
     # offline, and the version is the pinned one.

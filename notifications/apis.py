@@ -18,6 +18,9 @@ from notifications.serializers import (
 
 
 class NotificationListApi(APIView):
+    # What an API key needs here (accounts.authentication.ApiKeyAuthentication).
+    api_key_scopes = {"GET": "read"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationListFilter"
@@ -40,6 +43,8 @@ class NotificationListApi(APIView):
 
 
 class NotificationUnreadCountApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationUnreadCount"
@@ -121,6 +126,8 @@ class NotificationPreferencesApi(APIView):
 
 
 class PriceAlertListCreateApi(APIView):
+    api_key_scopes = {"GET": "read", "POST": "trade"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PriceAlertListFilter"
@@ -163,6 +170,8 @@ class PriceAlertListCreateApi(APIView):
 
 
 class PriceAlertDetailApi(APIView):
+    api_key_scopes = {"GET": "read", "DELETE": "trade"}
+
     OutputSerializer = PriceAlertSerializer
 
     @extend_schema(responses=OutputSerializer)

@@ -26,6 +26,9 @@ def _order_rate_key(group: str, request) -> str:
 
 
 class OrderListCreateApi(APIView):
+    # What an API key needs here (accounts.authentication.ApiKeyAuthentication).
+    api_key_scopes = {"GET": "read", "POST": "trade"}
+
     class FilterSerializer(serializers.Serializer):
         # Blank values (``?status=&coin=``) mean "no filter".
         status = serializers.ChoiceField(
@@ -119,6 +122,8 @@ class OrderListCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     OutputSerializer = OrderOutputSerializer
 
     @extend_schema(responses=OutputSerializer)
@@ -130,6 +135,8 @@ class OrderDetailApi(APIView):
 
 
 class OrderCancelApi(APIView):
+    api_key_scopes = {"POST": "trade"}
+
     OutputSerializer = OrderOutputSerializer
 
     @extend_schema(request=None, responses=OutputSerializer)
@@ -139,6 +146,8 @@ class OrderCancelApi(APIView):
 
 
 class PortfolioApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.Serializer):
         class BalanceSerializer(serializers.Serializer):
             asset = serializers.CharField()
@@ -160,6 +169,8 @@ class PortfolioApi(APIView):
 
 
 class TransactionListApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.ModelSerializer):
         amount = PlainDecimalField()
         balance_after = PlainDecimalField()

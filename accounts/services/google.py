@@ -16,6 +16,7 @@ from accounts.models import AuditEvent, User
 from accounts.services.login import login_complete
 from accounts.services.sessions import InvalidToken
 from accounts.services.signup import email_normalize
+from accounts.services.two_factor import login_challenge_issue, two_factor_enabled
 from accounts.services.verification import user_email_mark_verified
 from cryptovault.exceptions import ApplicationError
 
@@ -99,5 +100,10 @@ def google_sign_in(
                 "This account is disabled.", code="account_disabled", status_code=403
             )
         user_email_mark_verified(user=user, request=request)
-        tokens = login_complete(user=user, action=AuditEvent.Action.GOOGLE_LOGIN, request=request)
-    return user, tokens
+        if not two_factor_enabled(user=user):
+            tokens = login_complete(
+                user=user, action=AuditEvent.Action.GOOGLE_LOGIN, request=request
+            )
+            return user, tokens
+    # Google stands for the password: the account's second factor is still asked for.
+    raise login_challenge_issue(user=user, action=AuditEvent.Action.GOOGLE_LOGIN)

@@ -9,6 +9,11 @@ from accounts.audit import audit_record
 from accounts.models import AuditEvent, Session, User
 from accounts.services.lockout import lock_check, lockout_key, login_failed, login_failures_forget
 from accounts.services.sessions import session_start
+from accounts.services.two_factor import (
+    login_challenge_issue,
+    login_challenge_take,
+    two_factor_enabled,
+)
 from cryptovault.exceptions import ApplicationError
 
 
@@ -56,13 +61,25 @@ def user_login(
             code="invalid_credentials",
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
-    login_failures_forget(key)
     if not user.is_email_verified:
+        login_failures_forget(key)
         raise ApplicationError(
             "Verify your email address before logging in.",
             code="email_not_verified",
             status_code=status.HTTP_403_FORBIDDEN,
         )
+    if two_factor_enabled(user=user):
+        # The failures so far keep counting until the second factor passes too.
+        raise login_challenge_issue(user=user, action=AuditEvent.Action.LOGIN)
+    login_failures_forget(key)
     with transaction.atomic():
         tokens = login_complete(user=user, action=AuditEvent.Action.LOGIN, request=request)
+    return user, tokens
+
+
+def login_otp_complete(*, challenge: str, code: str, request=None) -> tuple[User, dict[str, str]]:
+    """The second step of a login with 2FA on: the same tokens as a login without."""
+    user, action = login_challenge_take(challenge=challenge, code=code, request=request)
+    with transaction.atomic():
+        tokens = login_complete(user=user, action=action, request=request)
     return user, tokens

@@ -16,6 +16,7 @@ from accounts.audit import audit_record
 from accounts.crypto import token_digest
 from accounts.models import AuditEvent, PasswordResetToken, Session, User
 from accounts.selectors import user_by_email
+from accounts.services.api_keys import api_keys_revoke_all
 from accounts.services.lockout import login_failures_clear
 from accounts.services.sessions import session_start, session_tokens_issue, user_sessions_revoke_all
 from accounts.services.signup import email_normalize
@@ -79,6 +80,7 @@ def password_reset(*, token: str, new_password: str, request: HttpRequest | None
         used_at=timezone.now()
     )
     user_sessions_revoke_all(user=user, reason="password_reset", actor=user, request=request)
+    api_keys_revoke_all(user=user, reason="password_reset", actor=user, request=request)
     login_failures_clear(user=user)
     audit_record(action=AuditEvent.Action.PASSWORD_RESET, actor=user, target=user, request=request)
     return user
@@ -110,6 +112,7 @@ def user_password_change(
         actor=user,
         request=request,
     )
+    api_keys_revoke_all(user=user, reason="password_changed", actor=user, request=request)
     audit_record(
         action=AuditEvent.Action.PASSWORD_CHANGED, actor=user, target=user, request=request
     )
