@@ -19,11 +19,13 @@ import ipaddress
 import string
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature as CryptoInvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import get_random_string
 from rest_framework import status
@@ -96,7 +98,7 @@ def api_key_create(
     ip_allowlist: list[str] | None = None,
     expires_at: datetime | None = None,
     ed25519_public_key: str | None = None,
-    request=None,
+    request: HttpRequest | None = None,
 ) -> tuple[ApiKey, str | None]:
     """(the key, its HMAC secret or None for an Ed25519 key). The secret is returned
     this once and stored only encrypted. Needs the password, and a code when 2FA is on."""
@@ -146,7 +148,11 @@ def api_key_create(
 
 
 def api_key_revoke(
-    *, api_key: ApiKey, reason: str = "user_revoked", actor: User | None = None, request=None
+    *,
+    api_key: ApiKey,
+    reason: str = "user_revoked",
+    actor: User | None = None,
+    request: HttpRequest | None = None,
 ) -> bool:
     """Revoke one key now; False when it already was."""
     revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
@@ -163,7 +169,9 @@ def api_key_revoke(
     return bool(revoked)
 
 
-def api_keys_revoke_all(*, user: User, reason: str, actor: User | None = None, request=None) -> int:
+def api_keys_revoke_all(
+    *, user: User, reason: str, actor: User | None = None, request: HttpRequest | None = None
+) -> int:
     """Revoke every live key of ``user`` (a new password: whoever had the old one may
     have made keys)."""
     keys = list(ApiKey.objects.filter(user=user, revoked_at__isnull=True))
@@ -235,7 +243,12 @@ def stored_secrets_reencrypt(*, batch_size: int = 500) -> Iterator[tuple[str, in
     ``API_KEY_ENCRYPTION_KEYS``; yields (what, done, total) after each batch. Rows are
     updated one batch per transaction, each row locked while it is rewritten, so keys
     keep working throughout and a rerun after an interruption finishes the job."""
-    for model, label in ((ApiKey, "api keys"), (TwoFactor, "two-factor secrets")):
+    # Any: both models have ``secret_encrypted``; mypy sees no common base with it.
+    stores: tuple[tuple[Any, str], ...] = (
+        (ApiKey, "api keys"),
+        (TwoFactor, "two-factor secrets"),
+    )
+    for model, label in stores:
         rows = model.objects.exclude(secret_encrypted="").order_by("pk")
         total, done, last_pk = rows.count(), 0, 0
         while True:

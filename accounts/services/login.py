@@ -77,7 +77,9 @@ def user_login(
     return user, tokens
 
 
-def login_otp_complete(*, challenge: str, code: str, request=None) -> tuple[User, dict[str, str]]:
+def login_otp_complete(
+    *, challenge: str, code: str, request: HttpRequest | None = None
+) -> tuple[User, dict[str, str]]:
     """The second step of a login with 2FA on: the same tokens as a login without."""
     user, action = login_challenge_take(challenge=challenge, code=code, request=request)
     with transaction.atomic():

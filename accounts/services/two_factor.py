@@ -14,6 +14,7 @@ import secrets
 import pyotp
 import segno
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from django_redis import get_redis_connection
@@ -118,7 +119,7 @@ def _recovery_codes_issue(*, user: User) -> list[str]:
 
 
 @transaction.atomic
-def two_factor_enable(*, user: User, code: str, request=None) -> list[str]:
+def two_factor_enable(*, user: User, code: str, request: HttpRequest | None = None) -> list[str]:
     """Confirm the pending secret with a code; returns the ten recovery codes (shown
     once: only their hashes are kept)."""
     device = TwoFactor.objects.select_for_update().filter(user=user).first()
@@ -139,7 +140,7 @@ def two_factor_enable(*, user: User, code: str, request=None) -> list[str]:
     return codes
 
 
-def otp_verify(*, user: User, code: str, login: bool, request=None) -> bool:
+def otp_verify(*, user: User, code: str, login: bool, request: HttpRequest | None = None) -> bool:
     """Whether ``code`` is a good TOTP code or an unused recovery code of ``user``. A
     recovery code is then spent, and so is a TOTP code for a ``login``. False also when
     2FA is off."""
@@ -169,7 +170,9 @@ def otp_verify(*, user: User, code: str, login: bool, request=None) -> bool:
         return bool(spent)
 
 
-def second_factor_check(*, user: User, code: str, request=None, action: str) -> None:
+def second_factor_check(
+    *, user: User, code: str, request: HttpRequest | None = None, action: str
+) -> None:
     """A code where 2FA is on, under the lockout: a wrong one counts as a failed login
     (audited as ``action``); raises AccountLocked or InvalidOtp."""
     key = user_lockout_key(user)
@@ -179,7 +182,9 @@ def second_factor_check(*, user: User, code: str, request=None, action: str) -> 
         raise InvalidOtp(status.HTTP_401_UNAUTHORIZED)
 
 
-def credentials_confirm(*, user: User, password: str, otp: str | None, request=None) -> None:
+def credentials_confirm(
+    *, user: User, password: str, otp: str | None, request: HttpRequest | None = None
+) -> None:
     """Re-authentication for sensitive changes (disable 2FA, create an API key): the
     password and, when 2FA is on, a code. Failures count toward the lockout."""
     key = user_lockout_key(user)
@@ -208,7 +213,9 @@ def credentials_confirm(*, user: User, password: str, otp: str | None, request=N
     login_failures_forget(key)
 
 
-def two_factor_disable(*, user: User, password: str, code: str, request=None) -> None:
+def two_factor_disable(
+    *, user: User, password: str, code: str, request: HttpRequest | None = None
+) -> None:
     if not two_factor_enabled(user=user):
         raise ApplicationError(
             "Two-factor login is off.",
@@ -225,7 +232,9 @@ def two_factor_disable(*, user: User, password: str, code: str, request=None) ->
         )
 
 
-def two_factor_reset(*, user: User, actor: User | None = None, request=None) -> bool:
+def two_factor_reset(
+    *, user: User, actor: User | None = None, request: HttpRequest | None = None
+) -> bool:
     """Staff turn 2FA off for a user who lost the device and the recovery codes."""
     with transaction.atomic():
         deleted, _ = TwoFactor.objects.filter(user=user).delete()
@@ -249,7 +258,9 @@ def login_challenge_issue(*, user: User, action: str) -> OtpRequired:
     return OtpRequired(challenge)
 
 
-def login_challenge_take(*, challenge: str, code: str, request=None) -> tuple[User, str]:
+def login_challenge_take(
+    *, challenge: str, code: str, request: HttpRequest | None = None
+) -> tuple[User, str]:
     """(the user, the login's audit action) for a challenge and a good code; the
     challenge is then spent. It survives a wrong code (a typo) until it expires; the
     lockout bounds the guesses."""
@@ -262,7 +273,8 @@ def login_challenge_take(*, challenge: str, code: str, request=None) -> tuple[Us
         status_code=status.HTTP_401_UNAUTHORIZED,
     )
     pending = json.loads(raw) if raw is not None else {}
-    user = User.objects.filter(pk=pending.get("user_id"), is_active=True).first()
+    user_id = pending.get("user_id")
+    user = User.objects.filter(pk=user_id, is_active=True).first() if user_id else None
     if user is None:
         raise invalid
     second_factor_check(
