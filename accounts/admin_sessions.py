@@ -15,10 +15,12 @@ absolute limit since login.
 Requests without a session cookie (every JWT/API-key API call) cost nothing here.
 """
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.conf import settings
 from django.contrib.auth import logout
 from django.utils import timezone
+
+from cryptovault.middleware import HybridMiddleware
 
 LOGIN_AT = "cv_login_at"
 SEEN_AT = "cv_seen_at"
@@ -37,18 +39,12 @@ def admin_session_stamp(sender, request, user, **kwargs) -> None:
     request.session[SEEN_AT] = now
 
 
-class AdminSessionMiddleware:
+class AdminSessionMiddleware(HybridMiddleware):
     """After AuthenticationMiddleware: ends sessions past the absolute limit (or made
     before it existed, without a login time) and slides the idle expiry. Sync and
-    async, so the async API views pay no thread hop for it."""
-
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):
-        self.get_response = get_response
-        if iscoroutinefunction(get_response):
-            markcoroutinefunction(self)
+    async, so the async API views pay no thread hop for it; its check reads the session
+    store, so both paths are its own (the async one hops to a thread only with a
+    session cookie)."""
 
     def __call__(self, request):
         if iscoroutinefunction(self):

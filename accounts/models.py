@@ -130,7 +130,21 @@ class PasswordResetToken(models.Model):
         return f"password reset of {self.user_id}"
 
 
-class Session(models.Model):
+class Revocable(models.Model):
+    """A credential that is revoked, not deleted: the audit trail keeps it, with why."""
+
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        abstract = True
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None
+
+
+class Session(Revocable):
     """A login session, the source of truth (Redis only caches it, see
     ``accounts.session_store``): live while not revoked and before ``idle_expires_at``;
     ``refresh_jti`` is the only refresh token of the session that may still be used."""
@@ -143,8 +157,6 @@ class Session(models.Model):
     last_seen_at = models.DateTimeField(default=timezone.now)
     idle_expires_at = models.DateTimeField()
     refresh_jti = models.CharField(max_length=64, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_reason = models.CharField(max_length=32, blank=True)
 
     class Meta:
         indexes = [
@@ -157,10 +169,6 @@ class Session(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.id} of {self.user_id}"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None
 
 
 class AuditEvent(models.Model):
@@ -244,7 +252,7 @@ class RecoveryCode(models.Model):
         return f"recovery code of {self.user_id}"
 
 
-class ApiKey(models.Model):
+class ApiKey(Revocable):
     """A key for bots: the public ``key`` plus either an HMAC secret (stored Fernet-
     encrypted, shown once) or an Ed25519 public key (no secret stored at all)."""
 
@@ -268,8 +276,6 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    revoked_reason = models.CharField(max_length=32, blank=True)
 
     class Meta:
         indexes = [
@@ -282,7 +288,3 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.label} ({self.key[:8]}...)"
-
-    @property
-    def is_revoked(self) -> bool:
-        return self.revoked_at is not None

@@ -27,7 +27,7 @@ from django.db import DEFAULT_DB_ALIAS, OperationalError, connections
 from django.db.models import Model
 from django.http import HttpRequest, HttpResponse
 
-from cryptovault.middleware import _HybridMiddleware
+from cryptovault.middleware import HybridMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _pin_key(request: HttpRequest) -> str | None:
     return "db:pin:" + hashlib.sha256(credentials.encode()).hexdigest()[:32]
 
 
-class ReplicaPinningMiddleware(_HybridMiddleware):
+class ReplicaPinningMiddleware(HybridMiddleware):
     """Read-your-writes for clients: pin a writer's reads to the primary for a while.
 
     Keyed on the request's credentials (the ``Authorization`` header, hashed), so it

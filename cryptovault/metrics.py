@@ -37,7 +37,7 @@ from prometheus_client.registry import Collector
 
 from cryptovault.celery import celery_queue_lengths
 from cryptovault.exceptions import DEPENDENCY_ERRORS, error_response, handler404
-from cryptovault.middleware import _HybridMiddleware
+from cryptovault.middleware import HybridMiddleware
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def http_request_observe(*, method: str, route: str, status: int, seconds: float
     HTTP_LATENCY.labels(**labels).observe(seconds)
 
 
-class MetricsMiddleware(_HybridMiddleware):
+class MetricsMiddleware(HybridMiddleware):
     """Counts and times every request Django answers, labelled with the URL pattern that
     matched (``api/v1/orders/<int:order_id>``), so ids in paths do not make new series.
     A path no pattern matches is ``unmatched``. First in ``MIDDLEWARE`` so the time

@@ -39,7 +39,7 @@ def request_id_from(candidate: str) -> str:
     return uuid.uuid4().hex
 
 
-class _HybridMiddleware:
+class HybridMiddleware:
     """Base for middleware that serves sync and async stacks without adaptation."""
 
     sync_capable = True
@@ -69,7 +69,7 @@ class _HybridMiddleware:
         return response
 
 
-class RequestIdMiddleware(_HybridMiddleware):
+class RequestIdMiddleware(HybridMiddleware):
     def before(self, request: HttpRequest) -> None:
         request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER, ""))
         # Read back by the audit log (accounts.audit) from the request it is given.
@@ -81,7 +81,7 @@ class RequestIdMiddleware(_HybridMiddleware):
         return response
 
 
-class RequestLimitsMiddleware(_HybridMiddleware):
+class RequestLimitsMiddleware(HybridMiddleware):
     """Refuse requests no view can serve, before any view or parser sees them.
 
     - A body over DATA_UPLOAD_MAX_MEMORY_SIZE, or a bad Content-Length: DRF parses
@@ -111,7 +111,7 @@ def _remember_uncaught_exception(sender, request=None, **kwargs) -> None:
 got_request_exception.connect(_remember_uncaught_exception, dispatch_uid="cv-uncaught-exception")
 
 
-class DependencyOutageMiddleware(_HybridMiddleware):
+class DependencyOutageMiddleware(HybridMiddleware):
     """A dependency outage is a JSON 503 with Retry-After on every Django endpoint
     (DRF views, plain views, the admin), and no uncaught error is ever an HTML page,
     also with ``DEBUG`` on.
