@@ -10,19 +10,13 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cryptovault.decimals import PRICE_MAX, PlainDecimalField
+from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
-from cryptovault.ratelimit import rate_limit
 from markets.fields import CoinIdField
 from orders import selectors, services
+from orders.limits import order_create_rate_limit
 from orders.models import LedgerEntry, Order
-from orders.serializers import OrderOutputSerializer
-
-ORDER_CREATE_RATE = "20/m"
-
-
-def _order_rate_key(group: str, request) -> str:
-    return str(request.user.pk)
+from orders.serializers import OrderOutputSerializer, OrderPlaceInputSerializer
 
 
 class OrderListCreateApi(APIView):
@@ -33,37 +27,7 @@ class OrderListCreateApi(APIView):
         )
         coin = CoinIdField(required=False, allow_blank=True)
 
-    class InputSerializer(serializers.Serializer):
-        coin = CoinIdField()
-        side = serializers.ChoiceField(choices=Order.Side.choices)
-        type = serializers.ChoiceField(choices=Order.Type.choices)
-        quantity = PlainDecimalField(decimal_places=8, max_value=services.ORDER_QUANTITY_MAX)
-        limit_price = PlainDecimalField(
-            decimal_places=12,
-            max_value=PRICE_MAX,
-            required=False,
-            allow_null=True,
-        )
-        client_order_id = serializers.RegexField(
-            r"^[A-Za-z0-9_.:-]{1,64}$",
-            required=False,
-            allow_null=True,
-            error_messages={"invalid": "1-64 characters of letters, digits and _ . : -"},
-        )
-
-        class Meta:
-            ref_name = "OrderPlace"
-
-        def validate(self, attrs: dict) -> dict:
-            is_limit = attrs["type"] == Order.Type.LIMIT
-            if is_limit and attrs.get("limit_price") is None:
-                raise serializers.ValidationError({"limit_price": ["Required for limit orders."]})
-            if not is_limit and attrs.get("limit_price") is not None:
-                raise serializers.ValidationError(
-                    {"limit_price": ["Only limit orders take a limit price."]}
-                )
-            return attrs
-
+    InputSerializer = OrderPlaceInputSerializer
     OutputSerializer = OrderOutputSerializer
     pagination_class = CursorPagination
 
@@ -89,7 +53,7 @@ class OrderListCreateApi(APIView):
         responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
-        rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=_order_rate_key)
+        order_create_rate_limit(user=request.user)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -6,6 +6,8 @@ between ``available`` and ``locked`` (reserving for an order) does not change th
 total, so it writes no ledger entry; everything that changes the total does.
 """
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -15,6 +17,9 @@ from django.db.models import Q
 MONEY = {"max_digits": 38, "decimal_places": 18}
 
 USD = "usd"
+
+# The largest order quantity the APIs accept (see ORDER_NOTIONAL_MAX in orders.services).
+ORDER_QUANTITY_MAX = Decimal("1000000000000")
 
 
 class Balance(models.Model):

@@ -37,11 +37,10 @@ logger = logging.getLogger(__name__)
 # below a cent), so every ledger amount is exact in the database.
 QUANTUM = Decimal("0.00000001")
 
-# The bounds of an order besides its limit price (cryptovault.decimals.PRICE_MAX), enforced
-# by the API and documented in the README: with amounts of 8 places, a notional under the
-# cap stays far inside Decimal's 28 significant digits and the ledger's 20 integer
-# digits, so no order can overflow.
-ORDER_QUANTITY_MAX = Decimal("1000000000000")
+# The bounds of an order besides its limit price (cryptovault.decimals.PRICE_MAX) and its
+# quantity (orders.models.ORDER_QUANTITY_MAX), enforced by the API and documented in the
+# README: with amounts of 8 places, a notional under the cap stays far inside Decimal's
+# 28 significant digits and the ledger's 20 integer digits, so no order can overflow.
 ORDER_NOTIONAL_MAX = Decimal("1000000000")
 # An operator's credit or debit moves at most this much of an asset at a time.
 WALLET_ADJUST_MAX = Decimal("1000000000000")
