@@ -1,27 +1,33 @@
 """The channel layer: channels-redis's, with a receive that ends when it is cancelled.
 
 A consumer's receive is cancelled when its socket closes (Channels cancels it once the
-consumer stops). channels-redis's receive can miss that cancellation while it waits in
-``BZPOPMIN`` for the process's shared channel (seen with redis-py 8 on Python 3.11:
-the task stays "cancelling" and goes on to the next ``BZPOPMIN``, every 5 s, for
-ever). The consumer then never finishes, and uvicorn's shutdown waits for it without
-end. Here the layer's receive runs as a task of its own that the caller waits for
-without owning it: a cancelled caller returns at once, and the receive it leaves is
-cancelled too (and, should that be missed again, only keeps pumping the process's
-shared channel for the other consumers, as it would anyway).
+consumer stops). On Python 3.11, ``asyncio.wait_for`` drops a cancellation that arrives
+just as the awaited operation completes (fixed in 3.12), and redis-py sends every
+command through it; channels-redis's receive then goes on to its next ``BZPOPMIN``, every
+5 s, for ever. Its consumer never finishes, and uvicorn's shutdown waited for it without
+end. Here the layer's receive runs as a task of its own, and a cancelled caller cancels
+that task again until it has ended (each miss needs that exact moment, so a second
+cancellation ends it).
 """
 
 import asyncio
-import contextlib
 
 from channels_redis.core import RedisChannelLayer
 
+RECANCEL_SECONDS = 0.1
 
-def _retrieve(task: asyncio.Task) -> None:
-    # An abandoned receive's outcome is nobody's: never "exception was never retrieved".
+
+async def _cancel_until_done(task: asyncio.Task) -> None:
+    while not task.done():
+        task.cancel()
+        try:
+            await asyncio.wait([task], timeout=RECANCEL_SECONDS)
+        except asyncio.CancelledError:
+            # Cancelled again (the loop shutting down): the task must still end first.
+            continue
     if not task.cancelled():
-        with contextlib.suppress(BaseException):
-            task.exception()
+        # Its message or error has no taker any more (as when a receive is cancelled).
+        task.exception()
 
 
 class ChannelLayer(RedisChannelLayer):
@@ -30,7 +36,6 @@ class ChannelLayer(RedisChannelLayer):
         try:
             await asyncio.wait([receiving])
         except asyncio.CancelledError:
-            receiving.cancel()
-            receiving.add_done_callback(_retrieve)
+            await _cancel_until_done(receiving)
             raise
         return receiving.result()

@@ -45,12 +45,6 @@ from notifications.realtime import (
     session_group,
     user_group,
 )
-from orders.socket_api import (
-    SessionEnded,
-    error_frame,
-    order_cancel_message,
-    order_place_message,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -60,9 +54,6 @@ WS_CLOSE_INVALID = 4400
 # Far above any order message; a larger one is refused unread.
 MAX_MESSAGE_CHARS = 8192
 MAX_REQUEST_ID_CHARS = 128
-
-_order_place = database_sync_to_async(order_place_message, thread_sensitive=False)
-_order_cancel = database_sync_to_async(order_cancel_message, thread_sensitive=False)
 
 
 class BadRequest(Exception):
@@ -196,28 +187,33 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
         body = message.get("order")
         if not isinstance(body, dict):
             raise BadRequest("order: the POST /api/v1/orders body, an object.")
-        await self._order_call(_order_place, request_id, body=body)
+        await self._order_call("order_place_message", request_id, body=body)
 
     async def _order_cancel(self, message: dict, request_id) -> None:
         order_id = message.get("id")
         if isinstance(order_id, bool) or not isinstance(order_id, int):
             raise BadRequest("id: an order id.")
-        await self._order_call(_order_cancel, request_id, order_id=order_id)
+        await self._order_call("order_cancel_message", request_id, order_id=order_id)
 
-    async def _order_call(self, call, request_id, **kwargs) -> None:
+    async def _order_call(self, name: str, request_id, **kwargs) -> None:
+        """Run ``orders.socket_api.<name>`` in a worker thread and answer its outcome."""
+        # Imported here: orders imports notifications at load time (its services push
+        # the order events), so a load-time import back would make the apps a cycle.
+        from orders import socket_api
+
         scopes = self.scope.get("auth_scopes")
         if scopes is not None and "trade" not in scopes:
             await self._send_error(request_id, "permission_denied", "Needs the trade scope.")
             return
         try:
-            order = await call(
+            order = await database_sync_to_async(getattr(socket_api, name), thread_sensitive=False)(
                 user_id=self.scope["user"].pk, session_id=self.scope["session_id"], **kwargs
             )
-        except SessionEnded:
+        except socket_api.SessionEnded:
             await self.close(code=WS_CLOSE_UNAUTHORIZED)
             return
         except (ValidationError, ApplicationError) as exc:
-            await self._send_frame(error_frame(exc, request_id=request_id))
+            await self._send_frame(socket_api.error_frame(exc, request_id=request_id))
             return
         except DEPENDENCY_ERRORS:
             logger.warning("order message: dependency unavailable", exc_info=True)
