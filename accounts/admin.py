@@ -6,30 +6,31 @@ the ``admin`` group and superusers); operators act on regular users only, and on
 the actions below, which call ``accounts.services`` (those audit who did what, when).
 """
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import forms as auth_forms
-from django.contrib.auth.admin import GroupAdmin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.urls import reverse
 from django.utils.html import format_html
-from django_celery_beat import admin as beat_admin
-from django_celery_beat.models import (
-    ClockedSchedule,
-    CrontabSchedule,
-    IntervalSchedule,
-    PeriodicTask,
-    SolarSchedule,
-)
 
 from accounts import services
 from accounts.apis import username_validator
-from accounts.models import AuditEvent, EmailVerification, PasswordResetToken, Session, User
-from accounts.roles import PERIODIC_TASK_EDITOR_PERMISSION, ROLE_MANAGER_PERMISSION
+from accounts.models import (
+    ApiKey,
+    AuditEvent,
+    EmailVerification,
+    PasswordResetToken,
+    RecoveryCode,
+    Session,
+    TwoFactor,
+    User,
+)
+from accounts.roles import ROLE_MANAGER_PERMISSION
 from cryptovault.admin import AuditedAdmin, LargeTablePaginator, ReadOnlyAdmin, admin_audit
 
 admin.site.site_header = "CryptoVault operations"
@@ -42,7 +43,15 @@ admin.site.site_url = None  # no public site to "view": the platform is an API
 class AdminLoginForm(AdminAuthenticationForm):
     """The console's login under the API login's rules (accounts.services.admin_login):
     failures count toward the account's lockout, a locked account is refused even with
-    the right password, every attempt is audited."""
+    the right password, staff with 2FA on also give a code, every attempt is audited."""
+
+    otp = forms.CharField(
+        label="Two-factor code",
+        required=False,
+        max_length=32,
+        help_text="Only if two-factor login is on: a code from your app or a recovery code.",
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+    )
 
     error_messages = {
         **AdminAuthenticationForm.error_messages,
@@ -50,6 +59,7 @@ class AdminLoginForm(AdminAuthenticationForm):
         "account_locked": (
             "Too many failed logins for this account. Try again in %(minutes)s minute(s)."
         ),
+        "otp": "Enter a valid two-factor code (this account has two-factor login on).",
     }
 
     def clean(self):
@@ -59,7 +69,10 @@ class AdminLoginForm(AdminAuthenticationForm):
             return self.cleaned_data  # the field errors say what is missing
         try:
             self.user_cache = services.admin_login(
-                identifier=identifier, password=password, request=self.request
+                identifier=identifier,
+                password=password,
+                otp=self.cleaned_data.get("otp") or "",
+                request=self.request,
             )
         except services.AccountLocked as exc:
             minutes = -(-exc.retry_after // 60)
@@ -68,12 +81,16 @@ class AdminLoginForm(AdminAuthenticationForm):
                 code="account_locked",
                 params={"minutes": minutes},
             ) from exc
+        except services.AdminOtpRefused as exc:
+            raise forms.ValidationError(self.error_messages["otp"], code="otp") from exc
         except services.AdminLoginRefused as exc:
             raise self.get_invalid_login_error() from exc
         return self.cleaned_data
 
 
 admin.site.login_form = AdminLoginForm
+# Django's login page with the two-factor field.
+admin.site.login_template = "admin/cryptovault_login.html"
 
 PRIVILEGE_FIELDS = ("role", "is_staff", "is_superuser", "groups", "user_permissions")
 # Changed only through actions, which run the services' side effects (bonus, sessions).
@@ -105,7 +122,7 @@ class UserChangeForm(auth_forms.UserChangeForm):
     class Meta(auth_forms.UserChangeForm.Meta):
         model = User
         fields = "__all__"
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"], exclude_pk=self.instance.pk)
@@ -122,7 +139,7 @@ class UserCreationForm(auth_forms.AdminUserCreationForm):
     class Meta(auth_forms.AdminUserCreationForm.Meta):
         model = User
         fields = ("email",)
-        field_classes: dict = {}
+        field_classes: ClassVar[dict] = {}
 
     def clean_email(self) -> str:
         return email_clean(self.cleaned_data["email"])
@@ -185,7 +202,7 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return ()
-        fields = ("sessions", *SERVICE_FIELDS)
+        fields: tuple[str, ...] = ("sessions", *SERVICE_FIELDS)
         if not can_manage_roles(request):
             # A new email would skip verification and open the account to a reset.
             fields += ("email", *PRIVILEGE_FIELDS)
@@ -325,6 +342,43 @@ class SessionAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Revoked {ended} session(s).", messages.SUCCESS)
 
 
+@admin.register(ApiKey)
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Bots' keys: who, what scopes, from where, last used; never a secret (only its
+    encrypted form is stored, and it is not shown either). Revoking stops a key at once."""
+
+    list_display = (
+        "label", "user", "key", "kind", "scopes", "created_at", "expires_at", "last_used_at",
+        "revoked",
+    )  # fmt: skip
+    list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
+    search_fields = ("user__email", "=key", "label")
+    list_select_related = ("user",)
+    show_full_result_count = False
+    paginator = LargeTablePaginator
+    exclude = ("secret_encrypted",)
+    actions = ("revoke",)
+
+    @admin.display(boolean=True, ordering="revoked_at")
+    def revoked(self, api_key: ApiKey) -> bool:
+        return api_key.is_revoked
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the revoke action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_apikey")
+
+    @admin.action(description="Revoke selected API keys", permissions=["change"])
+    def revoke(self, request, queryset):
+        revoked = 0
+        for api_key in queryset.filter(revoked_at__isnull=True).select_related("user"):
+            if is_privileged(api_key.user) and not can_manage_roles(request):
+                continue
+            revoked += services.api_key_revoke(
+                api_key=api_key, reason="operator", actor=request.user, request=request
+            )
+        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+
+
 class AuditActionFilter(admin.SimpleListFilter):
     """Known actions, without a DISTINCT over the whole log (other apps add their own
     actions; the search box finds any action by its exact name)."""
@@ -341,6 +395,7 @@ class AuditActionFilter(admin.SimpleListFilter):
         "email_verified_by_operator",
         "order_cancelled_by_operator",
         "role_set",
+        "two_factor_reset_by_operator",
         "user_locked",
         "user_unlocked",
         "verification_resent_by_operator",
@@ -377,65 +432,35 @@ class SecretTokenAdmin(ReadOnlyAdmin):
     exclude = ("code_hash", "token_hash")
 
 
-class OperatorPeriodicTaskForm(forms.ModelForm):
-    """What operators may change on a periodic task. A plain form: the beat form requires
-    a task name, which operators neither see as a field nor send."""
+@admin.register(TwoFactor)
+class TwoFactorAdmin(ReadOnlyAdmin):
+    """Who has two-factor login on; the secret is never shown. Hidden from operators;
+    admins turn it off for a user who lost the device and the recovery codes."""
 
-    class Meta:
-        model = PeriodicTask
-        fields = ("enabled", "description")
+    list_display = ("user", "created_at", "enabled_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("secret_encrypted", "last_used_step")
+    actions = ("reset",)
 
+    def has_change_permission(self, request, obj=None) -> bool:
+        # Needed by the reset action; the form itself stays read-only.
+        return obj is None and request.user.has_perm("accounts.change_twofactor")
 
-class PeriodicTaskAdmin(AuditedAdmin, beat_admin.PeriodicTaskAdmin):
-    """Operators switch periodic tasks on and off (the form or the enable/disable/toggle
-    actions) and may annotate them; everything else is read-only to them. Only who may
-    create a task (``PERIODIC_TASK_EDITOR_PERMISSION``: admins) edits what a task runs,
-    with which arguments, on which queue and schedule."""
-
-    OPERATOR_FIELDS = OperatorPeriodicTaskForm.Meta.fields
-
-    def _edits_definition(self, request) -> bool:
-        return request.user.has_perm(PERIODIC_TASK_EDITOR_PERMISSION)
-
-    def get_fieldsets(self, request, obj=None):
-        fieldsets = super().get_fieldsets(request, obj)
-        if self._edits_definition(request):
-            return fieldsets
-        # "regtask" is the form's picker for "task", not a value to show: "task" says it.
-        return [
-            (name, {**options, "fields": [f for f in options["fields"] if f != "regtask"]})
-            for name, options in fieldsets
-        ]
-
-    def get_readonly_fields(self, request, obj=None):
-        if self._edits_definition(request):
-            return super().get_readonly_fields(request, obj)
-        return [
-            field
-            for _, options in self.get_fieldsets(request, obj)
-            for field in options["fields"]
-            if field not in self.OPERATOR_FIELDS
-        ]
-
-    def get_form(self, request, obj=None, change=False, **kwargs):
-        if not self._edits_definition(request):
-            # Read-only fields are left out of the form, so a POST that sends them anyway
-            # (args, kwargs, task, queue, schedule...) changes nothing.
-            kwargs["form"] = OperatorPeriodicTaskForm
-        return super().get_form(request, obj, change=change, **kwargs)
+    @admin.action(description="Turn two-factor login off (lost device)", permissions=["change"])
+    def reset(self, request, queryset):
+        done = sum(
+            services.two_factor_reset(user=device.user, actor=request.user, request=request)
+            for device in queryset.select_related("user")
+        )
+        self.message_user(request, f"Two-factor login turned off for {done} user(s).")
 
 
-# Periodic tasks, schedules and groups come from other apps' admins; re-registered with
-# the audit trail. (This module is autodiscovered after django.contrib.auth's and
-# django_celery_beat's.)
-admin.site.unregister(PeriodicTask)
-admin.site.register(PeriodicTask, PeriodicTaskAdmin)
-for _model, _base in (
-    (Group, GroupAdmin),
-    (IntervalSchedule, beat_admin.IntervalScheduleAdmin),
-    (CrontabSchedule, beat_admin.CrontabScheduleAdmin),
-    (SolarSchedule, beat_admin.SolarScheduleAdmin),
-    (ClockedSchedule, beat_admin.ClockedScheduleAdmin),
-):
-    admin.site.unregister(_model)
-    admin.site.register(_model, type(_base.__name__, (AuditedAdmin, _base), {}))
+@admin.register(RecoveryCode)
+class RecoveryCodeAdmin(ReadOnlyAdmin):
+    """Only hashes are stored; whether a code was used. Hidden from operators."""
+
+    list_display = ("user", "used_at")
+    list_select_related = ("user",)
+    search_fields = ("user__email",)
+    exclude = ("code_hash",)

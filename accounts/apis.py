@@ -2,7 +2,10 @@
 calls one service and serializes. Public endpoints skip authentication so a stale
 ``Authorization`` header cannot break signup or login."""
 
+import ipaddress
+
 from django.core.validators import RegexValidator
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -10,7 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import crypto, selectors, services
-from accounts.models import Session, User
+from accounts.models import ApiKey, Session, User
 from cryptovault.exceptions import ApplicationError
 from cryptovault.pagination import PageNumberPagination, paginated_response
 from cryptovault.ratelimit import rate_limit
@@ -144,6 +147,7 @@ class VerifyEmailApi(_PublicApi):
 
 
 _ACCEPTED = inline_serializer("Accepted", {"detail": serializers.CharField()})
+MAX_IP_ALLOWLIST = 20
 
 
 class ResendVerificationApi(_PublicApi):
@@ -401,4 +405,186 @@ class SessionRevokeApi(APIView):
         services.session_revoke(
             session_id=session.pk, reason="user_revoked", actor=request.user, request=request
         )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class LoginOtpApi(_PublicApi):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "LoginOtpInput"
+
+        challenge = serializers.CharField(max_length=128)
+        code = serializers.CharField(max_length=32, help_text="A TOTP code or a recovery code.")
+
+    @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
+    def post(self, request):
+        rate_limit(request, group="login-otp")
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        user, tokens = services.login_otp_complete(**serializer.validated_data, request=request)
+        return _tokens_response(user, tokens)
+
+
+class TwoFactorSetupApi(APIView):
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TwoFactorSetupOutput"
+
+        otpauth_uri = serializers.CharField()
+        qr_svg = serializers.CharField(help_text="The otpauth URI as a QR code (SVG).")
+
+    @extend_schema(request=None, responses=OutputSerializer)
+    def post(self, request):
+        return Response(self.OutputSerializer(services.two_factor_setup(user=request.user)).data)
+
+
+_OTP_CODE = serializers.RegexField(
+    r"^\d{6}\Z", error_messages={"invalid": "Enter the 6-digit code."}
+)
+
+
+class TwoFactorEnableApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TwoFactorEnableInput"
+
+        code = _OTP_CODE
+
+    class OutputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TwoFactorEnableOutput"
+
+        recovery_codes = serializers.ListField(
+            child=serializers.CharField(), help_text="Ten single-use codes, shown once."
+        )
+
+    @extend_schema(request=InputSerializer, responses=OutputSerializer)
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        codes = services.two_factor_enable(
+            user=request.user, code=serializer.validated_data["code"], request=request
+        )
+        return Response(self.OutputSerializer({"recovery_codes": codes}).data)
+
+
+class TwoFactorDisableApi(APIView):
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "TwoFactorDisableInput"
+
+        password = _password_field()
+        code = serializers.CharField(max_length=32, help_text="A TOTP code or a recovery code.")
+
+    @extend_schema(request=InputSerializer, responses=_ACCEPTED)
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.two_factor_disable(user=request.user, **serializer.validated_data, request=request)
+        return Response({"detail": "Two-factor login is off."})
+
+
+class ApiKeyOutputSerializer(serializers.ModelSerializer):
+    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiKey.Scope.choices))
+    ip_allowlist = serializers.ListField(child=serializers.CharField())
+
+    class Meta:
+        model = ApiKey
+        fields: tuple[str, ...] = (
+            "id",
+            "label",
+            "key",
+            "kind",
+            "scopes",
+            "ip_allowlist",
+            "expires_at",
+            "created_at",
+            "last_used_at",
+        )
+
+
+class ApiKeyCreatedOutputSerializer(ApiKeyOutputSerializer):
+    secret = serializers.CharField(
+        allow_null=True, help_text="The HMAC secret, shown this once (null for Ed25519 keys)."
+    )
+
+    class Meta(ApiKeyOutputSerializer.Meta):
+        fields: tuple[str, ...] = (*ApiKeyOutputSerializer.Meta.fields, "secret")
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError as exc:
+        raise serializers.ValidationError(f"{value!r} is not an IP address or CIDR.") from exc
+
+
+def _cidr_check(value: str) -> None:
+    _cidr(value)
+
+
+class ApiKeyListCreateApi(APIView):
+    pagination_class = PageNumberPagination
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "ApiKeyCreateInput"
+
+        # A field named like Field.label (the stubs type that attribute as a str).
+        label = serializers.CharField(max_length=100)  # type: ignore[assignment]
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=ApiKey.Scope.choices), min_length=1
+        )
+        ip_allowlist = serializers.ListField(
+            child=serializers.CharField(max_length=50, validators=[_cidr_check]),
+            max_length=MAX_IP_ALLOWLIST,
+            required=False,
+        )
+        expires_at = serializers.DateTimeField(required=False, allow_null=True)
+        ed25519_public_key = serializers.CharField(
+            max_length=2048,
+            required=False,
+            allow_blank=True,
+            help_text="PEM or base64 of the raw 32 bytes; then no secret is issued or stored.",
+        )
+        password = _password_field()
+        otp = serializers.CharField(
+            max_length=32, required=False, allow_blank=True, help_text="When 2FA is on."
+        )
+
+        def validate_ip_allowlist(self, value: list[str]) -> list[str]:
+            return sorted({_cidr(v) for v in value})
+
+        def validate_expires_at(self, value):
+            if value is not None and value <= timezone.now():
+                raise serializers.ValidationError("Must be in the future.")
+            return value
+
+    @extend_schema(responses=ApiKeyOutputSerializer(many=True))
+    def get(self, request):
+        return paginated_response(
+            view=self,
+            request=request,
+            items=selectors.api_key_list(user=request.user),
+            serializer_class=ApiKeyOutputSerializer,
+        )
+
+    @extend_schema(request=InputSerializer, responses={201: ApiKeyCreatedOutputSerializer})
+    def post(self, request):
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        api_key, secret = services.api_key_create(
+            user=request.user, **serializer.validated_data, request=request
+        )
+        body = {**ApiKeyOutputSerializer(api_key).data, "secret": secret}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyRevokeApi(APIView):
+    @extend_schema(responses={204: None})
+    def delete(self, request, key_id: int):
+        api_key = selectors.api_key_get(user=request.user, key_id=key_id)
+        if api_key is None:
+            raise ApplicationError("Not found.", code="not_found", status_code=404)
+        services.api_key_revoke(api_key=api_key, actor=request.user, request=request)
         return Response(status=status.HTTP_204_NO_CONTENT)

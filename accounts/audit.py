@@ -10,13 +10,14 @@ import ipaddress
 from typing import Any
 
 from django.db import models
+from django.http import HttpRequest
 
 from accounts.models import AuditEvent, User
 from cryptovault.logging import request_id_var
 from cryptovault.net import client_ip
 
 
-def request_ip(request) -> str | None:
+def request_ip(request: HttpRequest) -> str | None:
     """The client address of ``request`` as an IP field stores it, or None."""
     try:
         return str(ipaddress.ip_address(client_ip(request)))
@@ -29,7 +30,7 @@ def audit_record(
     action: str,
     actor: User | None = None,
     target: Any = None,
-    request=None,
+    request: HttpRequest | None = None,
     data: dict | None = None,
 ) -> AuditEvent:
     """Append one security/operator event (who, what, from where, which request)."""

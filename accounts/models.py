@@ -1,4 +1,5 @@
 from collections.abc import Iterator
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, BaseUserManager, PermissionsMixin
@@ -11,7 +12,7 @@ from django.utils.crypto import salted_hmac
 class UserManager(BaseUserManager["User"]):
     use_in_migrations = True
 
-    def get_by_natural_key(self, email: str) -> "User":
+    def get_by_natural_key(self, email: str | None) -> "User":
         return self.get(email__iexact=email)
 
     def create_user(self, email: str, password: str | None = None, **fields) -> "User":
@@ -54,11 +55,11 @@ class User(AbstractBaseUser, PermissionsMixin):
     # (admin) session made before the bump stops authenticating (see get_session_auth_hash).
     sessions_epoch = models.PositiveIntegerField(default=0, editable=False)
 
-    objects = UserManager()
+    objects: ClassVar[UserManager] = UserManager()
 
     USERNAME_FIELD = "email"
     EMAIL_FIELD = "email"
-    REQUIRED_FIELDS: list[str] = []
+    REQUIRED_FIELDS: ClassVar[list[str]] = []
 
     class Meta:
         constraints = [
@@ -84,7 +85,7 @@ class User(AbstractBaseUser, PermissionsMixin):
     # cache loss can bring a revoked session back.
     SESSION_AUTH_SALT = "accounts.User.get_session_auth_hash"
 
-    def _session_auth_hash(self, secret: str) -> str:
+    def _session_auth_hash(self, secret: str | bytes) -> str:
         value = f"{self.password}:{self.sessions_epoch}"
         digest = salted_hmac(self.SESSION_AUTH_SALT, value, secret=secret, algorithm="sha256")
         return digest.hexdigest()
@@ -179,6 +180,12 @@ class AuditEvent(models.Model):
         REFRESH_REUSED = "refresh_reused"
         GOOGLE_LOGIN = "google_login"
         PROFILE_UPDATED = "profile_updated"
+        LOGIN_OTP_FAILED = "login_otp_failed"
+        RECOVERY_CODE_USED = "recovery_code_used"
+        TWO_FACTOR_ENABLED = "two_factor_enabled"
+        TWO_FACTOR_DISABLED = "two_factor_disabled"
+        API_KEY_CREATED = "api_key_created"
+        API_KEY_REVOKED = "api_key_revoked"
 
     # Not limited to the choices above: other apps and admin actions record their own.
     action = models.CharField(max_length=64, db_index=True)
@@ -199,3 +206,83 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
+
+
+class TwoFactor(models.Model):
+    """A user's TOTP (RFC 6238) authenticator. Set up, it is pending until a first code
+    confirms it (``enabled_at``); only then does login ask for a code."""
+
+    user = models.OneToOneField(User, on_delete=models.CASCADE, related_name="two_factor")
+    # The base32 secret, Fernet-encrypted (accounts.crypto.secret_encrypt).
+    secret_encrypted = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+    enabled_at = models.DateTimeField(null=True, blank=True)
+    # The last accepted 30 s time step: a code is good once (RFC 6238 section 5.2).
+    last_used_step = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"two-factor of {self.user_id}"
+
+    @property
+    def is_enabled(self) -> bool:
+        return self.enabled_at is not None
+
+
+class RecoveryCode(models.Model):
+    """A single-use second factor, issued ten at a time when 2FA is enabled; hashed."""
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "code_hash"], name="accounts_recovery_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"recovery code of {self.user_id}"
+
+
+class ApiKey(models.Model):
+    """A key for bots: the public ``key`` plus either an HMAC secret (stored Fernet-
+    encrypted, shown once) or an Ed25519 public key (no secret stored at all)."""
+
+    class Kind(models.TextChoices):
+        HMAC = "hmac", "HMAC-SHA256"
+        ED25519 = "ed25519", "Ed25519"
+
+    class Scope(models.TextChoices):
+        READ = "read"
+        TRADE = "trade"
+
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    label = models.CharField(max_length=100)
+    key = models.CharField(max_length=64, unique=True)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    scopes = models.JSONField(default=list)
+    ip_allowlist = models.JSONField(default=list, blank=True)
+    secret_encrypted = models.TextField(blank=True)
+    # The raw 32-byte Ed25519 public key, base64.
+    public_key = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=32, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["user", "created_at"],
+                name="accounts_apikey_live_idx",
+                condition=models.Q(revoked_at__isnull=True),
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.label} ({self.key[:8]}...)"
+
+    @property
+    def is_revoked(self) -> bool:
+        return self.revoked_at is not None

@@ -5,6 +5,8 @@ A GET only shows a form and changes nothing, because mail scanners and link prev
 fetch every link in an email; the POST (CSRF-protected, as every form) completes the flow
 through the same services, and the same rate limits, as the JSON API."""
 
+from typing import Any
+
 from django import forms
 from django.core.exceptions import ValidationError
 from django.shortcuts import render
@@ -40,8 +42,8 @@ class VerifyEmailForm(forms.Form):
         widget=forms.TextInput(attrs={"inputmode": "numeric", "autocomplete": "one-time-code"}),
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         if not data.get("token"):
             for field in ("email", "code"):
                 if not data.get(field) and field not in self.errors:
@@ -64,8 +66,8 @@ class ResetPasswordForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
     )
 
-    def clean(self):
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         if data.get("new_password") != data.get("new_password_again"):
             self.add_error("new_password_again", "The two passwords differ.")
         return data

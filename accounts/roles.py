@@ -26,6 +26,7 @@ _ALL = ("view", "add", "change", "delete")
 OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "accounts.user": ("view", "change"),
     "accounts.session": ("view", "change"),
+    "accounts.apikey": ("view", "change"),
     "accounts.auditevent": ("view",),
     "markets.coin": ("view", "add", "change"),
     "markets.pricepoint": ("view",),
@@ -36,7 +37,7 @@ OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "notifications.notification": ("view", "change"),
     "notifications.pricealert": ("view", "change"),
     "notifications.notificationpreference": ("view", "change"),
-    # Operators switch periodic tasks on and off (see accounts.admin.PeriodicTaskAdmin);
+    # Operators switch periodic tasks on and off (see cryptovault.admin.PeriodicTaskAdmin);
     # which task runs, with what arguments, where and when is for admins: arguments reach
     # code that moves money, and a schedule decides how often the market source is called.
     "django_celery_beat.periodictask": ("view", "change"),
@@ -45,10 +46,6 @@ OPERATOR_PERMISSIONS: dict[str, tuple[str, ...]] = {
     "django_celery_beat.solarschedule": ("view",),
     "django_celery_beat.clockedschedule": ("view",),
 }
-
-# Whoever may create a periodic task may define any (task, arguments, queue, schedule),
-# so that is the permission that guards editing those fields of an existing one.
-PERIODIC_TASK_EDITOR_PERMISSION = "django_celery_beat.add_periodictask"
 
 
 def roles_grant(*, app_label: str, apps=global_apps, using: str = "default") -> None:

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from accounts import session_store
 from accounts.crypto import token_digest
-from accounts.models import PasswordResetToken, Session, User
+from accounts.models import ApiKey, PasswordResetToken, Session, User
 
 
 def _live_sessions() -> QuerySet[Session]:
@@ -38,3 +38,15 @@ def password_reset_token_is_valid(*, token: str) -> bool:
 
 def user_by_email(email: str) -> User | None:
     return User.objects.filter(email__iexact=email).first() if email else None
+
+
+def api_key_list(*, user: User) -> list[ApiKey]:
+    """The user's keys not revoked (expired ones too: their expiry says why they fail),
+    newest first."""
+    return list(
+        ApiKey.objects.filter(user=user, revoked_at__isnull=True).order_by("-created_at", "-pk")
+    )
+
+
+def api_key_get(*, user: User, key_id: int) -> ApiKey | None:
+    return ApiKey.objects.filter(pk=key_id, user=user, revoked_at__isnull=True).first()

@@ -11,6 +11,7 @@ urlpatterns = [
         name="auth-resend-verification",
     ),
     path("login", apis.LoginApi.as_view(), name="auth-login"),
+    path("login/otp", apis.LoginOtpApi.as_view(), name="auth-login-otp"),
     path("token/refresh", apis.TokenRefreshApi.as_view(), name="auth-token-refresh"),
     path("logout", apis.LogoutApi.as_view(), name="auth-logout"),
     path("forgot-password", apis.ForgotPasswordApi.as_view(), name="auth-forgot-password"),
@@ -30,4 +31,9 @@ urlpatterns = [
         apis.SessionRevokeApi.as_view(),
         name="auth-session-revoke",
     ),
+    path("2fa/setup", apis.TwoFactorSetupApi.as_view(), name="auth-2fa-setup"),
+    path("2fa/enable", apis.TwoFactorEnableApi.as_view(), name="auth-2fa-enable"),
+    path("2fa/disable", apis.TwoFactorDisableApi.as_view(), name="auth-2fa-disable"),
+    path("api-keys", apis.ApiKeyListCreateApi.as_view(), name="auth-api-keys"),
+    path("api-keys/<int:key_id>", apis.ApiKeyRevokeApi.as_view(), name="auth-api-key-revoke"),
 ]

@@ -6,12 +6,10 @@ import sys
 from collections.abc import Sequence
 from functools import cache
 
-# Ten coins at realistic levels, as decimal strings.
-PRICES = {
-    "bitcoin": "65000.12", "ethereum": "3200.5", "tether": "1.0001", "binancecoin": "580.3",
-    "solana": "150.25", "ripple": "0.5512", "usd-coin": "0.9999", "cardano": "0.4501",
-    "dogecoin": "0.15023", "tron": "0.1201",
-}  # fmt: skip
+from markets.catalogue import COINS, DEFAULT_TRACKED_COINS
+
+# The default tracked coins at realistic levels, as decimal strings.
+PRICES = {coin_id: str(COINS[coin_id].usd) for coin_id in DEFAULT_TRACKED_COINS}
 
 
 @cache
@@ -19,6 +17,7 @@ def production_env() -> dict[str, str]:
     """Production settings (DEBUG off, which refuses to start without its own keys) with
     throwaway keys. Cached: the bench process and every server it starts share them, as
     they verify each other's tokens."""
+    from cryptography.fernet import Fernet
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -33,6 +32,7 @@ def production_env() -> dict[str, str]:
         "SECRET_KEY": "bench-" + os.urandom(24).hex(),
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "RSA_PRIVATE_KEY": pem.decode(),
+        "API_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
     }
 
 

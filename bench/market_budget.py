@@ -39,16 +39,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import uvicorn_command  # noqa: E402
+from markets.catalogue import DEFAULT_TRACKED_COINS  # noqa: E402
 
 # Keys written by markets.sources and markets.selectors (read here without Django).
 BUDGET_KEY = "cv:markets:source:budget"
 BUDGET_SHARED_KEY = "cv:markets:source:budget:shared"
 BUDGET_CALLS_KEY = "cv:markets:source:calls"
 PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
-COINS = [
-    "bitcoin", "ethereum", "tether", "binancecoin", "solana",
-    "ripple", "usd-coin", "cardano", "dogecoin", "tron",
-]  # fmt: skip
+COINS = DEFAULT_TRACKED_COINS
 
 
 def parse_args() -> argparse.Namespace:

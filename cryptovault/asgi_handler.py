@@ -30,7 +30,7 @@ by chunk from its thread as it is produced.
 """
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from tempfile import SpooledTemporaryFile
 from typing import Any
@@ -124,7 +124,8 @@ class PooledThreadsASGIHandler:
         # What was read, whatever the client declared (a chunked body declares nothing,
         # and Django reads no further than CONTENT_LENGTH).
         environ["CONTENT_LENGTH"] = str(length)
-        result: Iterable[bytes] = self._wsgi(environ, start_response)
+        # No write() callable comes back from start_response: Django never calls it.
+        result = self._wsgi(environ, start_response)  # type: ignore[arg-type]
         try:
             if not getattr(result, "streaming", False):
                 return started[0], started[1], b"".join(result)

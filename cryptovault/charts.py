@@ -48,6 +48,17 @@ class Band:
     end: datetime
 
 
+def merged_bands(spans: list[tuple[datetime, datetime]]) -> list[Band]:
+    """The spans as bands, overlapping or touching ones merged, in time order."""
+    bands: list[Band] = []
+    for start, end in sorted(spans):
+        if bands and start <= bands[-1].end:
+            bands[-1] = Band(bands[-1].start, max(bands[-1].end, end))
+        else:
+            bands.append(Band(start, end))
+    return bands
+
+
 @dataclass
 class _Frame:
     start: datetime

@@ -13,12 +13,13 @@ cross-site hijacking needs a browser.
 """
 
 from functools import lru_cache
+from typing import cast
 from urllib.parse import urlsplit
 
 from corsheaders.middleware import CorsMiddleware
 from django.conf import settings
 from django.core.signals import setting_changed
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.http.request import validate_host
 
 
@@ -71,7 +72,8 @@ def cors_headers(path: str, origin: str | None, preflight: bool) -> tuple[tuple[
         request.META["HTTP_ORIGIN"] = origin
     if preflight:
         request.META["HTTP_ACCESS_CONTROL_REQUEST_METHOD"] = "GET"
-    response = CorsMiddleware(lambda r: HttpResponse())(request)
+    # A sync get_response: the middleware answers a response, not an awaitable.
+    response = cast(HttpResponseBase, CorsMiddleware(lambda r: HttpResponse())(request))
     headers = ((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
     return tuple((k, v) for k, v in headers if k in _CORS_HEADERS)
 

@@ -5,15 +5,17 @@ charts (``cryptovault.charts``) of prices, order flow, queues and signups over t
 Every figure is cheap to compute whatever the size of the tables: Redis reads of what the
 poller and Celery already store, counts served by indexes, and chart series bounded by
 the primary key (rows newer than a boundary id) and grouped in PostgreSQL.
+
+Project wiring, like the URLconf that serves it: it reads every app, and no app imports it.
 """
 
 import logging
 from datetime import datetime, timedelta
+from typing import Any
 
-import redis
 from django.conf import settings
 from django.contrib import admin
-from django.db.models import Count, Model, Q
+from django.db.models import Count, Model, QuerySet
 from django.db.models.functions import TruncDate, TruncMinute
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -21,12 +23,11 @@ from django.utils.safestring import SafeString
 from django_celery_beat.models import PeriodicTask
 
 from accounts.models import AuditEvent, User
-from cryptovault.charts import Band, Series, time_chart
-from cryptovault.decimals import decimal_str
-from cryptovault.exceptions import DEPENDENCY_ERRORS
-from cryptovault.metrics import celery_queue_lengths, celery_unacked_count
-from markets.models import Coin, PricePoint, StatusSample
-from markets.price_store import SIMULATED_SOURCE
+from cryptovault.charts import Series, merged_bands, time_chart
+from cryptovault.exceptions import STATUS_READ_ERRORS
+from cryptovault.metrics import queue_depths
+from markets.charts import MINUTE, STALE_LABEL, price_charts, stale_sample_spans
+from markets.models import Coin, StatusSample
 from markets.selectors import prices_age_seconds, prices_snapshot
 from markets.sources import rate_limited_for
 from orders.models import LedgerEntry, Order
@@ -38,17 +39,18 @@ PLAN_CALLS_PER_MINUTE = {"demo": 30, "pro": 500}
 POLL_TASKS = ("markets.prices_poll", "markets.tickers_poll")
 
 
-def rows_created_since(model: type[Model], field: str, since: datetime):
+def rows_created_since(model: type[Model], field: str, since: datetime) -> QuerySet[Any]:
     """Rows created since ``since``, found through the primary key: ids grow with the
     creation time, so the newest row older than ``since`` bounds them (a walk back over
     the recent rows on the pk index, no scan of the whole table)."""
     boundary = (
-        model.objects.filter(**{f"{field}__lt": since})
+        model._default_manager.filter(**{f"{field}__lt": since})
         .order_by("-pk")
         .values_list("pk", flat=True)
         .first()
     )
-    return model.objects.all() if boundary is None else model.objects.filter(pk__gt=boundary)
+    rows = model._default_manager.all()
+    return rows if boundary is None else rows.filter(pk__gt=boundary)
 
 
 def rows_since(model: type[Model], field: str, since: datetime) -> int:
@@ -106,11 +108,6 @@ def price_source_status() -> dict:
     }
 
 
-def queue_depths() -> dict:
-    """Messages waiting in each Celery queue and messages workers hold unacknowledged."""
-    return {"waiting": celery_queue_lengths(), "unacked": celery_unacked_count()}
-
-
 def activity_today() -> dict:
     midnight = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
     return {
@@ -125,102 +122,8 @@ def activity_today() -> dict:
     }
 
 
-PRICE_WINDOW = timedelta(hours=24)
 RECENT_WINDOW = timedelta(hours=1)
 SIGNUP_DAYS = 30
-# The 24 h price lines keep one point per bucket (and both ends of every gap): a few
-# hundred points a coin, whatever the history interval.
-PRICE_BUCKET = timedelta(minutes=5)
-STALE_LABEL = "stale or no source price"
-MINUTE = timedelta(minutes=1)
-
-
-def _merged(spans: list[tuple[datetime, datetime]]) -> list[Band]:
-    bands: list[Band] = []
-    for start, end in sorted(spans):
-        if bands and start <= bands[-1].end:
-            bands[-1] = Band(bands[-1].start, max(bands[-1].end, end))
-        else:
-            bands.append(Band(start, end))
-    return bands
-
-
-def stale_sample_spans(since: datetime) -> list[tuple[datetime, datetime]]:
-    """Minutes the sampler found the prices stale or simulated (or Redis unreachable)."""
-    stale = StatusSample.objects.filter(
-        Q(price_stale=True) | Q(price_source=SIMULATED_SOURCE), ts__gte=since
-    ).values_list("ts", flat=True)
-    return [(ts, ts + MINUTE) for ts in stale]
-
-
-def _price_line(
-    points: list[tuple[datetime, object]], now: datetime, max_gap: timedelta
-) -> tuple[list[tuple[datetime, object]], list[tuple[datetime, object]]]:
-    """The line to draw (bucketed, ``None`` at every gap) and the gaps as spans: more
-    than ``max_gap`` between two source prices, or since the last one until now."""
-    line: list[tuple[datetime, object]] = []
-    gaps = []
-    # The last point kept may be replaced by a later one of its bucket, unless it is the
-    # first point after a gap (the line must start where the prices resumed).
-    replaceable = False
-    for index, (ts, price) in enumerate(points):
-        previous = points[index - 1][0] if index else None
-        after_gap = previous is not None and ts - previous > max_gap
-        if after_gap:
-            gaps.append((previous, ts))
-            line.append((previous + max_gap / 2, None))
-        same_bucket = bool(line) and (ts - now) // PRICE_BUCKET == (line[-1][0] - now) // (
-            PRICE_BUCKET
-        )
-        if replaceable and same_bucket and not after_gap:
-            line[-1] = (ts, price)
-        else:
-            line.append((ts, price))
-        replaceable = not after_gap and index > 0
-    if points and now - points[-1][0] > max_gap:
-        gaps.append((points[-1][0], now))
-    return line, gaps
-
-
-def price_charts(coins: list[Coin]) -> list[tuple[Coin, SafeString]]:
-    """Each coin's usd price over 24 h, shaded where there was no fresh source price:
-    gaps in the recorded history (failed polls, simulated fallback, which history never
-    records) and minutes the sampler saw stale prices. Two queries for any number of
-    coins."""
-    now = timezone.now()
-    since = now - PRICE_WINDOW
-    max_gap = timedelta(
-        seconds=max(2 * settings.PRICE_HISTORY_INTERVAL_SECONDS, settings.PRICE_STALE_SECONDS)
-    )
-    history: dict[str, list] = {coin.id: [] for coin in coins}
-    rows = PricePoint.objects.filter(coin__in=history, ts__gte=since).order_by("coin", "ts")
-    for coin_id, ts, price in rows.values_list("coin_id", "ts", "price"):
-        history[coin_id].append((ts, price))
-    sample_spans = stale_sample_spans(since)
-    charts = []
-    for coin in coins:
-        points = history[coin.id]
-        line, gaps = _price_line(points, now, max_gap)
-        bands = _merged(gaps + sample_spans)
-        summary = (
-            f"{len(points)} recorded prices, from {decimal_str(min(p for _, p in points))} "
-            f"to {decimal_str(max(p for _, p in points))} usd, "
-            f"last {decimal_str(points[-1][1])} usd"
-            if points
-            else "no price recorded"
-        )
-        chart = time_chart(
-            title=f"{coin.name} ({coin.symbol.upper()}): usd price, last 24 h",
-            desc=f"{summary}; {len(bands)} stale period(s) shaded.",
-            start=since,
-            end=now,
-            series=[Series("price (usd)", line)],
-            unit="usd",
-            bands=bands,
-            band_label=STALE_LABEL,
-        )
-        charts.append((coin, chart))
-    return charts
 
 
 def _per_minute(rows, since: datetime) -> list[tuple[datetime, int]]:
@@ -252,13 +155,14 @@ def order_flow_chart(now: datetime) -> SafeString:
         .values("minute")
         .annotate(n=Count("order_id", distinct=True))
     )
-    series = [
-        Series("placed", _per_minute(placed, since)),
-        Series("filled", _per_minute(filled, since)),
-        Series("rejected", _per_minute(rejected, since)),
-    ]
-    totals = ", ".join(f"{one.name} {sum(n for _, n in one.points)}" for one in series)
-    has_orders = any(n for one in series for _, n in one.points)
+    counts = {
+        "placed": _per_minute(placed, since),
+        "filled": _per_minute(filled, since),
+        "rejected": _per_minute(rejected, since),
+    }
+    series = [Series(name, points) for name, points in counts.items()]
+    totals = ", ".join(f"{name} {sum(n for _, n in points)}" for name, points in counts.items())
+    has_orders = any(n for points in counts.values() for _, n in points)
     return time_chart(
         title="Orders per minute, last hour",
         desc=f"Totals over the hour: {totals}.",
@@ -279,7 +183,7 @@ def status_charts(now: datetime) -> tuple[SafeString, SafeString]:
             "ts", "queue_waiting", "queue_unacked", "price_age_seconds"
         )
     )
-    bands = _merged(stale_sample_spans(since))
+    bands = merged_bands(stale_sample_spans(since))
     gap = MINUTE * 2.5
     waiting = [(ts, w) for ts, w, _, _ in samples]
     unacked = [(ts, u) for ts, _, u, _ in samples]
@@ -360,7 +264,7 @@ def dashboard_charts() -> dict:
 def _section(name: str, read):
     try:
         return read(), None
-    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError) as exc:
+    except STATUS_READ_ERRORS as exc:
         logger.warning("dashboard section unavailable", extra={"section": name, "error": str(exc)})
         return None, f"Unavailable: {exc}"
 

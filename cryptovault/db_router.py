@@ -39,6 +39,8 @@ LAG_TOLERANT_APPS = frozenset({"markets"})
 LAG_TOLERANT_MODELS = frozenset({"notifications.notification"})
 # Longer than the replication lag we tolerate at all.
 PIN_SECONDS = 10
+# Where the middleware keeps the pin of this request (the WSGI environ, as middleware do).
+PIN_META = "cryptovault.replica_pin"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _reads_pinned_to_primary = contextvars.ContextVar("cv_reads_pinned_to_primary", default=False)
@@ -121,17 +123,17 @@ class ReplicaPinningMiddleware(_HybridMiddleware):
     """
 
     def before(self, request: HttpRequest) -> None:
-        request._replica_pin_token = None
+        request.META[PIN_META] = None
         if not replica_configured():
             return None
         key = _pin_key(request)
         writing = request.method not in SAFE_METHODS
         if writing or (key is not None and cache.get(key)):
-            request._replica_pin_token = _reads_pinned_to_primary.set(True)
+            request.META[PIN_META] = _reads_pinned_to_primary.set(True)
         return None
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        token = getattr(request, "_replica_pin_token", None)
+        token = request.META.get(PIN_META)
         if token is None:
             return response
         _reads_pinned_to_primary.reset(token)

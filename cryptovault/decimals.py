@@ -5,6 +5,7 @@ The contract forbids floats and exponents on the wire: ``"65000"``, ``"0.00001"`
 
 import re
 from decimal import Decimal
+from typing import Any
 
 from drf_spectacular.extensions import OpenApiSerializerFieldExtension
 from rest_framework import serializers
@@ -71,7 +72,7 @@ class PlainDecimalFieldSchema(OpenApiSerializerFieldExtension):
 
     def map_serializer_field(self, auto_schema, direction):
         field: PlainDecimalField = self.target
-        schema = {"type": "string", "format": "decimal", "example": "0.0015"}
+        schema: dict[str, Any] = {"type": "string", "format": "decimal", "example": "0.0015"}
         if direction == "request":
             schema["pattern"] = rf"^\d+(?:\.\d{{1,{field.decimal_places}}})?$"
             schema["minimum"] = 0

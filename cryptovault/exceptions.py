@@ -36,6 +36,13 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 # the soft time limit (a run held up by a lock or a slow dependency). The one list the
 # workers share; anything else is the task's own input at fault.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*DEPENDENCY_ERRORS, SoftTimeLimitExceeded)
+# What a best-effort status read (the dashboard, the minute sampler) survives: any Redis
+# or socket error besides the outages above.
+STATUS_READ_ERRORS: tuple[type[BaseException], ...] = (
+    *DEPENDENCY_ERRORS,
+    redis.exceptions.RedisError,
+    OSError,
+)
 # Matches what nginx answers when no web instance is up (deploy/nginx.conf).
 RETRY_AFTER_SECONDS = 5
 SERVICE_UNAVAILABLE_DETAIL = "A service this request needs is unavailable."
@@ -86,8 +93,8 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
             headers.setdefault("Retry-After", str(RETRY_AFTER_SECONDS))
         return Response(body, status=exc.status_code, headers=headers)
     if isinstance(exc, DjangoValidationError):
-        detail = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
-        exc = exceptions.ValidationError(detail)
+        messages = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
+        exc = exceptions.ValidationError(messages)
     elif isinstance(exc, RequestDataTooBig):
         return Response(
             error_body("Request body is too large.", "request_too_large"),

@@ -17,10 +17,11 @@ import hmac
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from kombu.exceptions import ChannelError
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -34,17 +35,18 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cryptovault.celery import celery_queue_lengths
 from cryptovault.exceptions import DEPENDENCY_ERRORS, error_response, handler404
 from cryptovault.middleware import _HybridMiddleware
 
 logger = logging.getLogger(__name__)
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-# The Redis lists KEDA scales the worker on (deploy/k8s/worker.yaml).
-CELERY_QUEUES = ("celery", "orders")
 # How long an inspect broadcast waits for worker replies; it always waits this long, as
 # the number of workers is not known.
 INSPECT_TIMEOUT_SECONDS = 0.5
+# When the request reached MetricsMiddleware, kept in its environ (request.META).
+STARTED_META = "cryptovault.metrics_started"
 
 HTTP_REQUESTS = Counter(
     "cryptovault_http_requests_total",
@@ -89,15 +91,15 @@ class MetricsMiddleware(_HybridMiddleware):
     includes the other middleware."""
 
     def before(self, request: HttpRequest) -> None:
-        request.metrics_started = time.perf_counter()
+        request.META[STARTED_META] = time.perf_counter()
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
         match = request.resolver_match
         http_request_observe(
-            method=request.method,
+            method=request.method or "",
             route=match.route if match is not None else "unmatched",
             status=response.status_code,
-            seconds=time.perf_counter() - request.metrics_started,
+            seconds=time.perf_counter() - request.META[STARTED_META],
         )
         return response
 
@@ -111,7 +113,7 @@ class WebSocketConnectionsCounted:
     _counted = False
 
     async def accept(self, *args, **kwargs) -> None:
-        await super().accept(*args, **kwargs)
+        await super().accept(*args, **kwargs)  # type: ignore[misc]  # the consumer's, after us
         WEBSOCKET_CONNECTIONS.labels(stream=self.stream).inc()
         self._counted = True
 
@@ -119,25 +121,7 @@ class WebSocketConnectionsCounted:
         if self._counted:
             WEBSOCKET_CONNECTIONS.labels(stream=self.stream).dec()
             self._counted = False
-        await super().websocket_disconnect(message)
-
-
-def celery_queue_lengths() -> dict[str, int]:
-    """Messages waiting in each Celery queue: the length of its Redis list, what KEDA's
-    Redis list scaler reads too (kombu's passive declare, which counts every priority
-    step of the queue; an empty list does not exist)."""
-    from cryptovault.celery import app
-
-    lengths = {}
-    with app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1)
-        channel = connection.default_channel
-        for queue in CELERY_QUEUES:
-            try:
-                lengths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
-            except ChannelError:
-                lengths[queue] = 0
-    return lengths
+        await super().websocket_disconnect(message)  # type: ignore[misc]  # likewise
 
 
 def celery_unacked_count() -> int | None:
@@ -155,17 +139,23 @@ def celery_unacked_count() -> int | None:
     return sum(len(tasks) for replies in (active, reserved) for tasks in (replies or {}).values())
 
 
+def queue_depths() -> dict:
+    """Messages waiting in each Celery queue and messages workers hold unacknowledged."""
+    return {"waiting": celery_queue_lengths(), "unacked": celery_unacked_count()}
+
+
 class PlatformStateCollector(Collector):
     """Series read from PostgreSQL and Redis at scrape time. A dependency that does not
     answer drops its series from this scrape (and is logged); the rest is served."""
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         # Upward calls: the apps import this module for their counters (module-level
         # imports of their selectors would cycle).
         from markets.selectors import prices_age_by_source
         from notifications.selectors import outbox_pending_count
 
-        readers = (
+        # (series, help, label or None for a single value, what reads it)
+        readers: tuple[tuple[str, str, str | None, Callable[[], Any]], ...] = (
             (
                 "cryptovault_celery_queue_length",
                 "Messages waiting in each Celery queue (its Redis list).",

@@ -32,9 +32,8 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
-def request_id_from(request: HttpRequest) -> str:
-    """The client's X-Request-ID when it is sane, else a fresh one."""
-    candidate = request.headers.get(REQUEST_ID_HEADER, "")
+def request_id_from(candidate: str) -> str:
+    """The client's X-Request-ID (``candidate``) when it is sane, else a fresh one."""
     if _SANE_REQUEST_ID.match(candidate):
         return candidate
     return uuid.uuid4().hex
@@ -72,11 +71,13 @@ class _HybridMiddleware:
 
 class RequestIdMiddleware(_HybridMiddleware):
     def before(self, request: HttpRequest) -> None:
-        request.request_id = request_id_from(request)
-        request_id_var.set(request.request_id)
+        request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER, ""))
+        # Read back by the audit log (accounts.audit) from the request it is given.
+        request.request_id = request_id  # type: ignore[attr-defined]
+        request_id_var.set(request_id)
 
     def after(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
-        response[REQUEST_ID_HEADER] = request.request_id
+        response[REQUEST_ID_HEADER] = getattr(request, "request_id", "")
         return response
 
 

@@ -18,6 +18,7 @@ from cryptovault.net import ratelimit_key_ip
 LIMITS = {
     "signup": "5/m",
     "login": "10/m",
+    "login-otp": "10/m",
     "verify-email": "10/m",
     "resend-verification": "3/m",
     "forgot-password": "3/m",

@@ -12,11 +12,16 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from cryptography.fernet import Fernet, MultiFernet
 from django.core.exceptions import ImproperlyConfigured
 from pythonjsonlogger.core import RESERVED_ATTRS
 from whitenoise.compress import Compressor
 
 from cryptovault.reconnect import RetryingRedisConnection
+
+# The coin and venue catalogue (plain data, no Django): the tracked coins' and venue
+# fees' defaults.
+from markets import catalogue
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -51,10 +56,14 @@ INSTALLED_APPS = [
     "channels",
     "anymail",
     "corsheaders",
+    # The project package as an app: its admin module re-registers the models above
+    # (groups, periodic tasks) with the audit trail, so it comes after them.
+    "cryptovault",
     "accounts",
     "markets",
     "orders",
     "notifications",
+    "bots",
 ]
 
 # The security headers wrap everything below them, early refusals included.
@@ -220,6 +229,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A worker that has received nothing for this long while messages wait in its queues is
+# reconnected to the broker (cryptovault.celery.ConsumerWatchdog).
+WORKER_STALL_SECONDS = env.float("WORKER_STALL_SECONDS", default=30.0)
+WORKER_STALL_CHECK_SECONDS = env.float("WORKER_STALL_CHECK_SECONDS", default=5.0)
 # Celery's Django fixup closes the DB connection around every task (ignoring
 # CONN_MAX_AGE) unless this is set; a worker run with CONN_MAX_AGE > 0 (Procfile) then
 # keeps its connection, recycled by Django's own rules around each task (cryptovault.celery).
@@ -288,6 +301,15 @@ CELERY_BEAT_SCHEDULE["notifications-events-prune"] = {
 }
 RSA_PRIVATE_KEY = env.str("RSA_PRIVATE_KEY", default="")
 RSA_PRIVATE_KEY_FILE = env.str("RSA_PRIVATE_KEY_FILE", default=str(BASE_DIR / ".keys/rsa.pem"))
+# Fernet keys (comma-separated) encrypting API key secrets and TOTP secrets at rest: the
+# first encrypts, all decrypt (MultiFernet); `manage.py secrets_reencrypt` moves every
+# stored secret under the first. Only development has a built-in one.
+_DEV_API_KEY_ENCRYPTION_KEY = "ZGV2LW9ubHktYXBpLWtleS1lbmNyeXB0aW9uLWtleSE="  # noqa: S105
+API_KEY_ENCRYPTION_KEYS = env.list(
+    "API_KEY_ENCRYPTION_KEYS", default=[_DEV_API_KEY_ENCRYPTION_KEY] if DEBUG else []
+)
+# API key signatures: the timestamp may be this far from the server's clock either way.
+API_KEY_TIMESTAMP_WINDOW_MS = 10_000
 
 # Production refuses to start on anything a developer machine would make up: the dev
 # SECRET_KEY (it also signs JWTs unless JWT_SIGNING_KEY is set), no host list, or a
@@ -310,6 +332,18 @@ if not DEBUG:
         _missing.append(
             "RSA_PRIVATE_KEY (PEM) or RSA_PRIVATE_KEY_FILE (an existing PEM file) must be set"
         )
+    if not API_KEY_ENCRYPTION_KEYS or _DEV_API_KEY_ENCRYPTION_KEY in API_KEY_ENCRYPTION_KEYS:
+        _missing.append(
+            "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys of your own "
+            "(Fernet.generate_key(), comma-separated)"
+        )
+    else:
+        try:
+            MultiFernet([Fernet(key.strip()) for key in API_KEY_ENCRYPTION_KEYS])
+        except ValueError:
+            _missing.append(
+                "API_KEY_ENCRYPTION_KEYS must be set to Fernet keys (32 url-safe base64 bytes)"
+            )
     if _missing:
         raise ImproperlyConfigured(
             "DEBUG is off (production) and the configuration is unsafe: "
@@ -327,21 +361,7 @@ MARKET_DATA_URL = env.str("MARKET_DATA_URL", default="https://api.coingecko.com/
 COINGECKO_API_KEY = env.str("COINGECKO_API_KEY", default="")
 COINGECKO_PLAN = env.str("COINGECKO_PLAN", default="demo")
 MARKET_DATA_FALLBACK = env.str("MARKET_DATA_FALLBACK", default="simulated")
-TRACKED_COINS = env.list(
-    "TRACKED_COINS",
-    default=[
-        "bitcoin",
-        "ethereum",
-        "tether",
-        "binancecoin",
-        "solana",
-        "ripple",
-        "usd-coin",
-        "cardano",
-        "dogecoin",
-        "tron",
-    ],
-)
+TRACKED_COINS = env.list("TRACKED_COINS", default=catalogue.DEFAULT_TRACKED_COINS)
 PRICE_POLL_SECONDS = env.int("PRICE_POLL_SECONDS", default=10)
 PRICE_STALE_SECONDS = env.int("PRICE_STALE_SECONDS", default=60)
 SIGNUP_BONUS_USD = env.str("SIGNUP_BONUS_USD", default="10000")
@@ -371,14 +391,10 @@ MARKET_DATA_LAST_COPY_SECONDS = env.int("MARKET_DATA_LAST_COPY_SECONDS", default
 ARBITRAGE_MIN_NET_PCT = Decimal(env.str("ARBITRAGE_MIN_NET_PCT", default="0"))
 ARBITRAGE_MAX_AGE_SECONDS = env.int("ARBITRAGE_MAX_AGE_SECONDS", default=600)
 # Taker fee per venue (CoinGecko exchange id); others pay ARBITRAGE_DEFAULT_FEE.
-ARBITRAGE_VENUE_FEES = {
-    "binance": Decimal("0.001"),
-    "gdax": Decimal("0.004"),
-    "kraken": Decimal("0.0026"),
-    "bitstamp": Decimal("0.003"),
-    "okex": Decimal("0.001"),
-}
-ARBITRAGE_DEFAULT_FEE = Decimal(env.str("ARBITRAGE_DEFAULT_FEE", default="0.002"))
+ARBITRAGE_VENUE_FEES = {venue.id: venue.taker_fee for venue in catalogue.VENUES.values()}
+ARBITRAGE_DEFAULT_FEE = Decimal(
+    env.str("ARBITRAGE_DEFAULT_FEE", default=str(catalogue.DEFAULT_VENUE_FEE))
+)
 COIN_DETAILS_CACHE_SECONDS = env.int("COIN_DETAILS_CACHE_SECONDS", default=300)
 # One history row per coin per interval (PostgreSQL), kept for a year.
 PRICE_HISTORY_INTERVAL_SECONDS = env.int("PRICE_HISTORY_INTERVAL_SECONDS", default=60)
@@ -465,6 +481,9 @@ CORS_ALLOW_HEADERS = [
     "content-type",
     "idempotency-key",
     "last-event-id",
+    "x-api-key",
+    "x-api-signature",
+    "x-api-timestamp",
     "x-request-id",
 ]
 CORS_EXPOSE_HEADERS = ["x-request-id", "retry-after"]
@@ -524,6 +543,8 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # simplejwt + the token's login session must still be alive (instant revocation).
         "accounts.authentication.SessionJWTAuthentication",
+        # X-API-Key + X-API-Timestamp + X-API-Signature; views declare the scope they need.
+        "accounts.authentication.ApiKeyAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "cryptovault.pagination.PageNumberPagination",
@@ -545,6 +566,8 @@ SPECTACULAR_SETTINGS = {
         "OrderSideEnum": "orders.models.Order.Side",
         "OrderTypeEnum": "orders.models.Order.Type",
         "OrderStatusEnum": "orders.models.Order.Status",
+        "ApiKeyKindEnum": "accounts.models.ApiKey.Kind",
+        "ApiKeyScopeEnum": "accounts.models.ApiKey.Scope",
     },
     # Swagger UI and ReDoc from drf-spectacular-sidecar's static files: no CDN, works
     # offline, and the version is the pinned one.

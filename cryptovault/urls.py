@@ -48,6 +48,8 @@ urlpatterns = [
     path("verify-email", verify_email_page, name="verify-email-page"),
     path("reset-password", reset_password_page, name="reset-password-page"),
     path("api/v1/", include((api_v1, "api"), namespace="v1")),
+    # Binance's spot REST API (its shapes and errors), not ours: outside the OpenAPI schema.
+    path("binance/", include("bots.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", swagger_ui, name="swagger-ui"),
     path("api/redoc/", redoc, name="redoc"),

@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 
-from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from cryptovault.dashboard import price_charts
+from cryptovault.admin import AuditedAdmin, LargeRecordAdmin, RecordAdmin
+from markets.charts import price_charts
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.services import coin_set_tracked
 
@@ -38,25 +38,13 @@ class CoinAdmin(AuditedAdmin):
         self.message_user(request, f"{queryset.count()} coin(s) untracked.", messages.SUCCESS)
 
 
-class RecordAdmin(admin.ModelAdmin):
-    """Rows the platform writes (polls, samplers): operators look, nobody edits."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(PricePoint)
-class PricePointAdmin(RecordAdmin):
+class PricePointAdmin(LargeRecordAdmin):
     list_display = ("coin", "ts", "price")
     list_filter = ("coin",)
     # A year of history is millions of rows: no date_hierarchy (a DISTINCT over all of
     # them), and an estimated count when unfiltered.
     list_select_related = ("coin",)
-    show_full_result_count = False
-    paginator = LargeTablePaginator
 
 
 @admin.register(StatusSample)

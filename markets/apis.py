@@ -11,6 +11,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import read_only_method_check
 from cryptovault.net import client_ip
 from cryptovault.pagination import PageNumberPagination, paginated_response
@@ -23,7 +24,13 @@ logger = logging.getLogger(__name__)
 # Per client IP and minute (django-ratelimit, ``RATELIMIT_ENABLE``). Details and history
 # may reach the source, so they are the tightest. GET /prices is counted in its own lane
 # (``price_store.PRICES_PER_MINUTE``).
-RATES = {"coins": "120/m", "coin-detail": "30/m", "coin-history": "30/m", "arbitrage": "60/m"}
+RATES = {
+    "coins": "120/m",
+    "coin-detail": "30/m",
+    "coin-history": "30/m",
+    "coin-ohlc": "120/m",
+    "arbitrage": "60/m",
+}
 
 
 class PublicApi(APIView):
@@ -138,6 +145,62 @@ class CoinHistoryApi(PublicApi):
         prices = upstream.coin_history(coin_id=coin.id, days=days)
         return Response(
             self.OutputSerializer({"coin": coin.id, "days": days, "prices": prices}).data
+        )
+
+
+# The intervals the contract names; ``selectors.CANDLE_INTERVALS`` holds more (for Binance).
+OHLC_INTERVALS = ("1m", "5m", "15m", "1h", "4h", "1d")
+
+OHLC_SCHEMA = {
+    "type": "array",
+    "description": "Candles, oldest first: [open time (epoch ms), open, high, low, close].",
+    "items": {
+        "type": "array",
+        "minItems": 5,
+        "maxItems": 5,
+        "items": {"oneOf": [{"type": "integer"}, {"type": "string", "format": "decimal"}]},
+    },
+    "example": [[1767225600000, "65000", "65100.5", "64900", "65050"]],
+}
+
+
+class CoinOhlcApi(PublicApi):
+    """Candles built from the stored price points (one per price-history interval, 1 min
+    by default); no invented candle fills a gap."""
+
+    rate_group = "coin-ohlc"
+
+    class InputSerializer(serializers.Serializer):
+        class Meta:
+            ref_name = "CoinOhlcInput"
+
+        interval = serializers.ChoiceField(choices=OHLC_INTERVALS)
+        limit = serializers.IntegerField(
+            min_value=1,
+            max_value=selectors.CANDLES_LIMIT_MAX,
+            default=selectors.CANDLES_LIMIT_DEFAULT,
+            help_text="How many intervals back from now (the current one included); "
+            "a gap in the history yields fewer candles.",
+        )
+
+    @extend_schema(
+        parameters=[InputSerializer],
+        responses={200: OHLC_SCHEMA},
+        operation_id="coins_ohlc_list",
+    )
+    def get(self, request, coin_id: str):
+        coin = _coin_or_404(coin_id)
+        params = self.InputSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        candles = selectors.candle_list(coin_id=coin.id, **params.validated_data)
+        return Response(
+            [
+                [
+                    int(c.open_time.timestamp() * 1000),
+                    *(decimal_str(price) for price in (c.open, c.high, c.low, c.close)),
+                ]
+                for c in candles
+            ]
         )
 
 

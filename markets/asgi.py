@@ -17,7 +17,7 @@ rate limit rides in the same Redis round trip (one pipelined INCR).
 import io
 import time
 from functools import cache
-from types import SimpleNamespace
+from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -47,7 +47,7 @@ PRICES_ROUTE = "api/v1/prices"
 def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     """The headers Django's middleware adds to every response, from those classes, given
     a request as Django builds it from an ASGI scope of that scheme."""
-    scope = {
+    scope: dict[str, Any] = {
         "type": "http",
         "method": "GET",
         "path": PRICES_PATH,
@@ -140,9 +140,7 @@ async def _respond(
     content_length: int | None = None,
 ) -> None:
     given_id = request_headers.get(REQUEST_ID_HEADER.lower().encode("latin-1"), b"")
-    request_id = request_id_from(
-        SimpleNamespace(headers={REQUEST_ID_HEADER: given_id.decode("latin-1")})
-    )
+    request_id = request_id_from(given_id.decode("latin-1"))
     length = len(body) if content_length is None else content_length
     await send(
         {

@@ -4,20 +4,23 @@ source live in ``markets.upstream``, the arbitrage maths in ``markets.arbitrage`
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
-from django.db.models import Case, IntegerField, Q, QuerySet, Value, When
+from django.db import connections, router
+from django.db.models import Avg, Case, IntegerField, Max, Min, Q, QuerySet, Value, When
 from django_redis import get_redis_connection
 from rest_framework import status
 
 from cryptovault.exceptions import ApplicationError
-from markets.models import Coin
+from markets.models import Coin, PricePoint
 from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_QUOTES_KEY,
     SIMULATED_SOURCE,
+    TICKERS_KEY_PREFIX,
     price_store_refill,
     prices_are_stale,
     prices_snapshot_bytes,
@@ -105,8 +108,28 @@ def prices_tradable() -> dict[str, Decimal]:
     return {
         coin_id: Decimal(quote["usd"])
         for coin_id, quote in price_quotes().items()
-        if quote["source"] != SIMULATED_SOURCE and not prices_are_stale(as_of_epoch=quote["as_of"])
+        if quote_is_tradable(quote)
     }
+
+
+def quote_is_tradable(quote: dict) -> bool:
+    """Whether a stored quote (an entry of ``price_quotes``) is one orders fill on: real
+    (not the ``simulated`` fallback's), current, not stamped in the future."""
+    return quote["source"] != SIMULATED_SOURCE and not prices_are_stale(as_of_epoch=quote["as_of"])
+
+
+def venue_spread(*, coin_id: str) -> Decimal | None:
+    """How far apart the venues quote ``coin_id`` (``(highest - lowest) / lowest``) in the
+    latest polled tickers (``TICKERS_KEY_PREFIX``, the arbitrage input), or None when
+    fewer than two venues are known or the tickers have expired."""
+    raw = get_redis_connection("default").get(TICKERS_KEY_PREFIX + coin_id)
+    if raw is None:
+        return None
+    prices = [Decimal(venue["price"]) for venue in orjson.loads(raw)["venues"]]
+    prices = [price for price in prices if price.is_finite() and price > 0]
+    if len(prices) < 2:
+        return None
+    return (max(prices) - min(prices)) / min(prices)
 
 
 # --- coins -----------------------------------------------------------------------------------
@@ -174,3 +197,97 @@ def coin_list(*, search: str | None = None) -> list[dict]:
         )
     )
     return rows
+
+
+# --- candles ---------------------------------------------------------------------------------
+# Every fixed-length interval candles are built for, in seconds, by Binance's names. Buckets
+# start on multiples of the interval since the Unix epoch (UTC), as Binance aligns klines.
+CANDLE_INTERVALS = {
+    "1m": 60,
+    "3m": 180,
+    "5m": 300,
+    "15m": 900,
+    "30m": 1800,
+    "1h": 3600,
+    "2h": 7200,
+    "4h": 14400,
+    "6h": 21600,
+    "8h": 28800,
+    "12h": 43200,
+    "1d": 86400,
+}
+CANDLES_LIMIT_DEFAULT = 500
+CANDLES_LIMIT_MAX = 1000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Candle:
+    open_time: datetime
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+
+
+def candle_list(
+    *,
+    coin_id: str,
+    interval: str,
+    limit: int = CANDLES_LIMIT_DEFAULT,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> list[Candle]:
+    """OHLC candles of ``coin_id`` from the stored price points (``PricePoint``, one per
+    ``PRICE_HISTORY_INTERVAL_SECONDS``), oldest first, at most ``limit``.
+
+    The window is ``limit`` intervals long: from the bucket holding ``start`` when given,
+    else ending at ``end`` (default now, the current candle included). A bucket without a
+    stored point yields no candle: gaps stay gaps, so a window with gaps holds fewer.
+    """
+    step = CANDLE_INTERVALS[interval]
+    span = timedelta(seconds=step * limit)
+    if start is not None:
+        since = _EPOCH + timedelta(seconds=(start - _EPOCH).total_seconds() // step * step)
+        until = since + span if end is None else min(end + timedelta(microseconds=1), since + span)
+    else:
+        until = (end or datetime.now(tz=UTC)) + timedelta(microseconds=1)
+        last_open = _EPOCH + timedelta(seconds=(until - _EPOCH).total_seconds() // step * step)
+        since = last_open + timedelta(seconds=step) - span
+    # Bucketed by PostgreSQL: a day of 1-minute points per 1d candle, only buckets travel.
+    # Lag-tolerant, so the router may send it to the replica like any PricePoint read.
+    params: list[Any] = [timedelta(seconds=step), _EPOCH, coin_id, since, until, limit]
+    with connections[router.db_for_read(PricePoint)].cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT date_bin(%s::interval, ts, %s) AS bucket,
+                   (array_agg(price ORDER BY ts))[1], max(price), min(price),
+                   (array_agg(price ORDER BY ts DESC))[1]
+            FROM {PricePoint._meta.db_table}
+            WHERE coin_id = %s AND ts >= %s AND ts < %s
+            GROUP BY bucket
+            ORDER BY bucket
+            LIMIT %s
+            """,  # noqa: S608 - the table name is ours, every value is a parameter
+            params,
+        )
+        return [Candle(*row) for row in cursor.fetchall()]
+
+
+def price_ranges(*, coin_ids: list[str], since: datetime) -> dict[str, tuple[Decimal, Decimal]]:
+    """``{coin: (high, low)}`` of the stored price points since ``since``, in one query;
+    coins without a point in the window are absent."""
+    rows = (
+        PricePoint.objects.filter(coin_id__in=coin_ids, ts__gte=since)
+        .values("coin_id")
+        .annotate(high=Max("price"), low=Min("price"))
+        .order_by()
+    )
+    return {row["coin_id"]: (row["high"], row["low"]) for row in rows}
+
+
+def price_average(*, coin_id: str, since: datetime) -> Decimal | None:
+    """The mean of the stored price points of ``coin_id`` since ``since`` (None: none)."""
+    return PricePoint.objects.filter(coin_id=coin_id, ts__gte=since).aggregate(avg=Avg("price"))[
+        "avg"
+    ]

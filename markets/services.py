@@ -1,9 +1,11 @@
 """Writes of market data: coins in PostgreSQL, the latest prices in Redis."""
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import orjson
 import redis
@@ -12,10 +14,11 @@ from django.db import transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from cryptovault.dashboard import queue_depths
 from cryptovault.decimals import decimal_str
-from cryptovault.exceptions import DEPENDENCY_ERRORS
+from cryptovault.exceptions import STATUS_READ_ERRORS
+from cryptovault.metrics import queue_depths
 from markets import realtime
+from markets.catalogue import coin_names
 from markets.models import Coin, LatestPrice, PricePoint, StatusSample
 from markets.price_store import (
     PRICES_AS_OF_KEY,
@@ -41,28 +44,13 @@ TICKERS_CURSOR_KEY = "cv:markets:tickers:cursor"
 # Samples are charted over the last hour, and their stale minutes shade the 24 h prices.
 STATUS_SAMPLE_RETENTION = timedelta(hours=24)
 
-# Names for the default tracked coins, so a fresh install shows sensible rows
-# before the first poll fills in whatever the source reports.
-KNOWN_COINS: dict[str, tuple[str, str]] = {
-    "bitcoin": ("btc", "Bitcoin"),
-    "ethereum": ("eth", "Ethereum"),
-    "tether": ("usdt", "Tether"),
-    "binancecoin": ("bnb", "BNB"),
-    "solana": ("sol", "Solana"),
-    "ripple": ("xrp", "XRP"),
-    "usd-coin": ("usdc", "USDC"),
-    "cardano": ("ada", "Cardano"),
-    "dogecoin": ("doge", "Dogecoin"),
-    "tron": ("trx", "TRON"),
-}
-
 
 @transaction.atomic
 def coins_seed(*, coin_ids: list[str]) -> list[Coin]:
     """Ensure a tracked row for each id; idempotent, never un-tracks anything."""
     coins = []
     for coin_id in coin_ids:
-        symbol, name = KNOWN_COINS.get(coin_id, (coin_id[:32], coin_id.replace("-", " ").title()))
+        symbol, name = coin_names(coin_id)
         coin, created = Coin.objects.get_or_create(
             id=coin_id, defaults={"symbol": symbol, "name": name, "tracked": True}
         )
@@ -166,7 +154,7 @@ def prices_forget(*, coin_ids: list[str]) -> None:
     redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
 
 
-def _tick_hook(hook, **kwargs) -> None:
+def _tick_hook(hook: Callable[..., object], **kwargs: Any) -> None:
     # One failing subscriber must not keep the tick from the others, nor fail the poll
     # (the prices are already recorded).
     try:
@@ -220,10 +208,10 @@ def prices_poll(*, client: CoinGeckoClient | None = None) -> PollResult | None:
             quotes = client.coins_markets(ids=sorted(coins))
     except SourceError as exc:
         logger.warning("price poll failed", extra={"error": str(exc)})
-        quotes = _fallback_quotes(coins)
-        if quotes is None:
+        fallback = _fallback_quotes(coins)
+        if fallback is None:
             return None
-        source = "simulated"
+        quotes, source = fallback, "simulated"
     if not quotes:
         return None
     previous = {coin_id: quote["usd"] for coin_id, quote in price_quotes().items()}
@@ -309,7 +297,7 @@ def status_sample_record() -> StatusSample:
     try:
         queues = queue_depths()
         waiting, unacked = sum(queues["waiting"].values()), queues["unacked"]
-    except (*DEPENDENCY_ERRORS, redis.RedisError, OSError):
+    except STATUS_READ_ERRORS:
         waiting = unacked = None
     sample, _ = StatusSample.objects.update_or_create(
         ts=now.replace(second=0, microsecond=0),

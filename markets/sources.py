@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import quote
 
 import httpx
@@ -113,6 +113,12 @@ def _number(value: Any, what: str, *, required: bool = False, positive: bool = F
     return value
 
 
+@overload
+def _text(
+    value: Any, what: str, *, required: Literal[True] = ..., max_length: int = ...
+) -> str: ...
+@overload
+def _text(value: Any, what: str, *, required: bool, max_length: int = ...) -> str | None: ...
 def _text(value: Any, what: str, *, required: bool = True, max_length: int = 200) -> str | None:
     if value is None and not required:
         return None

@@ -160,7 +160,7 @@ def _history_from_db(*, coin_id: str, since: datetime, step: int) -> list[list]:
             WHERE coin_id = %s AND ts >= %s
             ORDER BY bucket, ts DESC
             """,  # noqa: S608 - the table name is ours, every value is a parameter
-            [timedelta(seconds=step), datetime(2000, 1, 1, tzinfo=UTC), coin_id, since],
+            [f"{step} seconds", datetime(2000, 1, 1, tzinfo=UTC), coin_id, since],
         )
         return [
             [int(ts.timestamp() * 1000), format(price.normalize(), "f")]

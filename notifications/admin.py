@@ -1,7 +1,6 @@
 from django.contrib import admin, messages
 
-from cryptovault.admin import AuditedAdmin, LargeTablePaginator
-from markets.admin import RecordAdmin
+from cryptovault.admin import AuditedAdmin, LargeRecordAdmin, LargeTablePaginator, RecordAdmin
 from notifications import services
 from notifications.models import (
     Notification,
@@ -107,13 +106,11 @@ class OutboxEmailAdmin(AuditedAdmin):
 
 
 @admin.register(UserEvent)
-class UserEventAdmin(RecordAdmin):
+class UserEventAdmin(LargeRecordAdmin):
     list_display = ("id", "user", "event_id", "kind", "created_at")
     list_filter = ("kind",)
     list_select_related = ("user",)
     search_fields = ("user__email",)
-    paginator = LargeTablePaginator
-    show_full_result_count = False
 
 
 @admin.register(UserEventCounter)

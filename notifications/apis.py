@@ -4,6 +4,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts.permissions import authenticated_user
 from cryptovault.decimals import PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
 from markets.fields import CoinIdField
@@ -17,6 +18,9 @@ from notifications.serializers import (
 
 
 class NotificationListApi(APIView):
+    # What an API key needs here (accounts.authentication.ApiKeyAuthentication).
+    api_key_scopes = {"GET": "read"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationListFilter"
@@ -31,7 +35,7 @@ class NotificationListApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         notifications = selectors.notification_list(
-            user=request.user, unread=filters.validated_data["unread"]
+            user=authenticated_user(request), unread=filters.validated_data["unread"]
         )
         return paginated_response(
             view=self, request=request, items=notifications, serializer_class=self.OutputSerializer
@@ -39,6 +43,8 @@ class NotificationListApi(APIView):
 
 
 class NotificationUnreadCountApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "NotificationUnreadCount"
@@ -47,7 +53,7 @@ class NotificationUnreadCountApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
-        count = selectors.notification_unread_count(user=request.user)
+        count = selectors.notification_unread_count(user=authenticated_user(request))
         return Response(self.OutputSerializer({"count": count}).data)
 
 
@@ -57,7 +63,7 @@ class NotificationReadApi(APIView):
     @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request: Request, notification_id: int) -> Response:
         notification = selectors.notification_get(
-            user=request.user, notification_id=notification_id
+            user=authenticated_user(request), notification_id=notification_id
         )
         notification = services.notification_mark_read(notification=notification)
         return Response(self.OutputSerializer(notification).data)
@@ -72,7 +78,7 @@ class NotificationReadAllApi(APIView):
 
     @extend_schema(request=None, responses=OutputSerializer)
     def post(self, request: Request) -> Response:
-        updated = services.notifications_mark_all_read(user=request.user)
+        updated = services.notifications_mark_all_read(user=authenticated_user(request))
         return Response(self.OutputSerializer({"updated": updated}).data)
 
 
@@ -80,7 +86,7 @@ class NotificationDeleteApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request: Request, notification_id: int) -> Response:
         notification = selectors.notification_get(
-            user=request.user, notification_id=notification_id
+            user=authenticated_user(request), notification_id=notification_id
         )
         services.notification_delete(notification=notification)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -107,19 +113,21 @@ class NotificationPreferencesApi(APIView):
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request) -> Response:
-        return self._render(services.notification_email_kinds(user=request.user))
+        return self._render(services.notification_email_kinds(user=authenticated_user(request)))
 
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
     def patch(self, request: Request) -> Response:
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         kinds = services.notification_preferences_update(
-            user=request.user, email=payload.validated_data["email"]
+            user=authenticated_user(request), email=payload.validated_data["email"]
         )
         return self._render(kinds)
 
 
 class PriceAlertListCreateApi(APIView):
+    api_key_scopes = {"GET": "read", "POST": "trade"}
+
     class FilterSerializer(serializers.Serializer):
         class Meta:
             ref_name = "PriceAlertListFilter"
@@ -142,7 +150,7 @@ class PriceAlertListCreateApi(APIView):
         filters = self.FilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
         alerts = selectors.price_alert_list(
-            user=request.user, active=filters.validated_data["active"]
+            user=authenticated_user(request), active=filters.validated_data["active"]
         )
         return paginated_response(
             view=self, request=request, items=alerts, serializer_class=self.OutputSerializer
@@ -153,7 +161,7 @@ class PriceAlertListCreateApi(APIView):
         payload = self.InputSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         alert = services.price_alert_create(
-            user=request.user,
+            user=authenticated_user(request),
             coin_id=payload.validated_data["coin"],
             condition=payload.validated_data["condition"],
             price=payload.validated_data["price"],
@@ -162,15 +170,17 @@ class PriceAlertListCreateApi(APIView):
 
 
 class PriceAlertDetailApi(APIView):
+    api_key_scopes = {"GET": "read", "DELETE": "trade"}
+
     OutputSerializer = PriceAlertSerializer
 
     @extend_schema(responses=OutputSerializer)
     def get(self, request: Request, alert_id: int) -> Response:
-        alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
+        alert = selectors.price_alert_get(user=authenticated_user(request), alert_id=alert_id)
         return Response(self.OutputSerializer(alert).data)
 
     @extend_schema(responses={204: None})
     def delete(self, request: Request, alert_id: int) -> Response:
-        alert = selectors.price_alert_get(user=request.user, alert_id=alert_id)
+        alert = selectors.price_alert_get(user=authenticated_user(request), alert_id=alert_id)
         services.price_alert_delete(alert=alert)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -36,7 +36,7 @@ def _authenticate(token: str):
     if user is None:
         return None, None
     # The token verified above; read its session id for revocation pushes.
-    return user, str(AccessToken(token).get("sid"))
+    return user, str(AccessToken(token).get("sid"))  # type: ignore[arg-type]  # simplejwt
 
 
 async def scope_authenticate(scope: dict):

@@ -42,7 +42,7 @@ RETRY_MAX_SECONDS = 3600
 
 # Who builds the message of each kind, at send time: ``(outbox: OutboxEmail) ->
 # EmailMessage | None`` (None: nothing to send any more).
-BUILDERS = {
+BUILDERS: dict[str, str] = {
     OutboxEmail.Kind.VERIFICATION: "accounts.services.verification_email_message",
     OutboxEmail.Kind.PASSWORD_RESET: "accounts.services.password_reset_email_message",
     OutboxEmail.Kind.WELCOME: "accounts.services.welcome_email_message",

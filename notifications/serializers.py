@@ -1,12 +1,21 @@
 """Output shapes shared by the REST API and the realtime push, so both agree."""
 
+from decimal import Decimal
+from typing import TypedDict
+
 from rest_framework import serializers
 
 from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from notifications.models import Notification, PriceAlert
 
+
+class PriceBounds(TypedDict):
+    decimal_places: int
+    max_value: Decimal
+
+
 # Alert prices: bounded as an order's limit price (12 places for sub-cent coins).
-PRICE_FIELD = {"decimal_places": 12, "max_value": PRICE_MAX}
+PRICE_FIELD: PriceBounds = {"decimal_places": 12, "max_value": PRICE_MAX}
 
 
 class NotificationSerializer(serializers.ModelSerializer):

@@ -99,10 +99,9 @@ def _deliver(*, user_id: int, frame: dict, email: OutboxEmail | None = None) -> 
     """Put ``email`` in the outbox and, after commit, push ``frame`` to the user's
     sockets (and wake the email drain): with the surrounding batch if there is one,
     else on its own."""
-    deliveries = _batch.get()
-    alone = deliveries is None
-    if alone:
-        deliveries = _Deliveries()
+    batch = _batch.get()
+    alone = batch is None
+    deliveries = _Deliveries() if batch is None else batch
     deliveries.frames.setdefault(user_id, []).append(frame)
     if email is not None:
         deliveries.emails.append(email)

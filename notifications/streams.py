@@ -253,14 +253,15 @@ def _authenticate(token: str) -> tuple[int | None, str | None]:
     user = user_from_access_token(token=token)
     if user is None:
         return None, None
-    return user.pk, str(AccessToken(token).get("sid"))
+    return user.pk, str(AccessToken(token).get("sid"))  # type: ignore[arg-type]  # simplejwt
 
 
 def _token(headers: dict[bytes, bytes], query: dict[str, list[str]]) -> str | None:
     scheme, _, value = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    return (query.get("token") or [None])[0]
+    tokens = query.get("token")
+    return tokens[0] if tokens else None
 
 
 def _last_event_id(headers: dict[bytes, bytes], query: dict[str, list[str]]) -> int | None:
@@ -284,7 +285,7 @@ async def user_stream(scope, receive, send, headers: dict[bytes, bytes]) -> None
     user_id = session_id = None
     if token and len(token) <= MAX_TOKEN_CHARS:
         user_id, session_id = await _in_thread(_authenticate)(token)
-    if user_id is None:
+    if user_id is None or session_id is None:
         return await _refuse(
             send,
             401,
@@ -435,7 +436,7 @@ class _PriceTicks:
         texts: dict[frozenset[str] | None, str] = {None: data.decode()}
         items = {}
         for queue, coins in self._queues.items():
-            if coins not in texts:
+            if coins is not None and coins not in texts:
                 subset = {coin: entry for coin, entry in prices.items() if coin in coins}
                 texts[coins] = orjson.dumps(
                     {"type": "tick", "as_of": tick["as_of"], "prices": subset}
@@ -638,5 +639,5 @@ async def _relay(send, receive, feed, *, reset: bool = False) -> None:
         # The last chunk: the client sees the stream end and resumes, with its
         # Last-Event-ID, on an instance that stays; uvicorn can then exit.
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-    if producer.done() and not producer.cancelled() and producer.exception() is not None:
-        raise producer.exception()
+    if producer.done() and not producer.cancelled() and (error := producer.exception()):
+        raise error

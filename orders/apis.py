@@ -10,16 +10,19 @@ from rest_framework import serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cryptovault.decimals import PlainDecimalField
+from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
 from markets.fields import CoinIdField
 from orders import selectors, services
 from orders.limits import order_create_rate_limit
 from orders.models import LedgerEntry, Order
-from orders.serializers import OrderOutputSerializer, OrderPlaceInputSerializer
+from orders.serializers import OrderOutputSerializer
 
 
 class OrderListCreateApi(APIView):
+    # What an API key needs here (accounts.authentication.ApiKeyAuthentication).
+    api_key_scopes = {"GET": "read", "POST": "trade"}
+
     class FilterSerializer(serializers.Serializer):
         # Blank values (``?status=&coin=``) mean "no filter".
         status = serializers.ChoiceField(
@@ -27,7 +30,40 @@ class OrderListCreateApi(APIView):
         )
         coin = CoinIdField(required=False, allow_blank=True)
 
-    InputSerializer = OrderPlaceInputSerializer
+    # Also the body of an ``order.place`` message on /ws/user (orders.socket_api).
+    class InputSerializer(serializers.Serializer):
+        coin = CoinIdField()
+        side = serializers.ChoiceField(choices=Order.Side.choices)
+        type = serializers.ChoiceField(choices=Order.Type.choices)
+        quantity = PlainDecimalField(
+            decimal_places=services.ORDER_QUANTITY_PLACES, max_value=services.ORDER_QUANTITY_MAX
+        )
+        limit_price = PlainDecimalField(
+            decimal_places=services.ORDER_PRICE_PLACES,
+            max_value=PRICE_MAX,
+            required=False,
+            allow_null=True,
+        )
+        client_order_id = serializers.RegexField(
+            r"^[A-Za-z0-9_.:-]{1,64}$",
+            required=False,
+            allow_null=True,
+            error_messages={"invalid": "1-64 characters of letters, digits and _ . : -"},
+        )
+
+        class Meta:
+            ref_name = "OrderPlace"
+
+        def validate(self, attrs: dict) -> dict:
+            is_limit = attrs["type"] == Order.Type.LIMIT
+            if is_limit and attrs.get("limit_price") is None:
+                raise serializers.ValidationError({"limit_price": ["Required for limit orders."]})
+            if not is_limit and attrs.get("limit_price") is not None:
+                raise serializers.ValidationError(
+                    {"limit_price": ["Only limit orders take a limit price."]}
+                )
+            return attrs
+
     OutputSerializer = OrderOutputSerializer
     pagination_class = CursorPagination
 
@@ -81,6 +117,8 @@ class OrderListCreateApi(APIView):
 
 
 class OrderDetailApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     OutputSerializer = OrderOutputSerializer
 
     @extend_schema(responses=OutputSerializer)
@@ -92,6 +130,8 @@ class OrderDetailApi(APIView):
 
 
 class OrderCancelApi(APIView):
+    api_key_scopes = {"POST": "trade"}
+
     OutputSerializer = OrderOutputSerializer
 
     @extend_schema(request=None, responses=OutputSerializer)
@@ -101,6 +141,8 @@ class OrderCancelApi(APIView):
 
 
 class PortfolioApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.Serializer):
         class BalanceSerializer(serializers.Serializer):
             asset = serializers.CharField()
@@ -122,6 +164,8 @@ class PortfolioApi(APIView):
 
 
 class TransactionListApi(APIView):
+    api_key_scopes = {"GET": "read"}
+
     class OutputSerializer(serializers.ModelSerializer):
         amount = PlainDecimalField()
         balance_after = PlainDecimalField()

@@ -6,20 +6,23 @@ between ``available`` and ``locked`` (reserving for an order) does not change th
 total, so it writes no ledger entry; everything that changes the total does.
 """
 
-from decimal import Decimal
+from typing import TypedDict
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+
+class _Digits(TypedDict):
+    max_digits: int
+    decimal_places: int
+
+
 # Enough digits for any quantity or usd amount; services quantize before writing
 # (quantities and usd amounts to 8 places), so nothing is rounded by the database.
-MONEY = {"max_digits": 38, "decimal_places": 18}
+MONEY: _Digits = {"max_digits": 38, "decimal_places": 18}
 
 USD = "usd"
-
-# The largest order quantity the APIs accept (see ORDER_NOTIONAL_MAX in orders.services).
-ORDER_QUANTITY_MAX = Decimal("1000000000000")
 
 
 class Balance(models.Model):
@@ -109,6 +112,12 @@ class Order(models.Model):
                 fields=["coin", "side", "limit_price"],
                 condition=Q(status="open"),
                 name="orders_open_book",
+            ),
+            # The latest fills of a coin, newest first (Binance's public ``trades``).
+            models.Index(
+                fields=["coin", "-updated_at", "-id"],
+                condition=Q(status="filled"),
+                name="orders_fills_by_coin",
             ),
         ]
 

@@ -4,13 +4,14 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.db.models import QuerySet, Sum
 
+from accounts.models import User
 from markets.selectors import prices_snapshot
 from orders.models import USD, Balance, LedgerEntry, Order
 
 VALUE_QUANTUM = Decimal("0.00000001")
 
 
-def ledger_mismatches(*, user=None) -> list[dict]:
+def ledger_mismatches(*, user: User | None = None) -> list[dict]:
     """Every (user, asset) whose ledger does not sum to ``available + locked``.
 
     The invariant of the double-entry wallet; an empty list means it holds.
@@ -38,7 +39,9 @@ def ledger_mismatches(*, user=None) -> list[dict]:
     return mismatches
 
 
-def order_list(*, user, status: str | None = None, coin: str | None = None) -> QuerySet[Order]:
+def order_list(
+    *, user: User, status: str | None = None, coin: str | None = None
+) -> QuerySet[Order]:
     orders = Order.objects.filter(user=user)
     if status:
         orders = orders.filter(status=status)
@@ -47,16 +50,16 @@ def order_list(*, user, status: str | None = None, coin: str | None = None) -> Q
     return orders
 
 
-def order_get(*, user, order_id: int) -> Order | None:
+def order_get(*, user: User, order_id: int) -> Order | None:
     """The user's order, or None (another user's order is as absent as a missing one)."""
     return Order.objects.filter(user=user, pk=order_id).first()
 
 
-def ledger_entry_list(*, user) -> QuerySet[LedgerEntry]:
+def ledger_entry_list(*, user: User) -> QuerySet[LedgerEntry]:
     return LedgerEntry.objects.filter(user=user)
 
 
-def portfolio_get(*, user) -> dict:
+def portfolio_get(*, user: User) -> dict:
     """Balances valued at the latest cached prices (usd at 1).
 
     A coin without a known price has ``price``/``value_usd`` null and is left out
@@ -70,6 +73,7 @@ def portfolio_get(*, user) -> dict:
     balances.sort(key=lambda b: (b.asset != USD, b.asset))
     rows, total = [], Decimal(0)
     for balance in balances:
+        price: Decimal | None
         if balance.asset == USD:
             price = Decimal(1)
         else:
@@ -91,7 +95,7 @@ def portfolio_get(*, user) -> dict:
     return {"balances": rows, "total_value_usd": total}
 
 
-def reservation_mismatches(*, user=None) -> list[dict]:
+def reservation_mismatches(*, user: User | None = None) -> list[dict]:
     """Every balance whose ``locked`` differs from what its active orders reserve.
 
     The second invariant: funds are locked only for pending/open orders, exactly.

@@ -1,11 +1,9 @@
-"""Order serializers shared by the orders API and ``/ws/user`` (its pushes, and the
-orders placed on it)."""
+"""Order serializers shared by the orders API and the ``/ws/user`` pushes."""
 
 from rest_framework import serializers
 
-from cryptovault.decimals import PRICE_MAX, PlainDecimalField
-from markets.fields import CoinIdField
-from orders.models import ORDER_QUANTITY_MAX, Order
+from cryptovault.decimals import PlainDecimalField
+from orders.models import Order
 
 
 # Declared field by field rather than as a ModelSerializer: it runs twice per placed
@@ -27,37 +25,3 @@ class OrderOutputSerializer(serializers.Serializer):
     reject_reason = serializers.CharField(read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
-
-
-class OrderPlaceInputSerializer(serializers.Serializer):
-    """The body of ``POST /api/v1/orders`` and of an ``order.place`` message."""
-
-    coin = CoinIdField()
-    side = serializers.ChoiceField(choices=Order.Side.choices)
-    type = serializers.ChoiceField(choices=Order.Type.choices)
-    quantity = PlainDecimalField(decimal_places=8, max_value=ORDER_QUANTITY_MAX)
-    limit_price = PlainDecimalField(
-        decimal_places=12,
-        max_value=PRICE_MAX,
-        required=False,
-        allow_null=True,
-    )
-    client_order_id = serializers.RegexField(
-        r"^[A-Za-z0-9_.:-]{1,64}$",
-        required=False,
-        allow_null=True,
-        error_messages={"invalid": "1-64 characters of letters, digits and _ . : -"},
-    )
-
-    class Meta:
-        ref_name = "OrderPlace"
-
-    def validate(self, attrs: dict) -> dict:
-        is_limit = attrs["type"] == Order.Type.LIMIT
-        if is_limit and attrs.get("limit_price") is None:
-            raise serializers.ValidationError({"limit_price": ["Required for limit orders."]})
-        if not is_limit and attrs.get("limit_price") is not None:
-            raise serializers.ValidationError(
-                {"limit_price": ["Only limit orders take a limit price."]}
-            )
-        return attrs

@@ -9,11 +9,13 @@ database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 import logging
 from datetime import timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django_redis import get_redis_connection
+from prometheus_client import Counter
 from rest_framework import status as http
 
 from accounts.models import User
@@ -37,10 +39,15 @@ logger = logging.getLogger(__name__)
 # below a cent), so every ledger amount is exact in the database.
 QUANTUM = Decimal("0.00000001")
 
-# The bounds of an order besides its limit price (cryptovault.decimals.PRICE_MAX) and its
-# quantity (orders.models.ORDER_QUANTITY_MAX), enforced by the API and documented in the
-# README: with amounts of 8 places, a notional under the cap stays far inside Decimal's
-# 28 significant digits and the ledger's 20 integer digits, so no order can overflow.
+# The bounds of an order besides its limit price (cryptovault.decimals.PRICE_MAX), enforced
+# by the API and documented in the README: with amounts of 8 places, a notional under the
+# cap stays far inside Decimal's 28 significant digits and the ledger's 20 integer
+# digits, so no order can overflow.
+ORDER_QUANTITY_MAX = Decimal("1000000000000")
+# Decimal places an order's quantity and limit price may have (quantities are ledger
+# amounts: QUANTUM).
+ORDER_QUANTITY_PLACES = 8
+ORDER_PRICE_PLACES = 12
 ORDER_NOTIONAL_MAX = Decimal("1000000000")
 # An operator's credit or debit moves at most this much of an asset at a time.
 WALLET_ADJUST_MAX = Decimal("1000000000000")
@@ -96,7 +103,7 @@ def ledger_post(
     balance: Balance,
     kind: str,
     amount: Decimal,
-    order=None,
+    order: Order | None = None,
     memo: str = "",
 ) -> LedgerEntry:
     """Change ``balance.available`` by ``amount`` (signed) and return the unsaved entry.
@@ -165,7 +172,7 @@ def wallet_credit_signup_bonus(*, user: User) -> bool:
 
 @transaction.atomic
 def wallet_adjust(
-    *, user: User, asset: str, amount: Decimal, actor=None, reason: str
+    *, user: User, asset: str, amount: Decimal, actor: User | None = None, reason: str
 ) -> LedgerEntry:
     """Operator credit (amount > 0) or debit (amount < 0) of ``asset``.
 
@@ -300,8 +307,10 @@ def order_place(
     except IntegrityError:
         # Two requests with one client_order_id raced on different balance rows; the
         # unique constraint let exactly one through.
-        existing = client_order_id and (
+        existing = (
             Order.objects.filter(user=user, client_order_id=client_order_id).first()
+            if client_order_id
+            else None
         )
         if existing:
             return existing, False
@@ -342,11 +351,17 @@ def _order_place_locked(
             return existing, False
     if side == Order.Side.SELL:
         required = reserve = quantity
-    elif type == Order.Type.LIMIT:
-        required = reserve = sum(buy_cost(quantity=quantity, price=limit_price))
     else:
-        required = sum(buy_cost(quantity=quantity, price=reference))
-        reserve = min(balance.available, quantize_up(required * (1 + MARKET_BUY_BUFFER)))
+        # A limit buy reserves at its limit, a market buy at the reference price.
+        price = limit_price if type == Order.Type.LIMIT else reference
+        if price is None:
+            raise ValueError(f"a {type} buy needs a price to reserve at")
+        required = sum(buy_cost(quantity=quantity, price=price), Decimal(0))
+        reserve = (
+            required
+            if type == Order.Type.LIMIT
+            else min(balance.available, quantize_up(required * (1 + MARKET_BUY_BUFFER)))
+        )
     if balance.available < required:
         raise ApplicationError(
             "Insufficient funds.",
@@ -378,7 +393,7 @@ def _order_place_locked(
     return order, True
 
 
-def order_status_set(*, order: Order, status: str, **fields) -> Order:
+def order_status_set(*, order: Order, status: str, **fields: Any) -> Order:
     """The one place an order changes status: saves it and tells the user.
 
     Runs inside the caller's transaction; pushes go out after commit.
@@ -391,7 +406,7 @@ def order_status_set(*, order: Order, status: str, **fields) -> Order:
     return order
 
 
-_TERMINAL_NOTIFICATIONS = {
+_TERMINAL_NOTIFICATIONS: dict[str, tuple[str, str]] = {
     Order.Status.FILLED: ("order_filled", "Order filled"),
     Order.Status.CANCELLED: ("order_cancelled", "Order cancelled"),
     Order.Status.REJECTED: ("order_rejected", "Order rejected"),
@@ -433,7 +448,7 @@ def _reservation_release(*, order: Order, balances: dict[str, Balance]) -> None:
     order.reserved_amount = Decimal(0)
 
 
-def _order_count(counter) -> None:
+def _order_count(counter: Counter) -> None:
     """Counted once the order's transaction commits: a run rolled back and retried must
     not count twice."""
     transaction.on_commit(counter.inc, robust=True)
@@ -500,17 +515,23 @@ def _order_fill(
     _order_count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
 
 
+def _limit_of(order: Order) -> Decimal:
+    if order.limit_price is None:
+        raise ValueError(f"order {order.pk} is not a limit order")
+    return order.limit_price
+
+
 def limit_crosses(*, order: Order, price: Decimal) -> bool:
     if order.side == Order.Side.BUY:
-        return price <= order.limit_price
-    return price >= order.limit_price
+        return price <= _limit_of(order)
+    return price >= _limit_of(order)
 
 
 def _limit_fill_price(*, order: Order, price: Decimal) -> Decimal:
     """The better of the limit and the market price for the order's owner."""
     if order.side == Order.Side.BUY:
-        return min(order.limit_price, price)
-    return max(order.limit_price, price)
+        return min(_limit_of(order), price)
+    return max(_limit_of(order), price)
 
 
 def order_queue_process(*, user_id: int) -> int:

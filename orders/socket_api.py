@@ -2,8 +2,8 @@
 
 Each call does what the REST view does, in the same order and with the same pieces:
 the session and user checks of the REST authentication, the per-user rate limit
-(orders.limits, one counter with REST), the input serializer (orders.serializers), the
-service, the output serializer. They run in a worker thread (the consumer wraps them in
+(orders.limits, one counter with REST), the REST view's input serializer, the service,
+the output serializer. They run in a worker thread (the consumer wraps them in
 ``database_sync_to_async``) and raise what REST would answer with an error; the
 consumer turns that into an ``error`` frame with :func:`error_frame`.
 """
@@ -17,8 +17,9 @@ from accounts.selectors import session_is_live
 from cryptovault.exceptions import ApplicationError
 from cryptovault.ratelimit import RateLimited
 from orders import services
+from orders.apis import OrderListCreateApi
 from orders.limits import order_create_rate_limit
-from orders.serializers import OrderOutputSerializer, OrderPlaceInputSerializer
+from orders.serializers import OrderOutputSerializer
 
 MAX_ORDER_ID = 2**63 - 1
 
@@ -43,7 +44,7 @@ def order_place_message(*, user_id: int, session_id: str, body: Any) -> dict:
     """The order as REST shows it; a repeated ``client_order_id`` gives the first order."""
     user = _trader(user_id=user_id, session_id=session_id)
     order_create_rate_limit(user=user)
-    serializer = OrderPlaceInputSerializer(data=body)
+    serializer = OrderListCreateApi.InputSerializer(data=body)
     serializer.is_valid(raise_exception=True)
     data = serializer.validated_data
     order, _ = services.order_place(

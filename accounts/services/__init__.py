@@ -7,6 +7,8 @@
 - ``lockout``: failed-login counting and the per-account lock
 - ``login``: the API login
 - ``admin_login``: the admin console's login, under the same lockout
+- ``two_factor``: TOTP, recovery codes, the login challenge, re-authentication
+- ``api_keys``: API keys for bots and the signed-request check
 - ``google``: sign-in with Google
 - ``passwords``: reset by link, change while logged in
 - ``roles``: what staff do to an account (role, lock, unlock)
@@ -16,7 +18,18 @@
 The audit log is :mod:`accounts.audit` (every app writes it).
 """
 
-from accounts.services.admin_login import AdminLoginRefused, admin_login
+from accounts.services.admin_login import AdminLoginRefused, AdminOtpRefused, admin_login
+from accounts.services.api_keys import (
+    InvalidApiKey,
+    InvalidSignature,
+    IpNotAllowed,
+    api_key_authenticate,
+    api_key_create,
+    api_key_has_scope,
+    api_key_revoke,
+    api_keys_revoke_all,
+    stored_secrets_reencrypt,
+)
 from accounts.services.google import GOOGLE_CERTS_TIMEOUT, google_sign_in
 from accounts.services.lockout import (
     LOCKOUT_SECONDS,
@@ -26,7 +39,7 @@ from accounts.services.lockout import (
     login_failures_clear,
     login_lock_check,
 )
-from accounts.services.login import user_login
+from accounts.services.login import login_otp_complete, user_login
 from accounts.services.passwords import (
     PASSWORD_RESET_TTL,
     password_reset,
@@ -57,6 +70,15 @@ from accounts.services.sessions import (
     user_sessions_revoke_all,
 )
 from accounts.services.signup import user_ensure_demo, user_signup
+from accounts.services.two_factor import (
+    InvalidOtp,
+    OtpRequired,
+    two_factor_disable,
+    two_factor_enable,
+    two_factor_enabled,
+    two_factor_reset,
+    two_factor_setup,
+)
 from accounts.services.verification import (
     VERIFICATION_MAX_ATTEMPTS,
     VERIFICATION_TTL,
@@ -82,14 +104,26 @@ __all__ = [
     "VERIFICATION_TTL",
     "AccountLocked",
     "AdminLoginRefused",
+    "AdminOtpRefused",
+    "InvalidApiKey",
+    "InvalidOtp",
+    "InvalidSignature",
     "InvalidToken",
+    "IpNotAllowed",
+    "OtpRequired",
     "accounts_prune",
     "admin_login",
+    "api_key_authenticate",
+    "api_key_create",
+    "api_key_has_scope",
+    "api_key_revoke",
+    "api_keys_revoke_all",
     "email_verification_issue",
     "email_verify",
     "google_sign_in",
     "login_failures_clear",
     "login_lock_check",
+    "login_otp_complete",
     "password_reset",
     "password_reset_email_message",
     "password_reset_request",
@@ -102,6 +136,12 @@ __all__ = [
     "session_tokens_issue",
     "session_user_get",
     "sessions_expired_close",
+    "stored_secrets_reencrypt",
+    "two_factor_disable",
+    "two_factor_enable",
+    "two_factor_enabled",
+    "two_factor_reset",
+    "two_factor_setup",
     "user_email_mark_verified",
     "user_ensure_demo",
     "user_from_access_token",

@@ -5,6 +5,7 @@ import functools
 import jwt as pyjwt
 from django.conf import settings
 from django.db import transaction
+from django.http import HttpRequest
 from google.auth import exceptions as google_exceptions
 from google.auth.transport import requests as google_requests
 from google.oauth2 import id_token as google_id_token
@@ -15,6 +16,7 @@ from accounts.models import AuditEvent, User
 from accounts.services.login import login_complete
 from accounts.services.sessions import InvalidToken
 from accounts.services.signup import email_normalize
+from accounts.services.two_factor import login_challenge_issue, two_factor_enabled
 from accounts.services.verification import user_email_mark_verified
 from cryptovault.exceptions import ApplicationError
 
@@ -50,7 +52,9 @@ def _google_claims(id_token: str) -> dict:
         raise InvalidToken("Invalid Google ID token.", code="invalid_token") from exc
 
 
-def google_sign_in(*, id_token: str, request=None) -> tuple[User, dict[str, str]]:
+def google_sign_in(
+    *, id_token: str, request: HttpRequest | None = None
+) -> tuple[User, dict[str, str]]:
     """Sign in with a Google ID token: the account linked to the Google subject, else
     the account with that (Google-verified) email, else a new verified account."""
     claims = _google_claims(id_token)
@@ -96,5 +100,10 @@ def google_sign_in(*, id_token: str, request=None) -> tuple[User, dict[str, str]
                 "This account is disabled.", code="account_disabled", status_code=403
             )
         user_email_mark_verified(user=user, request=request)
-        tokens = login_complete(user=user, action=AuditEvent.Action.GOOGLE_LOGIN, request=request)
-    return user, tokens
+        if not two_factor_enabled(user=user):
+            tokens = login_complete(
+                user=user, action=AuditEvent.Action.GOOGLE_LOGIN, request=request
+            )
+            return user, tokens
+    # Google stands for the password: the account's second factor is still asked for.
+    raise login_challenge_issue(user=user, action=AuditEvent.Action.GOOGLE_LOGIN)

@@ -3,6 +3,7 @@ admin console's."""
 
 import hashlib
 
+from django.http import HttpRequest
 from django_redis import get_redis_connection
 from rest_framework import status
 
@@ -31,6 +32,10 @@ class AccountLocked(ApplicationError):
         )
 
 
+def user_lockout_key(user: User) -> str:
+    return f"user:{user.pk}"
+
+
 def lockout_key(identifier: str) -> tuple[str, User | None]:
     """(the lockout key, the account) for a login identifier.
 
@@ -41,7 +46,7 @@ def lockout_key(identifier: str) -> tuple[str, User | None]:
     """
     user = _user_by_identifier(identifier)
     if user is not None:
-        return f"user:{user.pk}", user
+        return user_lockout_key(user), user
     return "id:" + hashlib.sha256(identifier.strip().lower().encode()).hexdigest(), None
 
 
@@ -60,7 +65,7 @@ def login_failed(
     key: str,
     identifier: str,
     user: User | None,
-    request,
+    request: HttpRequest | None,
     action: str = AuditEvent.Action.LOGIN_FAILED,
 ) -> None:
     redis = get_redis_connection("default")
@@ -91,7 +96,7 @@ def login_failures_forget(key: str) -> None:
 
 
 def login_failures_clear(*, user: User) -> None:
-    key = f"user:{user.pk}"
+    key = user_lockout_key(user)
     get_redis_connection("default").delete(_FAIL_KEY.format(key), _LOCK_KEY.format(key))
 
 

@@ -2,11 +2,13 @@
 
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.core.mail import EmailMessage
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import emails
@@ -14,10 +16,14 @@ from accounts.audit import audit_record
 from accounts.crypto import token_digest
 from accounts.models import AuditEvent, PasswordResetToken, Session, User
 from accounts.selectors import user_by_email
+from accounts.services.api_keys import api_keys_revoke_all
 from accounts.services.lockout import login_failures_clear
 from accounts.services.sessions import session_start, session_tokens_issue, user_sessions_revoke_all
 from accounts.services.signup import email_normalize
 from cryptovault.exceptions import ApplicationError
+
+if TYPE_CHECKING:  # notifications builds on accounts: no import at run time
+    from notifications.models import OutboxEmail
 
 PASSWORD_RESET_TTL = timedelta(hours=1)
 
@@ -38,7 +44,7 @@ def password_reset_request(*, email: str) -> None:
     outbox_email_add(kind="password_reset", address=email_normalize(email))
 
 
-def password_reset_email_message(*, outbox) -> EmailMessage | None:
+def password_reset_email_message(*, outbox: "OutboxEmail") -> EmailMessage | None:
     """The outbox's reset email (notifications.outbox): the link is issued when it is
     sent, so the token exists only as its hash in the database."""
     user = user_by_email(outbox.address)
@@ -56,7 +62,7 @@ def password_reset_email_message(*, outbox) -> EmailMessage | None:
 
 
 @transaction.atomic
-def password_reset(*, token: str, new_password: str, request=None) -> User:
+def password_reset(*, token: str, new_password: str, request: HttpRequest | None = None) -> User:
     reset = (
         PasswordResetToken.objects.select_for_update()
         .select_related("user")
@@ -74,6 +80,7 @@ def password_reset(*, token: str, new_password: str, request=None) -> User:
         used_at=timezone.now()
     )
     user_sessions_revoke_all(user=user, reason="password_reset", actor=user, request=request)
+    api_keys_revoke_all(user=user, reason="password_reset", actor=user, request=request)
     login_failures_clear(user=user)
     audit_record(action=AuditEvent.Action.PASSWORD_RESET, actor=user, target=user, request=request)
     return user
@@ -81,7 +88,12 @@ def password_reset(*, token: str, new_password: str, request=None) -> User:
 
 @transaction.atomic
 def user_password_change(
-    *, user: User, session_id: str | None, current_password: str, new_password: str, request=None
+    *,
+    user: User,
+    session_id: str | None,
+    current_password: str,
+    new_password: str,
+    request: HttpRequest | None = None,
 ) -> dict[str, str]:
     """Change the password; every other session ends and this one gets fresh tokens."""
     if not user.check_password(current_password):
@@ -100,6 +112,7 @@ def user_password_change(
         actor=user,
         request=request,
     )
+    api_keys_revoke_all(user=user, reason="password_changed", actor=user, request=request)
     audit_record(
         action=AuditEvent.Action.PASSWORD_CHANGED, actor=user, target=user, request=request
     )

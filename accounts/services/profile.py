@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 
 from accounts.audit import audit_record
 from accounts.models import AuditEvent, User
@@ -13,7 +14,11 @@ _UNSET: Any = object()
 
 @transaction.atomic
 def user_profile_update(
-    *, user: User, username: str | None = _UNSET, name: str = _UNSET, request=None
+    *,
+    user: User,
+    username: str | None = _UNSET,
+    name: str = _UNSET,
+    request: HttpRequest | None = None,
 ) -> User:
     fields = []
     if username is not _UNSET:

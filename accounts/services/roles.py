@@ -2,6 +2,7 @@
 
 from django.contrib.auth.models import Group
 from django.db import transaction
+from django.http import HttpRequest
 
 from accounts.audit import audit_record
 from accounts.models import User
@@ -12,7 +13,9 @@ from cryptovault.exceptions import ApplicationError
 
 
 @transaction.atomic
-def user_role_set(*, user: User, role: str, actor: User | None = None, request=None) -> User:
+def user_role_set(
+    *, user: User, role: str, actor: User | None = None, request: HttpRequest | None = None
+) -> User:
     """Roles map onto Django's flags and groups (accounts.roles): operators and admins
     are staff and members of their role's group, and of no other role group."""
     if role not in User.Role.values:
@@ -36,7 +39,7 @@ def user_role_set(*, user: User, role: str, actor: User | None = None, request=N
 
 
 @transaction.atomic
-def user_lock(*, user: User, actor: User | None = None, request=None) -> User:
+def user_lock(*, user: User, actor: User | None = None, request: HttpRequest | None = None) -> User:
     """Operator lock: the account can no longer log in and its sessions end now."""
     user.is_active = False
     user.save(update_fields=["is_active"])
@@ -46,7 +49,9 @@ def user_lock(*, user: User, actor: User | None = None, request=None) -> User:
 
 
 @transaction.atomic
-def user_unlock(*, user: User, actor: User | None = None, request=None) -> User:
+def user_unlock(
+    *, user: User, actor: User | None = None, request: HttpRequest | None = None
+) -> User:
     """Undo an operator lock and any failed-login lockout."""
     user.is_active = True
     user.save(update_fields=["is_active"])

@@ -7,12 +7,13 @@ request.
 """
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework import status
 from rest_framework_simplejwt.exceptions import TokenError
@@ -42,7 +43,7 @@ def session_tokens_issue(*, session: Session) -> dict[str, str]:
     return {"access": str(refresh.access_token), "refresh": str(refresh)}
 
 
-def _idle_deadline(now):
+def _idle_deadline(now: datetime) -> datetime:
     return now + timedelta(seconds=settings.SESSION_IDLE_SECONDS + session_store.persist_seconds())
 
 
@@ -69,7 +70,9 @@ def _sessions_end(*, session_ids: list[str], reason: str) -> list[str]:
     return open_ids
 
 
-def _revoked_audit(*, target: Any, actor: User | None, request, data: dict) -> None:
+def _revoked_audit(
+    *, target: Any, actor: User | None, request: HttpRequest | None, data: dict
+) -> None:
     """The audit row of sessions ended by eviction, revocation or revoke-all (``data``
     names them, the user and the reason)."""
     audit_record(
@@ -95,7 +98,9 @@ def sessions_expired_close(*, user: User) -> list[str]:
 
 
 @transaction.atomic
-def session_start(*, user: User, request=None) -> tuple[Session, dict[str, str]]:
+def session_start(
+    *, user: User, request: HttpRequest | None = None
+) -> tuple[Session, dict[str, str]]:
     """Open a login session (evicting the oldest beyond MAX_SESSIONS_PER_USER) and issue
     its tokens."""
     # The user row lock serialises concurrent logins, so eviction counts are right.
@@ -150,7 +155,11 @@ def session_resume(*, session_id: str, user_id: Any) -> User | None:
 
 
 def session_revoke(
-    *, session_id: str, reason: str = "revoked", actor: User | None = None, request=None
+    *,
+    session_id: str,
+    reason: str = "revoked",
+    actor: User | None = None,
+    request: HttpRequest | None = None,
 ) -> bool:
     """End one session now (its access and refresh tokens stop working)."""
     session = Session.objects.filter(pk=session_id).first()
@@ -169,7 +178,7 @@ def user_sessions_revoke_all(
     except_session_id: str | None = None,
     reason: str = "revoked_all",
     actor: User | None = None,
-    request=None,
+    request: HttpRequest | None = None,
 ) -> int:
     """End every session of ``user`` (but ``except_session_id``) and every admin session
     of theirs; returns how many (API) sessions ended."""
@@ -192,7 +201,7 @@ def user_sessions_revoke_all(
 
 def _refresh_decode(raw: str) -> RefreshToken:
     try:
-        token = RefreshToken(raw)
+        token = RefreshToken(raw)  # type: ignore[arg-type]  # simplejwt: it takes the encoded token
     except TokenError as exc:
         raise InvalidToken() from exc
     if not token.get("sid"):
@@ -200,7 +209,7 @@ def _refresh_decode(raw: str) -> RefreshToken:
     return token
 
 
-def session_refresh(*, refresh_token: str, request=None) -> dict[str, str]:
+def session_refresh(*, refresh_token: str, request: HttpRequest | None = None) -> dict[str, str]:
     """Rotate: a new pair for the session. A refresh token that was already rotated
     means it leaked (or a client raced itself): the whole session is revoked."""
     token = _refresh_decode(refresh_token)
@@ -244,7 +253,7 @@ def session_refresh(*, refresh_token: str, request=None) -> dict[str, str]:
     return tokens
 
 
-def session_logout(*, refresh_token: str, request=None) -> None:
+def session_logout(*, refresh_token: str, request: HttpRequest | None = None) -> None:
     token = _refresh_decode(refresh_token)
     session = Session.objects.select_related("user").filter(pk=token["sid"]).first()
     if session is None or str(session.user_id) != str(token.get(jwt_settings.USER_ID_CLAIM)):
@@ -284,7 +293,7 @@ def session_user_get(*, token: Token) -> User | None:
 def user_from_access_token(*, token: str) -> User | None:
     """For the WebSocket middleware: None for a forged, expired or revoked token."""
     try:
-        validated = AccessToken(token)
+        validated = AccessToken(token)  # type: ignore[arg-type]  # simplejwt: it takes the encoded token
     except TokenError:
         return None
     return session_user_get(token=validated)

@@ -3,6 +3,7 @@
 from django.contrib.auth import password_validation
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts.audit import audit_record
@@ -15,7 +16,12 @@ def email_normalize(email: str) -> str:
 
 @transaction.atomic
 def user_signup(
-    *, email: str, password: str, username: str | None = None, name: str = "", request=None
+    *,
+    email: str,
+    password: str,
+    username: str | None = None,
+    name: str = "",
+    request: HttpRequest | None = None,
 ) -> User:
     # Upward call: notifications and orders build on accounts (module-level would cycle).
     from notifications.outbox import outbox_email_add
@@ -53,7 +59,7 @@ def user_ensure_demo(*, email: str, password: str) -> tuple[User, bool]:
 
     user = User.objects.filter(email__iexact=email).first()
     created = user is None
-    if created:
+    if user is None:
         user = User.objects.create_user(
             email=email, password=password, email_verified_at=timezone.now()
         )

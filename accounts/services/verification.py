@@ -5,11 +5,13 @@ import hashlib
 import hmac
 import secrets
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.core.mail import EmailMessage
 from django.db import transaction
 from django.db.models import F
+from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import emails
@@ -19,6 +21,9 @@ from accounts.models import AuditEvent, EmailVerification, User
 from accounts.selectors import user_by_email
 from accounts.services.signup import email_normalize
 from cryptovault.exceptions import ApplicationError
+
+if TYPE_CHECKING:  # notifications builds on accounts: no import at run time
+    from notifications.models import OutboxEmail
 
 VERIFICATION_TTL = timedelta(hours=24)
 VERIFICATION_MAX_ATTEMPTS = 5
@@ -54,7 +59,7 @@ def verification_email_request(*, user: User) -> None:
     outbox_email_add(kind="verification", user=user)
 
 
-def verification_email_message(*, outbox) -> EmailMessage | None:
+def verification_email_message(*, outbox: "OutboxEmail") -> EmailMessage | None:
     """The outbox's verification email (notifications.outbox): a code and link issued
     now, when it is sent, unless the account is gone or already verified."""
     user = outbox.user or user_by_email(outbox.address)
@@ -77,7 +82,11 @@ _INVALID_CODE = "Invalid verification code."
 
 
 def email_verify(
-    *, email: str | None = None, code: str | None = None, token: str | None = None, request=None
+    *,
+    email: str | None = None,
+    code: str | None = None,
+    token: str | None = None,
+    request: HttpRequest | None = None,
 ) -> User:
     """Verify by link token or by email + code. Repeating a successful verification is
     a no-op that succeeds again; the side effects happen once."""
@@ -96,12 +105,13 @@ def email_verify(
         if verification.expires_at <= now:
             raise ApplicationError("This verification link has expired.", code="expired")
     else:
-        user = User.objects.filter(email__iexact=email_normalize(email or "")).first()
+        by_email = User.objects.filter(email__iexact=email_normalize(email or "")).first()
         verification = (
-            user.email_verifications.order_by("-created_at").first() if user is not None else None
+            by_email.email_verifications.order_by("-created_at").first() if by_email else None
         )
-        if verification is None:
+        if by_email is None or verification is None:
             raise ApplicationError(_INVALID_CODE, code="invalid_code")
+        user = by_email
         expected = verification.code_hash
         given = _code_digest(user_id=user.pk, code=code or "")
         if verification.used_at is not None or user.is_email_verified:
@@ -125,7 +135,7 @@ def email_verify(
 
 
 @transaction.atomic
-def user_email_mark_verified(*, user: User, request=None) -> bool:
+def user_email_mark_verified(*, user: User, request: HttpRequest | None = None) -> bool:
     """Mark the email verified; the first call only credits the bonus, notifies and
     sends the welcome email. Returns whether this call did it."""
     # Upward call: notifications and orders build on accounts (module-level would cycle).
@@ -156,7 +166,7 @@ def user_email_mark_verified(*, user: User, request=None) -> bool:
     return True
 
 
-def welcome_email_message(*, outbox) -> EmailMessage | None:
+def welcome_email_message(*, outbox: "OutboxEmail") -> EmailMessage | None:
     user = outbox.user
     if user is None or not user.is_email_verified:
         return None

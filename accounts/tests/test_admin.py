@@ -31,7 +31,15 @@ from django_redis import get_redis_connection
 
 from accounts import services
 from accounts.audit import audit_record
-from accounts.models import AuditEvent, PasswordResetToken, Session, User
+from accounts.models import (
+    ApiKey,
+    AuditEvent,
+    PasswordResetToken,
+    RecoveryCode,
+    Session,
+    TwoFactor,
+    User,
+)
 from accounts.roles import ADMIN_GROUP, OPERATOR_GROUP, roles_on_post_migrate
 from accounts.tests.factories import PASSWORD, user_create
 from cryptovault.admin import LargeTablePaginator
@@ -112,6 +120,9 @@ def seed(rows: int) -> None:
         PasswordResetToken.objects.create(
             user=user, token_hash=uuid.uuid4().hex, expires_at=now + timedelta(hours=1)
         )
+        ApiKey.objects.create(user=user, label=f"bot {n}", key=uuid.uuid4().hex, kind="hmac")
+        TwoFactor.objects.create(user=user, secret_encrypted=uuid.uuid4().hex)
+        RecoveryCode.objects.create(user=user, code_hash=uuid.uuid4().hex)
         # One filled market order (ledger entries of a trade), one pending limit order.
         order_place(user=user, coin_id=coin, side="buy", type="market", quantity=Decimal(1))
         order_queue_process(user_id=user.pk)

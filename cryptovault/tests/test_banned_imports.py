@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_PACKAGES = ("cryptovault", "accounts", "markets", "orders", "notifications")
+APP_PACKAGES = ("cryptovault", "accounts", "markets", "orders", "notifications", "bots")
 
 # Attribute -> what it reaches into. These names mean nothing in our own code.
 BANNED_ATTRIBUTES = {

@@ -24,7 +24,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cryptovault.metrics import CELERY_QUEUES
+from cryptovault.celery import CELERY_QUEUES
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -1,14 +1,19 @@
-"""The apps import each other without a cycle.
+"""The apps and the project package import each other without a cycle.
 
-Each app (``accounts``, ``markets``, ``orders``, ``notifications``) is one node. An edge
-is an import executed when a module loads: at module level or in a class body, not
-inside a function. The graph is read from the source (AST). The project package
-``cryptovault`` is not a node: it holds both the plumbing every app imports and the
-wiring that imports every app (URLs, routing, the dashboard).
+Each app (``accounts``, ``markets``, ``orders``, ``notifications``, ``bots``) is one node,
+and so is the project package ``cryptovault``: the plumbing every app imports (errors,
+rate limits, metrics, admin base classes). An edge is an import executed when a module
+loads: at module level or in a class body, not inside a function. The graph is read from
+the source (AST).
 
-A function-level import that crosses apps is kept only where a real cycle is documented
+The project's wiring imports the apps by design and is imported by no app; each such
+module is a node of its own (``WIRING``, with the reason), so it can close no cycle
+unless something imports it.
+
+A function-level import that crosses nodes is kept only where a real cycle is documented
 next to it (the price tick calling back into orders and notifications, tasks and the
-services that enqueue them).
+services that enqueue them, the admin's audit trail and the metrics collector calling
+back into the apps).
 """
 
 import ast
@@ -16,7 +21,22 @@ import itertools
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-APPS = ("accounts", "markets", "orders", "notifications")
+APPS = tuple(
+    app
+    for app in ("accounts", "markets", "orders", "notifications", "bots")
+    if (ROOT / app).is_dir()
+)
+PROJECT = "cryptovault"
+# Modules of the project package that import apps when they load, and why.
+WIRING = {
+    "cryptovault.settings": "the tracked coins and venue fees default to markets.catalogue",
+    "cryptovault.urls": "the URLconf: every app's routes and the project's pages",
+    "cryptovault.routing": "the WebSocket routes of markets and notifications",
+    "cryptovault.asgi": "the ASGI entry point: the fast lanes of markets and notifications",
+    "cryptovault.dashboard": "the operations dashboard reads every app",
+    "cryptovault.health": "GET /health reports the price age",
+    "cryptovault.pages": "the landing page shows the price freshness",
+}
 
 
 def _node(module: str) -> str | None:
@@ -24,6 +44,8 @@ def _node(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] in APPS:
         return parts[0]
+    if parts[0] == PROJECT:
+        return ".".join(parts[:2]) if ".".join(parts[:2]) in WIRING else PROJECT
     return None
 
 
@@ -58,7 +80,7 @@ def _imported_modules(node: ast.Import | ast.ImportFrom, module: str) -> list[st
 def import_graph() -> dict[str, dict[str, str]]:
     """node -> {imported node: "file:line" of the first import making that edge}."""
     graph: dict[str, dict[str, str]] = {}
-    for package in APPS:
+    for package in (*APPS, PROJECT):
         for path in sorted((ROOT / package).rglob("*.py")):
             relative = path.relative_to(ROOT)
             if {"tests", "migrations"} & set(relative.parts):
@@ -120,3 +142,34 @@ def test_the_graph_holds_the_known_seams():
     assert "markets" in graph["orders"]  # orders read prices
     assert "accounts" in graph["notifications"]  # sockets authenticate sessions
     assert "orders" not in graph["notifications"]  # orders hand over their payload
+    assert PROJECT in graph["markets"]  # the apps build on the plumbing
+    assert "markets" in graph["cryptovault.dashboard"]
+
+
+def test_the_project_plumbing_imports_no_app_and_nothing_imports_the_wiring():
+    graph = import_graph()
+    assert not set(graph[PROJECT]) & set(APPS), graph[PROJECT]
+    importers = {
+        source: sorted(set(targets) & set(WIRING))
+        for source, targets in graph.items()
+        if set(targets) & set(WIRING) and source not in WIRING
+    }
+    assert importers == {}
+
+
+def test_a_cycle_through_the_project_package_is_seen():
+    graph = {
+        PROJECT: {"accounts": "cryptovault/admin.py:1"},
+        "accounts": {PROJECT: "accounts/admin.py:1"},
+    }
+    assert find_cycle(graph) == ["accounts", PROJECT, "accounts"]
+    assert _node("cryptovault.admin") == PROJECT
+    assert _node("cryptovault.urls") == "cryptovault.urls"
+
+
+def test_bots_is_a_leaf():
+    """The Binance-compatible API sits on top: it may use accounts, markets, orders and
+    the plumbing, and no app depends on it."""
+    graph = import_graph()
+    assert set(graph.get("bots", {})) <= {"accounts", "markets", "orders", PROJECT}
+    assert [app for app, edges in graph.items() if "bots" in edges] == []

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from cryptography.fernet import Fernet
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_SECRET_KEY = "django-insecure-dev-only-key-never-use-in-production"
+DEV_FERNET_KEY = "ZGV2LW9ubHktYXBpLWtleS1lbmNyeXB0aW9uLWtleSE="
 SETUP = "import django; django.setup(); from django.conf import settings; print(settings.DEBUG)"
 
 
@@ -21,6 +23,7 @@ def production(rsa_pem, tmp_path) -> dict[str, str]:
         "SECRET_KEY": "a-long-random-production-secret-" + "x7Qp2" * 10,
         "ALLOWED_HOSTS": "api.example.com",
         "RSA_PRIVATE_KEY": rsa_pem,
+        "API_KEY_ENCRYPTION_KEYS": Fernet.generate_key().decode(),
         # The checkout's dev key (.keys/rsa.pem, made by `make run`) must not count.
         "RSA_PRIVATE_KEY_FILE": str(tmp_path / "absent.pem"),
     }
@@ -58,8 +61,21 @@ def test_debug_defaults_to_off_and_production_starts_when_everything_is_given(pr
         ({"RSA_PRIVATE_KEY": None}, "RSA_PRIVATE_KEY (PEM) or RSA_PRIVATE_KEY_FILE"),
         ({"JWT_SIGNING_KEY": DEV_SECRET_KEY}, "JWT_SIGNING_KEY must be a secret of your own"),
         ({"JWT_SIGNING_KEY": ""}, "JWT_SIGNING_KEY must be a secret of your own"),
+        ({"API_KEY_ENCRYPTION_KEYS": None}, "API_KEY_ENCRYPTION_KEYS must be set"),
+        ({"API_KEY_ENCRYPTION_KEYS": DEV_FERNET_KEY}, "API_KEY_ENCRYPTION_KEYS must be set"),
+        ({"API_KEY_ENCRYPTION_KEYS": "not-a-fernet-key"}, "API_KEY_ENCRYPTION_KEYS must be set"),
     ],
-    ids=["no-secret-key", "dev-secret-key", "no-hosts", "no-rsa-key", "dev-jwt-key", "empty-jwt"],
+    ids=[
+        "no-secret-key",
+        "dev-secret-key",
+        "no-hosts",
+        "no-rsa-key",
+        "dev-jwt-key",
+        "empty-jwt",
+        "no-api-key-encryption-keys",
+        "dev-api-key-encryption-key",
+        "bad-api-key-encryption-key",
+    ],
 )
 def test_production_refuses_to_start_without_each_required_setting(production, change, message):
     env = {**production, **change}

@@ -13,41 +13,10 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-# id -> (symbol, name, price in usd, circulating supply, max supply or None, genesis date)
-CATALOG: dict[str, tuple[str, str, float, float, float | None, str | None]] = {
-    "bitcoin": ("btc", "Bitcoin", 65000.0, 19_790_000, 21_000_000, "2009-01-03"),
-    "ethereum": ("eth", "Ethereum", 3200.0, 120_300_000, None, "2015-07-30"),
-    "tether": ("usdt", "Tether", 1.0, 120_000_000_000, None, None),
-    "binancecoin": ("bnb", "BNB", 580.0, 145_900_000, 200_000_000, "2017-07-08"),
-    "solana": ("sol", "Solana", 150.0, 470_000_000, None, "2020-03-16"),
-    "ripple": ("xrp", "XRP", 0.55, 56_000_000_000, 100_000_000_000, None),
-    "usd-coin": ("usdc", "USDC", 1.0, 35_000_000_000, None, None),
-    "cardano": ("ada", "Cardano", 0.45, 35_500_000_000, 45_000_000_000, "2017-09-23"),
-    "dogecoin": ("doge", "Dogecoin", 0.15, 146_000_000_000, None, "2013-12-08"),
-    "tron": ("trx", "TRON", 0.12, 87_000_000_000, None, "2017-09-13"),
-    "litecoin": ("ltc", "Litecoin", 80.0, 75_000_000, 84_000_000, "2011-10-07"),
-    "polkadot": ("dot", "Polkadot", 6.5, 1_450_000_000, None, "2020-05-26"),
-    "chainlink": ("link", "Chainlink", 14.0, 608_000_000, 1_000_000_000, "2017-09-19"),
-    "avalanche-2": ("avax", "Avalanche", 30.0, 395_000_000, 720_000_000, "2020-09-21"),
-    "shiba-inu": ("shib", "Shiba Inu", 0.000018, 589_000_000_000_000, None, "2020-08-01"),
-    "stellar": ("xlm", "Stellar", 0.11, 29_000_000_000, 50_001_806_812, "2014-07-31"),
-    "monero": ("xmr", "Monero", 160.0, 18_400_000, None, "2014-04-18"),
-    "bitcoin-cash": ("bch", "Bitcoin Cash", 380.0, 19_700_000, 21_000_000, "2017-08-01"),
-    "uniswap": ("uni", "Uniswap", 8.0, 600_000_000, 1_000_000_000, "2020-09-17"),
-    "near": ("near", "NEAR Protocol", 5.0, 1_100_000_000, None, "2020-04-22"),
-}
-STABLECOINS = frozenset({"tether", "usd-coin"})
+from markets.catalogue import COINS, DEFAULT_VENUE_FEE, VENUES
 
-# Venue id (CoinGecko exchange identifier) -> (display name, taker fee rate). The
-# platform's default fee table (settings.ARBITRAGE_VENUE_FEES) mirrors these.
-VENUES: dict[str, tuple[str, float]] = {
-    "binance": ("Binance", 0.001),
-    "gdax": ("Coinbase Exchange", 0.004),
-    "kraken": ("Kraken", 0.0026),
-    "bitstamp": ("Bitstamp", 0.003),
-    "okex": ("OKX", 0.001),
-}
-DEFAULT_VENUE_FEE = 0.002
+# The coins (markets.catalogue) and venues it quotes; stablecoins hover around their peg.
+STABLECOINS = frozenset(coin.id for coin in COINS.values() if coin.stablecoin)
 
 DAILY_VOLATILITY = 0.03
 VENUE_DISPERSION = 0.0015  # std-dev of a venue's price around the mid
@@ -83,10 +52,14 @@ class MarketModel:
         self._lock = threading.Lock()
         self.walk_enabled = True
         self.updated_at = now if now is not None else time.time()
-        self.venues: dict[str, tuple[str, float]] = dict(VENUES)
+        # Venue id (CoinGecko exchange identifier) -> (display name, taker fee rate).
+        self.venues: dict[str, tuple[str, float]] = {
+            venue.id: (venue.name, float(venue.taker_fee)) for venue in VENUES.values()
+        }
         self.coins: dict[str, CoinState] = {}
-        for coin_id, (symbol, name, price, supply, max_supply, genesis) in CATALOG.items():
-            self._add(coin_id, symbol, name, price, supply, max_supply, genesis)
+        for coin in COINS.values():
+            self._add(coin.id, coin.symbol, coin.name, coin.usd, coin.circulating_supply,
+                      coin.max_supply, coin.genesis_date)  # fmt: skip
 
     def _add(self, coin_id, symbol, name, price, supply, max_supply, genesis) -> CoinState:
         change = 0.0 if coin_id in STABLECOINS else self._rng.uniform(-0.05, 0.05)
@@ -150,7 +123,7 @@ class MarketModel:
             coin.venue_overrides = {}
             for venue, price in (venues or {}).items():
                 if venue not in self.venues:
-                    self.venues[venue] = (venue.replace("-", " ").title(), DEFAULT_VENUE_FEE)
+                    self.venues[venue] = (venue.replace("-", " ").title(), float(DEFAULT_VENUE_FEE))
                 coin.venue_overrides[venue] = price
 
     def set_walk(self, enabled: bool) -> None:

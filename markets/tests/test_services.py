@@ -8,7 +8,6 @@ import pytest
 from django.utils import timezone
 from django_redis import get_redis_connection
 
-from markets.arbitrage import arbitrage_opportunities
 from markets.models import Coin, PricePoint
 from markets.selectors import (
     PriceUnavailable,
@@ -23,7 +22,6 @@ from markets.services import (
     history_prune,
     prices_poll,
     prices_record,
-    tickers_poll,
 )
 from markets.sources import BACKOFF_UNTIL_KEY
 
@@ -143,38 +141,6 @@ def test_history_prune(db):
     history_append(as_of=timezone.now(), prices={"bitcoin": Decimal("2")})
     assert history_prune() == 1
     assert PricePoint.objects.get().price == Decimal("2")
-
-
-def test_tickers_round_robin_and_arbitrage(simulator, tracked):
-    simulator.model.set_price("bitcoin", 65000, {"kraken": 66000})
-    simulator.model.set_price("ethereum", 3000, {"gdax": 2900, "binance": 3100})
-    simulator.model.set_price("dogecoin", 0.15)
-    assert [tickers_poll() for _ in range(4)] == ["bitcoin", "dogecoin", "ethereum", "bitcoin"]
-    result = arbitrage_opportunities()
-    assert [o["coin"] for o in result["opportunities"]] == ["ethereum", "bitcoin"]
-    eth, btc = result["opportunities"]
-    assert (eth["buy_exchange"], eth["sell_exchange"]) == ("gdax", "binance")
-    assert eth["spread_pct"] == "6.8966"
-    # net = (3100 * (1 - 0.001) - 2900 * (1 + 0.004)) / (2900 * 1.004) * 100
-    assert eth["net_pct"] == "6.3642"
-    assert btc["buy_price"] == "65000"
-    assert (btc["buy_exchange"], btc["sell_exchange"]) in {
-        ("binance", "kraken"),
-        ("okex", "kraken"),
-    }
-    assert Decimal(btc["net_pct"]) < Decimal(btc["spread_pct"])
-    # Above a higher threshold only ethereum is left; dogecoin (flat) never shows.
-    assert [
-        o["coin"] for o in arbitrage_opportunities(min_net_pct=Decimal("2"))["opportunities"]
-    ] == ["ethereum"]
-
-
-def test_tickers_poll_failure_keeps_previous(simulator, tracked):
-    simulator.model.set_price("bitcoin", 65000, {"kraken": 66000})
-    tickers_poll()
-    simulator.fault = "garbage"
-    assert tickers_poll() is None
-    assert arbitrage_opportunities()["opportunities"][0]["coin"] == "bitcoin"
 
 
 def test_poll_publishes_a_tick(simulator, tracked):

@@ -1,0 +1,109 @@
+"""Binance's error objects (``{"code": -NNNN, "msg": "..."}``, errors.md of Binance's spot
+API docs) and the one mapping from the platform's ``ApplicationError`` codes to them.
+
+Binance answers request problems with HTTP 400 and a negative code (-11xx: the request,
+-20xx: the matching engine refused), authentication problems with 401, a rate limit with
+429 (-1003); its clients (ccxt, python-binance) switch on ``code`` and ``msg``.
+"""
+
+from cryptovault.exceptions import ApplicationError
+
+UNKNOWN = -1000
+TOO_MANY_REQUESTS = -1003
+INVALID_MESSAGE = -1013
+TOO_MANY_ORDERS = -1015
+UNSUPPORTED_OPERATION = -1020
+TOO_MANY_PARAMETERS = -1101
+ILLEGAL_CHARS = -1100
+MANDATORY_PARAM_EMPTY_OR_MALFORMED = -1102
+BAD_INTERVAL = -1120
+BAD_SYMBOL = -1121
+OPTIONAL_PARAMS_BAD_COMBO = -1128
+INVALID_PARAMETER = -1130
+INVALID_TICKER_TYPE = -1139
+DUPLICATE_SYMBOLS = -1151
+NEW_ORDER_REJECTED = -2010
+CANCEL_REJECTED = -2011
+NO_SUCH_ORDER = -2013
+
+# Binance's messages, word for word, for the codes whose message does not vary.
+INSUFFICIENT_BALANCE_MSG = "Account has insufficient balance for requested action."
+MARKET_CLOSED_MSG = "Market is closed."
+UNKNOWN_ORDER_MSG = "Unknown order sent."
+
+
+class BinanceError(Exception):
+    """A request the compatible API refuses, rendered as Binance's error object."""
+
+    def __init__(
+        self, code: int, msg: str, *, status: int = 400, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(msg)
+        self.code = code
+        self.msg = msg
+        self.status = status
+        self.headers = headers or {}
+
+    def body(self) -> dict:
+        return {"code": self.code, "msg": self.msg}
+
+
+def bad_symbol() -> BinanceError:
+    return BinanceError(BAD_SYMBOL, "Invalid symbol.")
+
+
+def mandatory_param(name: str) -> BinanceError:
+    return BinanceError(
+        MANDATORY_PARAM_EMPTY_OR_MALFORMED,
+        f"Mandatory parameter '{name}' was not sent, was empty/null, or malformed.",
+    )
+
+
+def illegal_chars(name: str, legal: str) -> BinanceError:
+    return BinanceError(
+        ILLEGAL_CHARS, f"Illegal characters found in parameter '{name}'; legal range is '{legal}'."
+    )
+
+
+def invalid_parameter(name: str) -> BinanceError:
+    return BinanceError(INVALID_PARAMETER, f"Data sent for parameter '{name}' is not valid.")
+
+
+def unsupported() -> BinanceError:
+    return BinanceError(UNSUPPORTED_OPERATION, "This operation is not supported.", status=404)
+
+
+def too_much_weight(*, limit: int, retry_after: int) -> BinanceError:
+    return BinanceError(
+        TOO_MANY_REQUESTS,
+        f"Too much request weight used; current limit is {limit} request weight per 1 MINUTE. "
+        "Please use WebSocket Streams for live updates to avoid polling the API.",
+        status=429,
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+# ApplicationError.code -> (Binance code, message or None for the platform's own message).
+# The order services' codes (orders/services.py, markets/selectors.py, cryptovault/ratelimit.py):
+# what the matching engine would say for each, per errors.md "Messages for -2010/-2011".
+_APPLICATION_CODES: dict[str, tuple[int, str | None]] = {
+    "insufficient_funds": (NEW_ORDER_REJECTED, INSUFFICIENT_BALANCE_MSG),
+    "price_stale": (NEW_ORDER_REJECTED, MARKET_CLOSED_MSG),
+    "price_unavailable": (NEW_ORDER_REJECTED, MARKET_CLOSED_MSG),
+    "unknown_coin": (BAD_SYMBOL, "Invalid symbol."),
+    "not_found": (NO_SUCH_ORDER, "Order does not exist."),
+    "order_not_cancellable": (CANCEL_REJECTED, UNKNOWN_ORDER_MSG),
+    "invalid": (INVALID_MESSAGE, None),
+    "rate_limited": (TOO_MANY_ORDERS, "Too many new orders."),
+}
+
+
+def from_application_error(exc: ApplicationError) -> BinanceError:
+    """The Binance error for a platform domain error. Rate limits keep their 429 and
+    ``Retry-After``; every other refusal is a 400 as Binance answers them: its 404s are
+    for unknown URLs only, and a missing or stale price (the platform's 503) closes the
+    market for this order rather than the service. An unmapped code keeps the platform's
+    message under -1013."""
+    code, msg = _APPLICATION_CODES.get(exc.code, (INVALID_MESSAGE, None))
+    status = 429 if exc.status_code == 429 else 400
+    return BinanceError(code, msg or exc.message, status=status, headers=exc.headers)
