@@ -149,7 +149,8 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
             if request_id is not None and not _request_id_valid(request_id):
                 request_id = None
                 raise BadRequest(f"request_id: a string of at most {MAX_REQUEST_ID_CHARS}.")
-            handler = self._handlers.get(message.get("type"))
+            kind = message.get("type")
+            handler = self._handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise BadRequest(f"type: one of {', '.join(self._handlers)}.")
             await handler(self, message, request_id)
