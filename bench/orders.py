@@ -13,6 +13,11 @@ own timestamps), the CPU each part used per order (web, worker, PostgreSQL, this
 client), and checks the ledger invariant. Rate limits are switched off
 for the run (``RATELIMIT_ENABLE=false``), as load tests need.
 
+``--via ws`` then places the same orders over ``/ws/user`` as well, in the same run
+(one socket per connection, each for one user): ``order.place`` → ``order.ack``
+latency, and place→filled as the client sees it (its ``filled`` order event), next
+to the REST figures above.
+
 ``--ceiling PATH`` runs the same clients, tokens and servers against a GET of
 ``PATH`` instead (``/api/v1/auth/me``: an authenticated DRF read that does no work;
 ``/api/v1/auth/public-key``: an anonymous one). No order can be placed faster than
@@ -23,6 +28,7 @@ Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
 
 import argparse
 import asyncio
+import itertools
 import os
 import random
 import subprocess
@@ -61,6 +67,12 @@ def parse_args() -> argparse.Namespace:
         "--no-fill-emails",
         action="store_true",
         help="users opt out of order_filled emails (on by default for new users)",
+    )
+    parser.add_argument(
+        "--via",
+        choices=("rest", "ws"),
+        default="rest",
+        help="ws: also place orders over /ws/user after the REST load, in the same run",
     )
     parser.add_argument(
         "--ceiling",
@@ -234,9 +246,67 @@ async def client(args: argparse.Namespace, tokens: list[str], until: float, stat
         writer.close()
 
 
-async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> dict:
-    stats: dict = {"latency": [], "status": {}}
+async def ws_client(args: argparse.Namespace, token: str, until: float, stats: dict) -> None:
+    """One user's socket: one ``order.place`` at a time, waiting for its ack; the fill
+    events arrive on the same socket meanwhile. After ``until``, waits for the fills
+    of what it placed (up to ``--drain-timeout``)."""
+    import orjson
+    import websockets
+
+    placed: dict[int, float] = {}  # order id -> when its place was sent
+    filled: set[int] = set()
+
+    def on_event(frame: dict, now: float) -> None:
+        order = frame["order"]
+        if order["status"] == "filled" and order["id"] in placed and order["id"] not in filled:
+            filled.add(order["id"])
+            stats["fill_lag"].append(now - placed[order["id"]])
+
+    url = f"ws://127.0.0.1:{args.port}/ws/user?token={token}"
+    async with websockets.connect(url, max_queue=None, compression=None) as socket:
+        for request_id in itertools.count():
+            if time.monotonic() >= until:
+                break
+            coin = random.choice(list(COINS))
+            side = random.choice(("buy", "sell"))
+            started = time.monotonic()
+            await socket.send(
+                f'{{"type":"order.place","request_id":{request_id},"order":{{"coin":"{coin}",'
+                f'"side":"{side}","type":"market","quantity":"0.0001"}}}}'
+            )
+            while True:
+                frame = orjson.loads(await socket.recv())
+                now = time.monotonic()
+                if frame["type"] == "order":
+                    on_event(frame, now)
+                elif frame["type"] in ("order.ack", "error"):
+                    break
+            outcome = "ack" if frame["type"] == "order.ack" else frame["code"]
+            stats["status"][outcome] = stats["status"].get(outcome, 0) + 1
+            if outcome == "ack":
+                stats["latency"].append(now - started)
+                placed[frame["order"]["id"]] = started
+        drain_until = time.monotonic() + args.drain_timeout
+        while len(filled) < len(placed) and time.monotonic() < drain_until:
+            try:
+                frame = orjson.loads(await asyncio.wait_for(socket.recv(), 1))
+            except TimeoutError:
+                continue
+            if frame["type"] == "order":
+                on_event(frame, time.monotonic())
+
+
+async def load(
+    args: argparse.Namespace, tokens: list[str], meter: CpuMeter, *, via: str = "rest"
+) -> dict:
+    stats: dict = {"latency": [], "status": {}, "fill_lag": []}
     until = time.monotonic() + args.duration
+    if via == "ws":
+        clients = [
+            ws_client(args, tokens[n % len(tokens)], until, stats) for n in range(args.concurrency)
+        ]
+    else:
+        clients = [client(args, tokens, until, stats) for _ in range(args.concurrency)]
 
     async def sample_cpu() -> None:
         while time.monotonic() < until:
@@ -244,9 +314,7 @@ async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> 
             meter.sample()
 
     meter.start()
-    await asyncio.gather(
-        sample_cpu(), *(client(args, tokens, until, stats) for _ in range(args.concurrency))
-    )
+    await asyncio.gather(sample_cpu(), *clients)
     stats["cpu"] = meter.stop()
     return stats
 
@@ -336,6 +404,26 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
     return ok
 
 
+def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float) -> None:
+    """The socket's figures, next to the REST run's (``rest``) on the same servers."""
+    acks = stats["status"].get("ack", 0)
+    latencies, lags = stats["latency"], stats["fill_lag"]
+    print(f"via /ws/user: sockets={args.concurrency} duration={seconds:.1f}s")
+    print(f"replies: {stats['status']}   filled (seen on the socket): {len(lags)}")
+    print(f"acked:    {acks / seconds:8.1f} orders/s")
+    print(
+        f"place->ack     p50 {percentile(latencies, 50) * 1000:7.1f} ms"
+        f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
+        f"   (REST POST p50 {percentile(rest['latency'], 50) * 1000:.1f} ms"
+        f", p99 {percentile(rest['latency'], 99) * 1000:.1f} ms)"
+    )
+    print(
+        f"place->filled  p50 {percentile(lags, 50) * 1000:7.1f} ms"
+        f"   p99 {percentile(lags, 99) * 1000:7.1f} ms   (as the client sees it)"
+    )
+    print_cpu(stats, what="acked order", count=acks, seconds=seconds)
+
+
 def main() -> int:
     args = parse_args()
     tokens = prepare(args.users, fill_emails=not args.no_fill_emails)
@@ -365,6 +453,10 @@ def main() -> int:
             ok = report_ceiling(args, stats, (t1 - t0).total_seconds())
         else:
             ok = report(args, stats, t0, t1)
+        if args.via == "ws" and not args.ceiling:
+            ws_stats = asyncio.run(load(args, tokens, meter, via="ws"))
+            report_ws(args, ws_stats, stats, args.duration)
+            ok = ok and ws_stats["status"].get("ack", 0) == len(ws_stats["fill_lag"])
         print(
             f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
         )

@@ -195,7 +195,7 @@ CACHES = {
 # ConnectionPool.from_url.
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "cryptovault.channel_layer.ChannelLayer",
         "CONFIG": {
             "hosts": [
                 {

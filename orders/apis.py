@@ -12,17 +12,11 @@ from rest_framework.views import APIView
 
 from cryptovault.decimals import PRICE_MAX, PlainDecimalField
 from cryptovault.pagination import CursorPagination, paginated_response
-from cryptovault.ratelimit import rate_limit
 from markets.fields import CoinIdField
 from orders import selectors, services
+from orders.limits import order_create_rate_limit
 from orders.models import LedgerEntry, Order
 from orders.serializers import OrderOutputSerializer
-
-ORDER_CREATE_RATE = "20/m"
-
-
-def _order_rate_key(group: str, request) -> str:
-    return str(request.user.pk)
 
 
 class OrderListCreateApi(APIView):
@@ -36,6 +30,7 @@ class OrderListCreateApi(APIView):
         )
         coin = CoinIdField(required=False, allow_blank=True)
 
+    # Also the body of an ``order.place`` message on /ws/user (orders.socket_api).
     class InputSerializer(serializers.Serializer):
         coin = CoinIdField()
         side = serializers.ChoiceField(choices=Order.Side.choices)
@@ -94,7 +89,7 @@ class OrderListCreateApi(APIView):
         responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
-        rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=_order_rate_key)
+        order_create_rate_limit(user=request.user)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data

@@ -270,3 +270,58 @@ async def test_pushes_keep_their_order(caller):
         frame for n in range(30) for frame in ({"type": "test", "n": n}, {"type": "test", "m": n})
     ]
     await communicator.disconnect()
+
+
+def _notify(user, title: str) -> None:
+    services.notification_create(user=user, kind="new_login", title=title)
+
+
+async def test_resume_message_replays_what_was_missed_once():
+    """``{"type":"resume","since":N}`` on an open socket: the ``?since=`` replay."""
+    user, _, token = await sync_to_async(_login)()
+    communicator = await _open(token)
+    await sync_to_async(_notify)(user, "seen")
+    assert (await ws_receive(communicator))["id"] == 1
+    await communicator.disconnect()
+    for n in range(3):  # missed while away
+        await sync_to_async(_notify)(user, f"missed {n}")
+
+    communicator = await _open(token)
+    await sync_to_async(_notify)(user, "live before resume")  # id 5, pushed live
+    assert (await ws_receive(communicator))["id"] == 5
+    await communicator.send_json_to({"type": "resume", "since": 1})
+    replayed = [await ws_receive(communicator) for _ in range(4)]
+    assert [frame["id"] for frame in replayed] == [2, 3, 4, 5]
+    assert replayed[0]["notification"]["title"] == "missed 0"
+    await sync_to_async(_notify)(user, "live")
+    assert (await ws_receive(communicator))["id"] == 6
+    assert await communicator.receive_nothing(timeout=0.3)  # no duplicate of 2-6
+    # The id as a string (as ?since= has it) is the same resume.
+    await communicator.send_json_to({"type": "resume", "since": "6"})
+    await sync_to_async(_notify)(user, "after")
+    assert (await ws_receive(communicator))["id"] == 7
+    await communicator.disconnect()
+
+
+async def test_resume_message_from_beyond_the_log_is_a_reset():
+    from notifications.models import UserEvent
+
+    user, _, token = await sync_to_async(_login)()
+    for n in range(3):
+        await sync_to_async(_notify)(user, f"n{n}")
+    communicator = await _open(token)
+    await communicator.send_json_to({"type": "resume", "since": 99})
+    assert await ws_receive(communicator) == {"type": "reset", "last_event_id": 3}
+    # Pruned past retention: event 2 is gone, so "after 1" cannot be resumed.
+    await UserEvent.objects.filter(user=user, event_id__lte=2).adelete()
+    await communicator.send_json_to({"type": "resume", "since": 1})
+    assert await ws_receive(communicator) == {"type": "reset", "last_event_id": 3}
+    # ?since= answers the same.
+    again, connected, _ = await ws_connect(f"/ws/user?token={token}&since=1")
+    assert connected
+    assert await ws_receive(again) == {"type": "reset", "last_event_id": 3}
+    # The socket stays open and goes on live.
+    await sync_to_async(_notify)(user, "live")
+    assert (await ws_receive(communicator))["id"] == 4
+    for socket in (communicator, again):
+        await socket.disconnect()
