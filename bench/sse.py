@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -399,6 +400,7 @@ class UserStream:
     def __init__(self, user_id: int, token: str, last_id: int) -> None:
         self.user_id, self.token, self.last_id = user_id, token, last_id
         self.ids: list[int] = []  # received on the current connection
+        self.refusals: list[str] = []  # why an attempt failed ("HTTP 503", ...)
         self.stream: SseStream | None = None
 
     def on_event(self, kind: str, event_id: int | None, data: bytes) -> None:
@@ -419,7 +421,8 @@ class UserStream:
                     async with gate:
                         self.stream = await sse_open(USER_PATH, self.on_event, headers)
                 return attempt
-            except (OSError, TimeoutError, RuntimeError, ConnectionError):
+            except (OSError, TimeoutError, RuntimeError, ConnectionError) as exc:
+                self.refusals.append(str(exc) or type(exc).__name__)
                 await asyncio.sleep(0.2 * attempt)
         raise RuntimeError("stream did not open in 10 attempts")
 
@@ -500,6 +503,8 @@ async def storm(args, users: list[tuple[int, str]]) -> dict:
         away_from = {id(s): s.last_id for s in streams}
         targets = await wait_filled(await place(args.storm_orders))
 
+    for s in streams:
+        s.refusals = []
     started = time.monotonic()
     attempts = await asyncio.gather(*(s.connect() for s in streams))
     connected = time.monotonic() - started
@@ -526,6 +531,7 @@ async def storm(args, users: list[tuple[int, str]]) -> dict:
         "duplicates": duplicates,
         "wrong": wrong,
         "retried": sum(1 for a in attempts if a > 1),
+        "refusals": dict(Counter(r for s in streams for r in s.refusals)),
         "connect_s": connected,
         "settle_s": settled,
     }
@@ -585,7 +591,9 @@ def print_table(args, fanout: list[dict], fills: dict, storm_result: dict) -> No
         f"{args.storm_orders} orders per user while away\n"
         f"  missed events to replay {s['missed_events']}: streams exact {s['exact_streams']}"
         f"/{s['streams']}, gaps {s['gaps']}, duplicates {s['duplicates']}, "
-        f"unexpected {s['wrong']}; streams that retried {s['retried']}\n"
+        f"unexpected {s['wrong']}\n"
+        f"  streams refused at first and retried {s['retried']} "
+        f"(refusals: {s['refusals'] or 'none'})\n"
         f"  all reconnected in {s['connect_s']:.1f} s, settled in {s['settle_s']:.1f} s"
     )
 
