@@ -192,7 +192,10 @@ CACHES = {
 # price ticks bypass it (one Redis publish per tick, see markets.consumers). Group
 # membership outlives the default day so a long-lived /ws/user socket keeps its events.
 # A host given as a dict is an ``address`` plus keyword arguments of redis-py's
-# ConnectionPool.from_url.
+# ConnectionPool.from_url. redis-py 8 caps an async pool at 100 connections, and every
+# stream that joins its groups takes one for the moment: a reconnect storm of 500 streams
+# per process got 503s (MaxConnectionsError) until the cap was raised (bench/sse.py).
+CHANNEL_LAYER_MAX_CONNECTIONS = env.int("CHANNEL_LAYER_MAX_CONNECTIONS", default=1000)
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "cryptovault.channel_layer.ChannelLayer",
@@ -203,6 +206,7 @@ CHANNEL_LAYERS = {
                     "socket_timeout": REDIS_SOCKET_TIMEOUT,
                     "socket_connect_timeout": REDIS_SOCKET_CONNECT_TIMEOUT,
                     "socket_keepalive": True,
+                    "max_connections": CHANNEL_LAYER_MAX_CONNECTIONS,
                 }
             ],
             "prefix": "cv:ws",
