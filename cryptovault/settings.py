@@ -624,9 +624,12 @@ LOGGING = {
         "django.server": {"level": "WARNING", "propagate": True},
         # uvicorn (web) sets up its own plain-text handlers before it loads the
         # application; this entry drops them (and resets uvicorn.error and uvicorn.access,
-        # children of "uvicorn"), so its lines reach the JSON handler at LOG_LEVEL.
-        # --no-access-log still applies: uvicorn checks it before each access line.
-        "uvicorn": {"handlers": [], "propagate": True},
+        # children of "uvicorn"), so its lines reach the JSON handler. Its level is set
+        # here too: uvicorn's own config leaves "uvicorn" at INFO, and a record passes the
+        # root's handler whatever the root's level, so LOG_LEVEL=WARNING still printed a
+        # line per WebSocket connection (bench/sse.py). --no-access-log still applies:
+        # uvicorn checks it before each access line.
+        "uvicorn": {"handlers": [], "propagate": True, "level": LOG_LEVEL},
         "celery": {"level": LOG_LEVEL},
     },
 }

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from django.conf import settings
+from websockets.sync.client import connect
 
 from cryptovault.celery import app
 from cryptovault.logging import request_id_var
@@ -146,6 +147,27 @@ def test_web_lines_are_json_with_the_request_id():
         not_found = output.wait_for(lambda r: r["logger"] == "django.request")
     assert not_found["request_id"] == "trace-7"
     assert "color_message" not in not_found
+
+
+def test_web_log_level_applies_to_uvicorn_lines():
+    """At LOG_LEVEL=WARNING a WebSocket connection and an HTTP request print nothing:
+    uvicorn's own INFO lines ("connection open", "[accepted]") follow LOG_LEVEL too."""
+    port = _free_port()
+    with _process(
+        "-m", "uvicorn", "cryptovault.asgi:application", "--port", str(port),
+        "--no-access-log", LOG_LEVEL="WARNING",
+    ) as output:  # fmt: skip
+        for _ in range(100):
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/health")
+                break
+            except httpx.TransportError:
+                threading.Event().wait(0.1)
+        with connect(f"ws://127.0.0.1:{port}/ws/prices", open_timeout=10) as socket_:
+            assert json.loads(socket_.recv(timeout=10))["type"] == "snapshot"
+        threading.Event().wait(0.5)
+    levels = [json.loads(line)["level"] for line in output.lines if line.startswith("{")]
+    assert "INFO" not in levels, output.lines
 
 
 def test_simulator_lines_are_json():
