@@ -1,11 +1,8 @@
 """GET /api/v1/stream/user end to end: a real uvicorn, a real SSE client (httpx
 streaming), real sessions, the Redis channel layer and the PostgreSQL event log."""
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -14,7 +11,6 @@ from decimal import Decimal
 import httpx
 import orjson
 import pytest
-from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 from websockets.sync.client import connect as ws_connect
@@ -28,6 +24,7 @@ from notifications import services
 from notifications.events import EVENT_RETENTION_PER_USER, events_prune
 from notifications.models import UserEvent
 from notifications.tests.factories import user_create
+from notifications.tests.ws import uvicorn_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -382,36 +379,8 @@ def test_sigterm_ends_open_streams_and_the_server_exits_cleanly():
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    database = django_settings.DATABASES["default"]
-    process = subprocess.Popen(  # noqa: S603 - fixed interpreter and arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "cryptovault.asgi:application",
-            "--port",
-            str(port),
-            "--no-access-log",
-        ],  # fmt: skip
-        env={
-            **os.environ,
-            "DEBUG": "true",
-            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:"
-            f"{database['PORT']}/{database['NAME']}",
-            "LOG_LEVEL": "INFO",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = uvicorn_process(port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.1)
         _, _, token = _login()
         server = f"http://127.0.0.1:{port}"
         with httpx.Client() as client, _stream(client, server, token) as response:

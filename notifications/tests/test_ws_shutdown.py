@@ -7,18 +7,15 @@ its channel-layer receive for ever (its cancellation was missed inside channels-
 BZPOPMIN loop), and uvicorn's shutdown waited on it: about 3 runs in 4 hung.
 """
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings as django_settings
 from websockets.sync.client import connect
 
 from accounts import services as account_services
+from notifications.tests.ws import uvicorn_process
 from orders.tests.factories import user_create
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,54 +24,16 @@ ROUNDS = 3
 EXIT_SECONDS = 5
 
 
-def _server(port: int) -> subprocess.Popen:
-    database = django_settings.DATABASES["default"]
-    return subprocess.Popen(  # noqa: S603 - fixed interpreter and arguments
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "cryptovault.asgi:application",
-            "--port",
-            str(port),
-            "--no-access-log",
-            "--loop",
-            "uvloop",
-            "--ws",
-            "websockets-sansio",
-        ],  # fmt: skip
-        env={
-            **os.environ,
-            "DEBUG": "true",
-            "DATABASE_URL": f"postgres://{database['USER']}@{database['HOST']}:"
-            f"{database['PORT']}/{database['NAME']}",
-            "LOG_LEVEL": "INFO",
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_listening(process: subprocess.Popen, port: int) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        assert process.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.1)
-
-
 @pytest.mark.parametrize("round_", range(ROUNDS))
 def test_sigterm_after_sockets_closed_exits_promptly_without_traceback(round_):
     _, tokens = account_services.session_start(user=user_create())
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = _server(port)
+    process = uvicorn_process(
+        port, "--loop", "uvloop", "--ws", "websockets-sansio", merge_stderr=True
+    )
     try:
-        _wait_listening(process, port)
         url = f"ws://127.0.0.1:{port}/ws/user?token={tokens['access']}"
         sockets = [connect(url) for _ in range(6)]
         for client in sockets:  # each socket has joined its groups once it answers
