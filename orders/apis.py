@@ -21,7 +21,8 @@ from orders.serializers import OrderOutputSerializer
 ORDER_CREATE_RATE = "20/m"
 
 
-def _order_rate_key(group: str, request) -> str:
+def order_rate_key(group: str, request) -> str:
+    """The per-user order limit's key (shared with the Binance-compatible API)."""
     return str(request.user.pk)
 
 
@@ -94,7 +95,7 @@ class OrderListCreateApi(APIView):
         responses={201: OrderOutputSerializer, 200: OrderOutputSerializer},
     )
     def post(self, request):
-        rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=_order_rate_key)
+        rate_limit(request, group="order-create", rate=ORDER_CREATE_RATE, key=order_rate_key)
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
