@@ -271,6 +271,15 @@ class AggTradesApi(BinanceApi):
         return selectors.agg_trades(fills=fills)
 
 
+class MarginPairsApi(BinanceApi):
+    """``/sapi/v1/margin/allPairs`` and ``…/isolated/allPairs``: no margin trading here,
+    so no pairs. ccxt reads both in ``load_markets`` once it holds a key (unless its
+    ``fetchMargins`` option is off), at ``urls.api.sapi``."""
+
+    def handle(self, request, query):
+        return []
+
+
 class UnknownEndpointApi(BinanceApi):
     """Any other path under ``/binance/``: Binance's 404, in its error shape."""
 

@@ -22,5 +22,11 @@ urlpatterns = [
     path("api/v3/allOrders", apis.AllOrdersApi.as_view(), name="all-orders"),
     path("api/v3/account", apis.AccountApi.as_view(), name="account"),
     path("api/v3/myTrades", apis.MyTradesApi.as_view(), name="my-trades"),
+    path("sapi/v1/margin/allPairs", apis.MarginPairsApi.as_view(), name="margin-pairs"),
+    path(
+        "sapi/v1/margin/isolated/allPairs",
+        apis.MarginPairsApi.as_view(),
+        name="margin-isolated-pairs",
+    ),
     re_path(r"^", apis.UnknownEndpointApi.as_view(), name="unknown"),
 ]
