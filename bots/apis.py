@@ -308,8 +308,9 @@ class SignedApi(BinanceApi):
 
     def _signed(self, request: HttpRequest) -> HttpResponse:
         query = signing.signed_params(request)
+        method = "GET" if request.method == "HEAD" else request.method or "GET"
         api_key = signing.signed_request_authenticate(
-            request=request, params=query, scope=self.scopes[request.method or "GET"]
+            request=request, params=query, scope=self.scopes[method]
         )
         # The per-user limits (cryptovault.ratelimit) key on request.user.
         request.user = api_key.user
@@ -457,7 +458,7 @@ class OrderApi(SignedApi):
     fill), else answers it ``NEW``."""
 
     http_method_names = ["get", "head", "post", "delete"]
-    scopes = {"GET": "read", "HEAD": "read", "POST": "trade", "DELETE": "trade"}
+    scopes = {"GET": "read", "POST": "trade", "DELETE": "trade"}
 
     def request_weight(self, query):
         return 4
@@ -501,7 +502,7 @@ class OpenOrdersApi(SignedApi):
     """``GET`` the open orders (of one symbol, or all), ``DELETE`` cancel a symbol's."""
 
     http_method_names = ["get", "head", "delete"]
-    scopes = {"GET": "read", "HEAD": "read", "DELETE": "trade"}
+    scopes = {"GET": "read", "DELETE": "trade"}
 
     def request_weight(self, query):
         return 6 if query.get("symbol") else 80

@@ -400,3 +400,43 @@ def test_order_rate_limit_is_the_native_one(client, hmac_key, settings):
     ]  # fmt: skip
     assert answers[:20] == [200] * 20
     assert answers[20] == 429
+
+
+def test_methods(client, hmac_key):
+    head = call(client, "HEAD", "allOrders", hmac_key, symbol="BTCUSD")
+    assert head.status_code == 200 and head["X-MBX-USED-WEIGHT-1M"]
+    wrong = call(client, "POST", "allOrders", hmac_key, symbol="BTCUSD")
+    assert (wrong.status_code, wrong.json()["code"]) == (405, -1020)
+    assert call(client, "GET", "order/test", hmac_key).status_code == 405
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"orderId": "99999999999999999999"},
+        {"orderId": "9223372036854775807"},
+        {"orderId": "-1"},
+        {"orderId": "1.5"},
+        {"origClientOrderId": "x" * 37},
+        {"origClientOrderId": "ü"},
+    ],
+)
+def test_odd_order_ids_are_4xx(client, hmac_key, params):
+    for method in ("GET", "DELETE"):
+        response = call(client, method, "order", hmac_key, symbol="BTCUSD", **params)
+        assert 400 <= response.status_code < 500, response.content
+        assert response.json()["code"] in (-1100, -1130, -2011, -2013)
+
+
+def test_odd_list_parameters_are_4xx(client, hmac_key):
+    for params in (
+        {"orderId": "99999999999999999999"},
+        {"orderId": "abc"},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"startTime": "99999999999999999"},
+    ):
+        for path in ("allOrders", "myTrades"):
+            response = call(client, "GET", path, hmac_key, symbol="BTCUSD", **params)
+            assert response.status_code == 400, (path, params, response.content)
+    assert call(client, "GET", "myTrades", hmac_key, symbol="BTCUSD", fromId="x").status_code == 400
