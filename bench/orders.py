@@ -18,6 +18,12 @@ for the run (``RATELIMIT_ENABLE=false``), as load tests need.
 latency, and place→filled as the client sees it (its ``filled`` order event), next
 to the REST figures above.
 
+``--via binance`` runs the load twice in one run, on the same servers and users: first
+through the native API (bearer tokens, JSON), then through the Binance-compatible API
+(``POST /binance/api/v3/order``, form body, HMAC-signed with each user's API key,
+``newOrderRespType=ACK``: the native POST answers before the fill too), and prints the
+two side by side with their ratio (goal: >= 0.8x).
+
 ``--ceiling PATH`` runs the same clients, tokens and servers against a GET of
 ``PATH`` instead (``/api/v1/auth/me``: an authenticated DRF read that does no work;
 ``/api/v1/auth/public-key``: an anonymous one). No order can be placed faster than
@@ -28,6 +34,8 @@ Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import itertools
 import os
 import random
@@ -35,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -70,9 +79,10 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--via",
-        choices=("rest", "ws"),
-        default="rest",
-        help="ws: also place orders over /ws/user after the REST load, in the same run",
+        choices=("native", "ws", "binance"),
+        default="native",
+        help="ws: also place orders over /ws/user after the native load, in the same run; "
+        "binance: the native load, then the same through the Binance-compatible API",
     )
     parser.add_argument(
         "--ceiling",
@@ -89,8 +99,19 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
-    """Migrate, seed coins and prices, and return one access token per funded user."""
+BENCH_PASSWORD = "bench-password-not-secret"  # noqa: S105 - the bench users' own
+
+
+@dataclass(frozen=True)
+class Trader:
+    token: str
+    key: str = ""
+    secret: str = ""
+
+
+def prepare(n_users: int, *, fill_emails: bool = True, api_keys: bool = False) -> list[Trader]:
+    """Migrate, seed coins and prices, and return one access token (and with
+    ``api_keys`` one HMAC API key) per funded user."""
     import django
 
     django.setup()
@@ -98,7 +119,7 @@ def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
     from django_redis import get_redis_connection
 
     from accounts.models import User
-    from accounts.services import session_start
+    from accounts.services import api_key_create, api_keys_revoke_all, session_start
     from markets.services import coins_seed, prices_record
     from notifications.services import notification_preferences_update
     from orders.models import Balance
@@ -109,7 +130,7 @@ def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
     coins_seed(coin_ids=list(COINS))
     prices_record(prices=COINS)
     funding = {"usd": Decimal("10000000"), "bitcoin": Decimal("100"), "ethereum": Decimal("1000")}
-    tokens = []
+    traders = []
     for i in range(n_users):
         user, _ = User.objects.get_or_create(
             email=f"bench-trader-{i}@bench.invalid",
@@ -122,8 +143,18 @@ def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
                 wallet_adjust(user=user, asset=asset, amount=amount - have, reason="bench")
         notification_preferences_update(user=user, email={"order_filled": fill_emails})
         _, issued = session_start(user=user)
-        tokens.append(issued["access"])
-    return tokens
+        if not api_keys:
+            traders.append(Trader(token=issued["access"]))
+            continue
+        user.set_password(BENCH_PASSWORD)
+        user.save(update_fields=["password"])
+        api_keys_revoke_all(user=user, reason="bench")  # a rerun's keys replace the last's
+        api_key, secret = api_key_create(
+            user=user, label="bench", scopes=["read", "trade"], password=BENCH_PASSWORD
+        )
+        assert secret is not None
+        traders.append(Trader(token=issued["access"], key=api_key.key, secret=secret))
+    return traders
 
 
 def keep_prices_fresh(stop: threading.Event) -> None:
@@ -221,21 +252,46 @@ def order_request(token: str) -> bytes:
     ).encode() + body
 
 
+BINANCE_SYMBOLS = {"bitcoin": "BTCUSD", "ethereum": "ETHUSD"}
+
+
+def binance_order_request(trader: Trader) -> bytes:
+    """The same order as ``order_request``, as ccxt sends it to Binance: a form body
+    signed with the user's key (hex HMAC-SHA256 of the body)."""
+    symbol = BINANCE_SYMBOLS[random.choice(list(COINS))]
+    side = random.choice(("BUY", "SELL"))
+    params = (
+        f"symbol={symbol}&side={side}&type=MARKET&quantity=0.0001&newOrderRespType=ACK"
+        f"&timestamp={int(time.time() * 1000)}&recvWindow=10000"
+    )
+    signature = hmac.new(trader.secret.encode(), params.encode(), hashlib.sha256).hexdigest()
+    body = f"{params}&signature={signature}".encode()
+    return (
+        f"POST /binance/api/v3/order HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"X-MBX-APIKEY: {trader.key}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
 def get_request(path: str, token: str) -> bytes:
     return (
         f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n\r\n"
     ).encode()
 
 
-async def client(args: argparse.Namespace, tokens: list[str], until: float, stats: dict) -> None:
+async def client(
+    args: argparse.Namespace, traders: list[Trader], until: float, stats: dict, *, via: str
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
     try:
         while time.monotonic() < until:
-            token = random.choice(tokens)
+            trader = random.choice(traders)
             if args.ceiling:
-                request = get_request(args.ceiling, token)
+                request = get_request(args.ceiling, trader.token)
+            elif via == "binance":
+                request = binance_order_request(trader)
             else:
-                request = order_request(token)
+                request = order_request(trader.token)
             started = time.monotonic()
             writer.write(request)
             await writer.drain()
@@ -297,16 +353,17 @@ async def ws_client(args: argparse.Namespace, token: str, until: float, stats: d
 
 
 async def load(
-    args: argparse.Namespace, tokens: list[str], meter: CpuMeter, *, via: str = "rest"
+    args: argparse.Namespace, traders: list[Trader], meter: CpuMeter, *, via: str = "native"
 ) -> dict:
     stats: dict = {"latency": [], "status": {}, "fill_lag": []}
     until = time.monotonic() + args.duration
     if via == "ws":
         clients = [
-            ws_client(args, tokens[n % len(tokens)], until, stats) for n in range(args.concurrency)
+            ws_client(args, traders[n % len(traders)].token, until, stats)
+            for n in range(args.concurrency)
         ]
     else:
-        clients = [client(args, tokens, until, stats) for _ in range(args.concurrency)]
+        clients = [client(args, traders, until, stats, via=via) for _ in range(args.concurrency)]
 
     async def sample_cpu() -> None:
         while time.monotonic() < until:
@@ -345,7 +402,10 @@ def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> boo
     return answered == len(latencies)
 
 
-def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
+def report(
+    args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: int = 201
+) -> tuple[bool, float, float]:
+    """Prints the figures; returns (ledger ok, accepted/s, filled/s)."""
     from django.db.models import Max, Q
 
     from orders.models import Balance, Order
@@ -355,7 +415,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
     deadline = time.monotonic() + args.drain_timeout
     while window.filter(status="pending").exists() and time.monotonic() < deadline:
         time.sleep(0.5)
-    accepted = stats["status"].get(201, 0)
+    accepted = stats["status"].get(accepted_status, 0)
     filled_in_window = Order.objects.filter(
         status="filled", updated_at__gte=t0, updated_at__lte=t1
     ).count()
@@ -401,7 +461,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
         f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
         f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
     )
-    return ok
+    return ok, accepted / seconds, filled_in_window / seconds
 
 
 def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float) -> None:
@@ -426,7 +486,9 @@ def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float)
 
 def main() -> int:
     args = parse_args()
-    tokens = prepare(args.users, fill_emails=not args.no_fill_emails)
+    traders = prepare(
+        args.users, fill_emails=not args.no_fill_emails, api_keys=args.via == "binance"
+    )
     from django.utils import timezone
 
     processes = start_processes(args)
@@ -446,17 +508,32 @@ def main() -> int:
             {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
         )
         t0 = timezone.now()
-        stats = asyncio.run(load(args, tokens, meter))
+        stats = asyncio.run(load(args, traders, meter))
         t1 = timezone.now()
         load_during = os.getloadavg()[0]
         if args.ceiling:
             ok = report_ceiling(args, stats, (t1 - t0).total_seconds())
         else:
-            ok = report(args, stats, t0, t1)
+            print("== native API (POST /api/v1/orders, bearer JWT, JSON)")
+            ok, native_accepted, native_filled = report(args, stats, t0, t1)
         if args.via == "ws" and not args.ceiling:
-            ws_stats = asyncio.run(load(args, tokens, meter, via="ws"))
+            ws_stats = asyncio.run(load(args, traders, meter, via="ws"))
             report_ws(args, ws_stats, stats, args.duration)
             ok = ok and ws_stats["status"].get("ack", 0) == len(ws_stats["fill_lag"])
+        if args.via == "binance" and not args.ceiling:
+            print("== Binance-compatible API (POST /binance/api/v3/order, HMAC-signed, ACK)")
+            t2 = timezone.now()
+            stats = asyncio.run(load(args, traders, meter, via="binance"))
+            t3 = timezone.now()
+            load_during = os.getloadavg()[0]
+            binance_ok, accepted, filled = report(args, stats, t2, t3, accepted_status=200)
+            ok = ok and binance_ok
+            print(
+                f"binance vs native: accepted {accepted:.1f} vs {native_accepted:.1f} orders/s "
+                f"= {accepted / max(native_accepted, 1e-9):.2f}x, filled {filled:.1f} vs "
+                f"{native_filled:.1f} orders/s = {filled / max(native_filled, 1e-9):.2f}x "
+                f"(goal >= 0.8x)"
+            )
         print(
             f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
         )

@@ -10,12 +10,18 @@ from cryptovault.exceptions import ApplicationError
 
 UNKNOWN = -1000
 TOO_MANY_REQUESTS = -1003
+INVALID_TIMESTAMP = -1021
+INVALID_SIGNATURE = -1022
 INVALID_MESSAGE = -1013
 TOO_MANY_ORDERS = -1015
 UNSUPPORTED_OPERATION = -1020
 TOO_MANY_PARAMETERS = -1101
 ILLEGAL_CHARS = -1100
 MANDATORY_PARAM_EMPTY_OR_MALFORMED = -1102
+PARAM_NOT_REQUIRED = -1106
+INVALID_TIF = -1115
+INVALID_ORDER_TYPE = -1116
+INVALID_SIDE = -1117
 BAD_INTERVAL = -1120
 BAD_SYMBOL = -1121
 OPTIONAL_PARAMS_BAD_COMBO = -1128
@@ -25,11 +31,14 @@ DUPLICATE_SYMBOLS = -1151
 NEW_ORDER_REJECTED = -2010
 CANCEL_REJECTED = -2011
 NO_SUCH_ORDER = -2013
+BAD_API_KEY_FMT = -2014
+REJECTED_MBX_KEY = -2015
 
 # Binance's messages, word for word, for the codes whose message does not vary.
 INSUFFICIENT_BALANCE_MSG = "Account has insufficient balance for requested action."
 MARKET_CLOSED_MSG = "Market is closed."
 UNKNOWN_ORDER_MSG = "Unknown order sent."
+REJECTED_KEY_MSG = "Invalid API-key, IP, or permissions for action."
 
 
 class BinanceError(Exception):
@@ -69,6 +78,22 @@ def invalid_parameter(name: str) -> BinanceError:
     return BinanceError(INVALID_PARAMETER, f"Data sent for parameter '{name}' is not valid.")
 
 
+def param_not_required(name: str) -> BinanceError:
+    return BinanceError(PARAM_NOT_REQUIRED, f"Parameter '{name}' sent when not required.")
+
+
+def filter_failure(name: str) -> BinanceError:
+    """An order outside the symbol's filters (exchangeInfo): ``Filter failure: LOT_SIZE``."""
+    return BinanceError(INVALID_MESSAGE, f"Filter failure: {name}")
+
+
+def rejected_key() -> BinanceError:
+    """-2015, HTTP 401: an unknown, revoked or expired key, an address outside the key's
+    allowlist, or a key without the permission the endpoint needs (Binance says which of
+    them no more than this)."""
+    return BinanceError(REJECTED_MBX_KEY, REJECTED_KEY_MSG, status=401)
+
+
 def unsupported() -> BinanceError:
     return BinanceError(UNSUPPORTED_OPERATION, "This operation is not supported.", status=404)
 
@@ -92,6 +117,9 @@ _APPLICATION_CODES: dict[str, tuple[int, str | None]] = {
     "price_unavailable": (NEW_ORDER_REJECTED, MARKET_CLOSED_MSG),
     "unknown_coin": (BAD_SYMBOL, "Invalid symbol."),
     "not_found": (NO_SUCH_ORDER, "Order does not exist."),
+    "invalid_api_key": (REJECTED_MBX_KEY, REJECTED_KEY_MSG),
+    "ip_not_allowed": (REJECTED_MBX_KEY, REJECTED_KEY_MSG),
+    "invalid_signature": (INVALID_SIGNATURE, "Signature for this request is not valid."),
     "order_not_cancellable": (CANCEL_REJECTED, UNKNOWN_ORDER_MSG),
     "invalid": (INVALID_MESSAGE, None),
     "rate_limited": (TOO_MANY_ORDERS, "Too many new orders."),
@@ -105,5 +133,5 @@ def from_application_error(exc: ApplicationError) -> BinanceError:
     market for this order rather than the service. An unmapped code keeps the platform's
     message under -1013."""
     code, msg = _APPLICATION_CODES.get(exc.code, (INVALID_MESSAGE, None))
-    status = 429 if exc.status_code == 429 else 400
+    status = 429 if exc.status_code == 429 else 401 if code == REJECTED_MBX_KEY else 400
     return BinanceError(code, msg or exc.message, status=status, headers=exc.headers)

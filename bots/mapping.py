@@ -132,6 +132,20 @@ def order_placed_to_binance(order: Order, *, symbol: str, response_type: str) ->
     return result
 
 
+def order_cancelled_to_binance(order: Order, *, symbol: str) -> dict:
+    """``DELETE /api/v3/order`` (and each item of ``DELETE openOrders``)."""
+    full = order_to_binance(order, symbol=symbol)
+    keep = (
+        "symbol", "orderId", "orderListId", "clientOrderId", "price", "origQty", "executedQty",
+        "cummulativeQuoteQty", "status", "timeInForce", "type", "side", "selfTradePreventionMode",
+    )  # fmt: skip
+    return {
+        "origClientOrderId": full["clientOrderId"],
+        **{key: full[key] for key in keep},
+        "transactTime": ms(order.updated_at),
+    }
+
+
 def trade_to_binance(order: Order, *, symbol: str) -> dict:
     """``GET /api/v3/myTrades``: a filled order's one trade, from its owner's side."""
     return {

@@ -4,6 +4,7 @@ missing mandatory parameter is -1102, characters outside the parameter's legal r
 
 import re
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Literal, overload
 
 import orjson
@@ -83,6 +84,26 @@ def int_param(query: QueryDict, name: str, *, default: int, minimum: int, maximu
     if not minimum <= number <= maximum:
         raise errors.invalid_parameter(name)
     return number
+
+
+DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
+DECIMAL_LEGAL = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"
+
+
+def decimal_param(query: QueryDict, name: str) -> Decimal | None:
+    """A decimal parameter (``quantity``, ``price``) as Binance spells one."""
+    value = _value(query, name)
+    if value is None:
+        return None
+    if not DECIMAL_RE.match(value):
+        raise errors.illegal_chars(name, DECIMAL_LEGAL)
+    return Decimal(value)
+
+
+def places(value: Decimal) -> int:
+    """Decimal places of ``value`` beyond trailing zeros (``1.500`` has 1)."""
+    exponent = value.normalize().as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def time_param(query: QueryDict, name: str) -> datetime | None:

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
+from accounts.models import User
 from bots import errors
 from bots.params import SYMBOL_RE
 from cryptovault.decimals import PRICE_MAX, decimal_str
 from markets import selectors as market_selectors
 from markets.models import Coin
-from orders.models import Order
+from orders.models import USD, Balance, Order
 from orders.services import (
     ORDER_NOTIONAL_MAX,
     ORDER_PRICE_PLACES,
@@ -433,3 +434,88 @@ def agg_trades(*, fills: list[Order]) -> list[dict]:
         }
         for order in fills
     ]
+
+
+# --- the signed endpoints: a user's orders, trades and balances ---------------------------------
+USER_LIST_LIMIT_DEFAULT = 500
+USER_LIST_LIMIT_MAX = 1000
+
+
+def market_by_coin() -> dict[str, Market]:
+    return {market.coin_id: market for market in market_table().values()}
+
+
+def order_find(
+    *, user: User, market: Market, order_id: int | None, client_order_id: str | None
+) -> Order | None:
+    """The user's order on the market by ``orderId`` (first) or ``origClientOrderId``."""
+    orders = Order.objects.filter(user=user, coin_id=market.coin_id)
+    if order_id is not None:
+        return orders.filter(pk=order_id).first()
+    return orders.filter(client_order_id=client_order_id).first()
+
+
+def orders_open(*, user: User, market: Market | None) -> list[Order]:
+    """The user's pending and resting orders (on one market, or all), oldest first."""
+    orders = Order.objects.filter(user=user, status__in=Order.ACTIVE_STATUSES)
+    if market is not None:
+        orders = orders.filter(coin_id=market.coin_id)
+    return list(orders.order_by("id"))
+
+
+def orders_all(
+    *,
+    user: User,
+    market: Market,
+    from_id: int | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> list[Order]:
+    """``allOrders``: from ``orderId`` on, else the latest ``limit`` (in the time range),
+    oldest first."""
+    orders = Order.objects.filter(user=user, coin_id=market.coin_id)
+    if start is not None:
+        orders = orders.filter(created_at__gte=start)
+    if end is not None:
+        orders = orders.filter(created_at__lte=end)
+    if from_id is not None:
+        return list(orders.filter(pk__gte=from_id).order_by("id")[:limit])
+    return list(reversed(orders.order_by("-id")[:limit]))
+
+
+def trades_mine(
+    *,
+    user: User,
+    market: Market,
+    order_id: int | None,
+    from_id: int | None,
+    start: datetime | None,
+    end: datetime | None,
+    limit: int,
+) -> list[Order]:
+    """``myTrades``: the user's fills on the market (one trade per filled order, the
+    trade id the order's), oldest first."""
+    fills = Order.objects.filter(user=user, coin_id=market.coin_id, status=Order.Status.FILLED)
+    if order_id is not None:
+        fills = fills.filter(pk=order_id)
+    if start is not None:
+        fills = fills.filter(updated_at__gte=start)
+    if end is not None:
+        fills = fills.filter(updated_at__lte=end)
+    if from_id is not None:
+        return list(fills.filter(pk__gte=from_id).order_by("id")[:limit])
+    return list(reversed(fills.order_by("-updated_at", "-id")[:limit]))
+
+
+def balances_of(*, user: User) -> list[Balance]:
+    """The user's balances, usd first (a usd row even before any funding)."""
+    balances = list(Balance.objects.filter(user=user).order_by("asset"))
+    if not any(b.asset == USD for b in balances):
+        balances.append(Balance(user=user, asset=USD))
+    balances.sort(key=lambda b: b.asset != USD)
+    return balances
+
+
+def coin_symbols() -> dict[str, str]:
+    return dict(Coin.objects.values_list("id", "symbol"))
