@@ -24,6 +24,7 @@ from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
     PRICES_QUOTES_KEY,
+    READS_VERSION_KEY,
     TICKERS_KEY_PREFIX,
     prices_are_stale,
     quote_bytes,
@@ -58,6 +59,7 @@ def coins_seed(*, coin_ids: list[str]) -> list[Coin]:
             coin.tracked = True
             coin.save(update_fields=["tracked", "updated_at"])
         coins.append(coin)
+    transaction.on_commit(reads_invalidate)
     return coins
 
 
@@ -69,7 +71,14 @@ def coin_set_tracked(*, coin: Coin, tracked: bool) -> Coin:
         coin.save(update_fields=["tracked", "updated_at"])
     if not tracked:
         prices_forget(coin_ids=[coin.id])
+    reads_invalidate()
     return coin
+
+
+def reads_invalidate() -> None:
+    """Retire every cached public read (``markets.read_cache``); called after a write
+    of what they show, never before (a reader may cache what it read meanwhile)."""
+    get_redis_connection("default").incr(READS_VERSION_KEY)
 
 
 def prices_record(
@@ -103,6 +112,7 @@ def prices_record(
     pipe = redis.pipeline(transaction=True)
     pipe.set(PRICES_BODY_KEY, body)
     pipe.set(PRICES_AS_OF_KEY, repr(epoch))
+    pipe.incr(READS_VERSION_KEY)
     pipe.execute()
     return as_of
 
@@ -151,7 +161,10 @@ def prices_forget(*, coin_ids: list[str]) -> None:
         return
     source = orjson.loads(body)["source"]
     as_of = datetime.fromtimestamp(float(as_of_raw), tz=UTC)
-    redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
+    pipe = redis.pipeline(transaction=True)
+    pipe.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
+    pipe.incr(READS_VERSION_KEY)
+    pipe.execute()
 
 
 def _tick_hook(hook: Callable[..., object], **kwargs: Any) -> None:
@@ -264,6 +277,7 @@ def _coins_refresh_names(*, coins: dict[str, Coin], quotes: list[MarketQuote]) -
         if coin is not None and (coin.symbol, coin.name) != (quote.symbol, quote.name):
             coin.symbol, coin.name = quote.symbol, quote.name
             coin.save(update_fields=["symbol", "name", "updated_at"])
+            reads_invalidate()
 
 
 def history_append(*, as_of: datetime, prices: dict[str, Decimal]) -> int:
@@ -274,12 +288,17 @@ def history_append(*, as_of: datetime, prices: dict[str, Decimal]) -> int:
     rows = [
         PricePoint(coin_id=coin_id, ts=bucket, price=price) for coin_id, price in prices.items()
     ]
-    return len(PricePoint.objects.bulk_create(rows, ignore_conflicts=True))
+    added = len(PricePoint.objects.bulk_create(rows, ignore_conflicts=True))
+    if added:
+        reads_invalidate()
+    return added
 
 
 def history_prune() -> int:
     cutoff = timezone.now() - timedelta(days=settings.PRICE_HISTORY_RETENTION_DAYS)
     deleted, _ = PricePoint.objects.filter(ts__lt=cutoff).delete()
+    if deleted:
+        reads_invalidate()
     return deleted
 
 
@@ -349,6 +368,7 @@ def tickers_record(
             ],
         }
     )
-    get_redis_connection("default").set(
-        TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS
-    )
+    pipe = get_redis_connection("default").pipeline(transaction=True)
+    pipe.set(TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS)
+    pipe.incr(READS_VERSION_KEY)
+    pipe.execute()
