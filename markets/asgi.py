@@ -168,9 +168,14 @@ def public_reads_lane(django_app):
         if preflight:
             # As CorsMiddleware answers one: 200, empty, no rate limit spent.
             return await _respond(send, headers, secure, 200, b"", cors)
-        client = client_ip_from(
-            peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
-            forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
+        # Only counted reads need the client (``RATELIMIT_ENABLE``).
+        client = (
+            client_ip_from(
+                peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
+                forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
+            )
+            if settings.RATELIMIT_ENABLE
+            else ""
         )
         query = scope["query_string"].decode("latin-1")
         prices = group == "prices"

@@ -24,6 +24,7 @@ a body for one poll period, never past the moment the prices turn stale.
 import hashlib
 import math
 import time
+from typing import cast
 from urllib.parse import parse_qsl
 
 import orjson
@@ -119,7 +120,8 @@ def conditional_response(
     """``response`` with its ETag and Cache-Control, or a 304 when the client has it."""
     response["ETag"] = etag_of(response.content)
     response["Cache-Control"] = cache_control(as_of_raw)
-    return get_conditional_response(request, etag=response["ETag"], response=response)
+    # With a response given, Django answers it or its 304, never None.
+    return get_conditional_response(request, etag=response["ETag"], response=response) or response
 
 
 def cached_response(
@@ -215,6 +217,6 @@ async def prices_read_async(*, client_ip: str) -> tuple[bytes, bytes | None, int
         return b"", None, retry_after
     if body is None:
         body = await sync_to_async(prices_snapshot_bytes, thread_sensitive=False)()
-        as_of_raw = await async_redis().get(PRICES_AS_OF_KEY)
+        as_of_raw = cast(bytes | None, await async_redis().get(PRICES_AS_OF_KEY))
         return body, as_of_raw, 0
     return prices_body_render(body=body, as_of_raw=as_of_raw), as_of_raw, 0
