@@ -3,22 +3,23 @@
     DEBUG=true DATABASE_URL=postgres://postgres@localhost:5432/cv_reads \\
     REDIS_URL=redis://localhost:6379/6 .venv/bin/python bench/reads.py
 
-Uses the given database (created if missing, migrated; coins, a day of price history)
-and Redis db (prices and venue tickers written, bench keys under ``cv:bench:``): use
-your own. Starts two uvicorn servers on this machine with the same options, as
-bench/prices.py does: the platform (``cryptovault.asgi:application`` from
-``--platform-src``, default this checkout: point it at another checkout to measure a
-before/after) and ``bench/bare_reads.py``. For each read in turn it checks both answer
-the same bytes, loads the platform then the bare app with ``--connections`` keep-alive
-connections for ``--duration`` seconds (``wrk`` when installed), and prints req/s, p50
-and p99, the web process's CPU per read, and the platform/bare ratio (goal >= 0.5,
-``/prices`` >= 0.6). Rate limits are off; the source (``MARKET_DATA_URL``) points at a
-closed port, so coin details answer without the source's part.
+Uses the given database (it must exist; migrated here; coins and a day of price history
+added) and Redis db (prices, venue tickers and details copies written, bench keys under
+``cv:bench:``): use your own, and run no tests on it meanwhile (they flush it). Starts
+two uvicorn servers on this machine with the same options, as bench/prices.py does: the
+platform (``cryptovault.asgi:application`` from ``--platform-src``, default this
+checkout: point it at another checkout to measure a before/after) and
+``bench/bare_reads.py``. For each read in turn it checks both answer the same bytes, then
+loads each with ``--connections`` keep-alive connections in ``--rounds`` interleaved
+slices of ``--duration`` seconds (``wrk`` when installed), and prints req/s, p50 and p99,
+each server's CPU per read, and the platform/bare ratio (goal >= 0.5, ``/prices`` >=
+0.6). Rate limits are off; the source (``MARKET_DATA_URL``) points at a closed port.
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +47,8 @@ READS = {
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--duration", type=int, default=15)
+    parser.add_argument("--duration", type=int, default=5, help="seconds per slice")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved slices per server")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--web-port", type=int, default=8651)
     parser.add_argument("--bare-port", type=int, default=8652)
@@ -125,7 +127,10 @@ def main() -> None:
     bare = start_server("bench.bare_reads:app", args.bare_port, ROOT)
     load = load_wrk if shutil.which("wrk") else load_python
     generator = "wrk" if load is load_wrk else "python asyncio (client-bound)"
-    print(f"load generator: {generator}; {args.connections} connections, {args.duration}s each")
+    print(
+        f"load generator: {generator}; {args.connections} connections, "
+        f"{args.rounds} x {args.duration}s per server"
+    )
     print(f"platform: {args.platform_src}")
     try:
         for path, goal in READS.items():
@@ -136,18 +141,28 @@ def main() -> None:
             body = fetch(web_url)
             redis.set(BODY_PREFIX + (path if "?" in path else path + "?"), body)
             assert fetch(bare_url) == body, f"{path}: the two servers must answer the same bytes"
-            results = {}
-            for name, url in (("platform", web_url), ("bare", bare_url)):
+            servers = {"platform": (web_url, web.pid), "bare": (bare_url, bare.pid)}
+            for url, _pid in servers.values():
                 load(url, argparse.Namespace(**{**vars(args), "duration": 2}))  # warm-up
-                meter = CpuMeter({"web": web.pid if name == "platform" else bare.pid})
-                meter.start()
-                results[name] = (*load(url, args), meter.stop()["web"])
-            (web_rps, web_p50, web_p99, web_cpu), (bare_rps, *_) = results.values()
-            cpu_us = web_cpu / max(1.0, web_rps * args.duration) * 1e6
+            # Interleaved slices, so both see the same machine (other load comes and goes).
+            runs: dict[str, list] = {name: [] for name in servers}
+            cpu = dict.fromkeys(servers, 0.0)
+            for _ in range(args.rounds):
+                for name, (url, pid) in servers.items():
+                    meter = CpuMeter({name: pid})
+                    meter.start()
+                    runs[name].append(load(url, args))
+                    cpu[name] += meter.stop()[name]
+            rps = {name: statistics.mean(run[0] for run in runs[name]) for name in servers}
+            p50 = statistics.median(run[1] for run in runs["platform"])
+            p99 = max(run[2] for run in runs["platform"])
+            reads = {name: rps[name] * args.duration * args.rounds for name in servers}
+            cpu_us = {name: cpu[name] / max(1.0, reads[name]) * 1e6 for name in servers}
             print(
-                f"{path:50} {len(body):6} B  platform {web_rps:7.0f} req/s "
-                f"p50 {web_p50:6.2f} ms p99 {web_p99:6.2f} ms {cpu_us:5.0f} us CPU/read   "
-                f"bare {bare_rps:7.0f} req/s   ratio {web_rps / bare_rps:.2f}x (goal >= {goal})"
+                f"{path:50} {len(body):5} B  platform {rps['platform']:6.0f} req/s "
+                f"p50 {p50:6.2f} ms p99 {p99:7.2f} ms {cpu_us['platform']:5.0f} us CPU/read  "
+                f"bare {rps['bare']:6.0f} req/s {cpu_us['bare']:4.0f} us CPU/read  "
+                f"ratio {rps['platform'] / rps['bare']:.2f}x (goal >= {goal})"
             )
             time.sleep(0.5)
     finally:

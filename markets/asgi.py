@@ -22,11 +22,12 @@ be redirected to HTTPS, a cache miss, Redis trouble) goes to Django, where
 import io
 import re
 import time
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.core.signals import setting_changed
 from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -45,7 +46,6 @@ from cryptovault.ratelimit import rate_limited_body
 from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
-    READS_VERSION_KEY,
     prices_body_render,
 )
 from markets.read_cache import (
@@ -80,16 +80,16 @@ NOT_MODIFIED_HEADERS = ("etag", "vary")
 ACCEPTED = (b"application/json", b"application/*", b"*/*")
 
 
-def _entry(
-    prices: bool, raw: bytes | None, version: bytes | None, as_of_raw: bytes | None
-) -> tuple[list[tuple[str, str]], bytes] | None:
-    """The headers and body to serve from what Redis holds, or None (a miss)."""
+def _entry(prices: bool, values: list) -> tuple[bytes | None, list, bytes] | None:
+    """The prices' ``as_of``, the headers and the body to serve from what Redis holds,
+    or None (a miss)."""
     if not prices:
-        return entry_decode(raw, version)
-    if raw is None:
+        return entry_decode(values[0])
+    body, as_of_raw = values
+    if body is None:
         return None  # an empty price store: Django refills it from PostgreSQL
-    body = prices_body_render(body=raw, as_of_raw=as_of_raw)
-    return [("content-type", "application/json"), ("etag", etag_of(body))], body
+    body = prices_body_render(body=body, as_of_raw=as_of_raw)
+    return as_of_raw, [("content-type", "application/json"), ("etag", etag_of(body))], body
 
 
 def _etag(entry_headers: list[tuple[str, str]]) -> str:
@@ -127,6 +127,22 @@ def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     )
 
 
+# Bounded: the Host header is the client's to choose.
+@lru_cache(maxsize=256)
+def _host_allowed(host: str) -> bool:
+    """As Django's ``HttpRequest.get_host`` judges it (``ALLOWED_HOSTS``)."""
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
+def _settings_changed(setting: str, **_: object) -> None:
+    if setting == "ALLOWED_HOSTS":
+        _host_allowed.cache_clear()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="cv-reads-lane-hosts")
+
+
 def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
     if scope.get("scheme") == "https":
         return True
@@ -149,12 +165,10 @@ def public_reads_lane(django_app):
         if scope["method"] not in ("GET", "HEAD") and not preflight:
             return await django_app(scope, receive, send)
         host = headers.get(b"host", b"").decode("latin-1")
-        domain, _port = split_domain_port(host)
         secure = _is_secure(scope, headers)
         accept = headers.get(b"accept")
         if (
-            not domain
-            or not validate_host(domain, settings.ALLOWED_HOSTS)
+            not _host_allowed(host)
             or (settings.SECURE_SSL_REDIRECT and not secure)
             or scope.get("root_path")
             or settings.USE_X_FORWARDED_HOST
@@ -187,10 +201,10 @@ def public_reads_lane(django_app):
             )
         )
         try:
-            (raw, version, as_of_raw), retry_after = await read_counted_async(
-                group=group, client_ip=client, keys=[key, READS_VERSION_KEY, PRICES_AS_OF_KEY]
+            values, retry_after = await read_counted_async(
+                group=group, client_ip=client, keys=[key, PRICES_AS_OF_KEY] if prices else [key]
             )
-            entry = None if retry_after else _entry(prices, raw, version, as_of_raw)
+            entry = None if retry_after else _entry(prices, values)
             if entry is None and not retry_after:
                 # A miss: Django answers, fills the cache and counts the read itself.
                 await read_uncount_async(group=group, client_ip=client)
@@ -201,7 +215,7 @@ def public_reads_lane(django_app):
             status, body = 429, rate_limited_body(retry_after)
             extra = [JSON, (b"retry-after", str(retry_after).encode("latin-1"))]
         else:
-            entry_headers, body = entry
+            as_of_raw, entry_headers, body = entry
             status = 200
             given = headers.get(b"if-none-match")
             if given is not None and etag_matches(given.decode("latin-1"), _etag(entry_headers)):

@@ -7,9 +7,9 @@ Redis layout (written by ``markets.services.prices_record`` and ``prices_restore
 - ``PRICES_BODY_KEY``: the exact bytes of ``GET /api/v1/prices`` with ``"stale":false``;
   the read path flips that one flag when the prices are old, nothing else is encoded
   per request.
-- ``READS_VERSION_KEY``: a counter bumped after every write of market data (here, the
-  price history, tickers, coins), which invalidates the public read cache
-  (``markets.read_cache``).
+- ``READS_VERSION_KEY`` and ``READS_INDEX_KEY``: the public read cache's version and
+  the set of its entries (``markets.read_cache``); ``reads_invalidate`` runs after every
+  write of market data (here, the price history, tickers, coins).
 - ``PRICES_QUOTES_KEY``: a hash ``coin id -> JSON quote`` (price, 24h change, market cap,
   volume, per-coin ``as_of`` and ``source``) for callers that need one coin or typed values.
 
@@ -42,6 +42,7 @@ PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
 PRICES_BODY_KEY = "cv:markets:prices:body"
 PRICES_QUOTES_KEY = "cv:markets:prices:quotes"
 READS_VERSION_KEY = "cv:markets:reads:version"
+READS_INDEX_KEY = "cv:markets:reads:index"
 # Set after a refill from PostgreSQL, for a poll period: an empty store is refilled once,
 # not on every read (a fresh install with no recorded price stays empty until its poll).
 PRICES_REFILLED_KEY = "cv:markets:prices:refilled"
@@ -184,10 +185,28 @@ def prices_restore() -> int:
             snapshot_body(as_of=newest.as_of, source=newest.source, quotes=quotes),
         )
         pipe.set(PRICES_AS_OF_KEY, repr(newest.as_of.timestamp()))
-        pipe.incr(READS_VERSION_KEY)
 
     get_redis_connection("default").transaction(write, PRICES_AS_OF_KEY, PRICES_QUOTES_KEY)
+    reads_invalidate()
     return added
+
+
+# One atomic step: a fill (``markets.read_cache``) lands wholly before it (and is
+# deleted) or after it (and is refused: its version is old).
+_READS_INVALIDATE = """
+redis.call('INCR', KEYS[1])
+local entries = redis.call('SMEMBERS', KEYS[2])
+for i = 1, #entries, 1000 do
+    redis.call('DEL', unpack(entries, i, math.min(i + 999, #entries)))
+end
+redis.call('DEL', KEYS[2])
+"""
+
+
+def reads_invalidate() -> None:
+    """Retire every cached public read; called after a write of what they show, never
+    before (a reader may otherwise cache what it read just before the write)."""
+    get_redis_connection("default").eval(_READS_INVALIDATE, 2, READS_VERSION_KEY, READS_INDEX_KEY)
 
 
 def prices_snapshot_bytes() -> bytes:

@@ -3,15 +3,18 @@
 their ETag and Cache-Control, and the per-IP counters those reads are limited by.
 
 Django fills the cache (``cached_response``, from ``markets.apis``); the ASGI lane in
-``markets.asgi`` serves from it with no database query. An entry is one Redis value,
-``<version>\\n<meta JSON>\\n<body>``, keyed by scheme, host, path and raw query (the
-body's pagination links hold scheme and host). It is served only while ``<version>``
-equals ``READS_VERSION_KEY``, which every write of market data bumps after writing
-(the price store, price history, venue tickers, coins): a reader reads the version
-before it builds a body, so a body is never stored under a version newer than its
-data. Entries also expire after ``PRICE_POLL_SECONDS``, which bounds what changes with
-time alone (candle and history windows, expiring tickers, the upstream copies of
-details and charts, which refresh on a miss).
+``markets.asgi`` serves from it with one Redis GET and no database query. An entry is one
+Redis value, ``<prices as_of>\n<headers JSON>\n<body>``, keyed by scheme, host, path and
+raw query (the body's pagination links hold scheme and host), and listed in
+``READS_INDEX_KEY``. Every write of market data (the price store, price history, venue
+tickers, coins) runs ``price_store.reads_invalidate`` after writing: it bumps
+``READS_VERSION_KEY`` and deletes every listed entry, in one atomic step. A reader reads
+the version before it builds a body and stores it only if the version is still the same
+(``_FILL``, atomic too), so a body is never stored after a write of newer data, and an
+entry in Redis is always current (its ``as_of`` too). Entries also expire after
+``PRICE_POLL_SECONDS``, which bounds what changes with time alone (candle and history
+windows, expiring tickers, the upstream copies of details and charts, which refresh on a
+miss).
 
 ``GET /prices`` is not stored here: its body is the price store's own
 (``PRICES_BODY_KEY``), its stale flag set per request; its ETag is the hash of those
@@ -38,6 +41,7 @@ from redis.asyncio import ConnectionError as AsyncConnectionError
 from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
+    READS_INDEX_KEY,
     READS_VERSION_KEY,
     async_redis,
     prices_body_render,
@@ -94,18 +98,26 @@ def cacheable_query(query: str, params: frozenset[str]) -> bool:
     return len(names) == len(set(names)) and set(names) <= params
 
 
-def entry_encode(*, version: bytes, headers: list[tuple[str, str]], body: bytes) -> bytes:
-    return b"\n".join((version, orjson.dumps(headers), body))
+def entry_encode(*, as_of_raw: bytes | None, headers: list[tuple[str, str]], body: bytes) -> bytes:
+    return b"\n".join((as_of_raw or b"", orjson.dumps(headers), body))
 
 
-def entry_decode(raw: bytes | None, version: bytes | None) -> tuple[list, bytes] | None:
-    """``(headers, body)`` of an entry of the current ``version``, else None."""
+def entry_decode(raw: bytes | None) -> tuple[bytes | None, list, bytes] | None:
+    """``(prices as_of, headers, body)`` of an entry, or None (none stored)."""
     if raw is None:
         return None
-    stored_version, meta, body = raw.split(b"\n", 2)
-    if stored_version != (version or b""):
-        return None
-    return orjson.loads(meta), body
+    as_of_raw, meta, body = raw.split(b"\n", 2)
+    return as_of_raw or None, orjson.loads(meta), body
+
+
+# Store the entry only while the version is the one read before its body was built.
+_FILL = """
+if (redis.call('GET', KEYS[1]) or '') == ARGV[1] then
+    redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
+    redis.call('SADD', KEYS[3], KEYS[2])
+    redis.call('EXPIRE', KEYS[3], ARGV[3])
+end
+"""
 
 
 def read_state() -> tuple[bytes, bytes | None]:
@@ -141,10 +153,16 @@ def cached_response(
         key = entry_key(
             scheme=request.scheme or "http", host=request.get_host(), path=request.path, query=query
         )
-        get_redis_connection("default").set(
+        value = entry_encode(as_of_raw=as_of_raw, headers=headers, body=response.content)
+        get_redis_connection("default").eval(
+            _FILL,
+            3,
+            READS_VERSION_KEY,
             key,
-            entry_encode(version=version, headers=headers, body=response.content),
-            ex=settings.PRICE_POLL_SECONDS,
+            READS_INDEX_KEY,
+            version,
+            value,
+            settings.PRICE_POLL_SECONDS,
         )
     return response
 

@@ -24,10 +24,10 @@ from markets.price_store import (
     PRICES_AS_OF_KEY,
     PRICES_BODY_KEY,
     PRICES_QUOTES_KEY,
-    READS_VERSION_KEY,
     TICKERS_KEY_PREFIX,
     prices_are_stale,
     quote_bytes,
+    reads_invalidate,
     snapshot_body,
 )
 from markets.selectors import price_quotes, prices_age_seconds, prices_snapshot
@@ -75,12 +75,6 @@ def coin_set_tracked(*, coin: Coin, tracked: bool) -> Coin:
     return coin
 
 
-def reads_invalidate() -> None:
-    """Retire every cached public read (``markets.read_cache``); called after a write
-    of what they show, never before (a reader may cache what it read meanwhile)."""
-    get_redis_connection("default").incr(READS_VERSION_KEY)
-
-
 def prices_record(
     *,
     prices: dict[str, Decimal],
@@ -112,8 +106,8 @@ def prices_record(
     pipe = redis.pipeline(transaction=True)
     pipe.set(PRICES_BODY_KEY, body)
     pipe.set(PRICES_AS_OF_KEY, repr(epoch))
-    pipe.incr(READS_VERSION_KEY)
     pipe.execute()
+    reads_invalidate()
     return as_of
 
 
@@ -161,10 +155,8 @@ def prices_forget(*, coin_ids: list[str]) -> None:
         return
     source = orjson.loads(body)["source"]
     as_of = datetime.fromtimestamp(float(as_of_raw), tz=UTC)
-    pipe = redis.pipeline(transaction=True)
-    pipe.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
-    pipe.incr(READS_VERSION_KEY)
-    pipe.execute()
+    redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
+    reads_invalidate()
 
 
 def _tick_hook(hook: Callable[..., object], **kwargs: Any) -> None:
@@ -368,7 +360,7 @@ def tickers_record(
             ],
         }
     )
-    pipe = get_redis_connection("default").pipeline(transaction=True)
-    pipe.set(TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS)
-    pipe.incr(READS_VERSION_KEY)
-    pipe.execute()
+    get_redis_connection("default").set(
+        TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS
+    )
+    reads_invalidate()

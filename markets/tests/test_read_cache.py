@@ -2,6 +2,7 @@
 Django fills it, the lane serves it with no database query, a write of market data
 retires it, ETags answer 304, and every header Django would send is there."""
 
+import asyncio
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -272,3 +273,24 @@ async def test_head_and_preflight(market):
     assert fast.status_code == slow.status_code == 200
     cors = {k: v for k, v in slow.headers.items() if k.startswith("access-control-")}
     assert cors and {k: v for k, v in fast.headers.items() if k in cors} == cors
+
+
+def test_a_body_read_before_a_write_is_never_stored_after_it(market, rf):
+    from django.http import HttpResponse
+
+    from markets.read_cache import cached_response, read_state
+
+    def fill(version: bytes) -> None:
+        request = rf.get("/api/v1/coins", HTTP_HOST="localhost")
+        response = HttpResponse(b'{"old":true}', content_type="application/json")
+        cached_response(request, response, version=version, as_of_raw=None, params=frozenset())
+
+    lane = public_reads_lane(_teapot)
+    version, _ = read_state()
+    prices_record(prices={"bitcoin": Decimal("70000")})  # the write lands meanwhile
+    fill(version)
+    assert (asyncio.run(_get(lane, "/api/v1/coins"))).status_code == 418
+    fill(read_state()[0])  # built after the write: stored, until the next write
+    assert asyncio.run(_get(lane, "/api/v1/coins")).content == b'{"old":true}'
+    tickers_record(coin_id="bitcoin", venues=[("binance", "Binance", Decimal("65000"))])
+    assert asyncio.run(_get(lane, "/api/v1/coins")).status_code == 418
