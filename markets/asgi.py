@@ -150,8 +150,14 @@ def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
     if not proxy_header:
         return False
     name, value = proxy_header
-    wanted = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
-    return headers.get(wanted, b"").decode("latin-1").split(",")[0].strip() == value
+    given = headers.get(_header_name(name))
+    return given is not None and given.decode("latin-1").split(",")[0].strip() == value
+
+
+@cache
+def _header_name(meta_name: str) -> bytes:
+    """``HTTP_X_FORWARDED_PROTO`` -> ``x-forwarded-proto``."""
+    return meta_name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
 
 
 def public_reads_lane(django_app):
