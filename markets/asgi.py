@@ -214,8 +214,9 @@ def public_reads_lane(django_app):
             if entry is None and not retry_after:
                 # A miss: Django answers, fills the cache and counts the read itself.
                 await read_uncount_async(group=group, client_ip=client)
-                return await django_app(scope, receive, send)
         except RedisError:
+            entry, retry_after = None, 0
+        if entry is None and not retry_after:
             return await django_app(scope, receive, send)
         if entry is None:
             status, body = 429, rate_limited_body(retry_after)
