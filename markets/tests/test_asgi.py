@@ -1,4 +1,4 @@
-"""The GET /prices fast lane in front of Django, through the real ASGI application."""
+"""The public reads lane in front of Django for GET /prices, through the real ASGI application."""
 
 from decimal import Decimal
 
