@@ -22,14 +22,14 @@ from cryptovault.routing import (  # noqa: E402
     WebSocketOutageMiddleware,
     websocket_urlpatterns,
 )
-from markets.asgi import prices_fast_lane  # noqa: E402
+from markets.asgi import public_reads_lane  # noqa: E402
 from notifications.streams import streams_lane  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        # GET /api/v1/prices is answered before Django's middleware (see markets/asgi.py),
+        # Public market reads are answered from Redis before Django (see markets/asgi.py),
         # and so are the SSE streams (notifications/streams.py).
-        "http": streams_lane(prices_fast_lane(django_asgi_app)),
+        "http": streams_lane(public_reads_lane(django_asgi_app)),
         "websocket": WebSocketOutageMiddleware(
             OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
         ),

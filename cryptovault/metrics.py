@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 from typing import Any
 
 from django.conf import settings
@@ -79,9 +80,17 @@ if MULTIPROCESS:
 
 
 def http_request_observe(*, method: str, route: str, status: int, seconds: float) -> None:
+    requests, latency = _http_series(method, route, status)
+    requests.inc()
+    latency.observe(seconds)
+
+
+# Bounded: the method is the client's to choose (routes are URL patterns).
+@lru_cache(maxsize=1024)
+def _http_series(method: str, route: str, status: int) -> tuple[Any, Any]:
+    """The two series of a label set: looking them up costs more than counting."""
     labels = {"method": method, "route": route, "status": str(status)}
-    HTTP_REQUESTS.labels(**labels).inc()
-    HTTP_LATENCY.labels(**labels).observe(seconds)
+    return HTTP_REQUESTS.labels(**labels), HTTP_LATENCY.labels(**labels)
 
 
 class MetricsMiddleware(HybridMiddleware):

@@ -64,6 +64,8 @@ class RetryingAsyncRedisConnection(redis.asyncio.Connection):
     """``RetryingRedisConnection`` for ``redis.asyncio`` clients."""
 
     async def connect(self) -> None:
+        if self.is_connected:
+            return  # the pool asks on every command: the common case stays cheap
         delays = backoff_delays(settings.REDIS_CONNECT_RETRY_SECONDS)
         while True:
             try:

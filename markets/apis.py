@@ -1,5 +1,9 @@
 """Market data API. Every endpoint is public (market data is not personal), so none runs
-authentication: a stale or bogus token in a browser never breaks a price chart."""
+authentication: a stale or bogus token in a browser never breaks a price chart.
+
+Every read is the same for every client: each answer carries a strong ETag and a
+Cache-Control for CDNs, and its encoded body is stored for ``markets.asgi``'s lane,
+which serves the next requests from Redis (``markets.read_cache``)."""
 
 import logging
 
@@ -15,37 +19,45 @@ from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import read_only_method_check
 from cryptovault.net import client_ip
 from cryptovault.pagination import PageNumberPagination, paginated_response
-from cryptovault.ratelimit import rate_limit, rate_limited_body
-from markets import arbitrage, price_store, selectors, upstream
+from cryptovault.ratelimit import RateLimited, rate_limited_body
+from markets import arbitrage, read_cache, selectors, upstream
 
 logger = logging.getLogger(__name__)
-
-
-# Per client IP and minute (django-ratelimit, ``RATELIMIT_ENABLE``). Details and history
-# may reach the source, so they are the tightest. GET /prices is counted in its own lane
-# (``price_store.PRICES_PER_MINUTE``).
-RATES = {
-    "coins": "120/m",
-    "coin-detail": "30/m",
-    "coin-history": "30/m",
-    "coin-ohlc": "120/m",
-    "arbitrage": "60/m",
-}
 
 
 class PublicApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+    # Its group in ``read_cache.READS_PER_MINUTE``, and the query parameters it reads.
     rate_group: str
+    query_params: frozenset[str] = frozenset()
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         # Before anything else, unknown coins included: probing ids costs the same.
-        rate_limit(request, group=f"markets-{self.rate_group}", rate=RATES[self.rate_group])
+        retry_after = read_cache.read_count(group=self.rate_group, client_ip=client_ip(request))
+        if retry_after:
+            raise RateLimited(retry_after)
+        # Read before the body is built: a body is never stored as newer than its data.
+        self.read_version, self.read_as_of = read_cache.read_state()
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code != 200 or request.method not in ("GET", "HEAD"):
+            return response
+        response.render()
+        return read_cache.cached_response(
+            request,
+            response,
+            version=self.read_version,
+            as_of_raw=self.read_as_of,
+            params=self.query_params,
+        )
 
 
 class CoinListApi(PublicApi):
     rate_group = "coins"
+    query_params = frozenset({"search", "page", "page_size"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -121,6 +133,7 @@ class CoinDetailApi(PublicApi):
 
 class CoinHistoryApi(PublicApi):
     rate_group = "coin-history"
+    query_params = frozenset({"days"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -169,6 +182,7 @@ class CoinOhlcApi(PublicApi):
     by default); no invented candle fills a gap."""
 
     rate_group = "coin-ohlc"
+    query_params = frozenset({"interval", "limit"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -206,6 +220,7 @@ class CoinOhlcApi(PublicApi):
 
 class ArbitrageApi(PublicApi):
     rate_group = "arbitrage"
+    query_params = frozenset({"min_net_pct"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -252,14 +267,14 @@ class ArbitrageApi(PublicApi):
 # --- GET /prices: the hottest endpoint -----------------------------------------------------------
 # A plain async Django view rather than DRF: no ORM, no serializer. The body is encoded
 # once per poll by ``prices_record``; a request costs one Redis MGET. In production
-# ``markets.asgi.prices_fast_lane`` answers most requests before Django's middleware;
+# ``markets.asgi.public_reads_lane`` answers most requests before Django's middleware;
 # this view serves whatever that lane hands on.
 @csrf_exempt  # read-only: any unsafe method gets a 405, never a CSRF 403
 async def prices(request: HttpRequest) -> HttpResponse:
     if (refused := read_only_method_check(request)) is not None:
         return refused
     # Redis down: DependencyOutageMiddleware answers 503 service_unavailable.
-    body, retry_after = await price_store.prices_snapshot_bytes_async(client_ip=client_ip(request))
+    body, as_of_raw, retry_after = await read_cache.prices_read_async(client_ip=client_ip(request))
     if retry_after:
         return HttpResponse(
             rate_limited_body(retry_after),
@@ -267,4 +282,5 @@ async def prices(request: HttpRequest) -> HttpResponse:
             content_type="application/json",
             headers={"Retry-After": str(retry_after)},
         )
-    return HttpResponse(body, content_type="application/json")
+    response = HttpResponse(body, content_type="application/json")
+    return read_cache.conditional_response(request, response, as_of_raw=as_of_raw)

@@ -1,26 +1,33 @@
-"""ASGI fast lane for ``GET /api/v1/prices``, the platform's hottest endpoint.
+"""ASGI lane for the public market reads, in front of Django: ``GET /api/v1/prices``,
+``coins``, ``coins/<id>``, ``coins/<id>/history``, ``coins/<id>/ohlc`` and ``arbitrage``.
 
 Through Django, every request takes a hop onto one of the ``WEB_THREADS`` request
 threads and runs the whole middleware chain (``cryptovault.asgi_handler``), costs that
-dwarf a read of one Redis key (README, "Market data", has the measured ratio). The price
-snapshot is public and pre-encoded, so this lane answers it in front of Django: one Redis
-MGET, the headers Django's ``SecurityMiddleware``/``XFrameOptionsMiddleware`` and our
-``ContentSecurityPolicyMiddleware`` would add (computed once, by those classes), the CORS
-headers django-cors-headers would add (computed by its middleware once per origin; a CORS
-preflight is answered here too), and the ``X-Request-ID`` the request-id middleware would
-set. Anything it is not sure about (another method or path, a host not in
-``ALLOWED_HOSTS``, an HTTP request that must be redirected to HTTPS, Redis trouble) goes
-to Django, where ``markets.apis.prices`` serves the same bytes the slow way. The per-IP
-rate limit rides in the same Redis round trip (one pipelined INCR).
+dwarf a read of one Redis key (README, "Market data", has the measured ratios). These
+reads are the same for every client, so this lane answers them from Redis: one
+pipelined round trip holds the per-IP rate counter and the encoded body (the price
+store's for ``/prices``; for the others the entry Django stored, ``markets.read_cache``,
+served only while its version is current). It adds the headers Django's
+``SecurityMiddleware``/``XFrameOptionsMiddleware`` and our
+``ContentSecurityPolicyMiddleware`` would add (computed once, by those classes), the
+CORS headers django-cors-headers would add (computed by its middleware once per origin
+and path; a CORS preflight is answered here too), the ``X-Request-ID`` the request-id
+middleware would set, the ETag and Cache-Control, and answers ``If-None-Match`` with
+304. Anything it is not sure about (another method or path, a query or ``Accept`` the
+view may answer differently, a host not in ``ALLOWED_HOSTS``, an HTTP request that must
+be redirected to HTTPS, a cache miss, Redis trouble) goes to Django, where
+``markets.apis`` serves the same bytes the slow way and stores them for the next time.
 """
 
 import io
+import re
 import time
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
+from django.core.signals import setting_changed
 from django.http import HttpResponse
 from django.http.request import split_domain_port, validate_host
 from django.middleware.clickjacking import XFrameOptionsMiddleware
@@ -36,11 +43,64 @@ from cryptovault.middleware import (
 )
 from cryptovault.net import client_ip_from
 from cryptovault.ratelimit import rate_limited_body
-from markets.price_store import prices_snapshot_bytes_async
+from markets.price_store import (
+    PRICES_AS_OF_KEY,
+    PRICES_BODY_KEY,
+    prices_body_render,
+)
+from markets.read_cache import (
+    cache_control,
+    entry_decode,
+    entry_key,
+    etag_matches,
+    etag_of,
+    read_counted_async,
+    read_uncount_async,
+)
 
 PRICES_PATH = "/api/v1/prices"
-# The URL pattern Django would have matched (markets/urls.py), as MetricsMiddleware labels it.
-PRICES_ROUTE = "api/v1/prices"
+# Path patterns, their rate group and the URL pattern Django would have matched
+# (markets/urls.py), as MetricsMiddleware labels it.
+ROUTES = (
+    (re.compile(r"/api/v1/prices"), "prices", "api/v1/prices"),
+    (re.compile(r"/api/v1/coins"), "coins", "api/v1/coins"),
+    (re.compile(r"/api/v1/coins/[^/]+"), "coin-detail", "api/v1/coins/<str:coin_id>"),
+    (
+        re.compile(r"/api/v1/coins/[^/]+/history"),
+        "coin-history",
+        "api/v1/coins/<str:coin_id>/history",
+    ),
+    (re.compile(r"/api/v1/coins/[^/]+/ohlc"), "coin-ohlc", "api/v1/coins/<str:coin_id>/ohlc"),
+    (re.compile(r"/api/v1/arbitrage"), "arbitrage", "api/v1/arbitrage"),
+)
+JSON = (b"content-type", b"application/json")
+# What a 304 keeps of the 200's own headers (Django's ``get_conditional_response``).
+NOT_MODIFIED_HEADERS = ("etag", "vary")
+# What DRF's JSON-only negotiation accepts; any other Accept is Django's to refuse (406).
+ACCEPTED = (b"application/json", b"application/*", b"*/*")
+
+
+def _entry(prices: bool, values: list) -> tuple[bytes | None, list, bytes] | None:
+    """The prices' ``as_of``, the headers and the body to serve from what Redis holds,
+    or None (a miss)."""
+    if not prices:
+        return entry_decode(values[0])
+    body, as_of_raw = values
+    if body is None:
+        return None  # an empty price store: Django refills it from PostgreSQL
+    body = prices_body_render(body=body, as_of_raw=as_of_raw)
+    return as_of_raw, [("content-type", "application/json"), ("etag", etag_of(body))], body
+
+
+def _etag(entry_headers: list[tuple[str, str]]) -> str:
+    return next(value for name, value in entry_headers if name == "etag")
+
+
+def _route(path: str) -> tuple[str, str] | None:
+    for pattern, group, route in ROUTES:
+        if pattern.fullmatch(path):
+            return group, route
+    return None
 
 
 @cache
@@ -60,7 +120,27 @@ def _static_headers(secure: bool) -> tuple[tuple[bytes, bytes], ...]:
     SecurityMiddleware(lambda r: response).process_response(request, response)
     XFrameOptionsMiddleware(lambda r: response).process_response(request, response)
     ContentSecurityPolicyMiddleware(lambda r: response).process_response(request, response)
-    return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response.items())
+    return tuple(
+        (k.lower().encode("latin-1"), v.encode("latin-1"))
+        for k, v in response.items()
+        if k.lower() != "content-type"
+    )
+
+
+# Bounded: the Host header is the client's to choose.
+@lru_cache(maxsize=256)
+def _host_allowed(host: str) -> bool:
+    """As Django's ``HttpRequest.get_host`` judges it (``ALLOWED_HOSTS``)."""
+    domain, _port = split_domain_port(host)
+    return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS)
+
+
+def _settings_changed(setting: str, **_: object) -> None:
+    if setting == "ALLOWED_HOSTS":
+        _host_allowed.cache_clear()
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="cv-reads-lane-hosts")
 
 
 def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
@@ -70,59 +150,99 @@ def _is_secure(scope: dict, headers: dict[bytes, bytes]) -> bool:
     if not proxy_header:
         return False
     name, value = proxy_header
-    wanted = name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
-    return headers.get(wanted, b"").decode("latin-1").split(",")[0].strip() == value
+    given = headers.get(_header_name(name))
+    return given is not None and given.decode("latin-1").split(",")[0].strip() == value
 
 
-def prices_fast_lane(django_app):
+@cache
+def _header_name(meta_name: str) -> bytes:
+    """``HTTP_X_FORWARDED_PROTO`` -> ``x-forwarded-proto``."""
+    return meta_name.removeprefix("HTTP_").replace("_", "-").lower().encode("latin-1")
+
+
+def public_reads_lane(django_app):
     async def app(scope, receive, send):
-        if scope["type"] != "http" or scope["path"] != PRICES_PATH:
+        if scope["type"] != "http" or (routed := _route(scope["path"])) is None:
             return await django_app(scope, receive, send)
+        group, route = routed
         started = time.perf_counter()
         headers = dict(scope["headers"])
         preflight = scope["method"] == "OPTIONS" and b"access-control-request-method" in headers
         if scope["method"] not in ("GET", "HEAD") and not preflight:
             return await django_app(scope, receive, send)
-        domain, _port = split_domain_port(headers.get(b"host", b"").decode("latin-1"))
+        host = headers.get(b"host", b"").decode("latin-1")
         secure = _is_secure(scope, headers)
+        accept = headers.get(b"accept")
         if (
-            not domain
-            or not validate_host(domain, settings.ALLOWED_HOSTS)
+            not _host_allowed(host)
             or (settings.SECURE_SSL_REDIRECT and not secure)
+            or scope.get("root_path")
+            or settings.USE_X_FORWARDED_HOST
+            or (accept is not None and not any(kind in accept for kind in ACCEPTED))
         ):
             return await django_app(scope, receive, send)
         origin = headers.get(b"origin")
         cors = cors_headers(
-            PRICES_PATH, None if origin is None else origin.decode("latin-1"), preflight
+            scope["path"], None if origin is None else origin.decode("latin-1"), preflight
         )
         if preflight:
             # As CorsMiddleware answers one: 200, empty, no rate limit spent.
             return await _respond(send, headers, secure, 200, b"", cors)
-        client = client_ip_from(
-            peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
-            forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
+        # Only counted reads need the client (``RATELIMIT_ENABLE``).
+        client = (
+            client_ip_from(
+                peer=(scope.get("client") or ("0.0.0.0", 0))[0],  # noqa: S104 - a value
+                forwarded_for=headers.get(b"x-forwarded-for", b"").decode("latin-1"),
+            )
+            if settings.RATELIMIT_ENABLE
+            else ""
+        )
+        query = scope["query_string"].decode("latin-1")
+        prices = group == "prices"
+        key = (
+            PRICES_BODY_KEY
+            if prices
+            else entry_key(
+                scheme="https" if secure else "http", host=host, path=scope["path"], query=query
+            )
         )
         try:
-            body, retry_after = await prices_snapshot_bytes_async(client_ip=client)
+            values, retry_after = await read_counted_async(
+                group=group, client_ip=client, keys=[key, PRICES_AS_OF_KEY] if prices else [key]
+            )
+            entry = None if retry_after else _entry(prices, values)
+            if entry is None and not retry_after:
+                # A miss: Django answers, fills the cache and counts the read itself.
+                await read_uncount_async(group=group, client_ip=client)
         except RedisError:
+            entry, retry_after = None, 0
+        if entry is None and not retry_after:
             return await django_app(scope, receive, send)
-        extra_headers = []
-        status = 429 if retry_after else 200
-        if retry_after:
-            body = rate_limited_body(retry_after)
-            extra_headers.append((b"retry-after", str(retry_after).encode("latin-1")))
+        if entry is None:
+            status, body = 429, rate_limited_body(retry_after)
+            extra = [JSON, (b"retry-after", str(retry_after).encode("latin-1"))]
+        else:
+            as_of_raw, entry_headers, body = entry
+            status = 200
+            given = headers.get(b"if-none-match")
+            if given is not None and etag_matches(given.decode("latin-1"), _etag(entry_headers)):
+                # As Django's get_conditional_response: no body, no Content-Type.
+                status, body = 304, b""
+                entry_headers = [(k, v) for k, v in entry_headers if k in NOT_MODIFIED_HEADERS]
+            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in entry_headers]
+            extra.append((b"cache-control", cache_control(as_of_raw).encode("latin-1")))
         await _respond(
             send,
             headers,
             secure,
             status,
             b"" if scope["method"] == "HEAD" else body,
-            (*cors, *extra_headers),
+            (*cors, *extra),
             content_length=len(body),
         )
         http_request_observe(
             method=scope["method"],
-            route=PRICES_ROUTE,
+            route=route,
             status=status,
             seconds=time.perf_counter() - started,
         )

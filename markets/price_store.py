@@ -7,6 +7,9 @@ Redis layout (written by ``markets.services.prices_record`` and ``prices_restore
 - ``PRICES_BODY_KEY``: the exact bytes of ``GET /api/v1/prices`` with ``"stale":false``;
   the read path flips that one flag when the prices are old, nothing else is encoded
   per request.
+- ``READS_VERSION_KEY`` and ``READS_INDEX_KEY``: the public read cache's version and
+  the set of its entries (``markets.read_cache``); ``reads_invalidate`` runs after every
+  write of market data (here, the price history, tickers, coins).
 - ``PRICES_QUOTES_KEY``: a hash ``coin id -> JSON quote`` (price, 24h change, market cap,
   volume, per-coin ``as_of`` and ``source``) for callers that need one coin or typed values.
 
@@ -17,7 +20,6 @@ the store empty (Redis came back empty) refills it from there once
 
 import asyncio
 import logging
-import math
 import time
 import weakref
 from datetime import UTC, datetime
@@ -25,7 +27,6 @@ from decimal import Decimal
 
 import orjson
 import redis.asyncio as aioredis
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django_redis import get_redis_connection
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 PRICES_AS_OF_KEY = "cv:markets:prices:as_of"
 PRICES_BODY_KEY = "cv:markets:prices:body"
 PRICES_QUOTES_KEY = "cv:markets:prices:quotes"
+READS_VERSION_KEY = "cv:markets:reads:version"
+READS_INDEX_KEY = "cv:markets:reads:index"
 # Set after a refill from PostgreSQL, for a poll period: an empty store is refilled once,
 # not on every read (a fresh install with no recorded price stays empty until its poll).
 PRICES_REFILLED_KEY = "cv:markets:prices:refilled"
@@ -48,11 +51,6 @@ PRICES_REFILL_LOCK = "cv:markets:lock:prices_refill"
 PRICES_REFILL_WAIT_SECONDS = 3
 # Each coin's venue tickers (``{"as_of", "venues"}``), read by the arbitrage maths.
 TICKERS_KEY_PREFIX = "cv:markets:tickers:coin:"
-
-# GET /prices per client IP and minute (fixed windows): a page polling every second fits
-# five times over. The other market endpoints use django-ratelimit (markets/apis.py).
-PRICES_PER_MINUTE = 300
-PRICES_RATE_KEY_PREFIX = "cv:markets:ratelimit:prices:"
 
 # The stale flag sits before "prices" in the stored body, so the first match is the flag.
 STALE_FALSE = b'"stale":false'
@@ -189,7 +187,26 @@ def prices_restore() -> int:
         pipe.set(PRICES_AS_OF_KEY, repr(newest.as_of.timestamp()))
 
     get_redis_connection("default").transaction(write, PRICES_AS_OF_KEY, PRICES_QUOTES_KEY)
+    reads_invalidate()
     return added
+
+
+# One atomic step: a fill (``markets.read_cache``) lands wholly before it (and is
+# deleted) or after it (and is refused: its version is old).
+_READS_INVALIDATE = """
+redis.call('INCR', KEYS[1])
+local entries = redis.call('SMEMBERS', KEYS[2])
+for i = 1, #entries, 1000 do
+    redis.call('DEL', unpack(entries, i, math.min(i + 999, #entries)))
+end
+redis.call('DEL', KEYS[2])
+"""
+
+
+def reads_invalidate() -> None:
+    """Retire every cached public read; called after a write of what they show, never
+    before (a reader may otherwise cache what it read just before the write)."""
+    get_redis_connection("default").eval(_READS_INVALIDATE, 2, READS_VERSION_KEY, READS_INDEX_KEY)
 
 
 def prices_snapshot_bytes() -> bytes:
@@ -205,7 +222,7 @@ _async_redis_by_loop: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aior
 )
 
 
-def _async_redis() -> aioredis.Redis:
+def async_redis() -> aioredis.Redis:
     # redis.asyncio connections belong to one event loop; tests run several loops.
     loop = asyncio.get_running_loop()
     client = _async_redis_by_loop.get(loop)
@@ -218,48 +235,3 @@ def _async_redis() -> aioredis.Redis:
         )
         _async_redis_by_loop[loop] = client
     return client
-
-
-async def prices_snapshot_bytes_async(*, client_ip: str) -> tuple[bytes, int]:
-    """``prices_snapshot_bytes`` for async callers, counted against ``client_ip``'s
-    ``PRICES_PER_MINUTE`` (unless ``RATELIMIT_ENABLE`` is off): ``(body, 0)``, or
-    ``(b"", seconds to wait)`` when over the rate. No thread hop, no ORM, and one round
-    trip: the MGET and the per-minute counter travel in one pipeline."""
-    redis = _async_redis()
-    if not settings.RATELIMIT_ENABLE:
-        body, as_of_raw = await _prices_mget_async(redis)
-        if body is None:
-            return await _prices_refilled_bytes(), 0
-        return prices_body_render(body=body, as_of_raw=as_of_raw), 0
-    now = time.time()
-    window = int(now // 60)
-    key = f"{PRICES_RATE_KEY_PREFIX}{client_ip}:{window}"
-    try:
-        async with redis.pipeline(transaction=False) as pipe:
-            pipe.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-            pipe.incr(key)
-            pipe.expire(key, 120)
-            (body, as_of_raw), count, _ = await pipe.execute()
-    except aioredis.ConnectionError:
-        # A pooled connection that Redis closed (it restarted). The INCR may have run,
-        # so it is not sent again: this one request goes uncounted.
-        body, as_of_raw = await _prices_mget_async(redis)
-        count = 0
-    if count > PRICES_PER_MINUTE:
-        return b"", max(1, math.ceil((window + 1) * 60 - now))
-    if body is None:
-        return await _prices_refilled_bytes(), 0
-    return prices_body_render(body=body, as_of_raw=as_of_raw), 0
-
-
-async def _prices_mget_async(redis: aioredis.Redis) -> list:
-    try:
-        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-    except aioredis.ConnectionError:
-        # A pooled connection that Redis closed (it restarted): a read is safe to repeat.
-        return await redis.mget(PRICES_BODY_KEY, PRICES_AS_OF_KEY)
-
-
-async def _prices_refilled_bytes() -> bytes:
-    # Rare (Redis came back empty): the refill reads PostgreSQL, so it takes a thread.
-    return await sync_to_async(prices_snapshot_bytes, thread_sensitive=False)()

@@ -27,6 +27,7 @@ from markets.price_store import (
     TICKERS_KEY_PREFIX,
     prices_are_stale,
     quote_bytes,
+    reads_invalidate,
     snapshot_body,
 )
 from markets.selectors import price_quotes, prices_age_seconds, prices_snapshot
@@ -58,6 +59,7 @@ def coins_seed(*, coin_ids: list[str]) -> list[Coin]:
             coin.tracked = True
             coin.save(update_fields=["tracked", "updated_at"])
         coins.append(coin)
+    transaction.on_commit(reads_invalidate)
     return coins
 
 
@@ -69,6 +71,7 @@ def coin_set_tracked(*, coin: Coin, tracked: bool) -> Coin:
         coin.save(update_fields=["tracked", "updated_at"])
     if not tracked:
         prices_forget(coin_ids=[coin.id])
+    reads_invalidate()
     return coin
 
 
@@ -104,6 +107,7 @@ def prices_record(
     pipe.set(PRICES_BODY_KEY, body)
     pipe.set(PRICES_AS_OF_KEY, repr(epoch))
     pipe.execute()
+    reads_invalidate()
     return as_of
 
 
@@ -152,6 +156,7 @@ def prices_forget(*, coin_ids: list[str]) -> None:
     source = orjson.loads(body)["source"]
     as_of = datetime.fromtimestamp(float(as_of_raw), tz=UTC)
     redis.set(PRICES_BODY_KEY, snapshot_body(as_of=as_of, source=source, quotes=quotes))
+    reads_invalidate()
 
 
 def _tick_hook(hook: Callable[..., object], **kwargs: Any) -> None:
@@ -264,6 +269,7 @@ def _coins_refresh_names(*, coins: dict[str, Coin], quotes: list[MarketQuote]) -
         if coin is not None and (coin.symbol, coin.name) != (quote.symbol, quote.name):
             coin.symbol, coin.name = quote.symbol, quote.name
             coin.save(update_fields=["symbol", "name", "updated_at"])
+            reads_invalidate()
 
 
 def history_append(*, as_of: datetime, prices: dict[str, Decimal]) -> int:
@@ -274,12 +280,17 @@ def history_append(*, as_of: datetime, prices: dict[str, Decimal]) -> int:
     rows = [
         PricePoint(coin_id=coin_id, ts=bucket, price=price) for coin_id, price in prices.items()
     ]
-    return len(PricePoint.objects.bulk_create(rows, ignore_conflicts=True))
+    added = len(PricePoint.objects.bulk_create(rows, ignore_conflicts=True))
+    if added:
+        reads_invalidate()
+    return added
 
 
 def history_prune() -> int:
     cutoff = timezone.now() - timedelta(days=settings.PRICE_HISTORY_RETENTION_DAYS)
     deleted, _ = PricePoint.objects.filter(ts__lt=cutoff).delete()
+    if deleted:
+        reads_invalidate()
     return deleted
 
 
@@ -352,3 +363,4 @@ def tickers_record(
     get_redis_connection("default").set(
         TICKERS_KEY_PREFIX + coin_id, body, ex=settings.ARBITRAGE_MAX_AGE_SECONDS
     )
+    reads_invalidate()

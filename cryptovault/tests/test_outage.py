@@ -26,7 +26,7 @@ from cryptovault.routing import (
     websocket_urlpatterns,
 )
 from cryptovault.testing import TcpProxy, uvicorn_in_thread
-from markets.asgi import prices_fast_lane
+from markets.asgi import public_reads_lane
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -57,7 +57,7 @@ def server(postgres_proxy):
     # Fresh request threads, so every connection they open goes through the proxy.
     application = ProtocolTypeRouter(
         {
-            "http": prices_fast_lane(PooledThreadsASGIHandler(threads=REQUEST_THREADS)),
+            "http": public_reads_lane(PooledThreadsASGIHandler(threads=REQUEST_THREADS)),
             "websocket": WebSocketOutageMiddleware(
                 OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
             ),
@@ -201,7 +201,7 @@ def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
     }
     application = ProtocolTypeRouter(
         {
-            "http": prices_fast_lane(PooledThreadsASGIHandler(threads=1)),
+            "http": public_reads_lane(PooledThreadsASGIHandler(threads=1)),
             "websocket": WebSocketOutageMiddleware(
                 OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
             ),

@@ -185,9 +185,9 @@ def test_coin_detail_source_down_still_answers(api_client, simulator, tracked):
 
 
 def test_coin_detail_rate_limited_per_ip(api_client, simulator, tracked, settings):
-    from markets.apis import RATES
+    from markets.read_cache import READS_PER_MINUTE
 
-    allowed = int(RATES["coin-detail"].split("/")[0])
+    allowed = READS_PER_MINUTE["coin-detail"]
     for _ in range(allowed):
         assert api_client.get("/api/v1/coins/bitcoin").status_code == 200
     # Unknown ids count too, so probing them is no way around the limit.

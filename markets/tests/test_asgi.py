@@ -1,4 +1,4 @@
-"""The GET /prices fast lane in front of Django, through the real ASGI application."""
+"""The public reads lane in front of Django for GET /prices, through the real ASGI application."""
 
 from decimal import Decimal
 
@@ -7,7 +7,7 @@ import pytest
 from django.core.asgi import get_asgi_application
 
 from cryptovault.asgi import application, django_asgi_app
-from markets.asgi import prices_fast_lane
+from markets.asgi import public_reads_lane
 from markets.price_store import prices_snapshot_bytes
 from markets.services import prices_record
 
@@ -114,14 +114,14 @@ async def _teapot(scope, receive, send):
     ],
 )
 async def test_hands_on_what_it_does_not_serve(snapshot, method, path, headers):
-    lane = prices_fast_lane(_teapot)
+    lane = public_reads_lane(_teapot)
     response = await _get(lane, path=path, method=method, headers=headers)
     assert response.status_code == 418
 
 
 async def test_ssl_redirect_left_to_django(snapshot, settings):
     settings.SECURE_SSL_REDIRECT = True
-    lane = prices_fast_lane(_teapot)
+    lane = public_reads_lane(_teapot)
     assert (await _get(lane)).status_code == 418
     assert (await _get(lane, headers={"X-Forwarded-Proto": "https"})).status_code == 200
 
@@ -134,9 +134,9 @@ async def test_django_answers_what_the_lane_hands_on(snapshot):
 
 
 async def test_rate_limited_per_ip_in_the_lane_and_in_django(snapshot, settings):
-    from markets.price_store import PRICES_PER_MINUTE
+    from markets.read_cache import READS_PER_MINUTE
 
-    for _ in range(PRICES_PER_MINUTE):
+    for _ in range(READS_PER_MINUTE["prices"]):
         assert (await _get(application)).status_code == 200
     for app in (application, django_asgi_app):  # one counter, whichever lane answers
         limited = await _get(app)
