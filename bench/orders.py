@@ -18,7 +18,18 @@ for the run (``RATELIMIT_ENABLE=false``), as load tests need.
 ``/api/v1/auth/public-key``: an anonymous one). No order can be placed faster than
 that, so its requests/s and p99 bound what this machine can give the order path.
 
-Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
+``--limit-book N`` then rests N open limit buys (spread over the users, straight into
+the database with their reservations), records a price that crosses them all, runs the
+poll's hook, and reports how long until the last one filled and whether every user's
+fills kept the order of placing.
+
+``--goals`` runs, in one invocation and on the same servers, the phases issue 18 sets
+goals for and prints each ratio: the ceiling (``/api/v1/auth/me``, ``--concurrency``
+connections), light load (2 connections, 20 users), saturation (``--concurrency``
+connections, every user) and the limit book (``--limit-book``, default 10,000).
+Goals: light place->filled p50 <= 20 ms and p99 <= 100 ms; saturation filled/s >= 0.5x
+the ceiling's requests/s with POST p99 <= 2x the ceiling's p99; the limit book filled
+within 1 s, in order per user; 0 ledger mismatches, 0 lost, 0 double-filled.
 """
 
 import argparse
@@ -67,6 +78,16 @@ def parse_args() -> argparse.Namespace:
         metavar="PATH",
         help="GET PATH (with a bearer token) instead of placing orders, to measure the stack",
     )
+    parser.add_argument(
+        "--limit-book",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the load, fill N resting limit orders with one crossing poll",
+    )
+    parser.add_argument(
+        "--goals", action="store_true", help="ceiling, light, saturation and limit book in one run"
+    )
     return parser.parse_args()
 
 
@@ -114,6 +135,10 @@ def prepare(n_users: int, *, fill_emails: bool = True) -> list[str]:
     return tokens
 
 
+# What keep_prices_fresh records (the limit book phase moves bitcoin).
+CURRENT = dict(COINS)
+
+
 def keep_prices_fresh(stop: threading.Event) -> None:
     """What the poller does every few seconds (without the tick fan-out)."""
     from django.db import connection
@@ -121,7 +146,7 @@ def keep_prices_fresh(stop: threading.Event) -> None:
     from markets.services import prices_record
 
     while not stop.wait(5):
-        prices_record(prices=COINS)
+        prices_record(prices=dict(CURRENT))
     connection.close()
 
 
@@ -215,13 +240,15 @@ def get_request(path: str, token: str) -> bytes:
     ).encode()
 
 
-async def client(args: argparse.Namespace, tokens: list[str], until: float, stats: dict) -> None:
+async def client(
+    args: argparse.Namespace, phase: dict, tokens: list[str], until: float, stats: dict
+) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
     try:
         while time.monotonic() < until:
             token = random.choice(tokens)
-            if args.ceiling:
-                request = get_request(args.ceiling, token)
+            if phase["ceiling"]:
+                request = get_request(phase["ceiling"], token)
             else:
                 request = order_request(token)
             started = time.monotonic()
@@ -234,7 +261,7 @@ async def client(args: argparse.Namespace, tokens: list[str], until: float, stat
         writer.close()
 
 
-async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> dict:
+async def load(args: argparse.Namespace, phase: dict, tokens: list[str], meter: CpuMeter) -> dict:
     stats: dict = {"latency": [], "status": {}}
     until = time.monotonic() + args.duration
 
@@ -245,7 +272,8 @@ async def load(args: argparse.Namespace, tokens: list[str], meter: CpuMeter) -> 
 
     meter.start()
     await asyncio.gather(
-        sample_cpu(), *(client(args, tokens, until, stats) for _ in range(args.concurrency))
+        sample_cpu(),
+        *(client(args, phase, tokens, until, stats) for _ in range(phase["connections"])),
     )
     stats["cpu"] = meter.stop()
     return stats
@@ -262,11 +290,11 @@ def print_cpu(stats: dict, *, what: str, count: int, seconds: float) -> None:
     )
 
 
-def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> bool:
+def report_ceiling(phase: dict, stats: dict, seconds: float) -> dict:
     """What the stack gives a request that does no work (``--ceiling``)."""
     answered = stats["status"].get(200, 0)
     latencies = stats["latency"]
-    print(f"GET {args.ceiling}: users={args.users} connections={args.concurrency}")
+    print(f"GET {phase['ceiling']}: users={phase['users']} connections={phase['connections']}")
     print(f"HTTP statuses: {stats['status']}   duration={seconds:.1f}s")
     print(f"answered: {answered / seconds:8.1f} requests/s (200s)")
     print(
@@ -274,14 +302,60 @@ def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> boo
         f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
     )
     print_cpu(stats, what="request", count=answered, seconds=seconds)
-    return answered == len(latencies)
+    return {
+        "ok": answered == len(latencies),
+        "rps": answered / seconds,
+        "p99": percentile(latencies, 99),
+    }
 
 
-def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
-    from django.db.models import Max, Q
+def integrity() -> dict:
+    """The ledger and reservation invariants, and orders lost (still pending after the
+    drain) or booked twice (a filled order without exactly its three entries, or entries
+    on an order that did not fill)."""
+    from django.db.models import Count, Q
 
-    from orders.models import Balance, Order
+    from orders.models import Balance, LedgerEntry, Order
     from orders.selectors import ledger_mismatches, reservation_mismatches
+
+    booked = dict(
+        LedgerEntry.objects.filter(order__isnull=False)
+        .values("order")
+        .annotate(n=Count("id"))
+        .values_list("order", "n")
+    )
+    filled = set(Order.objects.filter(status="filled").values_list("id", flat=True))
+    doubled = sum(1 for order_id, n in booked.items() if n != 3 or order_id not in filled)
+    doubled += len(filled - booked.keys())
+    return {
+        "ledger": ledger_mismatches(),
+        "reservations": reservation_mismatches(),
+        "negative": Balance.objects.filter(Q(available__lt=0) | Q(locked__lt=0)).count(),
+        "lost": Order.objects.filter(status="pending").count(),
+        "doubled": doubled,
+    }
+
+
+def print_integrity(checks: dict) -> bool:
+    print(
+        f"ledger invariant: {'OK' if not checks['ledger'] else checks['ledger'][:5]}; "
+        f"reservations: {'OK' if not checks['reservations'] else checks['reservations'][:5]}; "
+        f"negative balances: {checks['negative']}; lost: {checks['lost']}; "
+        f"double-filled: {checks['doubled']}"
+    )
+    return not (
+        checks["ledger"]
+        or checks["reservations"]
+        or checks["negative"]
+        or checks["lost"]
+        or checks["doubled"]
+    )
+
+
+def report(args: argparse.Namespace, phase: dict, stats: dict, t0, t1) -> dict:
+    from django.db.models import Max
+
+    from orders.models import Order
 
     window = Order.objects.filter(created_at__gte=t0, created_at__lte=t1)
     deadline = time.monotonic() + args.drain_timeout
@@ -300,7 +374,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
     statuses = dict((s, window.filter(status=s).count()) for s in ("pending", "filled", "rejected"))
     latencies = stats["latency"]
     seconds = (t1 - t0).total_seconds()
-    print(f"users={args.users} connections={args.concurrency} duration={seconds:.1f}s")
+    print(f"users={phase['users']} connections={phase['connections']} duration={seconds:.1f}s")
     print(f"HTTP statuses: {stats['status']}   orders in window: {statuses}")
     print(f"accepted: {accepted / seconds:8.1f} orders/s")
     print(f"filled:   {filled_in_window / seconds:8.1f} orders/s (filled within the window)")
@@ -319,55 +393,146 @@ def report(args: argparse.Namespace, stats: dict, t0, t1) -> bool:
         f"place->filled  p50 {percentile(lags, 50) * 1000:7.1f} ms"
         f"   p99 {percentile(lags, 99) * 1000:7.1f} ms"
     )
-    mismatches = ledger_mismatches()
-    reservations = reservation_mismatches()
-    negative = Balance.objects.filter(Q(available__lt=0) | Q(locked__lt=0)).count()
-    ok = not mismatches and not reservations and not negative
-    print(
-        f"ledger invariant: {'OK' if not mismatches else mismatches[:5]}; "
-        f"reservations: {'OK' if not reservations else reservations[:5]}; "
-        f"negative balances: {negative}"
-    )
+    ok = print_integrity(integrity())
     print_cpu(stats, what="accepted order", count=accepted, seconds=seconds)
+    return {
+        "ok": ok,
+        "filled_per_s": filled_in_window / seconds,
+        "post_p99": percentile(latencies, 99),
+        "lag_p50": percentile(lags, 50),
+        "lag_p99": percentile(lags, 99),
+    }
+
+
+def limit_book(n: int, *, users: int) -> dict:
+    """Rest ``n`` limit buys of bitcoin at 60,000 (spread over the first ``users``
+    users, reserved as order_place reserves), cross them with one poll, and time the
+    fills."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from accounts.models import User
+    from markets.services import prices_on_tick, prices_record
+    from orders.models import Balance, LedgerEntry, Order
+    from orders.services import buy_cost
+
+    limit, quantity = Decimal("60000"), Decimal("0.0001")
+    notional, fee = buy_cost(quantity=quantity, price=limit)
+    traders = list(User.objects.filter(email__startswith="bench-trader-").order_by("id")[:users])
+    orders = [
+        Order(
+            user=traders[i % len(traders)], coin_id="bitcoin", side="buy", type="limit",
+            quantity=quantity, limit_price=limit, status="open", reserved_asset="usd",
+            reserved_amount=notional + fee,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    Order.objects.bulk_create(orders, batch_size=2000)
+    for trader in traders:
+        count = sum(1 for order in orders if order.user_id == trader.pk)
+        Balance.objects.filter(user=trader, asset="usd").update(
+            available=F("available") - count * (notional + fee),
+            locked=F("locked") + count * (notional + fee),
+        )
+    ids = [order.pk for order in orders]
+    book = Order.objects.filter(pk__in=ids)
+    CURRENT["bitcoin"] = Decimal("59000")
+    started = timezone.now()
+    prices = dict(CURRENT)
+    prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=["bitcoin"])
+    deadline = time.monotonic() + 120
+    while book.filter(status="open").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    CURRENT["bitcoin"] = COINS["bitcoin"]
+    prices_record(prices=dict(CURRENT))
+    filled = book.filter(status="filled").count()
+    last = max(book.filter(status="filled").values_list("updated_at", flat=True), default=started)
+    seconds = (last - started).total_seconds()
+    in_order = True
+    for trader in traders:
+        sequence = list(
+            LedgerEntry.objects.filter(user=trader, order_id__in=ids)
+            .order_by("id")
+            .values_list("order_id", flat=True)
+        )
+        in_order &= sequence == sorted(sequence)
     print(
-        f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
-        f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
+        f"limit book: {filled} of {n} open limit orders filled {seconds * 1000:.0f} ms after "
+        f"the crossing poll ({filled / max(seconds, 1e-9):.0f} fills/s); "
+        f"per-user FIFO {'kept' if in_order else 'BROKEN'}"
     )
-    return ok
+    return {"ok": filled == n and in_order, "seconds": seconds}
+
+
+def run_phase(args: argparse.Namespace, phase: dict, tokens: list[str], processes) -> dict:
+    from django.utils import timezone
+
+    # The machine is shared: a figure means little without the load it ran under.
+    load_before = os.getloadavg()[0]
+    web, worker = processes
+    meter = CpuMeter(
+        {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
+    )
+    t0 = timezone.now()
+    stats = asyncio.run(load(args, phase, tokens, meter))
+    t1 = timezone.now()
+    load_during = os.getloadavg()[0]
+    if phase["ceiling"]:
+        result = report_ceiling(phase, stats, (t1 - t0).total_seconds())
+    else:
+        result = report(args, phase, stats, t0, t1)
+    print(f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end")
+    return result
+
+
+def print_goals(ceiling: dict, light: dict, saturation: dict, book: dict | None) -> None:
+    print("--- goals (issue 18) ---")
+    print(
+        f"light place->filled p50 {light['lag_p50'] * 1000:.1f} ms: "
+        f"{light['lag_p50'] * 1000 / 20:.2f}x of 20 ms; "
+        f"p99 {light['lag_p99'] * 1000:.1f} ms: {light['lag_p99'] * 1000 / 100:.2f}x of 100 ms"
+    )
+    print(
+        f"saturation filled {saturation['filled_per_s']:.1f}/s: "
+        f"{saturation['filled_per_s'] / ceiling['rps']:.2f}x the ceiling's "
+        f"{ceiling['rps']:.1f} requests/s (goal >= 0.5x); POST p99 "
+        f"{saturation['post_p99'] * 1000:.1f} ms: {saturation['post_p99'] / ceiling['p99']:.2f}x "
+        f"the ceiling's {ceiling['p99'] * 1000:.1f} ms (goal <= 2x)"
+    )
+    if book is not None:
+        print(f"limit book: {book['seconds']:.2f}x of 1 s")
 
 
 def main() -> int:
     args = parse_args()
     tokens = prepare(args.users, fill_emails=not args.no_fill_emails)
-    from django.utils import timezone
-
     processes = start_processes(args)
     stop = threading.Event()
     refresher = threading.Thread(target=keep_prices_fresh, args=(stop,), daemon=True)
     refresher.start()
+    everyone = {"users": args.users, "connections": args.concurrency}
     try:
         asyncio.run(wait_healthy(args.port))
         # Every uvicorn worker must be accepting before the keep-alive connections are
         # opened, or the first one to boot takes them all.
         time.sleep(args.warmup)
         wait_worker_ready()
-        # The machine is shared: a figure means little without the load it ran under.
-        load_before = os.getloadavg()[0]
-        web, worker = processes
-        meter = CpuMeter(
-            {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
-        )
-        t0 = timezone.now()
-        stats = asyncio.run(load(args, tokens, meter))
-        t1 = timezone.now()
-        load_during = os.getloadavg()[0]
-        if args.ceiling:
-            ok = report_ceiling(args, stats, (t1 - t0).total_seconds())
+        if args.goals:
+            ceiling_phase = {**everyone, "ceiling": "/api/v1/auth/me"}
+            ceiling = run_phase(args, ceiling_phase, tokens, processes)
+            light_phase = {"users": 20, "connections": 2, "ceiling": None}
+            light = run_phase(args, light_phase, tokens[:20], processes)
+            saturation = run_phase(args, {**everyone, "ceiling": None}, tokens, processes)
+            book = limit_book(args.limit_book or 10_000, users=args.users)
+            ok = print_integrity(integrity())
+            print_goals(ceiling, light, saturation, book)
+            ok = ok and all(r["ok"] for r in (ceiling, light, saturation, book))
         else:
-            ok = report(args, stats, t0, t1)
-        print(
-            f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
-        )
+            result = run_phase(args, {**everyone, "ceiling": args.ceiling}, tokens, processes)
+            ok = result["ok"]
+            if args.limit_book:
+                ok = limit_book(args.limit_book, users=args.users)["ok"] and ok
+                ok = print_integrity(integrity()) and ok
     finally:
         stop.set()
         for process in processes:

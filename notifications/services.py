@@ -31,7 +31,7 @@ from notifications.models import (
     PriceAlert,
 )
 from notifications.outbox import outbox_emails_wake
-from notifications.serializers import NotificationSerializer
+from notifications.serializers import notification_output
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def notification_create(
 
 
 def _notification_frame(notification: Notification) -> dict:
-    return {"type": "notification", "notification": NotificationSerializer(notification).data}
+    return {"type": "notification", "notification": notification_output(notification)}
 
 
 def notification_email_kinds(*, user: User) -> frozenset[str]:

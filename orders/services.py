@@ -33,7 +33,7 @@ from markets.selectors import (
 )
 from notifications.services import deliveries_batched, notification_create, order_event_push
 from orders.models import USD, Balance, LedgerEntry, Order
-from orders.serializers import OrderOutputSerializer
+from orders.serializers import order_output
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ MARKET_BUY_BUFFER = Decimal("0.02")
 QUEUE_BATCH_SIZE = 1000
 QUEUE_USER_BATCH_SIZE = 100
 # Crossing limit orders filled per transaction.
-LIMIT_FILL_BATCH = 1000
+LIMIT_FILL_BATCH = 500
 
 
 def quantize_down(value: Decimal) -> Decimal:
@@ -317,8 +317,8 @@ QUEUE_MARK_SECONDS = 60
 QUEUE_LOCK_NAMESPACE = 0x4F51
 # Users whose queues one transaction of a run works on, oldest pending order first.
 QUEUE_USERS_PER_BATCH = 500
-# A run that has worked this long enqueues its successor and ends, so one run never
-# meets its time limit under sustained load.
+# A run (of the queue, of limit matching) that has worked this long enqueues its
+# successor and ends, so one run never meets its time limit under sustained load.
 QUEUE_RUN_SECONDS = 10.0
 
 
@@ -493,7 +493,7 @@ _TERMINAL_NOTIFICATIONS: dict[str, tuple[str, str]] = {
 
 
 def _order_notify(order: Order) -> None:
-    order_event_push(user_id=order.user_id, order=OrderOutputSerializer(order).data)
+    order_event_push(user_id=order.user_id, order=order_output(order))
     if order.status not in _TERMINAL_NOTIFICATIONS:
         return
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
@@ -844,7 +844,8 @@ def limit_orders_fill() -> int:
     ``LIMIT_FILL_BATCH`` per transaction, under their row locks, so a concurrent cancel
     or a second run resolves to exactly one outcome. A batch that fails for any reason
     but an outage is retried one order at a time; an order that fails on its own is
-    logged and stays open.
+    logged and stays open. A run that has worked ``QUEUE_RUN_SECONDS`` enqueues the next
+    and ends.
     """
     prices = {c: p for c, p in prices_tradable().items() if p.is_finite() and p > 0}
     crossing: list[int] = []
@@ -855,8 +856,13 @@ def limit_orders_fill() -> int:
             | Q(side=Order.Side.SELL, limit_price__lte=price)
         ).values_list("id", flat=True)
     crossing.sort()
-    filled = 0
+    started, filled = time.monotonic(), 0
     for start in range(0, len(crossing), LIMIT_FILL_BATCH):
+        if time.monotonic() - started > QUEUE_RUN_SECONDS:
+            # A big crossing is worked through by successive runs, each far from the
+            # time limit: what is filled is committed, the next run finds the rest.
+            limit_orders_on_prices()
+            return filled
         chunk = crossing[start : start + LIMIT_FILL_BATCH]
         try:
             filled += _limit_orders_fill_batch(order_ids=chunk, prices=prices)
