@@ -313,8 +313,10 @@ QUEUE_RUN_KEY = "cv:orders:queue-run"
 # suppressing new runs after this long; the sweep re-enqueues its orders anyway.
 QUEUE_MARK_SECONDS = 60
 # The namespace of the per-user advisory locks a run holds while it works on a user's
-# queue (``pg_advisory_xact_lock(namespace, user_id)``).
+# queue (``pg_advisory_xact_lock(namespace, user_id mod 2^31)``: the key is an int4; two
+# users sharing a key only share a lock, which costs parallelism, never correctness).
 QUEUE_LOCK_NAMESPACE = 0x4F51
+_QUEUE_LOCK_KEYS = 2**31
 # Users whose queues one transaction of a run works on, oldest pending order first.
 QUEUE_USERS_PER_BATCH = 500
 # A run (of the queue, of limit matching) that has worked this long enqueues its
@@ -706,15 +708,21 @@ def _queue_users_lock(*, user_id: int | None) -> list[int]:
     ``user_id``'s if given, waiting for it. Returns the users locked."""
     with connection.cursor() as cursor:
         if user_id is not None:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUEUE_LOCK_NAMESPACE, user_id])
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                [QUEUE_LOCK_NAMESPACE, user_id % _QUEUE_LOCK_KEYS],
+            )
             return [user_id]
         # The LIMIT keeps the lock calls out of the subquery: only listed users are tried.
         query = (
             f"SELECT user_id FROM (SELECT user_id, min(id) AS first FROM {Order._meta.db_table}"  # noqa: S608 - our table name
             " WHERE status = %s GROUP BY user_id ORDER BY first LIMIT %s) AS pending"
-            " WHERE pg_try_advisory_xact_lock(%s, user_id::int) ORDER BY first"
+            " WHERE pg_try_advisory_xact_lock(%s, (user_id %% %s)::int) ORDER BY first"
         )
-        cursor.execute(query, [Order.Status.PENDING, QUEUE_USERS_PER_BATCH, QUEUE_LOCK_NAMESPACE])
+        cursor.execute(
+            query,
+            [Order.Status.PENDING, QUEUE_USERS_PER_BATCH, QUEUE_LOCK_NAMESPACE, _QUEUE_LOCK_KEYS],
+        )
         return [row[0] for row in cursor.fetchall()]
 
 
