@@ -46,11 +46,11 @@ class _Deliveries:
 
     The batch's notifications, its frames (logged by notifications.events, which numbers
     them) and its outbox rows are written by :meth:`save`, one INSERT each, before the
-    transaction commits. A notification's frame is built once it has its id: until then
-    the frame list holds the notification itself."""
+    transaction commits. A notification's frame is filled in once it has its id: until
+    then the frame holds the notification itself."""
 
     def __init__(self) -> None:
-        self.frames: dict[int, list[dict | Notification]] = {}
+        self.frames: dict[int, list[dict]] = {}
         self.notifications: list[Notification] = []
         self.emails: list[OutboxEmail] = []
 
@@ -58,11 +58,11 @@ class _Deliveries:
         if self.notifications:
             Notification.objects.bulk_create(self.notifications)
             for frames in self.frames.values():
-                for offset, frame in enumerate(frames):
-                    if isinstance(frame, Notification):
-                        frames[offset] = _notification_frame(frame)
+                for frame in frames:
+                    if isinstance(frame.get("notification"), Notification):
+                        frame["notification"] = notification_output(frame["notification"])
         if self.frames:
-            events_record(frames_by_user=self.frames)  # type: ignore[arg-type]  # built above
+            events_record(frames_by_user=self.frames)
         if self.emails:
             OutboxEmail.objects.bulk_create(self.emails)
 
@@ -145,17 +145,16 @@ def notification_create(
     if batch is not None:
         # Inserted with the batch's others, when the batch is saved (it gets its id then).
         batch.notifications.append(notification)
-        batch.frames.setdefault(user.pk, []).append(notification)
+        batch.frames.setdefault(user.pk, []).append(
+            {"type": "notification", "notification": notification}
+        )
         if email is not None:
             batch.emails.append(email)
         return notification
     notification.save()
-    _deliver(user_id=user.pk, frame=_notification_frame(notification), email=email)
+    frame = {"type": "notification", "notification": notification_output(notification)}
+    _deliver(user_id=user.pk, frame=frame, email=email)
     return notification
-
-
-def _notification_frame(notification: Notification) -> dict:
-    return {"type": "notification", "notification": notification_output(notification)}
 
 
 def notification_email_kinds(*, user: User) -> frozenset[str]:
