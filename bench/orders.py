@@ -191,14 +191,14 @@ def wait_worker_ready(timeout: float = 180.0) -> None:
     system checks and can take a while on a busy machine)."""
     from django_redis import get_redis_connection
 
-    from orders.services import _queue_key
+    from orders.services import QUEUE_RUN_KEY
     from orders.tasks import order_queue_process
 
     redis = get_redis_connection("default")
-    redis.set(_queue_key(0), 1)
-    order_queue_process.delay(0)  # no such user: the run only clears its mark
+    redis.set(QUEUE_RUN_KEY, 1)
+    order_queue_process.delay()  # nothing pending: the run only clears its mark
     deadline = time.monotonic() + timeout
-    while redis.exists(_queue_key(0)):
+    while redis.exists(QUEUE_RUN_KEY):
         if time.monotonic() > deadline:
             raise RuntimeError("worker did not start")
         time.sleep(0.2)

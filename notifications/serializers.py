@@ -45,3 +45,12 @@ class PriceAlertSerializer(serializers.ModelSerializer):
             "created_at",
         )
         read_only_fields = fields
+
+
+# Built once (see orders.serializers.order_output): a batch notifies thousands.
+_NOTIFICATION_OUTPUT = NotificationSerializer()
+
+
+def notification_output(notification: Notification) -> dict:
+    """``NotificationSerializer(notification).data``, without a serializer per call."""
+    return dict(_NOTIFICATION_OUTPUT.to_representation(notification))

@@ -31,7 +31,7 @@ from notifications.models import (
     PriceAlert,
 )
 from notifications.outbox import outbox_emails_wake
-from notifications.serializers import NotificationSerializer
+from notifications.serializers import notification_output
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +44,25 @@ class _Deliveries:
     """What one transaction sends once it has committed: each user's frames, in order,
     as one push, and a wake-up of the email drain if it left emails in the outbox.
 
-    The frames are logged (notifications.events, which numbers them) and ``emails``,
-    the batch's outbox rows, written together (one INSERT), before the transaction
-    commits, by :meth:`save`."""
+    The batch's notifications, its frames (logged by notifications.events, which numbers
+    them) and its outbox rows are written by :meth:`save`, one INSERT each, before the
+    transaction commits. A notification's frame is filled in once it has its id: until
+    then the frame holds the notification itself."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
+        self.notifications: list[Notification] = []
         self.emails: list[OutboxEmail] = []
 
     def save(self) -> None:
-        events_record(frames_by_user=self.frames)
+        if self.notifications:
+            Notification.objects.bulk_create(self.notifications)
+            for frames in self.frames.values():
+                for frame in frames:
+                    if isinstance(frame.get("notification"), Notification):
+                        frame["notification"] = notification_output(frame["notification"])
+        if self.frames:
+            events_record(frames_by_user=self.frames)
         if self.emails:
             OutboxEmail.objects.bulk_create(self.emails)
 
@@ -119,20 +128,32 @@ def notification_create(
     data: dict[str, Any] | None = None,
 ) -> Notification:
     """Persist a notification; after commit push it to the user's sockets and, if the
-    user opted into this kind, put its email in the outbox (in this transaction)."""
+    user opted into this kind, put its email in the outbox (in this transaction).
+
+    Inside ``deliveries_batched`` the row is inserted with the batch's others when the
+    block ends: the returned notification has its id from then on."""
     if kind not in Notification.Kind.values:
         raise ValueError(f"Unknown notification kind {kind!r}.")
     emailed = bool(kind in notification_email_kinds(user=user) and user.email and user.is_active)
-    notification = Notification.objects.create(
-        user=user, kind=kind, title=title[:200], body=body, data=data or {}
-    )
-    _deliver(
-        user_id=user.pk,
-        frame={"type": "notification", "notification": NotificationSerializer(notification).data},
-        email=OutboxEmail(kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification)
+    notification = Notification(user=user, kind=kind, title=title[:200], body=body, data=data or {})
+    email = (
+        OutboxEmail(kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification)
         if emailed
-        else None,
+        else None
     )
+    batch = _batch.get()
+    if batch is not None:
+        # Inserted with the batch's others, when the batch is saved (it gets its id then).
+        batch.notifications.append(notification)
+        batch.frames.setdefault(user.pk, []).append(
+            {"type": "notification", "notification": notification}
+        )
+        if email is not None:
+            batch.emails.append(email)
+        return notification
+    notification.save()
+    frame = {"type": "notification", "notification": notification_output(notification)}
+    _deliver(user_id=user.pk, frame=frame, email=email)
     return notification
 
 

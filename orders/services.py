@@ -7,12 +7,14 @@ database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 """
 
 import logging
+import time
 from datetime import timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Min, Q
 from django.utils import timezone
 from django_redis import get_redis_connection
 from prometheus_client import Counter
@@ -31,7 +33,7 @@ from markets.selectors import (
 )
 from notifications.services import deliveries_batched, notification_create, order_event_push
 from orders.models import USD, Balance, LedgerEntry, Order
-from orders.serializers import OrderOutputSerializer
+from orders.serializers import order_output
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +60,12 @@ WALLET_ADJUST_MAX = Decimal("1000000000000")
 # that is not enough the order is rejected (funds released, nothing overspent).
 MARKET_BUY_BUFFER = Decimal("0.02")
 
-# Orders processed per transaction when a user's queue has piled up.
-QUEUE_BATCH_SIZE = 100
+# Orders one transaction of the queue takes at most (the heads of many users' queues),
+# and at most per user when a failed batch is retried user by user.
+QUEUE_BATCH_SIZE = 1000
+QUEUE_USER_BATCH_SIZE = 100
+# Crossing limit orders filled per transaction.
+LIMIT_FILL_BATCH = 500
 
 
 def quantize_down(value: Decimal) -> Decimal:
@@ -98,6 +104,32 @@ def balances_lock(*, user: User, assets: list[str]) -> dict[str, Balance]:
     return locked
 
 
+def _balances_lock_users(wanted: dict[int, set[str]]) -> dict[int, dict[str, Balance]]:
+    """``balances_lock`` for several users at once: ``{user_id: {asset: Balance}}``, every
+    row locked by one statement, in primary-key order."""
+    pairs = sorted((user_id, asset) for user_id, assets in wanted.items() for asset in assets)
+    query = (
+        f"SELECT * FROM {Balance._meta.db_table} WHERE (user_id, asset) IN"  # noqa: S608 - our table name
+        " (SELECT * FROM unnest(%s::bigint[], %s::varchar[])) ORDER BY id FOR UPDATE"
+    )
+    params = [[user_id for user_id, _ in pairs], [asset for _, asset in pairs]]
+
+    def lock() -> dict[int, dict[str, Balance]]:
+        locked: dict[int, dict[str, Balance]] = {}
+        for balance in Balance.objects.raw(query, params):
+            locked.setdefault(balance.user_id, {})[balance.asset] = balance
+        return locked
+
+    locked = lock()
+    missing = [(u, a) for u, a in pairs if a not in locked.get(u, {})]
+    if missing:
+        Balance.objects.bulk_create(
+            [Balance(user_id=u, asset=a) for u, a in missing], ignore_conflicts=True
+        )
+        locked = lock()
+    return locked
+
+
 def ledger_post(
     *,
     balance: Balance,
@@ -130,14 +162,52 @@ def _balance_save(balance: Balance) -> None:
 
 
 def _balances_save(balances: list[Balance]) -> None:
-    """Save several locked balances in one UPDATE (a fill changes usd and the coin)."""
-    if len(balances) == 1:
-        _balance_save(balances[0])
-    elif balances:
-        now = timezone.now()  # bulk_update skips auto_now
-        for balance in balances:
-            balance.updated_at = now
-        Balance.objects.bulk_update(balances, ["available", "locked", "updated_at"])
+    """Save locked balances in one ``UPDATE .. FROM unnest(..)`` (a batch of fills changes
+    usd and a coin of each of its users)."""
+    if not balances:
+        return
+    now = timezone.now()  # auto_now is the ORM's; this statement sets it itself
+    for balance in balances:
+        balance.updated_at = now
+    table = Balance._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS b SET available = v.available, locked = v.locked,"  # noqa: S608 - our table name
+            " updated_at = %s FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[])"
+            " AS v(id, available, locked) WHERE b.id = v.id",
+            [
+                now,
+                [b.pk for b in balances],
+                [b.available for b in balances],
+                [b.locked for b in balances],
+            ],
+        )
+
+
+def _orders_save(orders: list[Order]) -> None:
+    """Save what ``order_status_set(save=False)`` changed on ``orders``, in one statement."""
+    if not orders:
+        return
+    table = Order._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} AS o SET status = v.status, filled_price = v.filled_price,"  # noqa: S608 - our table name
+            " fee = v.fee, reject_reason = v.reject_reason,"
+            " reserved_amount = v.reserved_amount, updated_at = v.updated_at"
+            " FROM unnest(%s::bigint[], %s::varchar[], %s::numeric[], %s::numeric[],"
+            " %s::varchar[], %s::numeric[], %s::timestamptz[])"
+            " AS v(id, status, filled_price, fee, reject_reason, reserved_amount, updated_at)"
+            " WHERE o.id = v.id",
+            [
+                [o.pk for o in orders],
+                [o.status for o in orders],
+                [o.filled_price for o in orders],
+                [o.fee for o in orders],
+                [o.reject_reason for o in orders],
+                [o.reserved_amount for o in orders],
+                [o.updated_at for o in orders],
+            ],
+        )
 
 
 # What a fill reads of its user besides the row: the email preferences, which
@@ -237,31 +307,38 @@ def _reference_price(*, coin_id: str) -> Decimal:
         return Decimal(quote["usd"])
 
 
-def _queue_key(user_id: int) -> str:
-    return f"cv:orders:queued:{user_id}"
-
-
+# Set while a run of the order queue waits to start (see _queue_enqueue).
+QUEUE_RUN_KEY = "cv:orders:queue-run"
 # A run of the queue that was enqueued but never started (message lost) stops
 # suppressing new runs after this long; the sweep re-enqueues its orders anyway.
 QUEUE_MARK_SECONDS = 60
+# The namespace of the per-user advisory locks a run holds while it works on a user's
+# queue (``pg_advisory_xact_lock(namespace, user_id mod 2^31)``: the key is an int4; two
+# users sharing a key only share a lock, which costs parallelism, never correctness).
+QUEUE_LOCK_NAMESPACE = 0x4F51
+_QUEUE_LOCK_KEYS = 2**31
+# Users whose queues one transaction of a run works on, oldest pending order first.
+QUEUE_USERS_PER_BATCH = 500
+# A run (of the queue, of limit matching) that has worked this long enqueues its
+# successor and ends, so one run never meets its time limit under sustained load.
+QUEUE_RUN_SECONDS = 10.0
 
 
-def _queue_enqueue(user_id: int, *, force: bool = False) -> None:
-    """Enqueue a run of the user's queue unless one is already waiting to start.
+def _queue_enqueue(*, force: bool = False) -> None:
+    """Enqueue a run of the order queue unless one is already waiting to start.
 
-    The mark is set here and cleared by the run as it starts, before it reads the
-    pending orders: an order committed before that read is in the run, one committed
-    after finds no mark and enqueues the next run. Under load a user's orders pile up
-    behind one queued run and are processed in one batch.
+    One run serves every user: it takes the heads of all pending queues in one
+    transaction. The mark is set here and cleared by the run as it starts, before it
+    reads the pending orders: an order committed before that read is in the run, one
+    committed after finds no mark and enqueues the next run. Under load orders pile
+    up behind one queued run and are processed in one batch.
     """
     # orders.tasks imports this module (tasks call services, services enqueue tasks).
     from orders.tasks import order_queue_process
 
-    marked = get_redis_connection("default").set(
-        _queue_key(user_id), 1, nx=True, ex=QUEUE_MARK_SECONDS
-    )
+    marked = get_redis_connection("default").set(QUEUE_RUN_KEY, 1, nx=True, ex=QUEUE_MARK_SECONDS)
     if marked or force:
-        order_queue_process.delay(user_id)
+        order_queue_process.delay()
 
 
 def order_place(
@@ -389,19 +466,23 @@ def _order_place_locked(
     order.user = user
     _order_notify(order)
     _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
-    transaction.on_commit(lambda: _queue_enqueue(user.pk), robust=True)
+    transaction.on_commit(_queue_enqueue, robust=True)
     return order, True
 
 
-def order_status_set(*, order: Order, status: str, **fields: Any) -> Order:
+def order_status_set(*, order: Order, status: str, save: bool = True, **fields: Any) -> Order:
     """The one place an order changes status: saves it and tells the user.
 
-    Runs inside the caller's transaction; pushes go out after commit.
+    Runs inside the caller's transaction; pushes go out after commit. A batch passes
+    ``save=False`` and saves its orders together (``_orders_save``).
     """
     order.status = status
     for name, value in fields.items():
         setattr(order, name, value)
-    order.save(update_fields=["status", "updated_at", *fields])
+    if save:
+        order.save(update_fields=["status", "updated_at", *fields])
+    else:
+        order.updated_at = timezone.now()
     _order_notify(order)
     return order
 
@@ -414,7 +495,7 @@ _TERMINAL_NOTIFICATIONS: dict[str, tuple[str, str]] = {
 
 
 def _order_notify(order: Order) -> None:
-    order_event_push(user_id=order.user_id, order=OrderOutputSerializer(order).data)
+    order_event_push(user_id=order.user_id, order=order_output(order))
     if order.status not in _TERMINAL_NOTIFICATIONS:
         return
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
@@ -455,10 +536,12 @@ def _order_count(counter: Counter) -> None:
 
 
 def _order_reject(*, order: Order, balances: dict[str, Balance], reason: str) -> None:
+    """Reject ``order`` and release its reservation; the caller saves both."""
     _reservation_release(order=order, balances=balances)
     order_status_set(
         order=order,
         status=Order.Status.REJECTED,
+        save=False,
         reject_reason=reason[:200],
         reserved_amount=order.reserved_amount,
     )
@@ -472,7 +555,7 @@ def _order_fill(
     """Fill ``order`` at ``price``: book the trade and the fee, release what is unused.
 
     Balances must be locked (usd and the coin); ledger entries are appended to
-    ``entries`` for the caller to insert.
+    ``entries`` for the caller to insert; the caller saves the order and balances.
     """
     usd, coin = balances[USD], balances[order.coin_id]
     if order.quantity * price > ORDER_NOTIONAL_MAX:
@@ -508,6 +591,7 @@ def _order_fill(
     order_status_set(
         order=order,
         status=Order.Status.FILLED,
+        save=False,
         filled_price=price,
         fee=fee,
         reserved_amount=order.reserved_amount,
@@ -534,24 +618,74 @@ def _limit_fill_price(*, order: Order, price: Decimal) -> Decimal:
     return max(_limit_of(order), price)
 
 
-def order_queue_process(*, user_id: int) -> int:
-    """Work through one user's pending orders, oldest first. Returns how many.
+def order_queue_process(*, user_id: int | None = None) -> int:
+    """Work through the pending orders of every user (or only ``user_id``'s), each
+    user's oldest first. Returns how many.
 
     Market orders fill on the latest cached price (never a stale one: rejected,
     funds released); limit orders fill at once if the price already crosses them,
-    else rest ``open``. Idempotent: only ``pending`` orders are touched, under row
-    locks taken in id order, so a redelivered or concurrent run processes nothing
-    twice and keeps the order of arrival.
+    else rest ``open``. One transaction takes the heads of many users' queues. A user's
+    queue is worked on by one run at a time (a transaction-scoped advisory lock per
+    user; a run skips the users another run holds, and that run reads again after it
+    commits), and its orders are locked in id order, so a redelivered or concurrent
+    run processes nothing twice and keeps the order of arrival.
 
     A transient error (``TRANSIENT_ERRORS``: Redis, PostgreSQL, the soft time limit)
     rolls the batch back and propagates, for the task to retry: an outage never
-    rejects an order. A batch that fails for any other reason is retried one order at
-    a time, and an order that fails on its own is rejected (funds released), so one
-    bad order can never block the user's queue.
+    rejects an order. A batch that fails for any other reason is retried one user at a
+    time, then one order at a time, and an order that fails on its own is rejected
+    (funds released), so one bad order can never block its user's queue or another's.
     """
     # Cleared before reading the orders: see _queue_enqueue.
-    get_redis_connection("default").delete(_queue_key(user_id))
-    processed, batch_size = 0, QUEUE_BATCH_SIZE
+    get_redis_connection("default").delete(QUEUE_RUN_KEY)
+    started, processed = time.monotonic(), 0
+    while True:
+        try:
+            count = _queue_batch_process(user_id=user_id, limit=QUEUE_BATCH_SIZE)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            logger.exception("order batch failed; isolating")
+            count = sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
+        processed += count
+        # Nothing done: no pending order, or every user with one is another run's,
+        # which reads again after its commit, as this run does now.
+        if not count or not _queue_has_pending(user_id=user_id):
+            return processed
+        if time.monotonic() - started > QUEUE_RUN_SECONDS:
+            _queue_enqueue(force=True)
+            return processed
+
+
+def _queue_has_pending(*, user_id: int | None) -> bool:
+    """Whether a pending order waits (``user_id``'s), in one statement."""
+    query = f"SELECT EXISTS (SELECT 1 FROM {Order._meta.db_table} WHERE status = %s"  # noqa: S608 - our table name
+    params: list[Any] = [Order.Status.PENDING]
+    if user_id is not None:
+        query += " AND user_id = %s"
+        params.append(user_id)
+    with connection.cursor() as cursor:
+        cursor.execute(query + ")", params)
+        return cursor.fetchone()[0]
+
+
+def _queue_users(user_id: int | None) -> list[int]:
+    """Users with pending orders, the oldest pending order first (partial index)."""
+    pending = Order.objects.filter(status=Order.Status.PENDING)
+    if user_id is not None:
+        pending = pending.filter(user_id=user_id)
+    return list(
+        pending.values("user_id")
+        .annotate(first=Min("id"))
+        .order_by("first")
+        .values_list("user_id", flat=True)[:QUEUE_USERS_PER_BATCH]
+    )
+
+
+def _queue_user_isolated(*, user_id: int) -> int:
+    """One user's queue after a failed batch: the whole queue, else one order at a time,
+    rejecting an order that fails on its own."""
+    processed, batch_size = 0, QUEUE_USER_BATCH_SIZE
     while True:
         try:
             count = _queue_batch_process(user_id=user_id, limit=batch_size)
@@ -559,7 +693,6 @@ def order_queue_process(*, user_id: int) -> int:
             raise
         except Exception:
             if batch_size > 1:
-                logger.exception("order batch failed; isolating", extra={"user_id": user_id})
                 batch_size = 1
                 continue
             logger.exception("order failed on its own; rejecting it", extra={"user_id": user_id})
@@ -569,57 +702,111 @@ def order_queue_process(*, user_id: int) -> int:
             return processed
 
 
+def _queue_users_lock(*, user_id: int | None) -> list[int]:
+    """In the current transaction, take the queue locks of the users with pending orders
+    (up to ``QUEUE_USERS_PER_BATCH``, oldest order first) that no other run holds; only
+    ``user_id``'s if given, waiting for it. Returns the users locked."""
+    with connection.cursor() as cursor:
+        if user_id is not None:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)",
+                [QUEUE_LOCK_NAMESPACE, user_id % _QUEUE_LOCK_KEYS],
+            )
+            return [user_id]
+        # The LIMIT keeps the lock calls out of the subquery: only listed users are tried.
+        query = (
+            f"SELECT user_id FROM (SELECT user_id, min(id) AS first FROM {Order._meta.db_table}"  # noqa: S608 - our table name
+            " WHERE status = %s GROUP BY user_id ORDER BY first LIMIT %s) AS pending"
+            " WHERE pg_try_advisory_xact_lock(%s, (user_id %% %s)::int) ORDER BY first"
+        )
+        cursor.execute(
+            query,
+            [Order.Status.PENDING, QUEUE_USERS_PER_BATCH, QUEUE_LOCK_NAMESPACE, _QUEUE_LOCK_KEYS],
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
 @transaction.atomic
-def _queue_batch_process(*, user_id: int, limit: int) -> int:
+def _queue_batch_process(*, user_id: int | None, limit: int) -> int:
     # The batch's pushes go out as one per user, its emails as one task.
     with deliveries_batched():
-        return _queue_batch_fill(user_id=user_id, limit=limit)
+        user_ids = _queue_users_lock(user_id=user_id)
+        if not user_ids:
+            return 0
+        orders = list(
+            Order.objects.select_for_update(of=("self",))
+            .select_related(*_ORDER_USER)
+            .filter(user_id__in=user_ids, status=Order.Status.PENDING)
+            .order_by("id")[:limit]
+        )
+        return _orders_book(orders=orders, prices=None)
 
 
-def _queue_batch_fill(*, user_id: int, limit: int) -> int:
-    orders = list(
-        Order.objects.select_for_update(of=("self",))
-        .select_related(*_ORDER_USER)
-        .filter(user_id=user_id, status=Order.Status.PENDING)
-        .order_by("id")[:limit]
-    )
+def _orders_book(*, orders: list[Order], prices: dict[str, Decimal] | None) -> int:
+    """Process ``orders`` (locked, in id order, with their users): pending ones as the
+    queue does, on the latest cached prices; open limit ones fill on ``prices``, which
+    must cross them. Saves the orders, the ledger and the balances in one statement
+    each. Returns how many orders it changed."""
     if not orders:
         return 0
-    user = orders[0].user
-    balances = balances_lock(user=user, assets=[USD, *(o.coin_id for o in orders)])
-    snapshot = {b.asset: (b.available, b.locked) for b in balances.values()}
+    wanted: dict[int, set[str]] = {}
+    users: dict[int, User] = {}
+    for order in orders:
+        wanted.setdefault(order.user_id, {USD}).add(order.coin_id)
+        # One user instance per user: the email preferences are read once.
+        order.user = users.setdefault(order.user_id, order.user)
+    balances = _balances_lock_users(wanted)
+    snapshot = {b.pk: (b.available, b.locked) for bs in balances.values() for b in bs.values()}
     quotes: dict[str, Decimal | PriceUnavailable] = {}
     entries: list[LedgerEntry] = []
     for order in orders:
-        order.user = user
+        own = balances[order.user_id]
+        if prices is not None:
+            price = _limit_fill_price(order=order, price=prices[order.coin_id])
+            _order_fill(order=order, price=price, balances=own, entries=entries)
+            continue
         if order.coin_id not in quotes:
-            try:
-                price = price_get_fresh(coin_id=order.coin_id).price
-                if not price.is_finite() or price <= 0:
-                    # Never trade at a nonsensical price (it would give coins away).
-                    raise PriceUnavailable(f"No usable price for {order.coin_id}.")
-                quotes[order.coin_id] = price
-            except PriceUnavailable as exc:
-                quotes[order.coin_id] = exc
+            quotes[order.coin_id] = _queue_quote(coin_id=order.coin_id)
         quote = quotes[order.coin_id]
         if order.type == Order.Type.LIMIT:
             if isinstance(quote, Decimal) and limit_crosses(order=order, price=quote):
                 price = _limit_fill_price(order=order, price=quote)
-                _order_fill(order=order, price=price, balances=balances, entries=entries)
+                _order_fill(order=order, price=price, balances=own, entries=entries)
             else:
-                order_status_set(order=order, status=Order.Status.OPEN)
+                order_status_set(order=order, status=Order.Status.OPEN, save=False)
         elif isinstance(quote, PriceUnavailable):
             reason = "stale_price" if quote.code == "price_stale" else quote.code
-            _order_reject(order=order, balances=balances, reason=reason)
+            _order_reject(order=order, balances=own, reason=reason)
         else:
-            _order_fill(order=order, price=quote, balances=balances, entries=entries)
+            _order_fill(order=order, price=quote, balances=own, entries=entries)
+    _orders_save(orders)
     LedgerEntry.objects.bulk_create(entries)
-    _balances_save([b for b in balances.values() if snapshot[b.asset] != (b.available, b.locked)])
+    _balances_save(
+        [
+            b
+            for bs in balances.values()
+            for b in bs.values()
+            if snapshot[b.pk] != (b.available, b.locked)
+        ]
+    )
     return len(orders)
+
+
+def _queue_quote(*, coin_id: str) -> Decimal | PriceUnavailable:
+    """The price the queue fills ``coin_id`` at, or why there is none."""
+    try:
+        price = price_get_fresh(coin_id=coin_id).price
+    except PriceUnavailable as exc:
+        return exc
+    if not price.is_finite() or price <= 0:
+        # Never trade at a nonsensical price (it would give coins away).
+        return PriceUnavailable(f"No usable price for {coin_id}.")
+    return price
 
 
 @transaction.atomic
 def _queue_head_reject(*, user_id: int) -> int:
+    _queue_users_lock(user_id=user_id)
     order = (
         Order.objects.select_for_update(of=("self",))
         .select_related("user")
@@ -633,6 +820,7 @@ def _queue_head_reject(*, user_id: int) -> int:
     _order_reject(
         order=order, balances=balances, reason="unprocessable: the order could not be booked."
     )
+    _orders_save([order])
     _balance_save(balances[order.reserved_asset])
     return 1
 
@@ -660,54 +848,59 @@ def limit_orders_fill() -> int:
     Prices come from the price store (``markets.selectors.prices_tradable``): never
     simulated, stale or stamped in the future, and never from a caller, so a task
     message or a periodic task's arguments cannot set the price anything fills at.
-    Each order fills in its own transaction under its row lock, so a concurrent
-    cancel or a second run resolves to exactly one outcome.
+    The crossing orders fill in id order (each user's in the order placed), up to
+    ``LIMIT_FILL_BATCH`` per transaction, under their row locks, so a concurrent cancel
+    or a second run resolves to exactly one outcome. A batch that fails for any reason
+    but an outage is retried one order at a time; an order that fails on its own is
+    logged and stays open. A run that has worked ``QUEUE_RUN_SECONDS`` enqueues the next
+    and ends.
     """
-    filled = 0
-    for coin_id, price in prices_tradable().items():
-        if not price.is_finite() or price <= 0:
-            continue  # a nonsensical price crosses every buy; never trade on it
+    prices = {c: p for c, p in prices_tradable().items() if p.is_finite() and p > 0}
+    crossing: list[int] = []
+    for coin_id, price in prices.items():
         open_orders = Order.objects.filter(status=Order.Status.OPEN, coin_id=coin_id)
-        crossing = list(
-            open_orders.filter(side=Order.Side.BUY, limit_price__gte=price).values_list(
-                "id", flat=True
-            )
-        ) + list(
-            open_orders.filter(side=Order.Side.SELL, limit_price__lte=price).values_list(
-                "id", flat=True
-            )
-        )
-        for order_id in sorted(crossing):
-            filled += _limit_order_fill(order_id=order_id, price=price)
+        crossing += open_orders.filter(
+            Q(side=Order.Side.BUY, limit_price__gte=price)
+            | Q(side=Order.Side.SELL, limit_price__lte=price)
+        ).values_list("id", flat=True)
+    crossing.sort()
+    started, filled = time.monotonic(), 0
+    for start in range(0, len(crossing), LIMIT_FILL_BATCH):
+        if time.monotonic() - started > QUEUE_RUN_SECONDS:
+            # A big crossing is worked through by successive runs, each far from the
+            # time limit: what is filled is committed, the next run finds the rest.
+            limit_orders_on_prices()
+            return filled
+        chunk = crossing[start : start + LIMIT_FILL_BATCH]
+        try:
+            filled += _limit_orders_fill_batch(order_ids=chunk, prices=prices)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            logger.exception("limit fill batch failed; isolating")
+            for order_id in chunk:
+                try:
+                    filled += _limit_orders_fill_batch(order_ids=[order_id], prices=prices)
+                except TRANSIENT_ERRORS:
+                    raise
+                except Exception:
+                    logger.exception("limit order %s could not be filled", order_id)
     return filled
 
 
 @transaction.atomic
-def _limit_order_fill(*, order_id: int, price: Decimal) -> bool:
+def _limit_orders_fill_batch(*, order_ids: list[int], prices: dict[str, Decimal]) -> int:
     with deliveries_batched():
-        return _limit_order_fill_locked(order_id=order_id, price=price)
-
-
-def _limit_order_fill_locked(*, order_id: int, price: Decimal) -> bool:
-    order = (
-        Order.objects.select_for_update(of=("self",))
-        .select_related(*_ORDER_USER)
-        .filter(pk=order_id, status=Order.Status.OPEN)
-        .first()
-    )
-    if order is None or not limit_crosses(order=order, price=price):
-        return False
-    balances = balances_lock(user=order.user, assets=[USD, order.coin_id])
-    entries: list[LedgerEntry] = []
-    _order_fill(
-        order=order,
-        price=_limit_fill_price(order=order, price=price),
-        balances=balances,
-        entries=entries,
-    )
-    LedgerEntry.objects.bulk_create(entries)
-    _balances_save(list(balances.values()))
-    return order.status == Order.Status.FILLED
+        orders = [
+            order
+            for order in Order.objects.select_for_update(of=("self",))
+            .select_related(*_ORDER_USER)
+            .filter(pk__in=order_ids, status=Order.Status.OPEN)
+            .order_by("id")
+            if limit_crosses(order=order, price=prices[order.coin_id])
+        ]
+        _orders_book(orders=orders, prices=prices)
+        return sum(order.status == Order.Status.FILLED for order in orders)
 
 
 @transaction.atomic
@@ -749,6 +942,6 @@ def order_queue_sweep(*, older_than_seconds: int = 30) -> int:
         .values_list("user_id", flat=True)
         .distinct()
     )
-    for user_id in user_ids:
-        _queue_enqueue(user_id, force=True)
+    if user_ids:
+        _queue_enqueue(force=True)
     return len(user_ids)

@@ -25,7 +25,9 @@ _RETRY = {
 
 
 @shared_task(name="orders.queue_process", **_RETRY)
-def order_queue_process(user_id: int) -> int:
+def order_queue_process(user_id: int | None = None) -> int:
+    """A run of the order queue for every user; messages from before one run served all
+    users carry a user id, and work on that user's queue only."""
     return services.order_queue_process(user_id=user_id)
 
 

@@ -1,5 +1,6 @@
 """The order queue end to end: real worker thread, real broker, racing requests."""
 
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -272,44 +273,54 @@ def test_the_sweep_recovers_an_order_whose_enqueue_was_lost():
     assert services.order_queue_sweep() == 0
 
 
-def test_a_worker_killed_mid_queue_loses_nothing_and_fills_nothing_twice():
-    """A real worker process; its pool children are SIGKILLed while filling."""
+def _pending_orders_reserved(users, n: int) -> list[int]:
+    """``n`` pending market buys spread over ``users``, reserved as order_place reserves,
+    written straight to the database (placing them one by one takes long); no run is
+    enqueued for them."""
+    from django.db.models import F
+
+    reserve = Decimal("70")  # 0.001 bitcoin at 65,000 plus the fee, with room to spare
+    orders = Order.objects.bulk_create(
+        Order(
+            user=users[i % len(users)], coin_id="bitcoin", side="buy", type="market",
+            quantity=Decimal("0.001"), reserved_asset=USD, reserved_amount=reserve,
+        )
+        for i in range(n)
+    )  # fmt: skip
+    for user in users:
+        count = sum(1 for order in orders if order.user_id == user.pk)
+        Balance.objects.filter(user=user, asset=USD).update(
+            available=F("available") - count * reserve, locked=F("locked") + count * reserve
+        )
+    return [order.pk for order in orders]
+
+
+def _queue_locks_held() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+            [services.QUEUE_LOCK_NAMESPACE],
+        )
+        return cursor.fetchone()[0]
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_fills_nothing_twice(tmp_path):
+    """A real prefork worker; its pool children are SIGKILLed while a batch that holds
+    every user's queue is in flight. The batch rolls back, the message is redelivered
+    (acks_late, reject on worker lost) and the next run fills everything once, in order."""
     import os
     import shutil
     import signal
-    import subprocess
-    import sys
 
-    from django.conf import settings
     from django.db.models import Count
 
-    users = [user_create(usd="100000") for _ in range(4)]
-    orders = [
-        services.order_place(
-            user=users[i % 4], coin_id="bitcoin", side="buy", type="market",
-            quantity=Decimal("0.001"),
-        )[0].pk
-        for i in range(200)
-    ]  # fmt: skip
-    db = settings.DATABASES["default"]
-    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    address = (db["HOST"] or "localhost") + (f":{db['PORT']}" if db["PORT"] else "")
-    env = {
-        **os.environ,
-        # The worker process must use the test database.
-        "DATABASE_URL": f"postgres://{credentials}@{address}/{db['NAME']}",
-        "REDIS_URL": settings.REDIS_URL,
-        "CONN_MAX_AGE": "300",
-    }
-    worker = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
-        [sys.executable, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders",
-         "--concurrency", "2", "--loglevel", "ERROR", "--without-gossip", "--without-mingle",
-         "--without-heartbeat"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        mine = Order.objects.filter(pk__in=orders)
-        wait_until(lambda: mine.filter(status="filled").count() >= 20, timeout=90)
+    users = [user_create(usd="100000") for _ in range(6)]
+    orders = _pending_orders_reserved(users, 600)
+    order_queue_process.delay()  # the one run for all of them
+    mine = Order.objects.filter(pk__in=orders)
+    with _worker_process(tmp_path / "worker.log", concurrency=2) as worker:
+        wait_until(lambda: _queue_locks_held() >= 1, timeout=90)
+        assert mine.filter(status="pending").count() == 600  # mid-batch: nothing committed
         pgrep = shutil.which("pgrep")
         children = subprocess.run(  # noqa: S603
             [pgrep, "-P", str(worker.pid)], capture_output=True, text=True, check=False
@@ -317,14 +328,14 @@ def test_a_worker_killed_mid_queue_loses_nothing_and_fills_nothing_twice():
         assert children
         for pid in children:
             os.kill(int(pid), signal.SIGKILL)
-        # The lost tasks are redelivered (acks_late, reject on worker lost).
-        wait_until(lambda: not mine.filter(status="pending").exists(), timeout=90)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-    assert mine.filter(status="filled").count() == 200
+        wait_until(lambda: not mine.filter(status="pending").exists(), timeout=120)
+    assert mine.filter(status="filled").count() == 600
     per_order = LedgerEntry.objects.filter(order__in=orders).values("order").annotate(n=Count("id"))
     assert {row["n"] for row in per_order} == {3}
+    for user in users:
+        booked = LedgerEntry.objects.filter(user=user, order__in=orders).order_by("id")
+        sequence = list(dict.fromkeys(booked.values_list("order_id", flat=True)))
+        assert sequence == sorted(sequence)
 
 
 def _lock_waiters() -> int:
@@ -436,11 +447,10 @@ def test_a_soft_time_limit_retries_instead_of_rejecting(tmp_path):
 
 
 @contextmanager
-def _worker_process(log) -> Iterator[None]:
-    """A real ``celery worker`` (prefork, one child) on the orders queue and the test
-    database, logging to ``log``."""
+def _worker_process(log, concurrency: int = 1) -> Iterator[subprocess.Popen]:
+    """A real ``celery worker`` (prefork, ``concurrency`` children) on the orders queue
+    and the test database, logging to ``log``."""
     import os
-    import subprocess
     import sys
 
     from django.conf import settings
@@ -451,7 +461,8 @@ def _worker_process(log) -> Iterator[None]:
     with open(log, "w") as output:
         worker = subprocess.Popen(  # noqa: S603 - our interpreter, fixed arguments
             [sys.executable, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders",
-             "-P", "prefork", "--concurrency", "1", "--loglevel", "INFO", "--without-gossip",
+             "-P", "prefork", "--concurrency", str(concurrency), "--loglevel", "INFO",
+             "--without-gossip",
              "--without-mingle", "--without-heartbeat"],
             env={
                 **os.environ,
@@ -461,7 +472,7 @@ def _worker_process(log) -> Iterator[None]:
             stdout=output, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            yield
+            yield worker
         finally:
             worker.terminate()
             worker.wait(timeout=30)
@@ -491,3 +502,114 @@ def test_after_redis_comes_back_empty_a_market_order_fills_on_the_recorded_price
     assert response.status_code == 201, response.content
     wait_until(lambda: Order.objects.get(pk=response.json()["id"]).status == "filled")
     assert Order.objects.get(pk=response.json()["id"]).filled_price == Decimal("64000")
+
+
+def _commits(queries) -> int:
+    return sum(1 for query in queries if query["sql"] == "COMMIT")
+
+
+def test_one_run_drains_every_users_queue_in_one_transaction_each_in_order():
+    from django.test.utils import CaptureQueriesContext
+
+    users = [user_create(usd="100000", bitcoin="1") for _ in range(2)]
+    placed = {u.pk: [] for u in users}
+    for i in range(3):
+        for u in users:
+            side = "sell" if i % 2 else "buy"
+            placed[u.pk].append(
+                services.order_place(
+                    user=u, coin_id="bitcoin", side=side, type="market", quantity=Decimal("0.1")
+                )[0].pk
+            )
+    assert _queued() == 1  # one run serves every user
+    with CaptureQueriesContext(connection) as queries:
+        assert services.order_queue_process() == 6
+    assert _commits(queries.captured_queries) == 1
+    for u in users:
+        booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
+
+
+def _credit_beyond_the_ledger_range(user) -> None:
+    """An operator credit larger than the API allows: the user's bitcoin balance is one
+    coin below what a balance can hold (numeric(38, 18)), so any buy overflows it."""
+    amount = Decimal("99999999999999999999") - Decimal(1)
+    LedgerEntry.objects.create(
+        user=user, asset="bitcoin", kind="operator_credit", amount=amount, balance_after=amount
+    )
+    Balance.objects.create(user=user, asset="bitcoin", available=amount)
+
+
+def test_a_user_whose_batch_fails_does_not_block_the_others():
+    broken, fine = user_create(usd="1000000"), user_create(usd="100000")
+    _credit_beyond_the_ledger_range(broken)
+    doomed = services.order_place(
+        user=broken, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("2")
+    )[0]
+    others = [
+        services.order_place(
+            user=fine, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.1")
+        )[0]
+        for _ in range(2)
+    ]
+    assert services.order_queue_process() == 3
+    doomed.refresh_from_db()
+    assert (doomed.status, doomed.reject_reason) == (
+        "rejected",
+        "unprocessable: the order could not be booked.",
+    )
+    assert Balance.objects.get(user=broken, asset=USD).locked == 0
+    assert [Order.objects.get(pk=o.pk).status for o in others] == ["filled", "filled"]
+
+
+def test_a_run_skips_a_user_another_run_holds_and_the_next_run_takes_it():
+    held, free = user_create(usd="10000"), user_create(usd="10000")
+    orders = [
+        services.order_place(
+            user=u, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.01")
+        )[0]
+        for u in (held, free)
+    ]
+    locked, release = threading.Event(), threading.Event()
+
+    def other_run():
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_advisory_xact_lock(%s, %s)",
+                    [services.QUEUE_LOCK_NAMESPACE, held.pk],
+                )
+                locked.set()
+                release.wait(timeout=30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_run)
+    thread.start()
+    try:
+        assert locked.wait(timeout=10)
+        assert services.order_queue_process() == 1
+        statuses = [Order.objects.get(pk=o.pk).status for o in orders]
+        assert statuses == ["pending", "filled"]
+    finally:
+        release.set()
+        thread.join()
+    assert services.order_queue_process() == 1
+    assert Order.objects.get(pk=orders[0].pk).status == "filled"
+
+
+def test_a_limit_book_crossed_at_once_fills_in_batches_each_user_in_order(monkeypatch):
+    monkeypatch.setattr(services, "LIMIT_FILL_BATCH", 4)
+    users = [user_create(usd="100000") for _ in range(3)]
+    placed = {u.pk: [] for u in users}
+    for limit in ("60000", "61000", "60500"):
+        for u in users:
+            placed[u.pk].append(limit_order_place(u, quantity="0.1", limit_price=limit).pk)
+    services.order_queue_process()
+    assert Order.objects.filter(status="open").count() == 9
+    coins_and_prices({"bitcoin": "59000"})
+    assert services.limit_orders_fill() == 9
+    for u in users:
+        booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
+    assert set(Order.objects.values_list("filled_price", flat=True)) == {Decimal("59000")}

@@ -284,18 +284,23 @@ def test_queue_processes_each_users_orders_in_the_order_received():
     assert list(dict.fromkeys(filled_in)) == [o.pk for o in orders]
 
 
-@pytest.mark.parametrize("orders", [1, 5])
-def test_a_queue_run_costs_two_writes_per_order_plus_a_constant(orders, django_assert_num_queries):
-    """Per order: its UPDATE and its notification INSERT. Per run: BEGIN, the orders
-    (with the user and the email preferences joined), the balances, one ledger INSERT,
-    one balances UPDATE, the user's row (FOR KEY SHARE), event ids (one upsert) and
-    events (one INSERT), one email outbox INSERT (fills are emailed), COMMIT."""
-    user = user_create(usd="100000", bitcoin="1")
+@pytest.mark.parametrize(("users", "orders"), [(1, 1), (1, 5), (3, 4)])
+def test_a_queue_run_costs_the_same_statements_for_any_number_of_orders_and_users(
+    users, orders, django_assert_num_queries
+):
+    """BEGIN, the queue locks (with the users that have pending orders), the orders
+    (with the users and the email preferences joined), the balances (locked), one
+    INSERT of notifications, one UPDATE of orders, one ledger INSERT, one balances
+    UPDATE, the users' rows (FOR KEY SHARE), event ids (one upsert per user) and events
+    (one INSERT), one email outbox INSERT (fills are emailed), COMMIT; then one look for
+    orders that came in meanwhile."""
+    traders = [user_create(usd="100000", bitcoin="1") for _ in range(users)]
     for _ in range(orders):
-        place(user, quantity="0.01")
-    with django_assert_num_queries(10 + 2 * orders):
-        process(user)
-    assert Order.objects.filter(user=user, status="filled").count() == orders
+        for trader in traders:
+            place(trader, quantity="0.01")
+    with django_assert_num_queries(13 + users):
+        assert services.order_queue_process() == users * orders
+    assert Order.objects.filter(status="filled").count() == users * orders
 
 
 def test_client_order_id_repeat_returns_the_first_order_and_reserves_once():
