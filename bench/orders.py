@@ -29,6 +29,22 @@ two side by side with their ratio (goal: >= 0.8x).
 ``/api/v1/auth/public-key``: an anonymous one). No order can be placed faster than
 that, so its requests/s and p99 bound what this machine can give the order path.
 
+``--limit-book N`` then rests N open limit buys (spread over the users, straight into
+the database with their reservations), records a price that crosses them all, runs the
+poll's hook, and reports how long until the last one filled and whether every user's
+fills kept the order of placing.
+
+``--goals`` runs, in one invocation and on the same servers, the phases issue 18 sets
+goals for and prints each ratio: the ceiling (``/api/v1/auth/me``, ``--concurrency``
+connections), light load (2 connections, 20 users), saturation (``--concurrency``
+connections, every user) and the limit book (``--limit-book``, default 10,000).
+Goals: light place->filled p50 <= 20 ms and p99 <= 100 ms; saturation filled/s >= 0.5x
+the ceiling's requests/s with POST p99 <= 2x the ceiling's p99; the limit book filled
+within 1 s, in order per user; 0 ledger mismatches, 0 lost, 0 double-filled.
+
+Every order run ends with the integrity checks: the ledger and reservation invariants,
+negative balances, orders lost (still pending) and double-filled.
+
 Goal on a 2-core machine: >= 600 orders/s filled with POST p99 <= 100 ms.
 """
 
@@ -89,7 +105,20 @@ def parse_args() -> argparse.Namespace:
         metavar="PATH",
         help="GET PATH (with a bearer token) instead of placing orders, to measure the stack",
     )
-    return parser.parse_args()
+    parser.add_argument(
+        "--limit-book",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after the load, fill N resting limit orders with one crossing poll",
+    )
+    parser.add_argument(
+        "--goals", action="store_true", help="ceiling, light, saturation and limit book in one run"
+    )
+    args = parser.parse_args()
+    if args.goals and (args.ceiling or args.via != "native"):
+        parser.error("--goals runs its own phases: no --ceiling or --via with it")
+    return args
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -157,6 +186,10 @@ def prepare(n_users: int, *, fill_emails: bool = True, api_keys: bool = False) -
     return traders
 
 
+# What keep_prices_fresh records (the limit book moves bitcoin).
+CURRENT = dict(COINS)
+
+
 def keep_prices_fresh(stop: threading.Event) -> None:
     """What the poller does every few seconds (without the tick fan-out)."""
     from django.db import connection
@@ -164,7 +197,7 @@ def keep_prices_fresh(stop: threading.Event) -> None:
     from markets.services import prices_record
 
     while not stop.wait(5):
-        prices_record(prices=COINS)
+        prices_record(prices=dict(CURRENT))
     connection.close()
 
 
@@ -387,7 +420,7 @@ def print_cpu(stats: dict, *, what: str, count: int, seconds: float) -> None:
     )
 
 
-def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> bool:
+def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> dict:
     """What the stack gives a request that does no work (``--ceiling``)."""
     answered = stats["status"].get(200, 0)
     latencies = stats["latency"]
@@ -399,17 +432,55 @@ def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> boo
         f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
     )
     print_cpu(stats, what="request", count=answered, seconds=seconds)
-    return answered == len(latencies)
+    return {
+        "ok": answered == len(latencies),
+        "rps": answered / seconds,
+        "p99": percentile(latencies, 99),
+    }
 
 
-def report(
-    args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: int = 201
-) -> tuple[bool, float, float]:
-    """Prints the figures; returns (ledger ok, accepted/s, filled/s)."""
-    from django.db.models import Max, Q
+def integrity() -> dict:
+    """The ledger and reservation invariants, and orders lost (still pending after the
+    drain) or booked twice (a filled order without exactly its three entries, or entries
+    on an order that did not fill)."""
+    from django.db.models import Count, Q
 
-    from orders.models import Balance, Order
+    from orders.models import Balance, LedgerEntry, Order
     from orders.selectors import ledger_mismatches, reservation_mismatches
+
+    booked = dict(
+        LedgerEntry.objects.filter(order__isnull=False)
+        .values("order")
+        .annotate(n=Count("id"))
+        .values_list("order", "n")
+    )
+    filled = set(Order.objects.filter(status="filled").values_list("id", flat=True))
+    doubled = sum(1 for order_id, n in booked.items() if n != 3 or order_id not in filled)
+    doubled += len(filled - booked.keys())
+    return {
+        "ledger": ledger_mismatches(),
+        "reservations": reservation_mismatches(),
+        "negative": Balance.objects.filter(Q(available__lt=0) | Q(locked__lt=0)).count(),
+        "lost": Order.objects.filter(status="pending").count(),
+        "doubled": doubled,
+    }
+
+
+def print_integrity(checks: dict) -> bool:
+    print(
+        f"ledger invariant: {'OK' if not checks['ledger'] else checks['ledger'][:5]}; "
+        f"reservations: {'OK' if not checks['reservations'] else checks['reservations'][:5]}; "
+        f"negative balances: {checks['negative']}; lost: {checks['lost']}; "
+        f"double-filled: {checks['doubled']}"
+    )
+    return not any(checks.values())
+
+
+def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: int = 201) -> dict:
+    """Prints the figures and the integrity checks once the window's orders drained."""
+    from django.db.models import Max
+
+    from orders.models import Order
 
     window = Order.objects.filter(created_at__gte=t0, created_at__lte=t1)
     deadline = time.monotonic() + args.drain_timeout
@@ -447,25 +518,26 @@ def report(
         f"place->filled  p50 {percentile(lags, 50) * 1000:7.1f} ms"
         f"   p99 {percentile(lags, 99) * 1000:7.1f} ms"
     )
-    mismatches = ledger_mismatches()
-    reservations = reservation_mismatches()
-    negative = Balance.objects.filter(Q(available__lt=0) | Q(locked__lt=0)).count()
-    ok = not mismatches and not reservations and not negative
-    print(
-        f"ledger invariant: {'OK' if not mismatches else mismatches[:5]}; "
-        f"reservations: {'OK' if not reservations else reservations[:5]}; "
-        f"negative balances: {negative}"
-    )
+    ok = print_integrity(integrity())
     print_cpu(stats, what="accepted order", count=accepted, seconds=seconds)
     print(
         f"ratio vs goal: filled {filled_in_window / seconds / 600:.2f}x of 600/s, "
         f"POST p99 {percentile(latencies, 99) * 1000 / 100:.2f}x of 100 ms"
     )
-    return ok, accepted / seconds, filled_in_window / seconds
+    return {
+        "ok": ok,
+        "accepted_per_s": accepted / seconds,
+        "filled_per_s": filled_in_window / seconds,
+        "post_p50": percentile(latencies, 50),
+        "post_p99": percentile(latencies, 99),
+        "lag_p50": percentile(lags, 50),
+        "lag_p99": percentile(lags, 99),
+    }
 
 
-def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float) -> None:
-    """The socket's figures, next to the REST run's (``rest``) on the same servers."""
+def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float) -> dict:
+    """The socket's figures, next to the REST run's (``rest``, from ``report``) on the
+    same servers."""
     acks = stats["status"].get("ack", 0)
     latencies, lags = stats["latency"], stats["fill_lag"]
     print(f"via /ws/user: sockets={args.concurrency} duration={seconds:.1f}s")
@@ -474,14 +546,171 @@ def report_ws(args: argparse.Namespace, stats: dict, rest: dict, seconds: float)
     print(
         f"place->ack     p50 {percentile(latencies, 50) * 1000:7.1f} ms"
         f"   p99 {percentile(latencies, 99) * 1000:7.1f} ms"
-        f"   (REST POST p50 {percentile(rest['latency'], 50) * 1000:.1f} ms"
-        f", p99 {percentile(rest['latency'], 99) * 1000:.1f} ms)"
+        f"   (REST POST p50 {rest['post_p50'] * 1000:.1f} ms"
+        f", p99 {rest['post_p99'] * 1000:.1f} ms)"
     )
     print(
         f"place->filled  p50 {percentile(lags, 50) * 1000:7.1f} ms"
         f"   p99 {percentile(lags, 99) * 1000:7.1f} ms   (as the client sees it)"
     )
+    ok = print_integrity(integrity())
     print_cpu(stats, what="acked order", count=acks, seconds=seconds)
+    return {"ok": ok and acks == len(lags)}
+
+
+def limit_book(n: int, *, users: int) -> dict:
+    """Rest ``n`` limit buys of bitcoin at 60,000 (spread over the first ``users``
+    users, reserved as order_place reserves), cross them with one poll, and time the
+    fills."""
+    from django.db.models import F
+    from django.utils import timezone
+
+    from accounts.models import User
+    from markets.services import prices_on_tick, prices_record
+    from orders.models import Balance, LedgerEntry, Order
+    from orders.services import buy_cost
+
+    limit, quantity = Decimal("60000"), Decimal("0.0001")
+    notional, fee = buy_cost(quantity=quantity, price=limit)
+    traders = list(User.objects.filter(email__startswith="bench-trader-").order_by("id")[:users])
+    orders = [
+        Order(
+            user=traders[i % len(traders)], coin_id="bitcoin", side="buy", type="limit",
+            quantity=quantity, limit_price=limit, status="open", reserved_asset="usd",
+            reserved_amount=notional + fee,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    Order.objects.bulk_create(orders, batch_size=2000)
+    for trader in traders:
+        count = sum(1 for order in orders if order.user_id == trader.pk)
+        Balance.objects.filter(user=trader, asset="usd").update(
+            available=F("available") - count * (notional + fee),
+            locked=F("locked") + count * (notional + fee),
+        )
+    ids = [order.pk for order in orders]
+    book = Order.objects.filter(pk__in=ids)
+    CURRENT["bitcoin"] = Decimal("59000")
+    started = timezone.now()
+    prices = dict(CURRENT)
+    prices_on_tick(as_of=prices_record(prices=prices), prices=prices, changed=["bitcoin"])
+    deadline = time.monotonic() + 120
+    while book.filter(status="open").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    CURRENT["bitcoin"] = COINS["bitcoin"]
+    prices_record(prices=dict(CURRENT))
+    filled = book.filter(status="filled").count()
+    last = max(book.filter(status="filled").values_list("updated_at", flat=True), default=started)
+    seconds = (last - started).total_seconds()
+    in_order = True
+    for trader in traders:
+        sequence = list(
+            LedgerEntry.objects.filter(user=trader, order_id__in=ids)
+            .order_by("id")
+            .values_list("order_id", flat=True)
+        )
+        in_order &= sequence == sorted(sequence)
+    print(
+        f"limit book: {filled} of {n} open limit orders filled {seconds * 1000:.0f} ms after "
+        f"the crossing poll ({filled / max(seconds, 1e-9):.0f} fills/s); "
+        f"per-user FIFO {'kept' if in_order else 'BROKEN'}"
+    )
+    ok = print_integrity(integrity())
+    return {"ok": ok and filled == n and in_order, "seconds": seconds}
+
+
+def measure(
+    args: argparse.Namespace,
+    traders: list[Trader],
+    processes: list[subprocess.Popen],
+    *,
+    via: str = "native",
+    rest: dict | None = None,
+) -> dict:
+    """One load on the running servers (``args.ceiling``: the GET), reported."""
+    from django.utils import timezone
+
+    # The machine is shared: a figure means little without the load it ran under.
+    load_before = os.getloadavg()[0]
+    web, worker = processes
+    meter = CpuMeter(
+        {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
+    )
+    t0 = timezone.now()
+    stats = asyncio.run(load(args, traders, meter, via=via))
+    t1 = timezone.now()
+    load_during = os.getloadavg()[0]
+    if args.ceiling:
+        result = report_ceiling(args, stats, (t1 - t0).total_seconds())
+    elif via == "ws":
+        assert rest is not None
+        result = report_ws(args, stats, rest, args.duration)
+    else:
+        result = report(args, stats, t0, t1, accepted_status=200 if via == "binance" else 201)
+    print(f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end")
+    return result
+
+
+def print_goals(ceiling: dict, light: dict, saturation: dict, book: dict) -> None:
+    print("--- goals (issue 18) ---")
+    print(
+        f"light place->filled p50 {light['lag_p50'] * 1000:.1f} ms: "
+        f"{light['lag_p50'] * 1000 / 20:.2f}x of 20 ms; "
+        f"p99 {light['lag_p99'] * 1000:.1f} ms: {light['lag_p99'] * 1000 / 100:.2f}x of 100 ms"
+    )
+    print(
+        f"saturation filled {saturation['filled_per_s']:.1f}/s: "
+        f"{saturation['filled_per_s'] / ceiling['rps']:.2f}x the ceiling's "
+        f"{ceiling['rps']:.1f} requests/s (goal >= 0.5x); POST p99 "
+        f"{saturation['post_p99'] * 1000:.1f} ms: {saturation['post_p99'] / ceiling['p99']:.2f}x "
+        f"the ceiling's {ceiling['p99'] * 1000:.1f} ms (goal <= 2x)"
+    )
+    print(f"limit book: {book['seconds']:.2f}x of 1 s")
+
+
+def goals(
+    args: argparse.Namespace, traders: list[Trader], processes: list[subprocess.Popen]
+) -> bool:
+    """The phases issue 18 sets goals for, on the same servers (``--goals``)."""
+    print("== ceiling (GET /api/v1/auth/me)")
+    ceiling_args = argparse.Namespace(**{**vars(args), "ceiling": "/api/v1/auth/me"})
+    ceiling = measure(ceiling_args, traders, processes)
+    light_users = min(20, args.users)
+    print(f"== light load (2 connections, {light_users} users)")
+    light_args = argparse.Namespace(**{**vars(args), "users": light_users, "concurrency": 2})
+    light = measure(light_args, traders[:light_users], processes)
+    print("== saturation")
+    saturation = measure(args, traders, processes)
+    print("== limit book")
+    book = limit_book(args.limit_book or 10_000, users=args.users)
+    print_goals(ceiling, light, saturation, book)
+    return all(r["ok"] for r in (ceiling, light, saturation, book))
+
+
+def run(args: argparse.Namespace, traders: list[Trader], processes: list[subprocess.Popen]) -> bool:
+    """``--ceiling``, or the native order load and then ``--via``'s; then ``--limit-book``."""
+    if args.ceiling:
+        ok = measure(args, traders, processes)["ok"]
+    else:
+        print("== native API (POST /api/v1/orders, bearer JWT, JSON)")
+        native = measure(args, traders, processes)
+        ok = native["ok"]
+        if args.via == "ws":
+            print("== /ws/user (order.place)")
+            ok = measure(args, traders, processes, via="ws", rest=native)["ok"] and ok
+        if args.via == "binance":
+            print("== Binance-compatible API (POST /binance/api/v3/order, HMAC-signed, ACK)")
+            binance = measure(args, traders, processes, via="binance")
+            ok = binance["ok"] and ok
+            ratios = ", ".join(
+                f"{what} {binance[key]:.1f} vs {native[key]:.1f} orders/s = "
+                f"{binance[key] / max(native[key], 1e-9):.2f}x"
+                for what, key in (("accepted", "accepted_per_s"), ("filled", "filled_per_s"))
+            )
+            print(f"binance vs native: {ratios} (goal >= 0.8x)")
+    if args.limit_book:
+        ok = limit_book(args.limit_book, users=args.users)["ok"] and ok
+    return ok
 
 
 def main() -> int:
@@ -489,8 +718,6 @@ def main() -> int:
     traders = prepare(
         args.users, fill_emails=not args.no_fill_emails, api_keys=args.via == "binance"
     )
-    from django.utils import timezone
-
     processes = start_processes(args)
     stop = threading.Event()
     refresher = threading.Thread(target=keep_prices_fresh, args=(stop,), daemon=True)
@@ -501,42 +728,7 @@ def main() -> int:
         # opened, or the first one to boot takes them all.
         time.sleep(args.warmup)
         wait_worker_ready()
-        # The machine is shared: a figure means little without the load it ran under.
-        load_before = os.getloadavg()[0]
-        web, worker = processes
-        meter = CpuMeter(
-            {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
-        )
-        t0 = timezone.now()
-        stats = asyncio.run(load(args, traders, meter))
-        t1 = timezone.now()
-        load_during = os.getloadavg()[0]
-        if args.ceiling:
-            ok = report_ceiling(args, stats, (t1 - t0).total_seconds())
-        else:
-            print("== native API (POST /api/v1/orders, bearer JWT, JSON)")
-            ok, native_accepted, native_filled = report(args, stats, t0, t1)
-        if args.via == "ws" and not args.ceiling:
-            ws_stats = asyncio.run(load(args, traders, meter, via="ws"))
-            report_ws(args, ws_stats, stats, args.duration)
-            ok = ok and ws_stats["status"].get("ack", 0) == len(ws_stats["fill_lag"])
-        if args.via == "binance" and not args.ceiling:
-            print("== Binance-compatible API (POST /binance/api/v3/order, HMAC-signed, ACK)")
-            t2 = timezone.now()
-            stats = asyncio.run(load(args, traders, meter, via="binance"))
-            t3 = timezone.now()
-            load_during = os.getloadavg()[0]
-            binance_ok, accepted, filled = report(args, stats, t2, t3, accepted_status=200)
-            ok = ok and binance_ok
-            print(
-                f"binance vs native: accepted {accepted:.1f} vs {native_accepted:.1f} orders/s "
-                f"= {accepted / max(native_accepted, 1e-9):.2f}x, filled {filled:.1f} vs "
-                f"{native_filled:.1f} orders/s = {filled / max(native_filled, 1e-9):.2f}x "
-                f"(goal >= 0.8x)"
-            )
-        print(
-            f"load average (1 min): {load_before:.2f} before the run, {load_during:.2f} at its end"
-        )
+        ok = goals(args, traders, processes) if args.goals else run(args, traders, processes)
     finally:
         stop.set()
         for process in processes:
