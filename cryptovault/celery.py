@@ -58,10 +58,11 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
 
     Every ``WORKER_STALL_CHECK_SECONDS`` this step (in the worker's main process, on the
     consumer's own timer) looks at how long ago this worker received a task. When that
-    is longer than ``WORKER_STALL_SECONDS`` and messages wait in the queues it consumes, read
-    over a connection of its own, it raises a connection error in the event loop: Celery
-    then does what it does on a lost connection, a fresh connection and a fresh prefetch
-    window, and the waiting messages flow again. Messages the old connection had
+    is longer than ``WORKER_STALL_SECONDS`` and messages wait in the queues it consumes
+    (read over a connection of its own) at two checks in a row, with nothing received in
+    between, it raises a connection error in the event loop: Celery then does what it
+    does on a lost connection, a fresh connection and a fresh prefetch window, and the
+    waiting messages flow again. Messages the old connection had
     delivered and not acknowledged are redelivered; every task here is idempotent.
 
     A worker whose every process is busy on a task longer than the stall window while
@@ -75,6 +76,8 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
     def __init__(self, parent, **kwargs):
         super().__init__(parent, **kwargs)
         self.timer_entry = None
+        # ``last_received`` as it was when messages were first seen waiting.
+        self.suspect_since: float | None = None
 
     def start(self, c):
         from django.conf import settings
@@ -92,23 +95,34 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
             self.timer_entry = None
 
     def check(self) -> None:
-        idle = time.monotonic() - type(self).last_received
+        """Reconnects on the second check in a row that finds messages waiting with
+        nothing received since before the first: a message published just before one
+        check is taken within milliseconds by a healthy consumer, never a whole check
+        interval later."""
+        last_received = type(self).last_received
+        idle = time.monotonic() - last_received
         if idle < self.stall_seconds:
+            self.suspect_since = None
             return
         try:
             waiting = sum(celery_queue_lengths(self.queues).values())
         except Exception:  # noqa: BLE001 - the broker is down: Celery's own reconnect owns that
             return
-        if waiting:
-            logger.warning(
-                "worker consumer stalled: %d messages waiting, none received for %.0f s; "
-                "reconnecting",
-                waiting,
-                idle,
-                extra={"data": {"waiting": waiting, "idle_seconds": round(idle)}},
-            )
-            type(self).last_received = time.monotonic()
-            raise ConsumerStalled(f"no message received for {idle:.0f} s while {waiting} wait")
+        if not waiting:
+            self.suspect_since = None
+            return
+        if self.suspect_since != last_received:
+            self.suspect_since = last_received  # first sighting: look again next time
+            return
+        logger.warning(
+            "worker consumer stalled: %d messages waiting, none received for %.0f s; reconnecting",
+            waiting,
+            idle,
+            extra={"data": {"waiting": waiting, "idle_seconds": round(idle)}},
+        )
+        type(self).last_received = time.monotonic()
+        self.suspect_since = None
+        raise ConsumerStalled(f"no message received for {idle:.0f} s while {waiting} wait")
 
 
 @task_received.connect
