@@ -11,8 +11,12 @@ from celery.signals import (
     task_received,
     worker_ready,
 )
+from django.conf import settings
 from django.db import close_old_connections
 from kombu.exceptions import ChannelError
+from prometheus_client import start_http_server
+
+from cryptovault.logging import request_id_var, task_var
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
@@ -80,8 +84,6 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
         self.suspect_since: float | None = None
 
     def start(self, c):
-        from django.conf import settings
-
         type(self).last_received = time.monotonic()
         self.stall_seconds = settings.WORKER_STALL_SECONDS
         self.queues = tuple(queue.name for queue in c.task_consumer.queues)
@@ -148,8 +150,6 @@ def _keep_django_logging(**_: object) -> None:
 # to the HTTP request that enqueued them.
 @before_task_publish.connect
 def _attach_request_id(headers: dict | None = None, **_: object) -> None:
-    from cryptovault.logging import request_id_var
-
     request_id = request_id_var.get()
     if headers is not None and request_id:
         headers.setdefault("request_id", request_id)
@@ -157,8 +157,6 @@ def _attach_request_id(headers: dict | None = None, **_: object) -> None:
 
 @task_prerun.connect
 def _task_context_set(task_id=None, task=None, **_: object) -> None:
-    from cryptovault.logging import request_id_var, task_var
-
     request_id = getattr(task.request, "request_id", None) if task else None
     request_id_var.set(request_id)
     task_var.set((task_id, task.name) if task else None)
@@ -166,8 +164,6 @@ def _task_context_set(task_id=None, task=None, **_: object) -> None:
 
 @task_postrun.connect
 def _task_context_clear(**_: object) -> None:
-    from cryptovault.logging import request_id_var, task_var
-
     request_id_var.set(None)
     task_var.set(None)
 
@@ -188,9 +184,7 @@ def _serve_metrics(**_: object) -> None:
     """The worker's /metrics on METRICS_PORT (main process; with PROMETHEUS_MULTIPROC_DIR
     it answers for the prefork children too). Started once the pool is up, so the
     children do not inherit the listening socket."""
-    from django.conf import settings
-    from prometheus_client import start_http_server
-
+    # cryptovault.metrics imports this module (queue lengths) at load time.
     from cryptovault.metrics import metrics_registry
 
     if settings.METRICS_PORT:

@@ -36,6 +36,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from cryptovault.celery import app as celery_app
 from cryptovault.celery import celery_queue_lengths
 from cryptovault.exceptions import DEPENDENCY_ERRORS, error_response, handler404
 from cryptovault.middleware import HybridMiddleware
@@ -139,9 +140,7 @@ def celery_unacked_count() -> int | None:
     answered within ``INSPECT_TIMEOUT_SECONDS`` (none up, or all busy past the timeout).
     A message whose worker died before acking is back in its queue once the broker's
     visibility timeout passes, and counted as waiting then."""
-    from cryptovault.celery import app
-
-    inspect = app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
+    inspect = celery_app.control.inspect(timeout=INSPECT_TIMEOUT_SECONDS)
     active, reserved = inspect.active(), inspect.reserved()
     if active is None and reserved is None:
         return None

@@ -35,6 +35,7 @@ from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 
 from cryptovault.metrics import WEBSOCKET_CONNECTIONS
+from markets.models import Coin
 from markets.price_store import prices_snapshot_bytes
 from markets.realtime import price_ticks_follow, prices_channel
 
@@ -118,8 +119,6 @@ class PriceFeed:
             return cached[1], cached[2]
 
     async def tracked_coins(self) -> frozenset[str]:
-        from markets.models import Coin
-
         cached = self._tracked
         if cached is None or time.monotonic() - cached[0] > TRACKED_CACHE_SECONDS:
             ids = await database_sync_to_async(
