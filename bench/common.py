@@ -2,7 +2,6 @@
 platform's processes, and a meter of the CPU each part of the platform uses."""
 
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from functools import cache
@@ -72,17 +71,6 @@ def platform_command(
         "simulator": [python, "manage.py", "run_simulator", "--host", "127.0.0.1",
                       "--port", str(simulator_port)],
     }[name]  # fmt: skip
-
-
-def stop_all(processes: list[subprocess.Popen]) -> None:
-    """Terminates the processes, all at once, and kills any still running 20 s later."""
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def _process_tree(pid: int) -> list[int]:
