@@ -158,10 +158,10 @@ _ACCEPTED = inline_serializer("Accepted", {"detail": serializers.CharField()})
 MAX_IP_ALLOWLIST = 20
 
 
+# An anonymous request about an email address (a new code, a reset link): 202 with
+# ``accepted`` whether or not an account has that address, so none can be probed. A
+# comment, not a docstring: drf-spectacular would publish it as both operations' text.
 class _EmailRequestApi(_PublicApi):
-    """An anonymous request about an email address (a new code, a reset link): 202 with
-    ``accepted`` whether or not an account has that address, so none can be probed."""
-
     class InputSerializer(serializers.Serializer):
         class Meta:
             ref_name = "EmailInput"

@@ -20,10 +20,10 @@ from notifications.serializers import (
 )
 
 
+# A list of the user's rows: its FilterSerializer reads the query (400 on a bad filter),
+# its OutputSerializer renders a cursor page. A comment, not a docstring: drf-spectacular
+# would publish a docstring as the description of every list that inherits it.
 class _FilteredListApi(APIView):
-    """A list of the user's rows: its ``FilterSerializer`` reads the query (400 on a bad
-    filter), its ``OutputSerializer`` renders a cursor page."""
-
     FilterSerializer: type[serializers.Serializer]
     OutputSerializer: type[serializers.Serializer]
     pagination_class = CursorPagination
