@@ -26,6 +26,7 @@ from accounts.models import (
     EmailVerification,
     PasswordResetToken,
     RecoveryCode,
+    Revocable,
     Session,
     TwoFactor,
     User,
@@ -311,39 +312,53 @@ class UserAdmin(AuditedAdmin, DjangoUserAdmin):
         return can_manage_roles(request)
 
 
-@admin.register(Session)
-class SessionAdmin(ReadOnlyAdmin):
-    list_display = ("id", "user", "ip", "user_agent", "created_at", "last_seen_at", "revoked")
-    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
-    search_fields = ("user__email", "=id", "=ip")
+class _RevocableAdmin(ReadOnlyAdmin):
+    """Sessions and API keys: read-only, with a ``revoke`` action; a privileged user's
+    are revoked only by a role manager. ``noun`` names one in the confirmation."""
+
     list_select_related = ("user",)
     show_full_result_count = False
     paginator = LargeTablePaginator
     actions = ("revoke",)
+    noun: str
 
     @admin.display(boolean=True, ordering="revoked_at")
-    def revoked(self, session: Session) -> bool:
-        return session.is_revoked
+    def revoked(self, obj: Revocable) -> bool:
+        return obj.is_revoked
 
     def has_change_permission(self, request, obj=None) -> bool:
         # Needed by the revoke action; the form itself stays read-only.
-        return obj is None and request.user.has_perm("accounts.change_session")
+        opts = self.opts
+        return obj is None and request.user.has_perm(f"{opts.app_label}.change_{opts.model_name}")
 
-    @admin.action(description="Revoke selected sessions", permissions=["change"])
+    def revoke_one(self, request, obj) -> bool:
+        raise NotImplementedError
+
+    @admin.action(description="Revoke selected %(verbose_name_plural)s", permissions=["change"])
     def revoke(self, request, queryset):
-        sessions = list(queryset.filter(revoked_at__isnull=True).select_related("user"))
-        ended = 0
-        for session in sessions:
-            if is_privileged(session.user) and not can_manage_roles(request):
+        revoked = 0
+        for obj in queryset.filter(revoked_at__isnull=True).select_related("user"):
+            if is_privileged(obj.user) and not can_manage_roles(request):
                 continue
-            ended += services.session_revoke(
-                session_id=session.pk, reason="operator", actor=request.user, request=request
-            )
-        self.message_user(request, f"Revoked {ended} session(s).", messages.SUCCESS)
+            revoked += self.revoke_one(request, obj)
+        self.message_user(request, f"Revoked {revoked} {self.noun}(s).", messages.SUCCESS)
+
+
+@admin.register(Session)
+class SessionAdmin(_RevocableAdmin):
+    list_display = ("id", "user", "ip", "user_agent", "created_at", "last_seen_at", "revoked")
+    list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
+    search_fields = ("user__email", "=id", "=ip")
+    noun = "session"
+
+    def revoke_one(self, request, obj):
+        return services.session_revoke(
+            session_id=obj.pk, reason="operator", actor=request.user, request=request
+        )
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ReadOnlyAdmin):
+class ApiKeyAdmin(_RevocableAdmin):
     """Bots' keys: who, what scopes, from where, last used; never a secret (only its
     encrypted form is stored, and it is not shown either). Revoking stops a key at once."""
 
@@ -353,30 +368,13 @@ class ApiKeyAdmin(ReadOnlyAdmin):
     )  # fmt: skip
     list_filter = ("kind", ("revoked_at", admin.EmptyFieldListFilter))
     search_fields = ("user__email", "=key", "label")
-    list_select_related = ("user",)
-    show_full_result_count = False
-    paginator = LargeTablePaginator
     exclude = ("secret_encrypted",)
-    actions = ("revoke",)
+    noun = "API key"
 
-    @admin.display(boolean=True, ordering="revoked_at")
-    def revoked(self, api_key: ApiKey) -> bool:
-        return api_key.is_revoked
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        # Needed by the revoke action; the form itself stays read-only.
-        return obj is None and request.user.has_perm("accounts.change_apikey")
-
-    @admin.action(description="Revoke selected API keys", permissions=["change"])
-    def revoke(self, request, queryset):
-        revoked = 0
-        for api_key in queryset.filter(revoked_at__isnull=True).select_related("user"):
-            if is_privileged(api_key.user) and not can_manage_roles(request):
-                continue
-            revoked += services.api_key_revoke(
-                api_key=api_key, reason="operator", actor=request.user, request=request
-            )
-        self.message_user(request, f"Revoked {revoked} API key(s).", messages.SUCCESS)
+    def revoke_one(self, request, obj):
+        return services.api_key_revoke(
+            api_key=obj, reason="operator", actor=request.user, request=request
+        )
 
 
 class AuditActionFilter(admin.SimpleListFilter):

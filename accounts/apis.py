@@ -9,6 +9,7 @@ from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -86,6 +87,17 @@ def _tokens_response(user: User, tokens: dict[str, str]) -> Response:
     return Response(TokensOutputSerializer({**tokens, "user": user}).data)
 
 
+def _rate_limited_input(
+    request: Request, serializer_class: type[serializers.Serializer], *, group: str
+) -> dict:
+    """Spends the request on its rate-limit ``group`` (429 past it), then answers its body
+    validated by ``serializer_class`` (400 when invalid)."""
+    rate_limit(request, group=group)
+    serializer = serializer_class(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
 class _PublicApi(APIView):
     authentication_classes = ()
     permission_classes = (AllowAny,)
@@ -104,10 +116,8 @@ class SignupApi(_PublicApi):
 
     @extend_schema(request=InputSerializer, responses={201: UserOutputSerializer})
     def post(self, request):
-        rate_limit(request, group="signup")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        user = services.user_signup(**serializer.validated_data, request=request)
+        data = _rate_limited_input(request, self.InputSerializer, group="signup")
+        user = services.user_signup(**data, request=request)
         return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
@@ -139,10 +149,8 @@ class VerifyEmailApi(_PublicApi):
 
     @extend_schema(request=InputSerializer, responses=OutputSerializer)
     def post(self, request):
-        rate_limit(request, group="verify-email")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        user = services.email_verify(**serializer.validated_data, request=request)
+        data = _rate_limited_input(request, self.InputSerializer, group="verify-email")
+        user = services.email_verify(**data, request=request)
         return Response(self.OutputSerializer({"detail": "Email verified.", "user": user}).data)
 
 
@@ -150,23 +158,43 @@ _ACCEPTED = inline_serializer("Accepted", {"detail": serializers.CharField()})
 MAX_IP_ALLOWLIST = 20
 
 
-class ResendVerificationApi(_PublicApi):
+# An anonymous request about an email address (a new code, a reset link): 202 with
+# ``accepted`` whether or not an account has that address, so none can be probed. A
+# comment, not a docstring: drf-spectacular would publish it as both operations' text.
+class _EmailRequestApi(_PublicApi):
     class InputSerializer(serializers.Serializer):
         class Meta:
-            ref_name = "ResendVerificationInput"
+            ref_name = "EmailInput"
 
         email = serializers.EmailField(max_length=254)
 
+    rate_group: str
+    accepted: str
+
+    def request_for(self, email: str) -> None:
+        raise NotImplementedError
+
     @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
     def post(self, request):
-        rate_limit(request, group="resend-verification")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.verification_resend_request(email=serializer.validated_data["email"])
-        return Response(
-            {"detail": "If the account exists and is unverified, a new code is on its way."},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        data = _rate_limited_input(request, self.InputSerializer, group=self.rate_group)
+        self.request_for(data["email"])
+        return Response({"detail": self.accepted}, status=status.HTTP_202_ACCEPTED)
+
+
+class ResendVerificationApi(_EmailRequestApi):
+    rate_group = "resend-verification"
+    accepted = "If the account exists and is unverified, a new code is on its way."
+
+    def request_for(self, email):
+        services.verification_resend_request(email=email)
+
+
+class ForgotPasswordApi(_EmailRequestApi):
+    rate_group = "forgot-password"
+    accepted = "If an account uses this email, a reset link is on its way."
+
+    def request_for(self, email):
+        services.password_reset_request(email=email)
 
 
 class LoginApi(_PublicApi):
@@ -232,25 +260,6 @@ class LogoutApi(_PublicApi):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class ForgotPasswordApi(_PublicApi):
-    class InputSerializer(serializers.Serializer):
-        class Meta:
-            ref_name = "ForgotPasswordInput"
-
-        email = serializers.EmailField(max_length=254)
-
-    @extend_schema(request=InputSerializer, responses={202: _ACCEPTED})
-    def post(self, request):
-        rate_limit(request, group="forgot-password")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.password_reset_request(email=serializer.validated_data["email"])
-        return Response(
-            {"detail": "If an account uses this email, a reset link is on its way."},
-            status=status.HTTP_202_ACCEPTED,
-        )
-
-
 class ValidateResetTokenApi(_PublicApi):
     @extend_schema(
         # The URL names a verb, not a resource: "validate", not "..._retrieve".
@@ -273,10 +282,8 @@ class ResetPasswordApi(_PublicApi):
 
     @extend_schema(request=InputSerializer, responses=_ACCEPTED)
     def post(self, request):
-        rate_limit(request, group="reset-password")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        services.password_reset(**serializer.validated_data, request=request)
+        data = _rate_limited_input(request, self.InputSerializer, group="reset-password")
+        services.password_reset(**data, request=request)
         return Response({"detail": "Password has been reset. Log in with the new password."})
 
 
@@ -418,10 +425,8 @@ class LoginOtpApi(_PublicApi):
 
     @extend_schema(request=InputSerializer, responses=TokensOutputSerializer)
     def post(self, request):
-        rate_limit(request, group="login-otp")
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        user, tokens = services.login_otp_complete(**serializer.validated_data, request=request)
+        data = _rate_limited_input(request, self.InputSerializer, group="login-otp")
+        user, tokens = services.login_otp_complete(**data, request=request)
         return _tokens_response(user, tokens)
 
 

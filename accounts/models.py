@@ -131,13 +131,22 @@ class PasswordResetToken(models.Model):
 
 
 class Revocable(models.Model):
-    """A credential that is revoked, not deleted: the audit trail keeps it, with why."""
+    """A credential that is revoked, not deleted: the audit trail keeps it, with why.
+    Subclasses have ``user`` and ``created_at``: a user's live ones are listed newest first
+    through a partial index."""
 
     revoked_at = models.DateTimeField(null=True, blank=True)
     revoked_reason = models.CharField(max_length=32, blank=True)
 
     class Meta:
         abstract = True
+        indexes = [
+            models.Index(
+                fields=["user", "created_at"],
+                name="%(app_label)s_%(class)s_live_idx",
+                condition=models.Q(revoked_at__isnull=True),
+            )
+        ]
 
     @property
     def is_revoked(self) -> bool:
@@ -157,15 +166,6 @@ class Session(Revocable):
     last_seen_at = models.DateTimeField(default=timezone.now)
     idle_expires_at = models.DateTimeField()
     refresh_jti = models.CharField(max_length=64, blank=True)
-
-    class Meta:
-        indexes = [
-            models.Index(
-                fields=["user", "created_at"],
-                name="accounts_session_live_idx",
-                condition=models.Q(revoked_at__isnull=True),
-            )
-        ]
 
     def __str__(self) -> str:
         return f"session {self.id} of {self.user_id}"
@@ -276,15 +276,6 @@ class ApiKey(Revocable):
     created_at = models.DateTimeField(default=timezone.now)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        indexes = [
-            models.Index(
-                fields=["user", "created_at"],
-                name="accounts_apikey_live_idx",
-                condition=models.Q(revoked_at__isnull=True),
-            )
-        ]
 
     def __str__(self) -> str:
         return f"{self.label} ({self.key[:8]}...)"

@@ -1,10 +1,11 @@
-"""What the benchmarks share: the price fixture, how they start a uvicorn server, and a
-meter of the CPU each part of the platform uses."""
+"""What the benchmarks share: the price fixture, how they start a uvicorn server and the
+platform's processes, and a meter of the CPU each part of the platform uses."""
 
 import os
 import sys
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 
 from markets.catalogue import COINS, DEFAULT_TRACKED_COINS
 
@@ -52,6 +53,24 @@ def uvicorn_command(
     if fast:
         command += ["--loop", "uvloop", "--http", "httptools"]
     return [*command, *extra]
+
+
+def platform_command(
+    name: str, *, web_port: int, simulator_port: int, beat_schedule: Path
+) -> list[str]:
+    """The command of one of a bench's own platform processes (the Procfile's ``web``,
+    ``worker``, ``beat`` and ``simulator``)."""
+    python = sys.executable
+    return {
+        "web": uvicorn_command(port=web_port),
+        "worker": [python, "-m", "celery", "-A", "cryptovault", "worker", "--loglevel",
+                   "WARNING", "--concurrency", "2", "-Q", "celery,orders"],
+        "beat": [python, "-m", "celery", "-A", "cryptovault", "beat", "--loglevel", "WARNING",
+                 "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
+                 "--schedule", str(beat_schedule)],
+        "simulator": [python, "manage.py", "run_simulator", "--host", "127.0.0.1",
+                      "--port", str(simulator_port)],
+    }[name]  # fmt: skip
 
 
 def _process_tree(pid: int) -> list[int]:

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
+from bench.streams import StreamClient, open_many  # noqa: E402
 
 # Production settings, as deployed; the server started below inherits them.
 for _name, _value in production_env().items():
@@ -116,7 +117,7 @@ class Recorder:
         return frame["type"]
 
 
-class RawSubscriber(asyncio.Protocol):
+class RawSubscriber(StreamClient):
     """A minimal RFC 6455 client: handshake, unmasked server frames, pong replies.
 
     The ``websockets`` client spends ~50 us of Python per message, as much as the
@@ -124,35 +125,18 @@ class RawSubscriber(asyncio.Protocol):
     """
 
     def __init__(self, host: str, path: str, recorder: Recorder, opened: asyncio.Future):
-        self.request = (
+        request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\n\r\n"
         ).encode()
-        self.recorder, self.opened = recorder, opened
-        self.buffer = bytearray()
-        self.upgraded = False
+        super().__init__(request, opened)
+        self.recorder = recorder
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.request)
+    def head(self, status: int) -> bool:
+        return status == 101
 
-    def connection_lost(self, exc) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError("closed before the snapshot"))
-
-    def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if not self.upgraded:
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not buffer.startswith(b"HTTP/1.1 101"):
-                self.transport.close()
-                return
-            del buffer[: end + 4]
-            self.upgraded = True
+    def body(self, buffer: bytearray) -> None:
         while len(buffer) >= 2:
             opcode, length, offset = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
             if length == 126:
@@ -191,7 +175,6 @@ async def _client(url, count, client, ready, stop, results) -> None:
     from websockets.asyncio.client import connect
 
     recorder = Recorder()
-    gate = asyncio.Semaphore(64)
     target = urlsplit(url)
     loop = asyncio.get_running_loop()
 
@@ -219,17 +202,9 @@ async def _client(url, count, client, ready, stop, results) -> None:
         ws.reader = asyncio.ensure_future(read())
         return ws
 
-    async def open_one():
-        async with gate:
-            for attempt in range(5):
-                try:
-                    return await (open_raw() if client == "raw" else open_websockets())
-                except (OSError, TimeoutError):
-                    await asyncio.sleep(0.2 * (attempt + 1))
-            recorder.counts["failed"] += 1
-            return None
-
-    sockets = [ws for ws in await asyncio.gather(*(open_one() for _ in range(count))) if ws]
+    sockets, recorder.counts["failed"] = await open_many(
+        count, open_raw if client == "raw" else open_websockets, retry_on=(OSError, TimeoutError)
+    )
     recorder.counts["snapshots"] = 0  # count only re-sync snapshots from here on
     ready.put(len(sockets))
     while not stop.is_set():

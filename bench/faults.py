@@ -35,7 +35,7 @@ import websockets
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import production_env, uvicorn_command  # noqa: E402
+from bench.common import platform_command, production_env  # noqa: E402
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 FAULTS = ("baseline", "redis", "postgres", "worker", "web", "source429")
@@ -128,17 +128,12 @@ class Platform:
 
     # -- processes --------------------------------------------------------------------
     def command(self, name: str) -> list[str]:
-        python = sys.executable
-        return {
-            "web": uvicorn_command(port=self.args.port),
-            "worker": [python, "-m", "celery", "-A", "cryptovault", "worker", "--loglevel",
-                       "WARNING", "--concurrency", "2", "-Q", "celery,orders"],
-            "beat": [python, "-m", "celery", "-A", "cryptovault", "beat", "--loglevel", "WARNING",
-                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                     "--schedule", str(self.work / "beat-schedule")],
-            "simulator": [python, "manage.py", "run_simulator", "--host", "127.0.0.1",
-                          "--port", str(self.args.simulator_port)],
-        }[name]  # fmt: skip
+        return platform_command(
+            name,
+            web_port=self.args.port,
+            simulator_port=self.args.simulator_port,
+            beat_schedule=self.work / "beat-schedule",
+        )
 
     def spawn(self, name: str, command: list[str] | None = None) -> None:
         log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept by the child

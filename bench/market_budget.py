@@ -38,7 +38,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import uvicorn_command  # noqa: E402
+from bench.common import platform_command  # noqa: E402
 from markets.catalogue import DEFAULT_TRACKED_COINS  # noqa: E402
 
 # Keys written by markets.sources and markets.selectors (read here without Django).
@@ -101,17 +101,12 @@ class Platform:
         self.simulator_url = f"http://127.0.0.1:{self.simulator_port}"
 
     def command(self, name: str) -> list[str]:
-        python = sys.executable
-        return {
-            "web": uvicorn_command(port=self.web_port),
-            "worker": [python, "-m", "celery", "-A", "cryptovault", "worker", "--loglevel",
-                       "WARNING", "--concurrency", "2", "-Q", "celery,orders"],
-            "beat": [python, "-m", "celery", "-A", "cryptovault", "beat", "--loglevel", "WARNING",
-                     "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-                     "--schedule", str(self.logs / "beat-schedule")],
-            "simulator": [python, "manage.py", "run_simulator", "--host", "127.0.0.1",
-                          "--port", str(self.simulator_port)],
-        }[name]  # fmt: skip
+        return platform_command(
+            name,
+            web_port=self.web_port,
+            simulator_port=self.simulator_port,
+            beat_schedule=self.logs / "beat-schedule",
+        )
 
     def start(self) -> None:
         for arguments in (["migrate", "--no-input"], ["seed_demo"]):

@@ -60,6 +60,7 @@ from bench.orders import (  # noqa: E402
     wait_healthy,
     wait_worker_ready,
 )
+from bench.streams import StreamClient, open_many  # noqa: E402
 
 PRICES_PATH = "/api/v1/stream/prices"
 USER_PATH = "/api/v1/stream/user"
@@ -85,45 +86,25 @@ def parse_args() -> argparse.Namespace:
 # --- a lean SSE client ---------------------------------------------------------------
 
 
-class SseStream(asyncio.Protocol):
+class SseStream(StreamClient):
     """An HTTP/1.1 GET whose chunked ``text/event-stream`` body is parsed into events;
     ``on_event(kind, event_id, data)`` for each. ``opened`` resolves with the status
     once the response head arrived."""
 
     def __init__(self, path: str, on_event, opened: asyncio.Future, headers: str = "") -> None:
-        self.request = (
+        request = (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n{headers}\r\n"
         ).encode()
-        self.on_event, self.opened = on_event, opened
-        self.raw = bytearray()
-        self.body = bytearray()
-        self.started = False
-        self.closed = False
+        super().__init__(request, opened)
+        self.on_event = on_event
+        self.events = bytearray()
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.write(self.request)
-
-    def connection_lost(self, exc) -> None:
-        self.closed = True
+    def head(self, status: int) -> bool:
         if not self.opened.done():
-            self.opened.set_exception(ConnectionError("closed before the response"))
+            self.opened.set_result(status)
+        return status == 200
 
-    def data_received(self, data: bytes) -> None:
-        raw = self.raw
-        raw += data
-        if not self.started:
-            end = raw.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            status = int(raw[9:12])
-            del raw[: end + 4]
-            self.started = True
-            if not self.opened.done():
-                self.opened.set_result(status)
-            if status != 200:
-                self.transport.close()
-                return
+    def body(self, raw: bytearray) -> None:
         while True:  # chunked transfer encoding
             line_end = raw.find(b"\r\n")
             if line_end < 0:
@@ -131,15 +112,15 @@ class SseStream(asyncio.Protocol):
             size = int(raw[:line_end], 16)
             if len(raw) < line_end + 2 + size + 2:
                 break
-            self.body += raw[line_end + 2 : line_end + 2 + size]
+            self.events += raw[line_end + 2 : line_end + 2 + size]
             del raw[: line_end + 2 + size + 2]
             if size == 0:
                 self.transport.close()
                 break
-        body = self.body
-        while (end := body.find(b"\n\n")) >= 0:
-            block = bytes(body[:end])
-            del body[: end + 2]
+        events = self.events
+        while (end := events.find(b"\n\n")) >= 0:
+            block = bytes(events[:end])
+            del events[: end + 2]
             kind, event_id, data = "message", None, b""
             for line in block.split(b"\n"):
                 if line.startswith(b":"):
@@ -180,7 +161,6 @@ def client_process(transport, count, ready, stop, results) -> None:
 
 async def _client(transport, count, ready, stop, results) -> None:
     recorder = Recorder()
-    gate = asyncio.Semaphore(64)
     loop = asyncio.get_running_loop()
     port = int(os.environ["BENCH_PORT"])
 
@@ -206,17 +186,11 @@ async def _client(transport, count, ready, stop, results) -> None:
         await asyncio.wait_for(snapshot, timeout=60)
         return stream.transport
 
-    async def open_one():
-        async with gate:
-            for attempt in range(5):
-                try:
-                    return await (open_sse() if transport == "sse" else open_ws())
-                except (OSError, TimeoutError, RuntimeError, ConnectionError):
-                    await asyncio.sleep(0.2 * (attempt + 1))
-            recorder.counts["failed"] += 1
-            return None
-
-    connections = [c for c in await asyncio.gather(*(open_one() for _ in range(count))) if c]
+    connections, recorder.counts["failed"] = await open_many(
+        count,
+        open_sse if transport == "sse" else open_ws,
+        retry_on=(OSError, TimeoutError, RuntimeError, ConnectionError),
+    )
     recorder.counts["snapshots"] = 0  # count only re-sync snapshots from here on
     ready.put(len(connections))
     while not stop.is_set():

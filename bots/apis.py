@@ -138,24 +138,30 @@ class ExchangeInfoApi(BinanceApi):
         return selectors.exchange_info(markets=markets, weight_limit=weights.WEIGHT_PER_MINUTE)
 
 
-class TickerPriceApi(BinanceApi):
+class _TickerApi(BinanceApi):
+    """A ticker of one symbol (an object), several or all (a list); ``rows`` renders the
+    selected markets."""
+
     def request_weight(self, query):
         return _many_symbols_weight(query, one=2, many=4)
 
     def handle(self, request, query):
         symbol, symbols = params.symbol_or_symbols(query)
         markets = selectors.markets_select(symbol=symbol, symbols=symbols)
-        return _one_or_list(selectors.ticker_prices(markets=markets), single=symbol is not None)
+        return _one_or_list(self.rows(markets), single=symbol is not None)
+
+    def rows(self, markets: list[selectors.Market]) -> list[dict]:
+        raise NotImplementedError
 
 
-class BookTickerApi(BinanceApi):
-    def request_weight(self, query):
-        return _many_symbols_weight(query, one=2, many=4)
+class TickerPriceApi(_TickerApi):
+    def rows(self, markets):
+        return selectors.ticker_prices(markets=markets)
 
-    def handle(self, request, query):
-        symbol, symbols = params.symbol_or_symbols(query)
-        markets = selectors.markets_select(symbol=symbol, symbols=symbols)
-        return _one_or_list(selectors.book_tickers(markets=markets), single=symbol is not None)
+
+class BookTickerApi(_TickerApi):
+    def rows(self, markets):
+        return selectors.book_tickers(markets=markets)
 
 
 class Ticker24hrApi(BinanceApi):
@@ -223,11 +229,22 @@ class KlinesApi(BinanceApi):
         end = params.time_param(query, "endTime")
         if start is not None and end is not None and start > end:
             raise errors.invalid_parameter("startTime")
-        limit = params.int_param(
-            query, "limit", default=CANDLES_LIMIT_DEFAULT, minimum=1, maximum=CANDLES_LIMIT_MAX
-        )
+        limit = params.limit_param(query, default=CANDLES_LIMIT_DEFAULT, maximum=CANDLES_LIMIT_MAX)
         market = selectors.market_get(symbol=symbol)
         return selectors.klines(market=market, interval=interval, limit=limit, start=start, end=end)
+
+
+def _fills_recent(query: QueryDict, *, ranged: bool) -> list[Order]:
+    """The symbol's latest fills, up to ``limit``; within ``startTime``..``endTime`` when
+    the endpoint takes a range (``ranged``)."""
+    market = selectors.market_get(symbol=params.symbol_param(query, required=True))
+    limit = params.limit_param(
+        query, default=selectors.TRADES_LIMIT_DEFAULT, maximum=selectors.TRADES_LIMIT_MAX
+    )
+    if not ranged:
+        return selectors.fills_recent(market=market, limit=limit)
+    start, end = params.time_param(query, "startTime"), params.time_param(query, "endTime")
+    return selectors.fills_recent(market=market, limit=limit, start=start, end=end)
 
 
 class TradesApi(BinanceApi):
@@ -236,15 +253,7 @@ class TradesApi(BinanceApi):
     weight = 25
 
     def handle(self, request, query):
-        market = selectors.market_get(symbol=params.symbol_param(query, required=True))
-        limit = params.int_param(
-            query,
-            "limit",
-            default=selectors.TRADES_LIMIT_DEFAULT,
-            minimum=1,
-            maximum=selectors.TRADES_LIMIT_MAX,
-        )
-        return selectors.trades(fills=selectors.fills_recent(market=market, limit=limit))
+        return selectors.trades(fills=_fills_recent(query, ranged=False))
 
 
 class AggTradesApi(BinanceApi):
@@ -253,21 +262,7 @@ class AggTradesApi(BinanceApi):
     weight = 4
 
     def handle(self, request, query):
-        market = selectors.market_get(symbol=params.symbol_param(query, required=True))
-        limit = params.int_param(
-            query,
-            "limit",
-            default=selectors.TRADES_LIMIT_DEFAULT,
-            minimum=1,
-            maximum=selectors.TRADES_LIMIT_MAX,
-        )
-        fills = selectors.fills_recent(
-            market=market,
-            limit=limit,
-            start=params.time_param(query, "startTime"),
-            end=params.time_param(query, "endTime"),
-        )
-        return selectors.agg_trades(fills=fills)
+        return selectors.agg_trades(fills=_fills_recent(query, ranged=True))
 
 
 class MarginPairsApi(BinanceApi):
@@ -524,16 +519,6 @@ class OpenOrdersApi(SignedApi):
         ]
 
 
-def _list_limit(query: QueryDict) -> int:
-    return params.int_param(
-        query,
-        "limit",
-        default=selectors.USER_LIST_LIMIT_DEFAULT,
-        minimum=1,
-        maximum=selectors.USER_LIST_LIMIT_MAX,
-    )
-
-
 def _long_param(query: QueryDict, name: str) -> int | None:
     return (
         params.int_param(query, name, default=-1, minimum=0, maximum=2**63 - 1)
@@ -542,35 +527,52 @@ def _long_param(query: QueryDict, name: str) -> int | None:
     )
 
 
-class AllOrdersApi(SignedApi):
+class _HistoryApi(SignedApi):
+    """``allOrders`` and ``myTrades``: one symbol's history, paged by the window both read
+    the same way; ``from_id_param`` names the parameter a page starts from."""
+
     weight = 20
+    from_id_param: str
 
     def handle_signed(self, request, query, user):
         market = selectors.market_get(symbol=params.symbol_param(query, required=True))
-        orders = selectors.orders_all(
-            user=user,
-            market=market,
-            from_id=_long_param(query, "orderId"),
+        window = selectors.HistoryWindow(
+            from_id=_long_param(query, self.from_id_param),
             start=params.time_param(query, "startTime"),
             end=params.time_param(query, "endTime"),
-            limit=_list_limit(query),
+            limit=params.limit_param(
+                query,
+                default=selectors.USER_LIST_LIMIT_DEFAULT,
+                maximum=selectors.USER_LIST_LIMIT_MAX,
+            ),
         )
+        return self.history(query=query, user=user, market=market, window=window)
+
+    def history(
+        self,
+        *,
+        query: QueryDict,
+        user: User,
+        market: selectors.Market,
+        window: selectors.HistoryWindow,
+    ) -> list[dict]:
+        raise NotImplementedError
+
+
+class AllOrdersApi(_HistoryApi):
+    from_id_param = "orderId"
+
+    def history(self, *, query, user, market, window):
+        orders = selectors.orders_all(user=user, market=market, window=window)
         return [mapping.order_to_binance(o, symbol=market.symbol) for o in orders]
 
 
-class MyTradesApi(SignedApi):
-    weight = 20
+class MyTradesApi(_HistoryApi):
+    from_id_param = "fromId"
 
-    def handle_signed(self, request, query, user):
-        market = selectors.market_get(symbol=params.symbol_param(query, required=True))
+    def history(self, *, query, user, market, window):
         trades = selectors.trades_mine(
-            user=user,
-            market=market,
-            order_id=_long_param(query, "orderId"),
-            from_id=_long_param(query, "fromId"),
-            start=params.time_param(query, "startTime"),
-            end=params.time_param(query, "endTime"),
-            limit=_list_limit(query),
+            user=user, market=market, order_id=_long_param(query, "orderId"), window=window
         )
         return [mapping.trade_to_binance(o, symbol=market.symbol) for o in trades]
 

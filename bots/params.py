@@ -74,16 +74,28 @@ def symbol_or_symbols(query: QueryDict) -> tuple[str | None, list[str] | None]:
     return symbol, symbols
 
 
-def int_param(query: QueryDict, name: str, *, default: int, minimum: int, maximum: int) -> int:
+def _matching(query: QueryDict, name: str, pattern: re.Pattern[str], legal: str) -> str | None:
+    """The parameter's value, ``None`` when absent; Binance's illegal-characters error
+    (quoting ``legal``) when it does not match ``pattern``."""
     value = _value(query, name)
+    if value is not None and not pattern.match(value):
+        raise errors.illegal_chars(name, legal)
+    return value
+
+
+def int_param(query: QueryDict, name: str, *, default: int, minimum: int, maximum: int) -> int:
+    value = _matching(query, name, LONG_RE, LONG_LEGAL)
     if value is None:
         return default
-    if not LONG_RE.match(value):
-        raise errors.illegal_chars(name, LONG_LEGAL)
     number = int(value)
     if not minimum <= number <= maximum:
         raise errors.invalid_parameter(name)
     return number
+
+
+def limit_param(query: QueryDict, *, default: int, maximum: int) -> int:
+    """``limit``: how many rows a list answers, 1 to ``maximum``."""
+    return int_param(query, "limit", default=default, minimum=1, maximum=maximum)
 
 
 DECIMAL_RE = re.compile(r"^([0-9]{1,20})(\.[0-9]{1,20})?$")
@@ -92,12 +104,8 @@ DECIMAL_LEGAL = r"^([0-9]{1,20})(\.[0-9]{1,20})?$"
 
 def decimal_param(query: QueryDict, name: str) -> Decimal | None:
     """A decimal parameter (``quantity``, ``price``) as Binance spells one."""
-    value = _value(query, name)
-    if value is None:
-        return None
-    if not DECIMAL_RE.match(value):
-        raise errors.illegal_chars(name, DECIMAL_LEGAL)
-    return Decimal(value)
+    value = _matching(query, name, DECIMAL_RE, DECIMAL_LEGAL)
+    return None if value is None else Decimal(value)
 
 
 def places(value: Decimal) -> int:
@@ -108,11 +116,9 @@ def places(value: Decimal) -> int:
 
 def time_param(query: QueryDict, name: str) -> datetime | None:
     """An epoch-milliseconds parameter (``startTime``, ``endTime``) as an aware datetime."""
-    value = _value(query, name)
+    value = _matching(query, name, LONG_RE, LONG_LEGAL)
     if value is None:
         return None
-    if not LONG_RE.match(value):
-        raise errors.illegal_chars(name, LONG_LEGAL)
     ms = int(value)
     if ms > MS_MAX:
         raise errors.invalid_parameter(name)

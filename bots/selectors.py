@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
 
+from django.db.models import QuerySet
+
 from accounts.models import User
 from bots import errors
 from bots.params import SYMBOL_RE
@@ -463,49 +465,48 @@ def orders_open(*, user: User, market: Market | None) -> list[Order]:
     return list(orders.order_by("id"))
 
 
-def orders_all(
-    *,
-    user: User,
-    market: Market,
-    from_id: int | None,
-    start: datetime | None,
-    end: datetime | None,
-    limit: int,
+@dataclass(frozen=True, slots=True)
+class HistoryWindow:
+    """The paging ``allOrders`` and ``myTrades`` share: from the id ``from_id`` on, else the
+    latest ``limit`` rows, within ``start``..``end`` when given."""
+
+    from_id: int | None
+    start: datetime | None
+    end: datetime | None
+    limit: int
+
+
+def _history_page(
+    rows: QuerySet[Order], *, window: HistoryWindow, time_field: str, latest: tuple[str, ...]
 ) -> list[Order]:
-    """``allOrders``: from ``orderId`` on, else the latest ``limit`` (in the time range),
-    oldest first."""
+    """``rows`` paged by ``window`` (its time range on ``time_field``, ``latest`` the order
+    of "the latest"), oldest first."""
+    if window.start is not None:
+        rows = rows.filter(**{f"{time_field}__gte": window.start})
+    if window.end is not None:
+        rows = rows.filter(**{f"{time_field}__lte": window.end})
+    if window.from_id is not None:
+        return list(rows.filter(pk__gte=window.from_id).order_by("id")[: window.limit])
+    return list(reversed(rows.order_by(*latest)[: window.limit]))
+
+
+def orders_all(*, user: User, market: Market, window: HistoryWindow) -> list[Order]:
+    """``allOrders``: the user's orders on the market, by creation time."""
     orders = Order.objects.filter(user=user, coin_id=market.coin_id)
-    if start is not None:
-        orders = orders.filter(created_at__gte=start)
-    if end is not None:
-        orders = orders.filter(created_at__lte=end)
-    if from_id is not None:
-        return list(orders.filter(pk__gte=from_id).order_by("id")[:limit])
-    return list(reversed(orders.order_by("-id")[:limit]))
+    return _history_page(orders, window=window, time_field="created_at", latest=("-id",))
 
 
 def trades_mine(
-    *,
-    user: User,
-    market: Market,
-    order_id: int | None,
-    from_id: int | None,
-    start: datetime | None,
-    end: datetime | None,
-    limit: int,
+    *, user: User, market: Market, order_id: int | None, window: HistoryWindow
 ) -> list[Order]:
     """``myTrades``: the user's fills on the market (one trade per filled order, the
-    trade id the order's), oldest first."""
+    trade id the order's), by fill time."""
     fills = Order.objects.filter(user=user, coin_id=market.coin_id, status=Order.Status.FILLED)
     if order_id is not None:
         fills = fills.filter(pk=order_id)
-    if start is not None:
-        fills = fills.filter(updated_at__gte=start)
-    if end is not None:
-        fills = fills.filter(updated_at__lte=end)
-    if from_id is not None:
-        return list(fills.filter(pk__gte=from_id).order_by("id")[:limit])
-    return list(reversed(fills.order_by("-updated_at", "-id")[:limit]))
+    return _history_page(
+        fills, window=window, time_field="updated_at", latest=("-updated_at", "-id")
+    )
 
 
 def balances_of(*, user: User) -> list[Balance]:

@@ -35,24 +35,21 @@ def run_exclusive(lock_name: str, work: Callable[[], object]) -> object | None:
             logger.warning("poll lock expired before release", extra={"lock": lock_name})
 
 
-@shared_task(
-    name="markets.prices_poll",
-    ignore_result=True,
-    expires=settings.PRICE_POLL_SECONDS,
-    soft_time_limit=fetch_seconds_max(),
-    time_limit=fetch_seconds_max() + 5,
-)
+# A poll fetches from the market source: no result kept; stopped past the fetch budget,
+# which also bounds its ``run_exclusive`` lock.
+_POLL_OPTIONS = {
+    "ignore_result": True,
+    "soft_time_limit": fetch_seconds_max(),
+    "time_limit": fetch_seconds_max() + 5,
+}
+
+
+@shared_task(name="markets.prices_poll", expires=settings.PRICE_POLL_SECONDS, **_POLL_OPTIONS)
 def prices_poll() -> None:
     run_exclusive(PRICES_POLL_LOCK, services.prices_poll)
 
 
-@shared_task(
-    name="markets.tickers_poll",
-    ignore_result=True,
-    expires=settings.TICKERS_POLL_SECONDS,
-    soft_time_limit=fetch_seconds_max(),
-    time_limit=fetch_seconds_max() + 5,
-)
+@shared_task(name="markets.tickers_poll", expires=settings.TICKERS_POLL_SECONDS, **_POLL_OPTIONS)
 def tickers_poll() -> None:
     run_exclusive(TICKERS_POLL_LOCK, services.tickers_poll)
 

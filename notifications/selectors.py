@@ -1,15 +1,21 @@
-from django.db.models import QuerySet
+from typing import TypeVar
+
+from django.db.models import Model, QuerySet
 from django.shortcuts import get_object_or_404
 
 from accounts.models import User
 from notifications.models import Notification, OutboxEmail, PriceAlert
 
+M = TypeVar("M", bound=Model)
+
+
+def _narrowed(rows: QuerySet[M], **flags: bool | None) -> QuerySet[M]:
+    """``rows`` narrowed by each flag given (``None``: either way)."""
+    return rows.filter(**{lookup: value for lookup, value in flags.items() if value is not None})
+
 
 def notification_list(*, user: User, unread: bool | None = None) -> QuerySet[Notification]:
-    notifications = Notification.objects.filter(user=user)
-    if unread is not None:
-        notifications = notifications.filter(read_at__isnull=unread)
-    return notifications
+    return _narrowed(Notification.objects.filter(user=user), read_at__isnull=unread)
 
 
 def notification_get(*, user: User, notification_id: int) -> Notification:
@@ -22,10 +28,7 @@ def notification_unread_count(*, user: User) -> int:
 
 
 def price_alert_list(*, user: User, active: bool | None = None) -> QuerySet[PriceAlert]:
-    alerts = PriceAlert.objects.filter(user=user)
-    if active is not None:
-        alerts = alerts.filter(active=active)
-    return alerts
+    return _narrowed(PriceAlert.objects.filter(user=user), active=active)
 
 
 def price_alert_get(*, user: User, alert_id: int) -> PriceAlert:

@@ -112,13 +112,16 @@ async def _guarded(stream, scope, receive, send) -> None:
                 503,
                 "A service this request needs is unavailable.",
                 "service_unavailable",
-                [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
+                retry=True,
             )
 
 
-async def _refuse(send, status: int, detail: str, code: str, extra_headers=()) -> None:
+async def _refuse(send, status: int, detail: str, code: str, *, retry: bool = False) -> None:
+    """The JSON error body; ``retry``: a passing condition, worth retrying after
+    ``Retry-After``."""
     body = orjson.dumps({"detail": detail, "code": code})
-    await _respond(send, status, body, "application/json", extra_headers)
+    headers = [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())] if retry else []
+    await _respond(send, status, body, "application/json", headers)
 
 
 async def _respond(send, status: int, body: bytes, content_type: str, extra_headers=()) -> None:
@@ -232,13 +235,7 @@ def _ip_cap_key(scope, headers: dict[bytes, bytes]) -> str:
 
 
 async def _refuse_too_many(send) -> None:
-    await _refuse(
-        send,
-        429,
-        "Too many open streams.",
-        "too_many_streams",
-        [(b"retry-after", str(RETRY_AFTER_SECONDS).encode())],
-    )
+    await _refuse(send, 429, "Too many open streams.", "too_many_streams", retry=True)
 
 
 def _in_thread(func):

@@ -30,6 +30,24 @@ def _csrf(response) -> str:
     return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.text).group(1)
 
 
+def _reset_form(
+    token: str, *, csrf: str | None, password: str = NEW_PASSWORD, again: str | None = None
+) -> dict[str, str]:
+    """The reset-password form as a browser posts it (``again`` defaults to ``password``;
+    no CSRF field when ``csrf`` is None)."""
+    data = {"token": token, "new_password": password, "new_password_again": again or password}
+    if csrf is not None:
+        data["csrfmiddlewaretoken"] = csrf
+    return data
+
+
+def _assert_link_refused(response) -> None:
+    """The reset page's answer to an unusable link: 400, the error and no password form."""
+    assert response.status_code == 400
+    assert "This link is invalid or has expired." in response.text
+    assert 'type="password"' not in response.text
+
+
 def _signup_token(api, email="page@example.com") -> str:
     assert api.post("signup", {"email": email, "password": PASSWORD}).status_code == 201
     return code_and_token(mails_to(email, "verification code")[-1])[1]
@@ -152,7 +170,7 @@ def test_reset_password_get_shows_the_form_and_changes_nothing(api, browser):
 def test_reset_password_post_needs_the_csrf_token(api, browser):
     user = user_create(email="reset@example.com")
     token = _reset_token(api, user.email)
-    data = {"token": token, "new_password": NEW_PASSWORD, "new_password_again": NEW_PASSWORD}
+    data = _reset_form(token, csrf=None, password=NEW_PASSWORD)
     assert browser.post("/reset-password", data).status_code == 403
     api.login(user.email)  # the old password still works
 
@@ -161,13 +179,7 @@ def test_reset_password_post_resets_and_revokes_every_session(api, browser):
     user = user_create(email="reset@example.com")
     sessions = [api.login(user.email) for _ in range(2)]
     token = _reset_token(api, user.email)
-    form = browser.get(f"/reset-password?token={token}")
-    data = {
-        "token": token,
-        "new_password": NEW_PASSWORD,
-        "new_password_again": NEW_PASSWORD,
-        "csrfmiddlewaretoken": _csrf(form),
-    }
+    data = _reset_form(token, csrf=_csrf(browser.get(f"/reset-password?token={token}")))
     response = browser.post("/reset-password", data)
     assert response.status_code == 200, response.text
     assert "Your password has been changed." in response.text
@@ -176,37 +188,18 @@ def test_reset_password_post_resets_and_revokes_every_session(api, browser):
     assert api.post("login", {"email": user.email, "password": PASSWORD}).status_code == 401
     api.login(user.email, NEW_PASSWORD)
     # Single use: the same link now shows the error.
-    again = browser.post("/reset-password", data)
-    assert again.status_code == 400
-    assert "This link is invalid or has expired." in again.text
-    assert 'type="password"' not in again.text
+    _assert_link_refused(browser.post("/reset-password", data))
 
 
 def test_reset_password_shows_the_validators_verdict(api, browser):
     user = user_create(email="reset@example.com")
     token = _reset_token(api, user.email)
     csrf = _csrf(browser.get(f"/reset-password?token={token}"))
-    weak = browser.post(
-        "/reset-password",
-        {
-            "token": token,
-            "new_password": "12345678",
-            "new_password_again": "12345678",
-            "csrfmiddlewaretoken": csrf,
-        },
-    )
+    weak = browser.post("/reset-password", _reset_form(token, csrf=csrf, password="12345678"))
     assert weak.status_code == 400
     assert "This password is too common." in weak.text
     assert "This password is entirely numeric." in weak.text
-    differ = browser.post(
-        "/reset-password",
-        {
-            "token": token,
-            "new_password": NEW_PASSWORD,
-            "new_password_again": "other",
-            "csrfmiddlewaretoken": csrf,
-        },
-    )
+    differ = browser.post("/reset-password", _reset_form(token, csrf=csrf, again="other"))
     assert differ.status_code == 400
     assert "The two passwords differ." in differ.text
     assert PasswordResetToken.objects.get(user=user).used_at is None
@@ -215,10 +208,7 @@ def test_reset_password_shows_the_validators_verdict(api, browser):
 
 @pytest.mark.parametrize("token", ["", "forged", "x" * 500])
 def test_reset_password_invalid_token_shows_an_error_without_a_form(browser, token):
-    response = browser.get(f"/reset-password?token={token}")
-    assert response.status_code == 400
-    assert "This link is invalid or has expired." in response.text
-    assert 'type="password"' not in response.text
+    _assert_link_refused(browser.get(f"/reset-password?token={token}"))
 
 
 def test_reset_password_expired_token_shows_an_error(api, browser):
@@ -226,15 +216,7 @@ def test_reset_password_expired_token_shows_an_error(api, browser):
     token = _reset_token(api, user.email)
     csrf = _csrf(browser.get(f"/reset-password?token={token}"))
     PasswordResetToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
-    data = {
-        "token": token,
-        "new_password": NEW_PASSWORD,
-        "new_password_again": NEW_PASSWORD,
-        "csrfmiddlewaretoken": csrf,
-    }
-    response = browser.post("/reset-password", data)
-    assert response.status_code == 400
-    assert "This link is invalid or has expired." in response.text
+    _assert_link_refused(browser.post("/reset-password", _reset_form(token, csrf=csrf)))
     api.login(user.email)
 
 

@@ -164,18 +164,19 @@ def test_scopes(client, trader):
     assert call(client, "GET", "account", trade_only).json()["code"] == -2015
 
 
+_MARKET_BUY = {"side": "BUY", "type": "MARKET", "quantity": "1"}
+_LIMIT_BUY = {"side": "BUY", "type": "LIMIT", "quantity": "1", "price": "1"}
+_GTC_BUY = {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC"}
+
+
 @pytest.mark.parametrize(
     ("params", "code", "msg"),
     [
-        ({"side": "HOLD", "type": "MARKET", "quantity": "1"}, -1117, "Invalid side."),
-        ({"side": "BUY", "type": "STOP_LOSS", "quantity": "1"}, -1116, "Invalid orderType."),
+        (_MARKET_BUY | {"side": "HOLD"}, -1117, "Invalid side."),
+        (_MARKET_BUY | {"type": "STOP_LOSS"}, -1116, "Invalid orderType."),
+        (_LIMIT_BUY | {"timeInForce": "IOC"}, -1115, "Invalid timeInForce."),
         (
-            {"side": "BUY", "type": "LIMIT", "quantity": "1", "price": "1", "timeInForce": "IOC"},
-            -1115,
-            "Invalid timeInForce.",
-        ),
-        (
-            {"side": "BUY", "type": "LIMIT", "quantity": "1", "price": "1"},
+            _LIMIT_BUY,
             -1102,
             "Mandatory parameter 'timeInForce' was not sent, was empty/null, or malformed.",
         ),
@@ -185,40 +186,30 @@ def test_scopes(client, trader):
             "Param 'quantity' or 'quoteOrderQty' must be sent, but both were empty/null!",
         ),
         (
-            {"side": "BUY", "type": "MARKET", "quantity": "1", "quoteOrderQty": "10"},
+            _MARKET_BUY | {"quoteOrderQty": "10"},
             -1106,
             "Parameter 'quoteOrderQty' sent when not required.",
         ),
         (
-            {"side": "BUY", "type": "MARKET", "quantity": "1", "timeInForce": "GTC"},
+            _MARKET_BUY | {"timeInForce": "GTC"},
             -1106,
             "Parameter 'timeInForce' sent when not required.",
         ),
-        ({"side": "BUY", "type": "MARKET", "quantity": "0.000000001"}, -1013, None),
-        ({"side": "BUY", "type": "MARKET", "quantity": "0"}, -1013, "Filter failure: LOT_SIZE"),
-        ({"side": "BUY", "type": "MARKET", "quantity": "1e3"}, -1100, None),
+        (_MARKET_BUY | {"quantity": "0.000000001"}, -1013, None),
+        (_MARKET_BUY | {"quantity": "0"}, -1013, "Filter failure: LOT_SIZE"),
+        (_MARKET_BUY | {"quantity": "1e3"}, -1100, None),
         (
-            {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "1"}
-            | {"price": "0.0000000000001"},
+            _GTC_BUY | {"quantity": "1", "price": "0.0000000000001"},
             -1013,
             "Filter failure: PRICE_FILTER",
         ),
+        (_GTC_BUY | {"quantity": "100000", "price": "65000"}, -1013, "Filter failure: NOTIONAL"),
         (
-            {"side": "BUY", "type": "LIMIT", "timeInForce": "GTC", "quantity": "100000"}
-            | {"price": "65000"},
-            -1013,
-            "Filter failure: NOTIONAL",
-        ),
-        (
-            {"side": "BUY", "type": "MARKET", "quantity": "1", "newOrderRespType": "ALL"},
+            _MARKET_BUY | {"newOrderRespType": "ALL"},
             -1130,
             "Data sent for parameter 'newOrderRespType' is not valid.",
         ),
-        (
-            {"side": "BUY", "type": "MARKET", "quantity": "1", "newClientOrderId": "a b"},
-            -1100,
-            None,
-        ),
+        (_MARKET_BUY | {"newClientOrderId": "a b"}, -1100, None),
     ],
 )
 def test_order_parameters_refused(client, hmac_key, params, code, msg):

@@ -29,6 +29,11 @@ def parse(svg: str) -> ET.Element:
     return root
 
 
+def chart(**kwargs) -> ET.Element:
+    """A parsed one-hour chart titled "t"; ``kwargs`` give its series and the rest."""
+    return parse(time_chart(title="t", desc="d", start=START, end=END, **kwargs))
+
+
 def texts(root: ET.Element) -> list[str]:
     return [t.text for t in root.iter(f"{SVG}text")]
 
@@ -44,16 +49,10 @@ def test_empty_data_says_no_data():
 
 def test_a_gap_breaks_the_line_and_bands_are_shaded():
     series = Series("price", minutes(1, 2, None, 4, 5))
-    root = parse(
-        time_chart(
-            title="t",
-            desc="d",
-            start=START,
-            end=END,
-            series=[series],
-            bands=[Band(START + timedelta(minutes=2), START + timedelta(minutes=3))],
-            band_label="stale",
-        )
+    root = chart(
+        series=[series],
+        bands=[Band(START + timedelta(minutes=2), START + timedelta(minutes=3))],
+        band_label="stale",
     )
     lines = root.findall(f"{SVG}polyline")
     assert [len(line.get("points").split()) for line in lines] == [2, 2]
@@ -64,26 +63,13 @@ def test_a_gap_breaks_the_line_and_bands_are_shaded():
 
 def test_points_too_far_apart_are_not_joined():
     points = [(START, 1), (START + timedelta(minutes=1), 2), (START + timedelta(minutes=30), 3)]
-    root = parse(
-        time_chart(
-            title="t",
-            desc="d",
-            start=START,
-            end=END,
-            series=[Series("a", points)],
-            max_gap=timedelta(minutes=2),
-        )
-    )
+    root = chart(series=[Series("a", points)], max_gap=timedelta(minutes=2))
     assert len(root.findall(f"{SVG}polyline")) == 1
     assert len(root.findall(f"{SVG}circle")) == 1  # the lone point after the gap
 
 
 def test_a_single_point_is_a_visible_dot_on_a_readable_axis():
-    root = parse(
-        time_chart(
-            title="t", desc="d", start=START, end=END, series=[Series("a", minutes(Decimal(7)))]
-        )
-    )
+    root = chart(series=[Series("a", minutes(Decimal(7)))])
     assert len(root.findall(f"{SVG}circle")) == 1
     assert not root.findall(f"{SVG}polyline")
     # The flat range is padded: several distinct y labels around 7.
@@ -100,11 +86,7 @@ def test_a_single_point_is_a_visible_dot_on_a_readable_axis():
     ],
 )
 def test_huge_and_tiny_decimals(low, high, expected):
-    root = parse(
-        time_chart(
-            title="t", desc="d", start=START, end=END, series=[Series("a", minutes(low, high))]
-        )
-    )
+    root = chart(series=[Series("a", minutes(low, high))])
     y_labels = [t for t in texts(root) if t and t[0].isdigit() and ":" not in t]
     assert len(y_labels) >= 3
     assert all(expected in label for label in y_labels if label != "0")

@@ -4,7 +4,6 @@ worker filling an order, a message really queued in Redis, a row really pending)
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from django.db import connection
@@ -15,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from cryptovault.celery import app as celery_app
 from notifications.models import OutboxEmail
 from notifications.tests.ws import ws_connect, ws_receive
-from orders.models import Order
 from orders.tests.factories import coins_and_prices, user_create
+from orders.tests.helpers import market_order_settled
 
 TOKEN = "test-metrics-token"  # noqa: S105 - a test value
 
@@ -39,13 +38,6 @@ def scrape() -> dict[tuple[str, frozenset], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def wait_until(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.mark.django_db
@@ -98,15 +90,7 @@ def test_an_order_filled_by_the_real_worker_moves_the_order_counters(celery_work
     api_client.force_authenticate(user)
     kinds = {"side": "buy", "type": "market"}
     before = scrape()
-
-    response = api_client.post(
-        "/api/v1/orders",
-        {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.1"},
-        format="json",
-    )
-    assert response.status_code == 201
-    wait_until(lambda: Order.objects.get(pk=response.json()["id"]).status == "filled")
-
+    market_order_settled(api_client, side="buy", quantity="0.1", ends="filled")
     after = scrape()
     for name in ("cryptovault_orders_placed_total", "cryptovault_orders_filled_total"):
         assert value(after, name, **kinds) == value(before, name, **kinds) + 1, name
@@ -123,15 +107,7 @@ def test_an_order_rejected_by_the_real_worker_is_counted_by_reason(celery_worker
     # Stale by the time the worker looks: a market sell is then rejected (stale_price).
     coins_and_prices({"bitcoin": "65000"}, age_seconds=3600)
     before = scrape()
-
-    response = api_client.post(
-        "/api/v1/orders",
-        {"coin": "bitcoin", "side": "sell", "type": "market", "quantity": "0.5"},
-        format="json",
-    )
-    assert response.status_code == 201
-    wait_until(lambda: Order.objects.get(pk=response.json()["id"]).status == "rejected")
-
+    market_order_settled(api_client, side="sell", quantity="0.5", ends="rejected")
     after = scrape()
     name = "cryptovault_orders_rejected_total"
     assert value(after, name, reason="stale_price") == value(before, name, reason="stale_price") + 1

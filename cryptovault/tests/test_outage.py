@@ -52,17 +52,22 @@ def postgres_proxy():
     proxy.down()
 
 
-@pytest.fixture
-def server(postgres_proxy):
-    # Fresh request threads, so every connection they open goes through the proxy.
-    application = ProtocolTypeRouter(
+def _application(*, threads: int) -> ProtocolTypeRouter:
+    """The web process's stack, its request pool ``threads`` wide."""
+    return ProtocolTypeRouter(
         {
-            "http": public_reads_lane(PooledThreadsASGIHandler(threads=REQUEST_THREADS)),
+            "http": public_reads_lane(PooledThreadsASGIHandler(threads=threads)),
             "websocket": WebSocketOutageMiddleware(
                 OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
             ),
         }
     )
+
+
+@pytest.fixture
+def server(postgres_proxy):
+    # Fresh request threads, so every connection they open goes through the proxy.
+    application = _application(threads=REQUEST_THREADS)
     with uvicorn_in_thread(application, ws="auto") as address:
         yield address
 
@@ -75,10 +80,12 @@ def _assert_service_unavailable(response: httpx.Response) -> None:
     assert int(response.headers["Retry-After"]) >= 1
 
 
-def _ws_status(address: str, access: str) -> int:
+def _ws_status(url: str) -> int:
+    """The handshake's status: 101, or a refusal that must be the JSON 503 outage."""
+
     async def handshake() -> int:
         try:
-            async with websockets.connect(f"ws://{address}/ws/user?token={access}"):
+            async with websockets.connect(url):
                 return 101
         except websockets.InvalidStatus as exc:
             assert exc.response.headers["Retry-After"]
@@ -108,12 +115,12 @@ def test_refused_postgres_is_503_json_then_recovers(server, postgres_proxy, sett
         order = {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.01"}
         _assert_service_unavailable(http.post("/api/v1/orders", json=order, headers=auth))
         _assert_service_unavailable(_login(http, user.email))
-        assert _ws_status(server, access) == 503
+        assert _ws_status(f"ws://{server}/ws/user?token={access}") == 503
 
         postgres_proxy.up()
         assert http.get("/api/v1/auth/me", headers=auth).status_code == 200
         assert _login(http, user.email).status_code == 200
-        assert _ws_status(server, access) == 101
+        assert _ws_status(f"ws://{server}/ws/user?token={access}") == 101
 
 
 def test_a_postgres_restart_shorter_than_the_connect_retries_is_invisible(
@@ -199,27 +206,11 @@ def test_redis_down_is_503_json_on_prices_and_their_socket(settings):
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.2, "SOCKET_TIMEOUT": 0.2},
         }
     }
-    application = ProtocolTypeRouter(
-        {
-            "http": public_reads_lane(PooledThreadsASGIHandler(threads=1)),
-            "websocket": WebSocketOutageMiddleware(
-                OriginCheckMiddleware(URLRouter(websocket_urlpatterns))
-            ),
-        }
-    )
-
-    async def prices_socket_status(address: str) -> int:
-        try:
-            async with websockets.connect(f"ws://{address}/ws/prices"):
-                return 101
-        except websockets.InvalidStatus as exc:
-            assert exc.response.headers["Retry-After"]
-            assert b"service_unavailable" in exc.response.body
-            return exc.response.status_code
+    application = _application(threads=1)
 
     with uvicorn_in_thread(application, ws="auto") as address:
         _assert_service_unavailable(httpx.get(f"http://{address}/api/v1/prices", timeout=20))
-        assert asyncio.run(prices_socket_status(address)) == 503
+        assert _ws_status(f"ws://{address}/ws/prices") == 503
 
 
 def free_port() -> int:

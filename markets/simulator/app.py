@@ -62,6 +62,12 @@ def _vs_currency(params: dict[str, str], name: str) -> None:
 
 # Far above any real price, and far inside what a float (the walk's arithmetic) holds.
 MAX_PRICE = Decimal("1e15")
+# The /coins/{id} market_data fields CoinGecko answers per currency ({"usd": value}).
+_PER_CURRENCY_FIELDS = (
+    "current_price", "ath", "ath_change_percentage", "ath_date", "atl",
+    "atl_change_percentage", "atl_date", "market_cap", "fully_diluted_valuation",
+    "total_volume", "high_24h", "low_24h",
+)  # fmt: skip
 
 
 def _positive_price(value) -> float:
@@ -174,7 +180,6 @@ class Simulator:
     def coin(self, coin_id: str, params):
         row = self._market_row(coin_id, 0)
         coin = self.model.coins[coin_id]
-        usd = lambda value: {"usd": value}  # noqa: E731 - CoinGecko's per-currency maps
         return {
             "id": coin.id,
             "symbol": coin.symbol,
@@ -198,18 +203,7 @@ class Simulator:
             "genesis_date": coin.genesis_date,
             "market_cap_rank": None,
             "market_data": {
-                "current_price": usd(row["current_price"]),
-                "ath": usd(row["ath"]),
-                "ath_change_percentage": usd(row["ath_change_percentage"]),
-                "ath_date": usd(row["ath_date"]),
-                "atl": usd(row["atl"]),
-                "atl_change_percentage": usd(row["atl_change_percentage"]),
-                "atl_date": usd(row["atl_date"]),
-                "market_cap": usd(row["market_cap"]),
-                "fully_diluted_valuation": usd(row["fully_diluted_valuation"]),
-                "total_volume": usd(row["total_volume"]),
-                "high_24h": usd(row["high_24h"]),
-                "low_24h": usd(row["low_24h"]),
+                **{field: {"usd": row[field]} for field in _PER_CURRENCY_FIELDS},
                 "price_change_24h": row["price_change_24h"],
                 "price_change_percentage_24h": row["price_change_percentage_24h"],
                 "total_supply": row["total_supply"],

@@ -163,10 +163,9 @@ async def test_resync_after_redis_reconnect(tracked):
     await communicator.disconnect()
 
 
-async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
-    communicator, _ = await _connected()
-    (socket,) = price_feed._sockets
-    # A client that stopped reading: the server's send suspends until the gate opens.
+def _stall(socket) -> asyncio.Event:
+    """Makes ``socket`` a client that stopped reading: the server's sends to it suspend
+    until the returned gate is set."""
     gate = asyncio.Event()
     send = socket.send
 
@@ -175,6 +174,13 @@ async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
         await send(message)
 
     socket.send = paused_send
+    return gate
+
+
+async def test_slow_socket_gets_a_snapshot_instead_of_a_backlog(tracked):
+    communicator, _ = await _connected()
+    (socket,) = price_feed._sockets
+    gate = _stall(socket)
     frame = '{"type":"tick","as_of":null,"prices":{}}'
     socket.deliver(None, frame)
     await asyncio.sleep(0)  # its writer takes the frame and waits on the stalled client
@@ -193,14 +199,7 @@ async def test_a_socket_that_stops_reading_does_not_hold_up_a_tick(tracked):
     stalled, _ = await _connected()
     (stalled_socket,) = price_feed._sockets
     reading, _ = await _connected()
-    gate = asyncio.Event()
-    send = stalled_socket.send
-
-    async def paused_send(message):
-        await gate.wait()
-        await send(message)
-
-    stalled_socket.send = paused_send
+    gate = _stall(stalled_socket)
     await sync_to_async(_record_and_tick)({"bitcoin": "67000"})
     # The reading socket has its tick while the stalled one's send still waits.
     assert (await ws_receive(reading))["prices"]["bitcoin"]["usd"] == "67000"

@@ -87,6 +87,13 @@ def _stream(client: httpx.Client, server: str, token: str | None = None, **param
     )
 
 
+def _assert_refused(response: httpx.Response, status: int, code: str) -> None:
+    """A stream refused before it started: ``status`` with the JSON error ``code``."""
+    response.read()
+    assert response.status_code == status
+    assert response.json()["code"] == code
+
+
 def test_live_events_carry_ids_and_the_ws_shape(server):
     user, _, token = _login()
     with httpx.Client() as client, _stream(client, server, token) as response:
@@ -189,9 +196,7 @@ def test_revoked_mid_stream_ends_the_stream(server):
         assert sse.next() == {}  # the server ended the stream
     # And the token no longer opens one.
     with httpx.Client() as client, _stream(client, server, token) as response:
-        assert response.status_code == 401
-        response.read()
-        assert response.json()["code"] == "not_authenticated"
+        _assert_refused(response, 401, "not_authenticated")
 
 
 @pytest.mark.parametrize("token", [None, "garbage"])
@@ -205,9 +210,7 @@ def test_bad_token_is_401_json(server, token):
 def test_bad_last_event_id_is_400(server):
     _, _, token = _login()
     with httpx.Client() as client, _stream(client, server, token, last_event_id="x") as response:
-        response.read()
-        assert response.status_code == 400
-        assert response.json()["code"] == "invalid_last_event_id"
+        _assert_refused(response, 400, "invalid_last_event_id")
 
 
 def test_keep_alive(server, settings):
@@ -218,20 +221,23 @@ def test_keep_alive(server, settings):
         assert [sse.next() for _ in range(3)] == [{"comment": "keep-alive"}] * 3
 
 
-def test_caps_per_user_and_per_ip(server, settings):
+def _assert_a_second_stream_refused(server, first_token: str, second_token: str) -> None:
+    """With a stream open on ``first_token``, another on ``second_token`` is refused."""
+    with httpx.Client() as client, _stream(client, server, first_token) as first:
+        # Kept referenced: a collected line iterator closes its connection.
+        first_events = SSE(first)
+        first_events.next()
+        with _stream(client, server, second_token) as second:
+            _assert_refused(second, 429, "too_many_streams")
+
+
+def test_cap_per_user_and_its_place_given_back(server, settings):
     settings.STREAM_MAX_PER_USER = 1
-    user, _, token = _login()
+    _, _, token = _login()
+    _assert_a_second_stream_refused(server, token, token)
+    # Closing the first gives its place back, once the server has noticed.
+    deadline = time.monotonic() + 10
     with httpx.Client() as client:
-        with _stream(client, server, token) as first:
-            # Kept referenced: a collected line iterator closes its connection.
-            first_events = SSE(first)
-            first_events.next()
-            with _stream(client, server, token) as second:
-                second.read()
-                assert second.status_code == 429
-                assert second.json()["code"] == "too_many_streams"
-        # Closing the first gives its place back, once the server has noticed.
-        deadline = time.monotonic() + 10
         while True:
             with _stream(client, server, token) as again:
                 if again.status_code == 200 or time.monotonic() > deadline:
@@ -240,16 +246,12 @@ def test_caps_per_user_and_per_ip(server, settings):
                     break
             time.sleep(0.05)
 
+
+def test_cap_per_ip(server, settings):
     settings.STREAM_MAX_PER_USER = 5
     settings.STREAM_MAX_PER_IP = 1
-    _, _, other = _login()
-    with httpx.Client() as client:
-        with _stream(client, server, token) as first:
-            first_events = SSE(first)
-            first_events.next()
-            with _stream(client, server, other) as second:
-                second.read()
-                assert second.status_code == 429
+    (_, _, token), (_, _, other) = _login(), _login()
+    _assert_a_second_stream_refused(server, token, other)
 
 
 APP = "http://localhost:3000"
@@ -457,9 +459,7 @@ def test_price_stream_narrows_to_coins(server, tracked):
 )
 def test_price_stream_refuses_bad_coins(server, tracked, coins, code):
     with httpx.Client() as client, _prices(client, server, coins=coins) as response:
-        response.read()
-    assert response.status_code == 400
-    assert response.json()["code"] == code
+        _assert_refused(response, 400, code)
     if code == "unknown_coins":
         assert response.json()["coins"] == ["nope-coin"]
 

@@ -128,15 +128,27 @@ async def test_unauthenticated_sockets_are_closed_4401(case):
     assert await ws_closed_with(communicator) == 4401
 
 
-async def test_session_revoked_while_connected_is_disconnected():
+async def _two_sessions_connected():
+    """A user with two login sessions, a socket open on each: ``(user, the first
+    session, its socket, the other's socket)``."""
     user, session, token = await sync_to_async(_login)()
     _, _, other_token = await sync_to_async(_login)(user)
-    revoked, kept = await _open(token), await _open(other_token)
-    await sync_to_async(account_services.session_revoke)(session_id=session.pk)
-    assert await ws_closed_with(revoked) == 4401
+    return user, session, await _open(token), await _open(other_token)
+
+
+async def _assert_only_the_ended_one_closed(user, ended, alive) -> None:
+    """``ended``'s socket closes with 4401; ``alive``, the user's other session, is
+    still served."""
+    assert await ws_closed_with(ended) == 4401
     await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
-    assert (await ws_receive(kept))["type"] == "notification"
-    await kept.disconnect()
+    assert (await ws_receive(alive))["type"] == "notification"
+    await alive.disconnect()
+
+
+async def test_session_revoked_while_connected_is_disconnected():
+    user, session, revoked, kept = await _two_sessions_connected()
+    await sync_to_async(account_services.session_revoke)(session_id=session.pk)
+    await _assert_only_the_ended_one_closed(user, revoked, kept)
 
 
 async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypatch):
@@ -145,15 +157,10 @@ async def test_a_session_that_idles_out_while_connected_is_disconnected(monkeypa
     from notifications import consumers
 
     monkeypatch.setattr(consumers, "SESSION_CHECK_SECONDS", 0.2)
-    user, session, token = await sync_to_async(_login)()
-    _, _, other_token = await sync_to_async(_login)(user)
-    expiring, alive = await _open(token), await _open(other_token)
+    user, session, expiring, alive = await _two_sessions_connected()
     assert await alive.receive_nothing(timeout=0.5)  # a live session is left alone
     await sync_to_async(session_idle_out)(session.pk)
-    assert await ws_closed_with(expiring) == 4401
-    await sync_to_async(services.notification_create)(user=user, kind="price_alert", title="x")
-    assert (await ws_receive(alive))["type"] == "notification"
-    await alive.disconnect()
+    await _assert_only_the_ended_one_closed(user, expiring, alive)
 
 
 async def test_the_session_check_survives_a_redis_flush(monkeypatch):

@@ -3,7 +3,7 @@
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
@@ -17,6 +17,7 @@ from orders import services
 from orders.models import USD, Balance, LedgerEntry, Order
 from orders.tasks import order_queue_process
 from orders.tests.factories import coins_and_prices, limit_order_place, user_create
+from orders.tests.helpers import market_order_settled, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,15 +31,6 @@ def _queued() -> int:
     from django_redis import get_redis_connection
 
     return get_redis_connection("default").llen("orders")
-
-
-def wait_until(predicate, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 def race(n: int, fn):
@@ -66,14 +58,7 @@ def race(n: int, fn):
 def test_api_order_is_filled_by_the_worker(celery_worker, api_client):
     user = user_create(usd="10000")
     api_client.force_authenticate(user)
-    response = api_client.post(
-        "/api/v1/orders",
-        {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.1"},
-        format="json",
-    )
-    assert response.status_code == 201
-    order_id = response.json()["id"]
-    wait_until(lambda: Order.objects.get(pk=order_id).status == "filled")
+    order_id = market_order_settled(api_client, side="buy", quantity="0.1", ends="filled")
     body = api_client.get(f"/api/v1/orders/{order_id}").json()
     assert (body["filled_price"], body["fee"]) == ("65000", "6.5")
     assert Balance.objects.get(user=user, asset=USD).available == Decimal("3493.5")
@@ -162,25 +147,33 @@ def test_redelivered_task_fills_once(celery_worker):
     assert Balance.objects.get(user=user, asset=USD).available == Decimal("3493.5")
 
 
-def test_users_are_processed_in_parallel_each_in_arrival_order(celery_worker):
-    users = [user_create(usd="100000", bitcoin="2") for _ in range(4)]
-    placed = {u.pk: [] for u in users}
-    for i in range(6):
+def _interleaved_orders(users, *, rounds: int) -> dict[int, list[int]]:
+    """Each round, every user places a 0.1 bitcoin market order (buy, then sell, by
+    turns): the ids each user placed, in order."""
+    placed: dict[int, list[int]] = {u.pk: [] for u in users}
+    for i in range(rounds):
         for u in users:
             side = "sell" if i % 2 else "buy"
             placed[u.pk].append(
                 services.order_place(
-                    user=u,
-                    coin_id="bitcoin",
-                    side=side,
-                    type="market",
-                    quantity=Decimal("0.1"),
+                    user=u, coin_id="bitcoin", side=side, type="market", quantity=Decimal("0.1")
                 )[0].pk
             )
+    return placed
+
+
+def _assert_booked_in_order(placed: dict[int, list[int]]) -> None:
+    """Each user's orders were booked in the order the user placed them."""
+    for user_id, order_ids in placed.items():
+        booked = LedgerEntry.objects.filter(user_id=user_id, order__isnull=False).order_by("id")
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == order_ids
+
+
+def test_users_are_processed_in_parallel_each_in_arrival_order(celery_worker):
+    users = [user_create(usd="100000", bitcoin="2") for _ in range(4)]
+    placed = _interleaved_orders(users, rounds=6)
     wait_until(lambda: Order.objects.filter(status="filled").count() == 24)
-    for u in users:
-        booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
-        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
+    _assert_booked_in_order(placed)
 
 
 def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_worker):
@@ -349,15 +342,15 @@ def _lock_waiters() -> int:
 
 
 @contextmanager
-def row_lock_held(balance: Balance) -> Iterator[threading.Event]:
-    """Hold ``balance``'s row lock from another connection until the yielded event is
-    set (or the block ends): a fill that needs the row waits, as behind a slow fill."""
+def held_elsewhere(take: Callable[[], object]) -> Iterator[threading.Event]:
+    """Run ``take`` (a lock) in a transaction of another connection and hold it until the
+    yielded event is set (or the block ends): who needs that lock here waits."""
     acquired, release = threading.Event(), threading.Event()
 
     def hold():
         try:
             with transaction.atomic():
-                Balance.objects.select_for_update().get(pk=balance.pk)
+                take()
                 acquired.set()
                 release.wait(timeout=60)
         finally:
@@ -371,6 +364,12 @@ def row_lock_held(balance: Balance) -> Iterator[threading.Event]:
     finally:
         release.set()
         thread.join()
+
+
+def row_lock_held(balance: Balance):
+    """Hold ``balance``'s row lock from another connection (see ``held_elsewhere``): a
+    fill that needs the row waits, as behind a slow fill."""
+    return held_elsewhere(lambda: Balance.objects.select_for_update().get(pk=balance.pk))
 
 
 @pytest.fixture
@@ -494,14 +493,8 @@ def test_after_redis_comes_back_empty_a_market_order_fills_on_the_recorded_price
 
     user = user_create(usd="10000")
     api_client.force_authenticate(user)
-    response = api_client.post(
-        "/api/v1/orders",
-        {"coin": "bitcoin", "side": "buy", "type": "market", "quantity": "0.1"},
-        format="json",
-    )
-    assert response.status_code == 201, response.content
-    wait_until(lambda: Order.objects.get(pk=response.json()["id"]).status == "filled")
-    assert Order.objects.get(pk=response.json()["id"]).filled_price == Decimal("64000")
+    order_id = market_order_settled(api_client, side="buy", quantity="0.1", ends="filled")
+    assert Order.objects.get(pk=order_id).filled_price == Decimal("64000")
 
 
 def _commits(queries) -> int:
@@ -512,22 +505,12 @@ def test_one_run_drains_every_users_queue_in_one_transaction_each_in_order():
     from django.test.utils import CaptureQueriesContext
 
     users = [user_create(usd="100000", bitcoin="1") for _ in range(2)]
-    placed = {u.pk: [] for u in users}
-    for i in range(3):
-        for u in users:
-            side = "sell" if i % 2 else "buy"
-            placed[u.pk].append(
-                services.order_place(
-                    user=u, coin_id="bitcoin", side=side, type="market", quantity=Decimal("0.1")
-                )[0].pk
-            )
+    placed = _interleaved_orders(users, rounds=3)
     assert _queued() == 1  # one run serves every user
     with CaptureQueriesContext(connection) as queries:
         assert services.order_queue_process() == 6
     assert _commits(queries.captured_queries) == 1
-    for u in users:
-        booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
-        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
+    _assert_booked_in_order(placed)
 
 
 def _credit_beyond_the_ledger_range(user) -> None:
@@ -570,30 +553,17 @@ def test_a_run_skips_a_user_another_run_holds_and_the_next_run_takes_it():
         )[0]
         for u in (held, free)
     ]
-    locked, release = threading.Event(), threading.Event()
 
-    def other_run():
-        try:
-            with transaction.atomic(), connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT pg_advisory_xact_lock(%s, %s)",
-                    [services.QUEUE_LOCK_NAMESPACE, held.pk],
-                )
-                locked.set()
-                release.wait(timeout=30)
-        finally:
-            connection.close()
+    def lock_the_held_users_queue():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s, %s)", [services.QUEUE_LOCK_NAMESPACE, held.pk]
+            )
 
-    thread = threading.Thread(target=other_run)
-    thread.start()
-    try:
-        assert locked.wait(timeout=10)
+    with held_elsewhere(lock_the_held_users_queue):
         assert services.order_queue_process() == 1
         statuses = [Order.objects.get(pk=o.pk).status for o in orders]
         assert statuses == ["pending", "filled"]
-    finally:
-        release.set()
-        thread.join()
     assert services.order_queue_process() == 1
     assert Order.objects.get(pk=orders[0].pk).status == "filled"
 

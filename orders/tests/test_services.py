@@ -4,6 +4,7 @@ import pytest
 from django.db import transaction
 from django.test import override_settings
 
+from accounts.models import User
 from cryptovault.exceptions import ApplicationError
 from orders import services
 from orders.models import USD, Balance, LedgerEntry, Order
@@ -17,14 +18,20 @@ def bal(user, asset=USD) -> tuple[Decimal, Decimal]:
     return (b.available, b.locked) if b else (Decimal(0), Decimal(0))
 
 
-def place(user, **kw) -> Order:
+def place_or_repeat(user, **kw) -> tuple[Order, bool]:
+    """``order_place``, a 0.1 bitcoin market buy unless ``kw`` says otherwise: the order
+    and whether this call created it."""
     kw.setdefault("coin_id", "bitcoin")
     kw.setdefault("side", "buy")
     kw.setdefault("type", "market")
     kw["quantity"] = Decimal(kw.get("quantity", "0.1"))
     if kw.get("limit_price") is not None:
         kw["limit_price"] = Decimal(kw["limit_price"])
-    order, created = services.order_place(user=user, **kw)
+    return services.order_place(user=user, **kw)
+
+
+def place(user, **kw) -> Order:
+    order, created = place_or_repeat(user, **kw)
     assert created
     return order
 
@@ -104,23 +111,26 @@ def test_insufficient_funds_reserves_nothing(funding, order):
     assert after == before
 
 
-def test_price_rising_beyond_the_reservation_rejects_and_releases():
-    user = user_create(usd="6600")
+def _processed_after_the_price_rose(usd: str) -> tuple[User, Order]:
+    """A 0.1 bitcoin market buy by a user holding ``usd``, processed after bitcoin rose
+    to 70000 (above the price its reservation was made at)."""
+    user = user_create(usd=usd)
     order = place(user, quantity="0.1")
     coins_and_prices({"bitcoin": "70000"})
     process(user)
     order.refresh_from_db()
+    return user, order
+
+
+def test_price_rising_beyond_the_reservation_rejects_and_releases():
+    user, order = _processed_after_the_price_rose("6600")
     assert order.status == "rejected"
     assert order.reject_reason.startswith("insufficient_funds")
     assert bal(user) == (Decimal("6600"), 0)
 
 
 def test_price_rising_within_available_takes_the_difference():
-    user = user_create(usd="10000")
-    order = place(user, quantity="0.1")
-    coins_and_prices({"bitcoin": "70000"})
-    process(user)
-    order.refresh_from_db()
+    user, order = _processed_after_the_price_rose("10000")
     assert (order.status, order.filled_price, order.fee) == ("filled", 70000, Decimal("7"))
     assert bal(user) == (Decimal("2993"), 0)
 
@@ -306,14 +316,7 @@ def test_a_queue_run_costs_the_same_statements_for_any_number_of_orders_and_user
 def test_client_order_id_repeat_returns_the_first_order_and_reserves_once():
     user = user_create(usd="10000")
     first = place(user, quantity="0.1", client_order_id="abc-1")
-    again, created = services.order_place(
-        user=user,
-        coin_id="bitcoin",
-        side="buy",
-        type="market",
-        quantity=Decimal("0.1"),
-        client_order_id="abc-1",
-    )
+    again, created = place_or_repeat(user, quantity="0.1", client_order_id="abc-1")
     assert (created, again.pk) == (False, first.pk)
     assert Order.objects.filter(user=user).count() == 1
     assert bal(user)[1] == Decimal("6636.63")
