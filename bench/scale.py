@@ -47,7 +47,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 from bench import orders as orders_bench  # noqa: E402
 from bench import prices as prices_bench  # noqa: E402
-from bench.common import uvicorn_command  # noqa: E402
+from bench.common import CpuMeter, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -153,7 +153,7 @@ def prices_run(args: argparse.Namespace) -> float:
     return rps
 
 
-def orders_run(args: argparse.Namespace, tokens: list[str]) -> float:
+def orders_run(args: argparse.Namespace, traders: list[orders_bench.Trader]) -> float:
     from django.utils import timezone
 
     options = argparse.Namespace(
@@ -162,11 +162,13 @@ def orders_run(args: argparse.Namespace, tokens: list[str]) -> float:
         concurrency=args.concurrency,
         duration=args.orders_duration,
         drain_timeout=args.drain_timeout,
+        ceiling=None,
     )
+    meter = CpuMeter({"postgres": "postgres", "client": [os.getpid()]})
     t0 = timezone.now()
-    stats = asyncio.run(orders_bench.load(options, tokens))
+    stats = asyncio.run(orders_bench.load(options, traders, meter))
     t1 = timezone.now()
-    if not orders_bench.report(options, stats, t0, t1):
+    if not orders_bench.report(options, stats, t0, t1)["ok"]:
         raise SystemExit("the ledger invariant failed")
     return stats["status"].get(201, 0) / (t1 - t0).total_seconds()
 
@@ -177,7 +179,7 @@ def main() -> None:
         raise SystemExit("nginx is not installed (apt-get install nginx)")
     one, two = ([int(p) for p in args.web_ports.split(",")][:n] for n in (1, 2))
 
-    tokens = orders_bench.prepare(args.users)  # migrates, flushes Redis, funds users
+    traders = orders_bench.prepare(args.users)  # migrates, flushes Redis, funds users
     prices_bench.seed_prices()
     print(f"prices: {args.connections} connections, {args.prices_duration}s per run, via nginx")
     prices: dict[str, list[float]] = {"one web": [], "two web": []}
@@ -203,7 +205,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for label, ports in (("one web", one), ("two web", two)):
                 print(f"{label} process(es):")
-                orders[label].append(with_platform(args, ports, lambda: orders_run(args, tokens)))
+                orders[label].append(with_platform(args, ports, lambda: orders_run(args, traders)))
     finally:
         stop.set()
         stop_all([worker])

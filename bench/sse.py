@@ -580,7 +580,7 @@ def main() -> int:
     os.environ["BENCH_PORT"] = str(args.port)
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the servers
-    tokens = prepare(max(args.storm_users, 1), fill_emails=False)
+    tokens = [trader.token for trader in prepare(max(args.storm_users, 1), fill_emails=False)]
     from accounts.models import User
     from markets.services import prices_record
 
