@@ -11,32 +11,46 @@ from orders.models import USD, Balance, LedgerEntry, Order
 VALUE_QUANTUM = Decimal("0.00000001")
 
 
+def _sums(rows: QuerySet, *, user: User | None, asset: str, amount: str) -> dict:
+    """``{(user_id, asset): sum of amount}`` over ``rows``, for one user or all."""
+    if user is not None:
+        rows = rows.filter(user=user)
+    return {
+        (row["user_id"], row[asset]): row["total"]
+        for row in rows.values("user_id", asset).annotate(total=Sum(amount))
+    }
+
+
+def _balance_mismatches(
+    expected: dict, *, user: User | None, field: str, names: tuple[str, str], missing
+) -> list[dict]:
+    """Each balance whose ``field`` differs from ``expected``, then each expected non-zero
+    sum with no balance row at all (its balance shown as ``missing``)."""
+    balances = Balance.objects.all() if user is None else Balance.objects.filter(user=user)
+    mismatches = []
+    for b in balances.only("user_id", "asset", "available", "locked"):
+        want, have = expected.pop((b.user_id, b.asset), Decimal(0)), getattr(b, field)
+        if want != have:
+            mismatches.append(
+                {"user_id": b.user_id, "asset": b.asset, names[0]: want, names[1]: have}
+            )
+    mismatches.extend(
+        {"user_id": user_id, "asset": asset, names[0]: total, names[1]: missing}
+        for (user_id, asset), total in expected.items()
+        if total
+    )
+    return mismatches
+
+
 def ledger_mismatches(*, user: User | None = None) -> list[dict]:
     """Every (user, asset) whose ledger does not sum to ``available + locked``.
 
     The invariant of the double-entry wallet; an empty list means it holds.
     """
-    sums = LedgerEntry.objects.all()
-    balances = Balance.objects.all()
-    if user is not None:
-        sums = sums.filter(user=user)
-        balances = balances.filter(user=user)
-    ledger = {
-        (row["user_id"], row["asset"]): row["total"]
-        for row in sums.values("user_id", "asset").annotate(total=Sum("amount"))
-    }
-    mismatches = []
-    for b in balances.only("user_id", "asset", "available", "locked"):
-        expected = ledger.pop((b.user_id, b.asset), Decimal(0))
-        if expected != b.available + b.locked:
-            mismatches.append(
-                {"user_id": b.user_id, "asset": b.asset, "ledger": expected, "balance": b.total}
-            )
-    # Ledger entries without any balance row.
-    for (user_id, asset), total in ledger.items():
-        if total != 0:
-            mismatches.append({"user_id": user_id, "asset": asset, "ledger": total, "balance": 0})
-    return mismatches
+    ledger = _sums(LedgerEntry.objects.all(), user=user, asset="asset", amount="amount")
+    return _balance_mismatches(
+        ledger, user=user, field="total", names=("ledger", "balance"), missing=0
+    )
 
 
 def order_list(
@@ -100,25 +114,8 @@ def reservation_mismatches(*, user: User | None = None) -> list[dict]:
 
     The second invariant: funds are locked only for pending/open orders, exactly.
     """
-    orders = Order.objects.filter(status__in=Order.ACTIVE_STATUSES)
-    balances = Balance.objects.all()
-    if user is not None:
-        orders = orders.filter(user=user)
-        balances = balances.filter(user=user)
-    reserved = {
-        (row["user_id"], row["reserved_asset"]): row["total"]
-        for row in orders.values("user_id", "reserved_asset").annotate(total=Sum("reserved_amount"))
-    }
-    mismatches = []
-    for b in balances.only("user_id", "asset", "locked"):
-        expected = reserved.pop((b.user_id, b.asset), Decimal(0))
-        if expected != b.locked:
-            mismatches.append(
-                {"user_id": b.user_id, "asset": b.asset, "reserved": expected, "locked": b.locked}
-            )
-    mismatches.extend(
-        {"user_id": user_id, "asset": asset, "reserved": total, "locked": None}
-        for (user_id, asset), total in reserved.items()
-        if total
+    active = Order.objects.filter(status__in=Order.ACTIVE_STATUSES)
+    reserved = _sums(active, user=user, asset="reserved_asset", amount="reserved_amount")
+    return _balance_mismatches(
+        reserved, user=user, field="locked", names=("reserved", "locked"), missing=None
     )
-    return mismatches

@@ -7,6 +7,7 @@ from django.test import override_settings
 
 from cryptovault.exceptions import ApplicationError
 from orders.models import USD, Balance, LedgerEntry
+from orders.selectors import ledger_mismatches, reservation_mismatches
 from orders.services import wallet_adjust, wallet_credit_signup_bonus
 from orders.tests.factories import user_create
 
@@ -77,3 +78,26 @@ def test_wallet_adjust_refuses_unknown_assets(asset):
         wallet_adjust(user=user, asset=asset, amount=Decimal("1"), reason="x")
     assert exc.value.code == "unknown_asset"
     assert not Balance.objects.filter(user=user).exists()
+
+
+@pytest.mark.django_db
+def test_invariant_checks_name_what_breaks_them():
+    user = user_create(usd="100")
+    user_create(usd="5")  # another user's books stay out of user's mismatches
+    mine = Balance.objects.filter(user=user, asset=USD)
+
+    mine.update(available=Decimal("90"), locked=Decimal("10"))  # same total, nothing reserved
+    assert ledger_mismatches() == []
+    assert reservation_mismatches() == [
+        {"user_id": user.pk, "asset": USD, "reserved": Decimal(0), "locked": Decimal("10")}
+    ]
+    mine.update(locked=Decimal(0))
+    assert ledger_mismatches() == [
+        {"user_id": user.pk, "asset": USD, "ledger": Decimal("100"), "balance": Decimal("90")}
+    ]
+    mine.delete()
+    assert ledger_mismatches(user=user) == [
+        {"user_id": user.pk, "asset": USD, "ledger": Decimal("100"), "balance": 0}
+    ]
+    Balance.objects.create(user=user, asset=USD, available=Decimal("100"))
+    assert ledger_mismatches() == reservation_mismatches() == []
