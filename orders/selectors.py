@@ -22,7 +22,7 @@ def _sums(rows: QuerySet, *, user: User | None, asset: str, amount: str) -> dict
 
 
 def _balance_mismatches(
-    expected: dict, *, user: User | None, field: str, names: tuple[str, str], missing
+    expected: dict, *, user: User | None, field: str, names: tuple[str, str], missing: int | None
 ) -> list[dict]:
     """Each balance whose ``field`` differs from ``expected``, then each expected non-zero
     sum with no balance row at all (its balance shown as ``missing``)."""
