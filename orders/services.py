@@ -460,6 +460,7 @@ def _order_reservation(
 # The reservation and the INSERT of an order in one statement: the balance row is locked
 # (FOR UPDATE re-reads it after any concurrent writer commits) only if the coin is
 # tracked and the row holds what the order requires; no row out means nothing written.
+# The timestamps are taken once the lock is held, as the ORM's save would take them.
 _ORDER_INSERT_RESERVING = f"""
 WITH b AS (
     SELECT id, LEAST(available, %(cap)s) AS reserve FROM {Balance._meta.db_table}
@@ -469,16 +470,16 @@ WITH b AS (
 ), u AS (
     UPDATE {Balance._meta.db_table} AS t
     SET available = t.available - b.reserve, locked = t.locked + b.reserve,
-        updated_at = %(now)s
-    FROM b WHERE t.id = b.id RETURNING b.reserve
+        updated_at = clock_timestamp()
+    FROM b WHERE t.id = b.id RETURNING b.reserve, t.updated_at AS at
 )
 INSERT INTO {Order._meta.db_table} (
     user_id, client_order_id, coin_id, side, type, quantity, limit_price, status,
     reserved_asset, reserved_amount, created_at, updated_at
 )
 SELECT %(user_id)s, %(client_order_id)s, %(coin_id)s, %(side)s, %(type)s, %(quantity)s,
-    %(limit_price)s, %(status)s, %(asset)s, u.reserve, %(now)s, %(now)s
-FROM u RETURNING id, reserved_amount
+    %(limit_price)s, %(status)s, %(asset)s, u.reserve, u.at, u.at
+FROM u RETURNING id, reserved_amount, created_at
 """  # noqa: S608 - our table names
 
 
@@ -486,7 +487,6 @@ def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Dec
     """Reserve the funds of the unsaved ``order`` and INSERT it (``_ORDER_INSERT_RESERVING``),
     filling in its id, reservation and timestamps. False: nothing written (untracked coin,
     no balance row, or not enough available)."""
-    now = timezone.now()
     with connection.cursor() as cursor:
         cursor.execute(
             _ORDER_INSERT_RESERVING,
@@ -502,14 +502,13 @@ def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Dec
                 "quantity": order.quantity,
                 "limit_price": order.limit_price,
                 "status": order.status,
-                "now": now,
             },
         )
         row = cursor.fetchone()
     if row is None:
         return False
-    order.pk, order.reserved_amount = row
-    order.created_at = order.updated_at = now
+    order.pk, order.reserved_amount, order.created_at = row
+    order.updated_at = order.created_at
     order._state.adding = False
     order._state.db = connection.alias
     return True

@@ -3,6 +3,7 @@ from django.urls import reverse
 
 from orders import services
 from orders.models import Balance, Order
+from orders.serializers import order_output
 from orders.tests.factories import coins_and_prices, limit_order_place, user_create
 
 pytestmark = pytest.mark.django_db
@@ -191,6 +192,9 @@ def test_place_takes_one_statement_besides_the_event_log(client, user):
     order = Order.objects.get(pk=response.json()["id"])
     balance = Balance.objects.get(user=user, asset="usd")
     assert order.reserved_amount == balance.locked > 0
+    # The answer shows the order as stored, timestamps included.
+    assert response.json() == order_output(order)
+    assert order.created_at == order.updated_at == balance.updated_at
 
 
 def test_first_order_of_an_asset_without_a_balance_row_is_refused_with_what_is_missing(client):
