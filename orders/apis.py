@@ -16,7 +16,7 @@ from markets.fields import CoinIdField
 from orders import selectors, services
 from orders.limits import order_create_rate_limit
 from orders.models import LedgerEntry, Order
-from orders.serializers import OrderOutputSerializer
+from orders.serializers import OrderOutputSerializer, order_output
 
 
 class OrderListCreateApi(APIView):
@@ -111,7 +111,7 @@ class OrderListCreateApi(APIView):
             client_order_id=client_order_id,
         )
         return Response(
-            self.OutputSerializer(order).data,
+            order_output(order),
             status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
         )
 

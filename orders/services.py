@@ -353,37 +353,57 @@ def order_place(
 ) -> tuple[Order, bool]:
     """Reserve the funds and create a ``pending`` order; processing is enqueued after
     commit. Returns ``(order, created)``: a repeated ``client_order_id`` returns the
-    first order and reserves nothing, even when the two requests race."""
+    first order and reserves nothing, even when the two requests race.
+
+    The usual order takes one statement (``_order_insert_reserving``: the coin check, the
+    balance's lock and reservation and the INSERT); when that finds nothing to reserve
+    from, the step-by-step path below it names what is wrong (unknown coin, no balance
+    row yet, insufficient funds)."""
     if client_order_id:
         existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
         if existing is not None:
             return existing, False
-    if not Coin.objects.filter(pk=coin_id, tracked=True).exists():
-        message = f"{coin_id} is not a tracked coin."
-        raise ApplicationError(message, code="unknown_coin", extra={"coin": [message]})
-    if (type == Order.Type.LIMIT) != (limit_price is not None):
-        raise ApplicationError(
-            "limit_price is required for limit orders and only for them.", code="invalid"
-        )
-    reference = None
-    if side == Order.Side.BUY and type == Order.Type.MARKET:
-        reference = _reference_price(coin_id=coin_id)
-    _order_notional_check(quantity=quantity, price=limit_price or reference, coin_id=coin_id)
+    try:
+        if (type == Order.Type.LIMIT) != (limit_price is not None):
+            raise ApplicationError(
+                "limit_price is required for limit orders and only for them.", code="invalid"
+            )
+        reference = None
+        if side == Order.Side.BUY and type == Order.Type.MARKET:
+            reference = _reference_price(coin_id=coin_id)
+        _order_notional_check(quantity=quantity, price=limit_price or reference, coin_id=coin_id)
+    except ApplicationError:
+        # An unknown coin is the first thing to tell (it has no price either).
+        _coin_tracked_check(coin_id=coin_id)
+        raise
+    reserved_asset = USD if side == Order.Side.BUY else coin_id
+    required, reserve_cap = _order_reservation(
+        side=side, type=type, quantity=quantity, limit_price=limit_price, reference=reference
+    )
+    order = Order(
+        user=user,
+        client_order_id=client_order_id or None,
+        coin_id=coin_id,
+        side=side,
+        type=type,
+        quantity=quantity,
+        limit_price=limit_price,
+        reserved_asset=reserved_asset,
+    )
     try:
         with transaction.atomic():
-            return _order_place_locked(
-                user=user,
-                coin_id=coin_id,
-                side=side,
-                type=type,
-                quantity=quantity,
-                limit_price=limit_price,
-                reference=reference,
-                client_order_id=client_order_id,
-            )
+            if not _order_insert_reserving(order, required=required, reserve_cap=reserve_cap):
+                _coin_tracked_check(coin_id=coin_id)
+                existing = _order_place_locked(order, required=required, reserve_cap=reserve_cap)
+                if existing is not None:
+                    return existing, False
+            _order_notify(order)
+            _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
+            transaction.on_commit(_queue_enqueue, robust=True)
+            return order, True
     except IntegrityError:
-        # Two requests with one client_order_id raced on different balance rows; the
-        # unique constraint let exactly one through.
+        # Two requests with one client_order_id raced; the unique constraint let exactly
+        # one through.
         existing = (
             Order.objects.filter(user=user, client_order_id=client_order_id).first()
             if client_order_id
@@ -392,6 +412,12 @@ def order_place(
         if existing:
             return existing, False
         raise
+
+
+def _coin_tracked_check(*, coin_id: str) -> None:
+    if not Coin.objects.filter(pk=coin_id, tracked=True).exists():
+        message = f"{coin_id} is not a tracked coin."
+        raise ApplicationError(message, code="unknown_coin", extra={"coin": [message]})
 
 
 def _order_notional_check(*, quantity: Decimal, price: Decimal | None, coin_id: str) -> None:
@@ -408,66 +434,115 @@ def _order_notional_check(*, quantity: Decimal, price: Decimal | None, coin_id: 
         raise ApplicationError(message, code="invalid", extra={"quantity": [message]})
 
 
-def _order_place_locked(
+def _order_reservation(
     *,
-    user: User,
-    coin_id: str,
     side: str,
     type: str,
     quantity: Decimal,
     limit_price: Decimal | None,
     reference: Decimal | None,
-    client_order_id: str | None,
-) -> tuple[Order, bool]:
-    reserved_asset = USD if side == Order.Side.BUY else coin_id
-    balance = balances_lock(user=user, assets=[reserved_asset])[reserved_asset]
-    if client_order_id:
-        # The balance lock serialised us behind any racing twin; it has committed now.
-        existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
-        if existing is not None:
-            return existing, False
+) -> tuple[Decimal, Decimal]:
+    """``(required, cap)``: the order needs ``required`` available and reserves
+    ``min(available, cap)`` (``cap == required`` but for a market buy, which reserves up
+    to its cost plus ``MARKET_BUY_BUFFER``)."""
     if side == Order.Side.SELL:
-        required = reserve = quantity
-    else:
-        # A limit buy reserves at its limit, a market buy at the reference price.
-        price = limit_price if type == Order.Type.LIMIT else reference
-        if price is None:
-            raise ValueError(f"a {type} buy needs a price to reserve at")
-        required = sum(buy_cost(quantity=quantity, price=price), Decimal(0))
-        reserve = (
-            required
-            if type == Order.Type.LIMIT
-            else min(balance.available, quantize_up(required * (1 + MARKET_BUY_BUFFER)))
+        return quantity, quantity
+    # A limit buy reserves at its limit, a market buy at the reference price.
+    price = limit_price if type == Order.Type.LIMIT else reference
+    if price is None:
+        raise ValueError(f"a {type} buy needs a price to reserve at")
+    required = sum(buy_cost(quantity=quantity, price=price), Decimal(0))
+    if type == Order.Type.LIMIT:
+        return required, required
+    return required, quantize_up(required * (1 + MARKET_BUY_BUFFER))
+
+
+# The reservation and the INSERT of an order in one statement: the balance row is locked
+# (FOR UPDATE re-reads it after any concurrent writer commits) only if the coin is
+# tracked and the row holds what the order requires; no row out means nothing written.
+# The timestamps are taken once the lock is held, as the ORM's save would take them.
+_ORDER_INSERT_RESERVING = f"""
+WITH b AS (
+    SELECT id, LEAST(available, %(cap)s) AS reserve FROM {Balance._meta.db_table}
+    WHERE user_id = %(user_id)s AND asset = %(asset)s AND available >= %(required)s
+    AND EXISTS (SELECT 1 FROM {Coin._meta.db_table} WHERE id = %(coin_id)s AND tracked)
+    FOR UPDATE OF {Balance._meta.db_table}
+), u AS (
+    UPDATE {Balance._meta.db_table} AS t
+    SET available = t.available - b.reserve, locked = t.locked + b.reserve,
+        updated_at = clock_timestamp()
+    FROM b WHERE t.id = b.id RETURNING b.reserve, t.updated_at AS at
+)
+INSERT INTO {Order._meta.db_table} (
+    user_id, client_order_id, coin_id, side, type, quantity, limit_price, status,
+    reserved_asset, reserved_amount, created_at, updated_at
+)
+SELECT %(user_id)s, %(client_order_id)s, %(coin_id)s, %(side)s, %(type)s, %(quantity)s,
+    %(limit_price)s, %(status)s, %(asset)s, u.reserve, u.at, u.at
+FROM u RETURNING id, reserved_amount, created_at
+"""  # noqa: S608 - our table names
+
+
+def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Decimal) -> bool:
+    """Reserve the funds of the unsaved ``order`` and INSERT it (``_ORDER_INSERT_RESERVING``),
+    filling in its id, reservation and timestamps. False: nothing written (untracked coin,
+    no balance row, or not enough available)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _ORDER_INSERT_RESERVING,
+            {
+                "user_id": order.user_id,
+                "asset": order.reserved_asset,
+                "required": required,
+                "cap": reserve_cap,
+                "coin_id": order.coin_id,
+                "client_order_id": order.client_order_id,
+                "side": order.side,
+                "type": order.type,
+                "quantity": order.quantity,
+                "limit_price": order.limit_price,
+                "status": order.status,
+            },
         )
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    order.pk, order.reserved_amount, order.created_at = row
+    order.updated_at = order.created_at
+    order._state.adding = False
+    order._state.db = connection.alias
+    return True
+
+
+def _order_place_locked(order: Order, *, required: Decimal, reserve_cap: Decimal) -> Order | None:
+    """What ``_order_insert_reserving`` does, step by step: creates the balance row if
+    missing and raises ``insufficient_funds`` with what is missing. Returns the first
+    order when one with the same ``client_order_id`` committed meanwhile."""
+    balance = balances_lock(user=order.user, assets=[order.reserved_asset])[order.reserved_asset]
+    if order.client_order_id:
+        # The balance lock serialised us behind any racing twin; it has committed now.
+        existing = Order.objects.filter(
+            user_id=order.user_id, client_order_id=order.client_order_id
+        ).first()
+        if existing is not None:
+            return existing
     if balance.available < required:
         raise ApplicationError(
             "Insufficient funds.",
             code="insufficient_funds",
             extra={
-                "asset": reserved_asset,
+                "asset": order.reserved_asset,
                 "required": decimal_str(required),
                 "available": decimal_str(balance.available),
             },
         )
+    reserve = min(balance.available, reserve_cap)
     balance.available -= reserve
     balance.locked += reserve
     _balance_save(balance)
-    order = Order.objects.create(
-        user=user,
-        client_order_id=client_order_id or None,
-        coin_id=coin_id,
-        side=side,
-        type=type,
-        quantity=quantity,
-        limit_price=limit_price,
-        reserved_asset=reserved_asset,
-        reserved_amount=reserve,
-    )
-    order.user = user
-    _order_notify(order)
-    _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
-    transaction.on_commit(_queue_enqueue, robust=True)
-    return order, True
+    order.reserved_amount = reserve
+    order.save(force_insert=True)
+    return None
 
 
 def order_status_set(*, order: Order, status: str, save: bool = True, **fields: Any) -> Order:

@@ -2,7 +2,8 @@ import pytest
 from django.urls import reverse
 
 from orders import services
-from orders.models import Order
+from orders.models import Balance, Order
+from orders.serializers import order_output
 from orders.tests.factories import coins_and_prices, limit_order_place, user_create
 
 pytestmark = pytest.mark.django_db
@@ -172,6 +173,35 @@ def test_insufficient_funds_is_400_with_code(client):
     response = client.post(ORDERS, order_body(quantity="10"), format="json")
     assert response.status_code == 400
     assert response.json()["code"] == "insufficient_funds"
+
+
+def test_place_takes_one_statement_besides_the_event_log(client, user):
+    """The reservation and the INSERT are one statement; the rest is the event log's (the
+    user's row, its counter, the event row): a pinned count, so none creeps back."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as queries:
+        response = client.post(ORDERS, order_body(), format="json")
+    assert response.status_code == 201, response.content
+    statements = [
+        query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]
+    ]
+    assert len(statements) == 4, statements
+    assert statements[0].lstrip().startswith("WITH b AS")
+    order = Order.objects.get(pk=response.json()["id"])
+    balance = Balance.objects.get(user=user, asset="usd")
+    assert order.reserved_amount == balance.locked > 0
+    # The answer shows the order as stored, timestamps included.
+    assert response.json() == order_output(order)
+    assert order.created_at == order.updated_at == balance.updated_at
+
+
+def test_first_order_of_an_asset_without_a_balance_row_is_refused_with_what_is_missing(client):
+    response = client.post(ORDERS, order_body(side="sell", coin="ethereum"), format="json")
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "insufficient_funds"
+    assert response.json()["available"] == "0"
 
 
 def test_unauthenticated_is_401(api_client):
