@@ -195,7 +195,7 @@ async def read_counted_async(*, group: str, client_ip: str, keys: list[str]) -> 
     ``group``'s rate: one round trip, the count and the read in one pipeline."""
     redis = async_redis()
     if not settings.RATELIMIT_ENABLE:
-        return await _mget_async(keys), 0
+        return await read_async(keys), 0
     key, retry_after = _rate_window(group, client_ip)
     try:
         async with redis.pipeline(transaction=False) as pipe:
@@ -206,7 +206,7 @@ async def read_counted_async(*, group: str, client_ip: str, keys: list[str]) -> 
     except AsyncConnectionError:
         # A pooled connection that Redis closed (it restarted). The INCR may have run,
         # so it is not sent again: this one request goes uncounted.
-        return await _mget_async(keys), 0
+        return await read_async(keys), 0
     return values, retry_after if count > READS_PER_MINUTE[group] else 0
 
 
@@ -216,7 +216,8 @@ async def read_uncount_async(*, group: str, client_ip: str) -> None:
         await async_redis().decr(_rate_window(group, client_ip)[0])
 
 
-async def _mget_async(keys: list[str]) -> list:
+async def read_async(keys: list[str]) -> list:
+    """MGET of ``keys``, uncounted."""
     try:
         return await async_redis().mget(keys)
     except AsyncConnectionError:
