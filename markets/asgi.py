@@ -215,7 +215,8 @@ def public_reads_lane(django_app):
             return known[1]
         if len(decoded) >= DECODED_MAX:
             decoded.clear()
-        entry = _entry_of(*entry_decode(raw))
+        as_of_raw, entry_headers, body = entry_decode(raw)
+        entry = _entry_of(as_of_raw, entry_headers, body)
         decoded[key] = (raw, entry)
         return entry
 
@@ -308,6 +309,7 @@ def public_reads_lane(django_app):
         if entry is None and not retry_after:
             uncount = partial(read_uncount_async, group=group, client_ip=client)
             return await to_django(key, uncount, scope, receive, send)
+        extra: tuple[tuple[bytes, bytes], ...]
         if entry is None:
             status, body = 429, rate_limited_body(retry_after)
             extra = (JSON, (b"retry-after", str(retry_after).encode("latin-1")))

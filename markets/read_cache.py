@@ -102,10 +102,8 @@ def entry_encode(*, as_of_raw: bytes | None, headers: list[tuple[str, str]], bod
     return b"\n".join((as_of_raw or b"", orjson.dumps(headers), body))
 
 
-def entry_decode(raw: bytes | None) -> tuple[bytes | None, list, bytes] | None:
-    """``(prices as_of, headers, body)`` of an entry, or None (none stored)."""
-    if raw is None:
-        return None
+def entry_decode(raw: bytes) -> tuple[bytes | None, list, bytes]:
+    """``(prices as_of, headers, body)`` of a stored entry."""
     as_of_raw, meta, body = raw.split(b"\n", 2)
     return as_of_raw or None, orjson.loads(meta), body
 
