@@ -121,13 +121,8 @@ def _entry_of(as_of_raw: bytes | None, headers: list, body: bytes) -> Entry:
     )
 
 
-def _prices_entry(values: list) -> Entry | None:
-    """``GET /prices`` from the price store, its stale flag set now; None when empty
-    (Django refills the store from PostgreSQL)."""
-    body, as_of_raw = values
-    if body is None:
-        return None
-    body = prices_body_render(body=body, as_of_raw=as_of_raw)
+def _prices_entry(body: bytes, as_of_raw: bytes | None) -> Entry:
+    """``GET /prices`` from its body as rendered for this request (its stale flag)."""
     headers = [("content-type", "application/json"), ("etag", etag_of(body))]
     return _entry_of(as_of_raw, headers, body)
 
@@ -201,23 +196,29 @@ def public_reads_lane(django_app):
     # goes to Django, which stores the body; the misses after it wait for that and read
     # it (one render per entry and process, not one per waiting connection).
     refills: dict[str, asyncio.Event] = {}
-    # Entries decoded from Redis, by cache key, with the raw value they came from.
-    decoded: dict[str, tuple[bytes, Entry]] = {}
+    # Entries decoded from Redis, by cache key, with what they were decoded from.
+    decoded: dict[str, tuple[tuple[bytes, bytes | None], Entry]] = {}
 
     def entry_from(key: str, prices: bool, values: list) -> Entry | None:
-        if prices:
-            return _prices_entry(values)
+        """The entry to serve from what Redis holds, or None: a miss (for ``/prices``
+        an empty store, which Django refills from PostgreSQL). ``/prices`` is known by
+        its bytes as rendered for this request, so a stale flag that has turned since is
+        never served from the entry of the bytes before."""
         raw = values[0]
         if raw is None:
             return None
+        seen = (
+            (prices_body_render(body=raw, as_of_raw=values[1]), values[1])
+            if prices
+            else (raw, None)
+        )
         known = decoded.get(key)
-        if known is not None and known[0] == raw:
+        if known is not None and known[0] == seen:
             return known[1]
         if len(decoded) >= DECODED_MAX:
             decoded.clear()
-        as_of_raw, entry_headers, body = entry_decode(raw)
-        entry = _entry_of(as_of_raw, entry_headers, body)
-        decoded[key] = (raw, entry)
+        entry = _prices_entry(*seen) if prices else _entry_of(*entry_decode(raw))
+        decoded[key] = (seen, entry)
         return entry
 
     async def refilled(key: str, pending: asyncio.Event, prices: bool, keys: list) -> Entry | None:
