@@ -14,6 +14,12 @@ loads each with ``--connections`` keep-alive connections in ``--rounds`` interle
 slices of ``--duration`` seconds (``wrk`` when installed), and prints req/s, p50 and p99,
 each server's CPU per read, and the platform/bare ratio (goal >= 0.5, ``/prices`` >=
 0.6). Rate limits are off; the source (``MARKET_DATA_URL``) points at a closed port.
+
+The bare app answers with one header (Content-Type), the platform with those the
+contract asks for (security headers, ETag, Cache-Control, request id ...). The goals are
+measured against that bare app. ``--same-headers`` has the bare app send the platform's
+headers too (as the platform answered the check request; Content-Length aside, so both
+frame the body as before): what is left between the two is then the lane's own work.
 """
 
 import argparse
@@ -54,6 +60,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--bare-port", type=int, default=8652)
     parser.add_argument("--platform-src", type=Path, default=ROOT)
     parser.add_argument("--only", help="one path of the reads (with its query)")
+    parser.add_argument(
+        "--same-headers", action="store_true", help="the bare app sends the platform's headers"
+    )
     return parser.parse_args()
 
 
@@ -100,7 +109,17 @@ def seed() -> None:
         )
 
 
-def start_server(app: str, port: int, cwd: Path) -> subprocess.Popen:
+def platform_headers(url: str) -> list[tuple[str, str]]:
+    """The headers the platform answers ``url`` with, but those uvicorn adds itself (Date,
+    Server), Content-Type (the bare app's own) and Content-Length."""
+    import httpx
+
+    skip = {b"date", b"server", b"content-type", b"content-length"}
+    raw = httpx.get(url, timeout=5).headers.raw
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw if k.lower() not in skip]
+
+
+def start_server(app: str, port: int, cwd: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
         uvicorn_command(port=port, app=app, fast=True),
         cwd=cwd,
@@ -111,6 +130,7 @@ def start_server(app: str, port: int, cwd: Path) -> subprocess.Popen:
             "MARKET_DATA_URL": "http://127.0.0.1:9/api/v3",
             "MARKET_DATA_FALLBACK": "none",
             **production_env(),
+            **env,
         },  # fmt: skip
     )
 
@@ -118,13 +138,15 @@ def start_server(app: str, port: int, cwd: Path) -> subprocess.Popen:
 def main() -> None:
     args = parse_args()
     seed()
+    import orjson
     from django_redis import get_redis_connection
 
-    from bench.bare_reads import BODY_PREFIX
+    from bench.bare_reads import BODY_PREFIX, HEADERS_PREFIX
 
     redis = get_redis_connection("default")
-    web = start_server("cryptovault.asgi:application", args.web_port, args.platform_src)
-    bare = start_server("bench.bare_reads:app", args.bare_port, ROOT)
+    web = start_server("cryptovault.asgi:application", args.web_port, args.platform_src, {})
+    bare_env = {"BENCH_SAME_HEADERS": "1"} if args.same_headers else {}
+    bare = start_server("bench.bare_reads:app", args.bare_port, ROOT, bare_env)
     load = load_wrk if shutil.which("wrk") else load_python
     generator = "wrk" if load is load_wrk else "python asyncio (client-bound)"
     print(
@@ -132,6 +154,7 @@ def main() -> None:
         f"{args.rounds} x {args.duration}s per server"
     )
     print(f"platform: {args.platform_src}")
+    print("bare: " + ("the platform's headers" if args.same_headers else "Content-Type only"))
     try:
         for path, goal in READS.items():
             if args.only and path != args.only:
@@ -139,7 +162,9 @@ def main() -> None:
             web_url = f"http://127.0.0.1:{args.web_port}{path}"
             bare_url = f"http://127.0.0.1:{args.bare_port}{path}"
             body = fetch(web_url)
-            redis.set(BODY_PREFIX + (path if "?" in path else path + "?"), body)
+            key = path if "?" in path else path + "?"
+            redis.set(BODY_PREFIX + key, body)
+            redis.set(HEADERS_PREFIX + key, orjson.dumps(platform_headers(web_url)))
             assert fetch(bare_url) == body, f"{path}: the two servers must answer the same bytes"
             servers = {"platform": (web_url, web.pid), "bare": (bare_url, bare.pid)}
             for url, _pid in servers.values():

@@ -100,8 +100,19 @@ class TaskFilter(logging.Filter):
 def configure(config: dict) -> None:
     """Django's LOGGING_CONFIG: the settings' LOGGING, then the redaction on uvicorn's
     loggers themselves, for wherever uvicorn's own handlers are in place (a server
-    started with its default log config, as the tests' servers are)."""
+    started with its default log config, as the tests' servers are).
+
+    uvicorn's ``--no-access-log`` is kept: uvicorn applies it by leaving
+    ``uvicorn.access`` without handlers and not propagating, and writes an access line
+    whenever that logger has a handler, its ancestors' included. ``dictConfig`` resets
+    the children of the ``uvicorn`` entry to propagate, which would send every request's
+    line to the JSON handler (a line per request, on every request, whatever the flag
+    said)."""
+    access = logging.getLogger("uvicorn.access")
+    access_log_off = not access.propagate and not access.handlers
     logging.config.dictConfig(config)
+    if access_log_off:
+        access.propagate = False
     # Python's warnings (deprecations, Celery's SecurityWarning ...) as JSON lines too.
     logging.captureWarnings(True)
     for name in UVICORN_LOGGERS:

@@ -628,7 +628,7 @@ LOGGING = {
         # here too: uvicorn's own config leaves "uvicorn" at INFO, and a record passes the
         # root's handler whatever the root's level, so LOG_LEVEL=WARNING still printed a
         # line per WebSocket connection (bench/sse.py). --no-access-log still applies:
-        # uvicorn checks it before each access line.
+        # cryptovault.logging.configure keeps uvicorn.access from propagating then.
         "uvicorn": {"handlers": [], "propagate": True, "level": LOG_LEVEL},
         "celery": {"level": LOG_LEVEL},
     },

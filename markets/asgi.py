@@ -17,13 +17,23 @@ middleware would set, the ETag and Cache-Control, and answers ``If-None-Match`` 
 view may answer differently, a host not in ``ALLOWED_HOSTS``, an HTTP request that must
 be redirected to HTTPS, a cache miss, Redis trouble) goes to Django, where
 ``markets.apis`` serves the same bytes the slow way and stores them for the next time.
+
+A miss is refilled once per process: when an entry expires or a poll retires it, every
+connection reading it misses at the same moment, and each going to Django would queue
+them all behind as many renders (the lane's p99). The first miss goes to Django; the
+others wait for it (``REFILL_WAIT_SECONDS`` at most) and read what it stored. Per
+request the lane does what the bare app does (one Redis round trip, one send) plus what
+the contract needs; an entry's headers are decoded and encoded once per stored value,
+not per request.
 """
 
+import asyncio
 import io
 import re
 import time
-from functools import cache, lru_cache
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import cache, lru_cache, partial
+from typing import Any, NamedTuple
 
 from django.conf import settings
 from django.core.handlers.asgi import ASGIRequest
@@ -54,6 +64,7 @@ from markets.read_cache import (
     entry_key,
     etag_matches,
     etag_of,
+    read_async,
     read_counted_async,
     read_uncount_async,
 )
@@ -78,22 +89,42 @@ JSON = (b"content-type", b"application/json")
 NOT_MODIFIED_HEADERS = ("etag", "vary")
 # What DRF's JSON-only negotiation accepts; any other Accept is Django's to refuse (406).
 ACCEPTED = (b"application/json", b"application/*", b"*/*")
+REQUEST_ID_NAME = REQUEST_ID_HEADER.lower().encode("latin-1")
+# How long a miss waits for the refill of the same entry already running in this
+# process before it goes to Django itself (a render takes milliseconds; a coin's details
+# may wait on the source).
+REFILL_WAIT_SECONDS = 1.0
+# Decoded entries kept per lane; past this many (queries are the client's to choose)
+# they are dropped and decoded again.
+DECODED_MAX = 256
 
 
-def _entry(prices: bool, values: list) -> tuple[bytes | None, list, bytes] | None:
-    """The prices' ``as_of``, the headers and the body to serve from what Redis holds,
-    or None (a miss)."""
-    if not prices:
-        return entry_decode(values[0])
-    body, as_of_raw = values
-    if body is None:
-        return None  # an empty price store: Django refills it from PostgreSQL
-    body = prices_body_render(body=body, as_of_raw=as_of_raw)
-    return as_of_raw, [("content-type", "application/json"), ("etag", etag_of(body))], body
+class Entry(NamedTuple):
+    """An entry as the lane answers it: headers encoded once, not per request."""
+
+    as_of_raw: bytes | None
+    etag: str
+    headers: tuple[tuple[bytes, bytes], ...]
+    not_modified_headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
 
 
-def _etag(entry_headers: list[tuple[str, str]]) -> str:
-    return next(value for name, value in entry_headers if name == "etag")
+def _entry_of(as_of_raw: bytes | None, headers: list, body: bytes) -> Entry:
+    encoded = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers)
+    return Entry(
+        as_of_raw=as_of_raw,
+        etag=next(value for name, value in headers if name == "etag"),
+        headers=encoded,
+        # As Django's get_conditional_response: no body, no Content-Type.
+        not_modified_headers=tuple(h for h in encoded if h[0].decode() in NOT_MODIFIED_HEADERS),
+        body=body,
+    )
+
+
+def _prices_entry(body: bytes, as_of_raw: bytes | None) -> Entry:
+    """``GET /prices`` from its body as rendered for this request (its stale flag)."""
+    headers = [("content-type", "application/json"), ("etag", etag_of(body))]
+    return _entry_of(as_of_raw, headers, body)
 
 
 def _route(path: str) -> tuple[str, str] | None:
@@ -161,6 +192,65 @@ def _header_name(meta_name: str) -> bytes:
 
 
 def public_reads_lane(django_app):
+    # Refills of a missed entry running in this process, by cache key: the first miss
+    # goes to Django, which stores the body; the misses after it wait for that and read
+    # it (one render per entry and process, not one per waiting connection).
+    refills: dict[str, asyncio.Event] = {}
+    # Entries decoded from Redis, by cache key, with what they were decoded from.
+    decoded: dict[str, tuple[tuple[bytes, bytes | None], Entry]] = {}
+
+    def entry_from(key: str, prices: bool, values: list) -> Entry | None:
+        """The entry to serve from what Redis holds, or None: a miss (for ``/prices``
+        an empty store, which Django refills from PostgreSQL). ``/prices`` is known by
+        its bytes as rendered for this request, so a stale flag that has turned since is
+        never served from the entry of the bytes before."""
+        raw = values[0]
+        if raw is None:
+            return None
+        seen = (
+            (prices_body_render(body=raw, as_of_raw=values[1]), values[1])
+            if prices
+            else (raw, None)
+        )
+        known = decoded.get(key)
+        if known is not None and known[0] == seen:
+            return known[1]
+        if len(decoded) >= DECODED_MAX:
+            decoded.clear()
+        entry = _prices_entry(*seen) if prices else _entry_of(*entry_decode(raw))
+        decoded[key] = (seen, entry)
+        return entry
+
+    async def refilled(key: str, pending: asyncio.Event, prices: bool, keys: list) -> Entry | None:
+        """The entry the refill in flight stores, once it has answered; None when it
+        stored nothing or took longer than ``REFILL_WAIT_SECONDS``."""
+        try:
+            async with asyncio.timeout(REFILL_WAIT_SECONDS):
+                await pending.wait()
+        except TimeoutError:
+            return None
+        return entry_from(key, prices, await read_async(keys))
+
+    async def to_django(
+        key: str, uncount: Callable[[], Awaitable[None]] | None, scope, receive, send
+    ) -> None:
+        """A miss: Django answers, fills the cache and counts the read itself (the
+        lane's count, ``uncount``, is taken back). The first miss of a key claims its
+        refill before anything is awaited, so a miss after it waits in ``refilled``;
+        one that waited in vain goes straight on."""
+        done = None if key in refills else refills.setdefault(key, asyncio.Event())
+        try:
+            if uncount is not None:
+                try:
+                    await uncount()
+                except RedisError:
+                    pass  # Django counts it again: one read counted twice, none lost
+            await django_app(scope, receive, send)
+        finally:
+            if done is not None:
+                del refills[key]
+                done.set()
+
     async def app(scope, receive, send):
         if scope["type"] != "http" or (routed := _route(scope["path"])) is None:
             return await django_app(scope, receive, send)
@@ -197,40 +287,40 @@ def public_reads_lane(django_app):
             if settings.RATELIMIT_ENABLE
             else ""
         )
-        query = scope["query_string"].decode("latin-1")
         prices = group == "prices"
         key = (
             PRICES_BODY_KEY
             if prices
             else entry_key(
-                scheme="https" if secure else "http", host=host, path=scope["path"], query=query
+                scheme="https" if secure else "http",
+                host=host,
+                path=scope["path"],
+                query=scope["query_string"].decode("latin-1"),
             )
         )
+        keys = [key, PRICES_AS_OF_KEY] if prices else [key]
         try:
-            values, retry_after = await read_counted_async(
-                group=group, client_ip=client, keys=[key, PRICES_AS_OF_KEY] if prices else [key]
-            )
-            entry = None if retry_after else _entry(prices, values)
-            if entry is None and not retry_after:
-                # A miss: Django answers, fills the cache and counts the read itself.
-                await read_uncount_async(group=group, client_ip=client)
+            values, retry_after = await read_counted_async(group=group, client_ip=client, keys=keys)
+            entry = None if retry_after else entry_from(key, prices, values)
+            if entry is None and not retry_after and (pending := refills.get(key)) is not None:
+                entry = await refilled(key, pending, prices, keys)
         except RedisError:
-            entry, retry_after = None, 0
+            # Django counts it (or answers a JSON 503: Redis is out).
+            return await to_django(key, None, scope, receive, send)
         if entry is None and not retry_after:
-            return await django_app(scope, receive, send)
+            uncount = partial(read_uncount_async, group=group, client_ip=client)
+            return await to_django(key, uncount, scope, receive, send)
+        extra: tuple[tuple[bytes, bytes], ...]
         if entry is None:
             status, body = 429, rate_limited_body(retry_after)
-            extra = [JSON, (b"retry-after", str(retry_after).encode("latin-1"))]
+            extra = (JSON, (b"retry-after", str(retry_after).encode("latin-1")))
         else:
-            as_of_raw, entry_headers, body = entry
-            status = 200
+            status, body, extra = 200, entry.body, entry.headers
             given = headers.get(b"if-none-match")
-            if given is not None and etag_matches(given.decode("latin-1"), _etag(entry_headers)):
-                # As Django's get_conditional_response: no body, no Content-Type.
-                status, body = 304, b""
-                entry_headers = [(k, v) for k, v in entry_headers if k in NOT_MODIFIED_HEADERS]
-            extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in entry_headers]
-            extra.append((b"cache-control", cache_control(as_of_raw).encode("latin-1")))
+            if given is not None and etag_matches(given.decode("latin-1"), entry.etag):
+                status, body, extra = 304, b"", entry.not_modified_headers
+            cache = (b"cache-control", cache_control(entry.as_of_raw).encode("latin-1"))
+            extra = (*extra, cache)
         await _respond(
             send,
             headers,
@@ -259,8 +349,7 @@ async def _respond(
     extra_headers,
     content_length: int | None = None,
 ) -> None:
-    given_id = request_headers.get(REQUEST_ID_HEADER.lower().encode("latin-1"), b"")
-    request_id = request_id_from(given_id.decode("latin-1"))
+    request_id = request_id_from(request_headers.get(REQUEST_ID_NAME, b"").decode("latin-1"))
     length = len(body) if content_length is None else content_length
     await send(
         {
@@ -270,7 +359,7 @@ async def _respond(
                 *_static_headers(secure),
                 *extra_headers,
                 (b"content-length", str(length).encode("latin-1")),
-                (REQUEST_ID_HEADER.encode("latin-1"), request_id.encode("latin-1")),
+                (REQUEST_ID_NAME, request_id.encode("latin-1")),
             ],
         }
     )

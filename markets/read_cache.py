@@ -102,10 +102,8 @@ def entry_encode(*, as_of_raw: bytes | None, headers: list[tuple[str, str]], bod
     return b"\n".join((as_of_raw or b"", orjson.dumps(headers), body))
 
 
-def entry_decode(raw: bytes | None) -> tuple[bytes | None, list, bytes] | None:
-    """``(prices as_of, headers, body)`` of an entry, or None (none stored)."""
-    if raw is None:
-        return None
+def entry_decode(raw: bytes) -> tuple[bytes | None, list, bytes]:
+    """``(prices as_of, headers, body)`` of a stored entry."""
     as_of_raw, meta, body = raw.split(b"\n", 2)
     return as_of_raw or None, orjson.loads(meta), body
 
@@ -195,7 +193,7 @@ async def read_counted_async(*, group: str, client_ip: str, keys: list[str]) -> 
     ``group``'s rate: one round trip, the count and the read in one pipeline."""
     redis = async_redis()
     if not settings.RATELIMIT_ENABLE:
-        return await _mget_async(keys), 0
+        return await read_async(keys), 0
     key, retry_after = _rate_window(group, client_ip)
     try:
         async with redis.pipeline(transaction=False) as pipe:
@@ -206,7 +204,7 @@ async def read_counted_async(*, group: str, client_ip: str, keys: list[str]) -> 
     except AsyncConnectionError:
         # A pooled connection that Redis closed (it restarted). The INCR may have run,
         # so it is not sent again: this one request goes uncounted.
-        return await _mget_async(keys), 0
+        return await read_async(keys), 0
     return values, retry_after if count > READS_PER_MINUTE[group] else 0
 
 
@@ -216,7 +214,8 @@ async def read_uncount_async(*, group: str, client_ip: str) -> None:
         await async_redis().decr(_rate_window(group, client_ip)[0])
 
 
-async def _mget_async(keys: list[str]) -> list:
+async def read_async(keys: list[str]) -> list:
+    """MGET of ``keys``, uncounted."""
     try:
         return await async_redis().mget(keys)
     except AsyncConnectionError:

@@ -8,11 +8,12 @@ import secrets
 
 import httpx
 import pytest
+import uvicorn
 import websockets
 
 from accounts import services as account_services
 from cryptovault.asgi import application
-from cryptovault.logging import UVICORN_LOGGERS, redact_tokens
+from cryptovault.logging import UVICORN_LOGGERS, configure, redact_tokens
 from cryptovault.testing import uvicorn_in_thread
 from notifications.tests.factories import user_create
 
@@ -104,3 +105,18 @@ def test_tokens_in_query_strings_never_reach_a_log_line(console_output):
 )
 def test_redact_tokens(text, expected):
     assert redact_tokens(text) == expected
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_no_access_log_survives_djangos_logging_config(access_log, settings):
+    """uvicorn configures its loggers, then loads the application (Django's LOGGING);
+    it writes an access line whenever ``uvicorn.access`` has a handler, its ancestors'
+    included, so ``--no-access-log`` must leave it with none."""
+    access = logging.getLogger("uvicorn.access")
+    try:
+        uvicorn.Config(application, access_log=access_log, log_config=None)
+        configure(settings.LOGGING)
+        assert access.hasHandlers() is access_log
+    finally:
+        access.propagate = True
+        configure(settings.LOGGING)

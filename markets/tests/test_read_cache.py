@@ -174,11 +174,13 @@ async def test_304_on_an_unchanged_etag_200_after_a_poll(market, path):
 async def test_a_stale_flag_is_never_served_from_an_old_body(market, settings):
     settings.PRICE_STALE_SECONDS = 60
     prices_record(prices={"bitcoin": Decimal("65000")}, as_of=datetime.now(tz=UTC))
-    fresh = await _get(application, "/api/v1/prices")
+    lane = public_reads_lane(_teapot)  # one lane throughout: it has the fresh body decoded
+    fresh = await _get(lane, "/api/v1/prices")
     assert fresh.json()["stale"] is False
+    assert (await _get(application, "/api/v1/prices")).content == fresh.content
     settings.PRICE_STALE_SECONDS = 0  # no poll since: the same stored body is now stale
     time.sleep(0.01)
-    for app in (application, django_asgi_app):
+    for app in (lane, application, django_asgi_app):
         stale = await _get(app, "/api/v1/prices", headers={"If-None-Match": fresh.headers["etag"]})
         assert stale.status_code == 200
         assert stale.json()["stale"] is True
@@ -294,3 +296,52 @@ def test_a_body_read_before_a_write_is_never_stored_after_it(market, rf):
     assert asyncio.run(_get(lane, "/api/v1/coins")).content == b'{"old":true}'
     tickers_record(coin_id="bitcoin", venues=[("binance", "Binance", Decimal("65000"))])
     assert asyncio.run(_get(lane, "/api/v1/coins")).status_code == 418
+
+
+class _Counted:
+    """Django (the real one), counting the requests the lane hands it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope, receive, send):
+        self.calls += 1
+        await django_asgi_app(scope, receive, send)
+
+
+@pytest.mark.parametrize("path", [p for p in READS if p != "/api/v1/prices"])
+async def test_concurrent_misses_make_one_django_render(market, path):
+    django = _Counted()
+    lane = public_reads_lane(django)
+    answers = await asyncio.gather(*(_get(lane, path) for _ in range(12)))
+    assert django.calls == 1
+    assert {(a.status_code, a.content) for a in answers} == {(200, answers[0].content)}
+    assert len({a.headers["etag"] for a in answers}) == 1
+    # A poll retires the entry: the next burst of misses refills it once more.
+    prices_record(prices={"bitcoin": Decimal("70000")})
+    await asyncio.gather(*(_get(lane, path) for _ in range(12)))
+    assert django.calls == 2
+
+
+async def test_misses_of_what_django_never_stores_each_reach_django(market):
+    django = _Counted()
+    lane = public_reads_lane(django)
+    answers = await asyncio.gather(*(_get(lane, "/api/v1/coins/nope") for _ in range(6)))
+    assert {a.status_code for a in answers} == {404}
+    assert django.calls == 6  # after waiting for the first, the others went on
+
+
+async def test_one_lane_across_polls_never_serves_an_old_body(market):
+    """One lane (its decoded entries live as long as it) through a 304 and a poll."""
+    django = _Counted()
+    lane = public_reads_lane(django)
+    first = await _get(lane, "/api/v1/coins")
+    assert (await _get(lane, "/api/v1/coins")).content == first.content
+    same = await _get(lane, "/api/v1/coins", headers={"If-None-Match": first.headers["etag"]})
+    assert (same.status_code, same.headers["etag"], django.calls) == (304, first.headers["etag"], 1)
+    prices_record(prices={"bitcoin": Decimal("70000")})
+    changed = await _get(lane, "/api/v1/coins", headers={"If-None-Match": first.headers["etag"]})
+    assert (changed.status_code, django.calls) == (200, 2)
+    assert b'"70000"' in changed.content and changed.headers["etag"] != first.headers["etag"]
+    assert (await _get(lane, "/api/v1/coins")).content == changed.content
+    assert django.calls == 2
