@@ -55,6 +55,19 @@ class PublicApi(APIView):
         )
 
 
+# A coin and its latest quote: the fields the list and the detail share. (A comment, not
+# a docstring: drf-spectacular would publish it as both components' description.)
+class CoinQuoteSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    symbol = serializers.CharField()
+    name = serializers.CharField()
+    price = serializers.CharField(allow_null=True)
+    change_24h_pct = serializers.CharField(allow_null=True)
+    market_cap = serializers.CharField(allow_null=True)
+    volume_24h = serializers.CharField(allow_null=True)
+    last_updated = serializers.CharField(allow_null=True)
+
+
 class CoinListApi(PublicApi):
     rate_group = "coins"
     query_params = frozenset({"search", "page", "page_size"})
@@ -65,18 +78,9 @@ class CoinListApi(PublicApi):
 
         search = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(CoinQuoteSerializer):
         class Meta:
             ref_name = "CoinListItem"
-
-        id = serializers.CharField()
-        symbol = serializers.CharField()
-        name = serializers.CharField()
-        price = serializers.CharField(allow_null=True)
-        change_24h_pct = serializers.CharField(allow_null=True)
-        market_cap = serializers.CharField(allow_null=True)
-        volume_24h = serializers.CharField(allow_null=True)
-        last_updated = serializers.CharField(allow_null=True)
 
     pagination_class = PageNumberPagination
 
@@ -100,21 +104,13 @@ def _coin_or_404(coin_id: str):
 class CoinDetailApi(PublicApi):
     rate_group = "coin-detail"
 
-    class OutputSerializer(serializers.Serializer):
+    class OutputSerializer(CoinQuoteSerializer):
         class Meta:
             ref_name = "CoinDetail"
 
-        id = serializers.CharField()
-        symbol = serializers.CharField()
-        name = serializers.CharField()
         tracked = serializers.BooleanField()
-        price = serializers.CharField(allow_null=True)
-        change_24h_pct = serializers.CharField(allow_null=True)
-        market_cap = serializers.CharField(allow_null=True)
-        volume_24h = serializers.CharField(allow_null=True)
         high_24h = serializers.CharField(allow_null=True)
         low_24h = serializers.CharField(allow_null=True)
-        last_updated = serializers.CharField(allow_null=True)
         market_cap_rank = serializers.CharField(allow_null=True)
         description = serializers.CharField(allow_blank=True)
         categories = serializers.ListField(child=serializers.CharField())
