@@ -33,6 +33,7 @@ from django.db import connection
 from django.utils import timezone
 
 from accounts.models import User
+from cryptovault.sqlarrays import pg_array, pg_text_array
 from notifications.models import UserEvent, UserEventCounter
 from notifications.realtime import frame_encode
 
@@ -48,11 +49,18 @@ class Event(NamedTuple):
     text: str  # the frame's JSON text
 
 
-def events_record(*, frames_by_user: dict[int, list[dict]]) -> None:
+def events_record(*, frames_by_user: dict[int, list[dict]]) -> dict[int, list[str]]:
     """Log the frames in the current transaction and give each its ``"id"`` (in place,
-    first key), so what is pushed after commit is what the log replays."""
-    now = timezone.now()
-    rows = []
+    first key), so what is pushed after commit is what the log replays. Returns each
+    user's frames as logged (JSON text), for the push to send as they are.
+
+    Three statements whatever the number of users and frames: the users' rows, their
+    counters (one ``INSERT .. ON CONFLICT`` over the sorted users), the log rows (one
+    ``INSERT .. SELECT FROM unnest``)."""
+    user_ids = sorted(user_id for user_id, frames in frames_by_user.items() if frames)
+    if not user_ids:
+        return {}
+    counters = UserEventCounter._meta.db_table
     with connection.cursor() as cursor:
         # The users' rows first, as the commit's foreign-key check of the log rows would
         # take them (FOR KEY SHARE), then the counters; both in user id order. Taken at
@@ -61,33 +69,43 @@ def events_record(*, frames_by_user: dict[int, list[dict]]) -> None:
         cursor.execute(
             f"SELECT 1 FROM {User._meta.db_table} WHERE id = ANY(%s)"  # noqa: S608 - our table name
             " ORDER BY id FOR KEY SHARE",
-            [sorted(frames_by_user)],
+            [user_ids],
         )
-        # Locked in user id order: two batches touching the same users cannot deadlock.
-        for user_id in sorted(frames_by_user):
+        # The rows are inserted (and locked) in user id order: two batches touching the
+        # same users cannot deadlock.
+        cursor.execute(
+            f"INSERT INTO {counters} (user_id, last_id)"  # noqa: S608 - our table name
+            " SELECT * FROM unnest(%s::bigint[], %s::bigint[]) ORDER BY 1"
+            f" ON CONFLICT (user_id) DO UPDATE SET last_id = {counters}.last_id + EXCLUDED.last_id"
+            " RETURNING user_id, last_id",
+            [user_ids, [len(frames_by_user[user_id]) for user_id in user_ids]],
+        )
+        last_ids = dict(cursor.fetchall())
+        texts: dict[int, list[str]] = {}
+        columns: tuple[list, list, list, list] = ([], [], [], [])
+        for user_id in user_ids:
             frames = frames_by_user[user_id]
-            if not frames:
-                continue
-            cursor.execute(
-                f"INSERT INTO {UserEventCounter._meta.db_table} (user_id, last_id)"  # noqa: S608 - our table name
-                " VALUES (%s, %s) ON CONFLICT (user_id) DO UPDATE"
-                f" SET last_id = {UserEventCounter._meta.db_table}.last_id + EXCLUDED.last_id"
-                " RETURNING last_id",
-                [user_id, len(frames)],
-            )
-            first = cursor.fetchone()[0] - len(frames) + 1
+            first = last_ids[user_id] - len(frames) + 1
+            own = texts[user_id] = []
             for offset, frame in enumerate(frames):
                 frames[offset] = {"id": first + offset, **frame}
-                rows.append(
-                    UserEvent(
-                        user_id=user_id,
-                        event_id=first + offset,
-                        kind=frame["type"],
-                        frame=frame_encode(frames[offset]),
-                        created_at=now,
-                    )
-                )
-    UserEvent.objects.bulk_create(rows)
+                own.append(frame_encode(frames[offset]))
+                columns[0].append(user_id)
+                columns[1].append(first + offset)
+                columns[2].append(frame["type"])
+                columns[3].append(own[-1])
+        cursor.execute(
+            f"INSERT INTO {UserEvent._meta.db_table} (user_id, event_id, kind, frame, created_at)"  # noqa: S608 - our table name
+            " SELECT *, %s FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::text[])",
+            [
+                timezone.now(),
+                pg_array(columns[0]),
+                pg_array(columns[1]),
+                pg_text_array(columns[2]),
+                pg_text_array(columns[3]),
+            ],
+        )
+    return texts
 
 
 def event_id_parse(raw: str) -> int:

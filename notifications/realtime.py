@@ -126,8 +126,13 @@ def frame_encode(frame: dict) -> str:
 
 def user_push(*, user_id: Any, frames: list[dict]) -> None:
     """One channel-layer message carrying the frames, which each socket sends in order."""
+    user_push_texts(user_id=user_id, texts=[frame_encode(frame) for frame in frames])
+
+
+def user_push_texts(*, user_id: Any, texts: list[str]) -> None:
+    """``user_push`` of frames already encoded (as the event log holds them)."""
     layer = get_channel_layer()
-    message = {"type": "user.frames", "texts": [frame_encode(frame) for frame in frames]}
+    message = {"type": "user.frames", "texts": texts}
     _push_soon(lambda: layer.group_send(user_group(user_id), message))
 
 

@@ -4,20 +4,23 @@ Delivery happens after commit: a rolled-back order never notifies anyone, and
 the push carries exactly what the REST API will show.
 """
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Case, DecimalField, Q, Value, When
 from django.utils import timezone
+from rest_framework import serializers
 
 from accounts.models import User
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import ApplicationError
+from cryptovault.sqlarrays import pg_array, pg_text_array
 from markets.models import Coin
 from markets.selectors import prices_tradable
 from notifications import realtime
@@ -36,8 +39,19 @@ from notifications.serializers import notification_output
 logger = logging.getLogger(__name__)
 
 MAX_ACTIVE_ALERTS_PER_USER = 100
+_KINDS = frozenset(Notification.Kind.values)
 # Alerts fired per transaction; a big crossing is worked through in chunks.
 ALERT_FIRE_BATCH = 500
+
+
+class NotificationRow(NamedTuple):
+    """A notification handed to a batch as plain values (``notification_add``)."""
+
+    user_id: int
+    kind: str
+    title: str
+    body: str
+    data: dict[str, Any]
 
 
 class _Deliveries:
@@ -45,36 +59,133 @@ class _Deliveries:
     as one push, and a wake-up of the email drain if it left emails in the outbox.
 
     The batch's notifications, its frames (logged by notifications.events, which numbers
-    them) and its outbox rows are written by :meth:`save`, one INSERT each, before the
-    transaction commits. A notification's frame is filled in once it has its id: until
-    then the frame holds the notification itself."""
+    them) and its outbox rows are written by :meth:`save`, a few statements in all,
+    before the transaction commits. A notification's frame is filled in once it has its
+    id: until then the frame holds the notification (a model instance, or a
+    ``NotificationRow`` from ``notification_add``)."""
 
     def __init__(self) -> None:
         self.frames: dict[int, list[dict]] = {}
         self.notifications: list[Notification] = []
         self.emails: list[OutboxEmail] = []
+        self.rows: list[NotificationRow] = []
+        self.texts: dict[int, list[str]] = {}
+        self.emailed_rows = 0
 
     def save(self) -> None:
         if self.notifications:
             Notification.objects.bulk_create(self.notifications)
+        outputs = self._rows_save() if self.rows else {}
+        if self.notifications or outputs:
             for frames in self.frames.values():
                 for frame in frames:
-                    if isinstance(frame.get("notification"), Notification):
-                        frame["notification"] = notification_output(frame["notification"])
+                    notification = frame.get("notification")
+                    if isinstance(notification, Notification):
+                        frame["notification"] = notification_output(notification)
+                    elif isinstance(notification, NotificationRow):
+                        frame["notification"] = outputs[id(notification)]
         if self.frames:
-            events_record(frames_by_user=self.frames)
+            self.texts = events_record(frames_by_user=self.frames)
         if self.emails:
             OutboxEmail.objects.bulk_create(self.emails)
 
+    def _rows_save(self) -> dict[int, dict]:
+        """Insert ``self.rows`` and the outbox rows of those their users are emailed, one
+        statement each, and return each row's output (by ``id()`` of the row)."""
+        rows, now = self.rows, timezone.now()
+        table = Notification._meta.db_table
+        with connection.cursor() as cursor:
+            # RETURNING gives the ids in the order of the rows inserted (as bulk_create
+            # relies on), which is the order of the arrays.
+            cursor.execute(
+                f"INSERT INTO {table} (user_id, kind, title, body, data, created_at)"  # noqa: S608 - our table name
+                " SELECT *, %s FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[],"
+                " %s::text[], %s::jsonb[]) RETURNING id",
+                [
+                    now,
+                    pg_array(row.user_id for row in rows),
+                    pg_text_array(row.kind for row in rows),
+                    pg_text_array(row.title for row in rows),
+                    pg_text_array(row.body for row in rows),
+                    pg_text_array(json.dumps(row.data) for row in rows),
+                ],
+            )
+            ids = [notification_id for (notification_id,) in cursor.fetchall()]
+            emailed = _email_kinds_of_users({row.user_id for row in rows})
+            outbox = [
+                (notification_id, row.user_id)
+                for notification_id, row in zip(ids, rows, strict=True)
+                if row.kind in emailed[row.user_id]
+            ]
+            if outbox:
+                cursor.execute(
+                    f"INSERT INTO {OutboxEmail._meta.db_table} (kind, address, status,"  # noqa: S608 - our table name
+                    " attempts, next_attempt_at, last_error, created_at, notification_id, user_id)"
+                    " SELECT %s, '', %s, 0, %s, '', %s, * FROM unnest(%s::bigint[], %s::bigint[])",
+                    [
+                        OutboxEmail.Kind.NOTIFICATION,
+                        OutboxEmail.Status.PENDING,
+                        now,
+                        now,
+                        pg_array(notification_id for notification_id, _ in outbox),
+                        pg_array(user_id for _, user_id in outbox),
+                    ],
+                )
+            self.emailed_rows = len(outbox)
+        created_at = _DATETIME.to_representation(now)
+        return {
+            id(row): {
+                "id": notification_id,
+                "kind": row.kind,
+                "title": row.title,
+                "body": row.body,
+                "data": row.data,
+                "read": False,
+                "created_at": created_at,
+            }
+            for notification_id, row in zip(ids, rows, strict=True)
+        }
+
     def send(self) -> None:
-        for user_id, frames in self.frames.items():
+        for user_id, texts in self.texts.items():
             try:
-                realtime.user_push(user_id=user_id, frames=frames)
+                realtime.user_push_texts(user_id=user_id, texts=texts)
             except Exception:
                 # One user's failed push must not cost the others theirs, nor the emails.
                 logger.exception("could not push to user %s", user_id)
-        if self.emails:
+        if self.emails or self.emailed_rows:
             outbox_emails_wake()
+
+
+# How NotificationSerializer shows a datetime (``notification_add`` builds the output).
+_DATETIME = serializers.DateTimeField()
+
+
+def _email_kinds_of_users(user_ids: set[int]) -> dict[int, frozenset[str]]:
+    """The kinds each user is emailed (none without an address or once deactivated), in
+    one statement."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT u.id, u.email, u.is_active, p.email_kinds FROM {User._meta.db_table} u"  # noqa: S608 - our table names
+            f" LEFT JOIN {NotificationPreference._meta.db_table} p ON p.user_id = u.id"
+            " WHERE u.id = ANY(%s)",
+            [sorted(user_ids)],
+        )
+        return {
+            user_id: _email_kinds(
+                email=email,
+                is_active=is_active,
+                kinds=None if kinds is None else frozenset(json.loads(kinds)),
+            )
+            for user_id, email, is_active, kinds in cursor.fetchall()
+        }
+
+
+def _email_kinds(*, email: str, is_active: bool, kinds: frozenset[str] | None) -> frozenset[str]:
+    """The kinds a user is emailed, given their preference (None: no row, the defaults)."""
+    if not (email and is_active):
+        return frozenset()
+    return DEFAULT_EMAIL_KINDS if kinds is None else kinds
 
 
 _batch: ContextVar[_Deliveries | None] = ContextVar("notification_deliveries", default=None)
@@ -132,9 +243,11 @@ def notification_create(
 
     Inside ``deliveries_batched`` the row is inserted with the batch's others when the
     block ends: the returned notification has its id from then on."""
-    if kind not in Notification.Kind.values:
+    if kind not in _KINDS:
         raise ValueError(f"Unknown notification kind {kind!r}.")
-    emailed = bool(kind in notification_email_kinds(user=user) and user.email and user.is_active)
+    emailed = kind in _email_kinds(
+        email=user.email, is_active=user.is_active, kinds=notification_email_kinds(user=user)
+    )
     notification = Notification(user=user, kind=kind, title=title[:200], body=body, data=data or {})
     email = (
         OutboxEmail(kind=OutboxEmail.Kind.NOTIFICATION, user=user, notification=notification)
@@ -155,6 +268,21 @@ def notification_create(
     frame = {"type": "notification", "notification": notification_output(notification)}
     _deliver(user_id=user.pk, frame=frame, email=email)
     return notification
+
+
+def notification_add(row: NotificationRow) -> None:
+    """``notification_create`` for a batch that makes thousands (a crossing of the limit
+    book): plain values in, no model instance; inserted with the batch's others, emailed
+    as ``notification_create`` decides. Only inside ``deliveries_batched``."""
+    batch = _batch.get()
+    if batch is None:
+        raise RuntimeError("notification_add runs inside deliveries_batched()")
+    if row.kind not in _KINDS:
+        raise ValueError(f"Unknown notification kind {row.kind!r}.")
+    if len(row.title) > 200:
+        row = row._replace(title=row.title[:200])
+    batch.rows.append(row)
+    batch.frames.setdefault(row.user_id, []).append({"type": "notification", "notification": row})
 
 
 def notification_email_kinds(*, user: User) -> frozenset[str]:

@@ -8,8 +8,10 @@ database refuses negative balances (``CHECK >= 0``) as a last line of defence.
 
 import logging
 import time
-from datetime import timedelta
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -18,12 +20,14 @@ from django.db.models import Min, Q
 from django.utils import timezone
 from django_redis import get_redis_connection
 from prometheus_client import Counter
+from rest_framework import serializers
 from rest_framework import status as http
 
 from accounts.models import User
 from cryptovault import metrics
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
+from cryptovault.sqlarrays import pg_array, pg_text_array
 from markets.models import Coin
 from markets.selectors import (
     PriceUnavailable,
@@ -31,7 +35,13 @@ from markets.selectors import (
     price_quotes,
     prices_tradable,
 )
-from notifications.services import deliveries_batched, notification_create, order_event_push
+from notifications.services import (
+    NotificationRow,
+    deliveries_batched,
+    notification_add,
+    notification_create,
+    order_event_push,
+)
 from orders.models import USD, Balance, LedgerEntry, Order
 from orders.serializers import order_output
 
@@ -65,7 +75,7 @@ MARKET_BUY_BUFFER = Decimal("0.02")
 QUEUE_BATCH_SIZE = 1000
 QUEUE_USER_BATCH_SIZE = 100
 # Crossing limit orders filled per transaction.
-LIMIT_FILL_BATCH = 500
+LIMIT_FILL_BATCH = 2000
 
 
 def quantize_down(value: Decimal) -> Decimal:
@@ -143,18 +153,23 @@ def ledger_post(
     The balance must be locked; callers save it and the entry. Fills release their
     reservation into ``available`` first, so trades never touch ``locked`` here.
     """
-    balance.available += amount
-    if balance.available < 0:
-        raise ApplicationError("Insufficient funds.", code="insufficient_funds")
     return LedgerEntry(
         user_id=balance.user_id,
         asset=balance.asset,
         kind=kind,
         amount=amount,
-        balance_after=balance.available + balance.locked,
+        balance_after=_balance_move(balance=balance, amount=amount),
         order=order,
         memo=memo,
     )
+
+
+def _balance_move(*, balance: Balance, amount: Decimal) -> Decimal:
+    """Change ``balance.available`` by ``amount`` (never below zero); returns the total."""
+    balance.available += amount
+    if balance.available < 0:
+        raise ApplicationError("Insufficient funds.", code="insufficient_funds")
+    return balance.available + balance.locked
 
 
 def _balance_save(balance: Balance) -> None:
@@ -184,8 +199,8 @@ def _balances_save(balances: list[Balance]) -> None:
         )
 
 
-def _orders_save(orders: list[Order]) -> None:
-    """Save what ``order_status_set(save=False)`` changed on ``orders``, in one statement."""
+def _orders_save(orders: list["_Booking"], *, now: datetime) -> None:
+    """Save what a batch changed on ``orders`` (at ``now``), in one statement."""
     if not orders:
         return
     table = Order._meta.db_table
@@ -193,26 +208,44 @@ def _orders_save(orders: list[Order]) -> None:
         cursor.execute(
             f"UPDATE {table} AS o SET status = v.status, filled_price = v.filled_price,"  # noqa: S608 - our table name
             " fee = v.fee, reject_reason = v.reject_reason,"
-            " reserved_amount = v.reserved_amount, updated_at = v.updated_at"
+            " reserved_amount = v.reserved_amount, updated_at = %s"
             " FROM unnest(%s::bigint[], %s::varchar[], %s::numeric[], %s::numeric[],"
-            " %s::varchar[], %s::numeric[], %s::timestamptz[])"
-            " AS v(id, status, filled_price, fee, reject_reason, reserved_amount, updated_at)"
+            " %s::varchar[], %s::numeric[])"
+            " AS v(id, status, filled_price, fee, reject_reason, reserved_amount)"
             " WHERE o.id = v.id",
             [
-                [o.pk for o in orders],
-                [o.status for o in orders],
-                [o.filled_price for o in orders],
-                [o.fee for o in orders],
-                [o.reject_reason for o in orders],
-                [o.reserved_amount for o in orders],
-                [o.updated_at for o in orders],
+                now,
+                pg_array(o.id for o in orders),
+                pg_text_array(o.status for o in orders),
+                pg_array(o.filled_price for o in orders),
+                pg_array(o.fee for o in orders),
+                pg_text_array(o.reject_reason for o in orders),
+                pg_array(o.reserved_amount for o in orders),
             ],
         )
 
 
-# What a fill reads of its user besides the row: the email preferences, which
-# notification_create consults (joined, instead of one query per queue run).
-_ORDER_USER = ("user", "user__notification_preference")
+def _ledger_insert(entries: list[tuple]) -> None:
+    """Insert a batch's ledger entries ``(user_id, asset, kind, amount, balance_after,
+    order_id)`` in one ``INSERT .. SELECT FROM unnest(..)``, in list order."""
+    if not entries:
+        return
+    user_ids, assets, kinds, amounts, balances_after, order_ids = zip(*entries, strict=True)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {LedgerEntry._meta.db_table} (user_id, asset, kind, amount,"  # noqa: S608 - our table name
+            " balance_after, order_id, memo, created_at) SELECT *, '', %s FROM unnest(%s::bigint[],"
+            " %s::varchar[], %s::varchar[], %s::numeric[], %s::numeric[], %s::bigint[])",
+            [
+                timezone.now(),
+                pg_array(user_ids),
+                pg_text_array(assets),
+                pg_text_array(kinds),
+                pg_array(amounts),
+                pg_array(balances_after),
+                pg_array(order_ids),
+            ],
+        )
 
 
 def wallet_credit_signup_bonus(*, user: User) -> bool:
@@ -545,19 +578,16 @@ def _order_place_locked(order: Order, *, required: Decimal, reserve_cap: Decimal
     return None
 
 
-def order_status_set(*, order: Order, status: str, save: bool = True, **fields: Any) -> Order:
-    """The one place an order changes status: saves it and tells the user.
+def order_status_set(*, order: Order, status: str, **fields: Any) -> Order:
+    """Change one order's status: saves it and tells the user (a batch books its orders
+    with ``_booking_status_set`` and saves them together).
 
-    Runs inside the caller's transaction; pushes go out after commit. A batch passes
-    ``save=False`` and saves its orders together (``_orders_save``).
+    Runs inside the caller's transaction; pushes go out after commit.
     """
     order.status = status
     for name, value in fields.items():
         setattr(order, name, value)
-    if save:
-        order.save(update_fields=["status", "updated_at", *fields])
-    else:
-        order.updated_at = timezone.now()
+    order.save(update_fields=["status", "updated_at", *fields])
     _order_notify(order)
     return order
 
@@ -571,8 +601,21 @@ _TERMINAL_NOTIFICATIONS: dict[str, tuple[str, str]] = {
 
 def _order_notify(order: Order) -> None:
     order_event_push(user_id=order.user_id, order=order_output(order))
+    notification = _order_notification(order)
+    if notification is not None:
+        notification_create(
+            user=order.user,
+            kind=notification.kind,
+            title=notification.title,
+            body=notification.body,
+            data=notification.data,
+        )
+
+
+def _order_notification(order: "Order | _Booking") -> NotificationRow | None:
+    """What the owner is told of an order that reached a final status (None: not final)."""
     if order.status not in _TERMINAL_NOTIFICATIONS:
-        return
+        return None
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
     what = f"{order.side} {decimal_str(order.quantity)} {order.coin_id}"
     if order.status == Order.Status.FILLED:
@@ -582,22 +625,108 @@ def _order_notify(order: Order) -> None:
         body = f"Your {order.type} order to {what} was rejected: {order.reject_reason}"
     else:
         body = f"Your {order.type} order to {what} was cancelled; its funds are released."
-    notification_create(
-        user=order.user,
-        kind=kind,
-        title=title,
-        body=body,
-        data={
-            "order_id": order.pk,
-            "coin": order.coin_id,
-            "side": order.side,
-            "type": order.type,
-            "status": order.status,
-        },
-    )
+    data = {
+        "order_id": order.id,
+        "coin": order.coin_id,
+        "side": order.side,
+        "type": order.type,
+        "status": order.status,
+    }
+    return NotificationRow(user_id=order.user_id, kind=kind, title=title, body=body, data=data)
 
 
-def _reservation_release(*, order: Order, balances: dict[str, Balance]) -> None:
+@dataclass(slots=True)
+class _Booking:
+    """An order as a batch books it: the row's values (the columns, in this order), no
+    model instance, so a batch of thousands costs what its arithmetic and SQL cost."""
+
+    id: int
+    user_id: int
+    client_order_id: str | None
+    coin_id: str
+    side: str
+    type: str
+    quantity: Decimal
+    limit_price: Decimal | None
+    status: str
+    filled_price: Decimal | None
+    fee: Decimal | None
+    reject_reason: str | None
+    reserved_asset: str
+    reserved_amount: Decimal
+    created_at: datetime
+    updated_at: datetime
+
+
+_BOOKING_COLUMNS = ", ".join(field.name for field in fields(_Booking))
+
+
+def _orders_lock(*, where: str, params: list[Any], limit: int | None = None) -> list[_Booking]:
+    """The orders matching ``where`` (SQL on orders_order), locked, in id order."""
+    query = f"SELECT {_BOOKING_COLUMNS} FROM {Order._meta.db_table} WHERE {where} ORDER BY id"  # noqa: S608 - our SQL
+    if limit is not None:
+        query += " LIMIT %s"
+        params = [*params, limit]
+    with connection.cursor() as cursor:
+        cursor.execute(query + " FOR UPDATE", params)
+        return [_Booking(*row) for row in cursor.fetchall()]
+
+
+def _booking_output(order: _Booking, book: "_Book") -> dict:
+    """``order_output`` of the booked order (the same dict, built from its values)."""
+    return {
+        "id": order.id,
+        "client_order_id": order.client_order_id,
+        "coin": order.coin_id,
+        "side": order.side,
+        "type": order.type,
+        "quantity": decimal_str(order.quantity),
+        "limit_price": decimal_str(order.limit_price),
+        "status": order.status,
+        "filled_price": decimal_str(order.filled_price),
+        "fee": decimal_str(order.fee),
+        "reject_reason": order.reject_reason,
+        "created_at": book.datetimes.to_representation(order.created_at),
+        "updated_at": book.updated_at,
+    }
+
+
+class _Book:
+    """What one batch writes besides its orders and balances: ledger entries (rows for
+    ``_ledger_insert``) and the counts for the order metrics, added after commit."""
+
+    def __init__(self) -> None:
+        self.now = timezone.now()
+        # How OrderOutputSerializer shows a datetime, the current timezone read once.
+        self.datetimes = serializers.DateTimeField(default_timezone=timezone.get_current_timezone())
+        self.updated_at = self.datetimes.to_representation(self.now)
+        self.entries: list[tuple] = []
+        self.counts: dict[Any, int] = {}
+
+    def count(self, counter: Any) -> None:
+        self.counts[counter] = self.counts.get(counter, 0) + 1
+
+    def save(self) -> None:
+        _ledger_insert(self.entries)
+        # Counted once the transaction commits: a run rolled back and retried must not
+        # count twice.
+        for counter, count in self.counts.items():
+            transaction.on_commit(partial(counter.inc, count), robust=True)
+
+
+def _booking_status_set(*, order: _Booking, book: _Book, status: str, **changes: Any) -> None:
+    """``order_status_set`` within a batch: the caller saves the orders together."""
+    order.status = status
+    for name, value in changes.items():
+        setattr(order, name, value)
+    order.updated_at = book.now
+    order_event_push(user_id=order.user_id, order=_booking_output(order, book))
+    notification = _order_notification(order)
+    if notification is not None:
+        notification_add(notification)
+
+
+def _reservation_release(*, order: "Order | _Booking", balances: dict[str, Balance]) -> None:
     balance = balances[order.reserved_asset]
     balance.locked -= order.reserved_amount
     balance.available += order.reserved_amount
@@ -610,33 +739,31 @@ def _order_count(counter: Counter) -> None:
     transaction.on_commit(counter.inc, robust=True)
 
 
-def _order_reject(*, order: Order, balances: dict[str, Balance], reason: str) -> None:
+def _order_reject(
+    *, order: _Booking, balances: dict[str, Balance], book: _Book, reason: str
+) -> None:
     """Reject ``order`` and release its reservation; the caller saves both."""
     _reservation_release(order=order, balances=balances)
-    order_status_set(
-        order=order,
-        status=Order.Status.REJECTED,
-        save=False,
-        reject_reason=reason[:200],
-        reserved_amount=order.reserved_amount,
+    _booking_status_set(
+        order=order, book=book, status=Order.Status.REJECTED, reject_reason=reason[:200]
     )
     # Reasons are "<code>" or "<code>: <sentence>"; the code is the label.
-    _order_count(metrics.ORDERS_REJECTED.labels(reason=reason.split(":", 1)[0]))
+    book.count(metrics.ORDERS_REJECTED.labels(reason=reason.split(":", 1)[0]))
 
 
 def _order_fill(
-    *, order: Order, price: Decimal, balances: dict[str, Balance], entries: list[LedgerEntry]
+    *, order: _Booking, price: Decimal, balances: dict[str, Balance], book: _Book
 ) -> None:
     """Fill ``order`` at ``price``: book the trade and the fee, release what is unused.
 
-    Balances must be locked (usd and the coin); ledger entries are appended to
-    ``entries`` for the caller to insert; the caller saves the order and balances.
+    Balances must be locked (usd and the coin); ledger entries go to ``book``; the
+    caller saves the order and balances.
     """
     usd, coin = balances[USD], balances[order.coin_id]
     if order.quantity * price > ORDER_NOTIONAL_MAX:
         # Possible when the price moved since placing: the order's own fault, not an outage.
         reason = f"notional_too_large: worth more than {decimal_str(ORDER_NOTIONAL_MAX)} usd."
-        _order_reject(order=order, balances=balances, reason=reason)
+        _order_reject(order=order, balances=balances, book=book, reason=reason)
         return
     _reservation_release(order=order, balances=balances)
     if order.side == Order.Side.BUY:
@@ -645,6 +772,7 @@ def _order_fill(
             _order_reject(
                 order=order,
                 balances=balances,
+                book=book,
                 reason="insufficient_funds: the price rose beyond the reserved funds.",
             )
             return
@@ -662,31 +790,27 @@ def _order_fill(
         ]
     for balance, kind, amount in posts:
         if amount:
-            entries.append(ledger_post(balance=balance, kind=kind, amount=amount, order=order))
-    order_status_set(
-        order=order,
-        status=Order.Status.FILLED,
-        save=False,
-        filled_price=price,
-        fee=fee,
-        reserved_amount=order.reserved_amount,
+            after = _balance_move(balance=balance, amount=amount)
+            book.entries.append((balance.user_id, balance.asset, kind, amount, after, order.id))
+    _booking_status_set(
+        order=order, book=book, status=Order.Status.FILLED, filled_price=price, fee=fee
     )
-    _order_count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
+    book.count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
 
 
-def _limit_of(order: Order) -> Decimal:
+def _limit_of(order: "Order | _Booking") -> Decimal:
     if order.limit_price is None:
-        raise ValueError(f"order {order.pk} is not a limit order")
+        raise ValueError(f"order {order.id} is not a limit order")
     return order.limit_price
 
 
-def limit_crosses(*, order: Order, price: Decimal) -> bool:
+def limit_crosses(*, order: "Order | _Booking", price: Decimal) -> bool:
     if order.side == Order.Side.BUY:
         return price <= _limit_of(order)
     return price >= _limit_of(order)
 
 
-def _limit_fill_price(*, order: Order, price: Decimal) -> Decimal:
+def _limit_fill_price(*, order: _Booking, price: Decimal) -> Decimal:
     """The better of the limit and the market price for the order's owner."""
     if order.side == Order.Side.BUY:
         return min(_limit_of(order), price)
@@ -808,37 +932,34 @@ def _queue_batch_process(*, user_id: int | None, limit: int) -> int:
         user_ids = _queue_users_lock(user_id=user_id)
         if not user_ids:
             return 0
-        orders = list(
-            Order.objects.select_for_update(of=("self",))
-            .select_related(*_ORDER_USER)
-            .filter(user_id__in=user_ids, status=Order.Status.PENDING)
-            .order_by("id")[:limit]
+        orders = _orders_lock(
+            where="user_id = ANY(%s) AND status = %s",
+            params=[user_ids, Order.Status.PENDING],
+            limit=limit,
         )
         return _orders_book(orders=orders, prices=None)
 
 
-def _orders_book(*, orders: list[Order], prices: dict[str, Decimal] | None) -> int:
-    """Process ``orders`` (locked, in id order, with their users): pending ones as the
-    queue does, on the latest cached prices; open limit ones fill on ``prices``, which
-    must cross them. Saves the orders, the ledger and the balances in one statement
-    each. Returns how many orders it changed."""
+def _orders_book(*, orders: list[_Booking], prices: dict[str, Decimal] | None) -> int:
+    """Process ``orders`` (locked, in id order): pending ones as the queue does, on the
+    latest cached prices; open limit ones fill on ``prices``, which must cross them.
+    Saves the orders, the ledger and the balances in one statement each (and the
+    notifications, frames and emails with the surrounding ``deliveries_batched``).
+    Returns how many orders it changed."""
     if not orders:
         return 0
     wanted: dict[int, set[str]] = {}
-    users: dict[int, User] = {}
     for order in orders:
         wanted.setdefault(order.user_id, {USD}).add(order.coin_id)
-        # One user instance per user: the email preferences are read once.
-        order.user = users.setdefault(order.user_id, order.user)
     balances = _balances_lock_users(wanted)
     snapshot = {b.pk: (b.available, b.locked) for bs in balances.values() for b in bs.values()}
     quotes: dict[str, Decimal | PriceUnavailable] = {}
-    entries: list[LedgerEntry] = []
+    book = _Book()
     for order in orders:
         own = balances[order.user_id]
         if prices is not None:
             price = _limit_fill_price(order=order, price=prices[order.coin_id])
-            _order_fill(order=order, price=price, balances=own, entries=entries)
+            _order_fill(order=order, price=price, balances=own, book=book)
             continue
         if order.coin_id not in quotes:
             quotes[order.coin_id] = _queue_quote(coin_id=order.coin_id)
@@ -846,16 +967,16 @@ def _orders_book(*, orders: list[Order], prices: dict[str, Decimal] | None) -> i
         if order.type == Order.Type.LIMIT:
             if isinstance(quote, Decimal) and limit_crosses(order=order, price=quote):
                 price = _limit_fill_price(order=order, price=quote)
-                _order_fill(order=order, price=price, balances=own, entries=entries)
+                _order_fill(order=order, price=price, balances=own, book=book)
             else:
-                order_status_set(order=order, status=Order.Status.OPEN, save=False)
+                _booking_status_set(order=order, book=book, status=Order.Status.OPEN)
         elif isinstance(quote, PriceUnavailable):
             reason = "stale_price" if quote.code == "price_stale" else quote.code
-            _order_reject(order=order, balances=own, reason=reason)
+            _order_reject(order=order, balances=own, book=book, reason=reason)
         else:
-            _order_fill(order=order, price=quote, balances=own, entries=entries)
-    _orders_save(orders)
-    LedgerEntry.objects.bulk_create(entries)
+            _order_fill(order=order, price=quote, balances=own, book=book)
+    _orders_save(orders, now=book.now)
+    book.save()
     _balances_save(
         [
             b
@@ -881,23 +1002,22 @@ def _queue_quote(*, coin_id: str) -> Decimal | PriceUnavailable:
 
 @transaction.atomic
 def _queue_head_reject(*, user_id: int) -> int:
-    _queue_users_lock(user_id=user_id)
-    order = (
-        Order.objects.select_for_update(of=("self",))
-        .select_related("user")
-        .filter(user_id=user_id, status=Order.Status.PENDING)
-        .order_by("id")
-        .first()
-    )
-    if order is None:
-        return 0
-    balances = balances_lock(user=order.user, assets=[order.reserved_asset])
-    _order_reject(
-        order=order, balances=balances, reason="unprocessable: the order could not be booked."
-    )
-    _orders_save([order])
-    _balance_save(balances[order.reserved_asset])
-    return 1
+    with deliveries_batched():
+        _queue_users_lock(user_id=user_id)
+        orders = _orders_lock(
+            where="user_id = %s AND status = %s", params=[user_id, Order.Status.PENDING], limit=1
+        )
+        if not orders:
+            return 0
+        (order,) = orders
+        balances = _balances_lock_users({user_id: {order.reserved_asset}})[user_id]
+        book = _Book()
+        reason = "unprocessable: the order could not be booked."
+        _order_reject(order=order, balances=balances, book=book, reason=reason)
+        _orders_save(orders, now=book.now)
+        book.save()
+        _balance_save(balances[order.reserved_asset])
+        return 1
 
 
 def limit_orders_on_prices() -> None:
@@ -968,10 +1088,10 @@ def _limit_orders_fill_batch(*, order_ids: list[int], prices: dict[str, Decimal]
     with deliveries_batched():
         orders = [
             order
-            for order in Order.objects.select_for_update(of=("self",))
-            .select_related(*_ORDER_USER)
-            .filter(pk__in=order_ids, status=Order.Status.OPEN)
-            .order_by("id")
+            for order in _orders_lock(
+                where="id = ANY(%s::bigint[]) AND status = %s",
+                params=[pg_array(order_ids), Order.Status.OPEN],
+            )
             if limit_crosses(order=order, price=prices[order.coin_id])
         ]
         _orders_book(orders=orders, prices=prices)

@@ -298,17 +298,17 @@ def test_queue_processes_each_users_orders_in_the_order_received():
 def test_a_queue_run_costs_the_same_statements_for_any_number_of_orders_and_users(
     users, orders, django_assert_num_queries
 ):
-    """BEGIN, the queue locks (with the users that have pending orders), the orders
-    (with the users and the email preferences joined), the balances (locked), one
-    INSERT of notifications, one UPDATE of orders, one ledger INSERT, one balances
-    UPDATE, the users' rows (FOR KEY SHARE), event ids (one upsert per user) and events
-    (one INSERT), one email outbox INSERT (fills are emailed), COMMIT; then one look for
-    orders that came in meanwhile."""
+    """BEGIN, the queue locks (with the users that have pending orders), the orders, the
+    balances (locked), one INSERT of notifications, the users' email preferences, one
+    email outbox INSERT (fills are emailed), the users' rows (FOR KEY SHARE), event ids
+    (one upsert for all users) and events (one INSERT), one UPDATE of orders, one ledger
+    INSERT, one balances UPDATE, COMMIT; then one look for orders that came in
+    meanwhile."""
     traders = [user_create(usd="100000", bitcoin="1") for _ in range(users)]
     for _ in range(orders):
         for trader in traders:
             place(trader, quantity="0.01")
-    with django_assert_num_queries(13 + users):
+    with django_assert_num_queries(15):
         assert services.order_queue_process() == users * orders
     assert Order.objects.filter(status="filled").count() == users * orders
 
@@ -397,3 +397,113 @@ def test_a_zero_price_is_never_traded_on():
     assert match({"bitcoin": "0"}) == 0
     resting.refresh_from_db()
     assert resting.status == "open"
+
+
+# --- The limit book, set-based ---------------------------------------------------------
+
+
+def _rest(user, n: int, limit: str = "60000") -> list[int]:
+    """``n`` limit buys of ``user`` resting open at ``limit``."""
+    ids = [place(user, type="limit", quantity="0.001", limit_price=limit).pk for _ in range(n)]
+    process(user)
+    assert Order.objects.filter(pk__in=ids, status="open").count() == n
+    return ids
+
+
+def test_a_large_crossing_fills_in_one_batch_with_a_fixed_number_of_statements(monkeypatch):
+    """Two users' 300 orders fill in one transaction, with as many statements as one
+    order takes: no statement (and no model instance) per order."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    monkeypatch.setattr(services, "LIMIT_FILL_BATCH", 1000)
+    alice, bob = user_create(usd="1000000"), user_create(usd="1000000")
+    placed = {alice.pk: _rest(alice, 150), bob.pk: _rest(bob, 150)}
+    lonely = user_create(usd="1000000")
+    _rest(lonely, 1, limit="59500")
+    coins_and_prices({"bitcoin": "59600"})  # crosses the 300, not the lonely one
+    with CaptureQueriesContext(connection) as many:
+        assert services.limit_orders_fill() == 300
+    coins_and_prices({"bitcoin": "59000"})
+    with CaptureQueriesContext(connection) as one:
+        assert services.limit_orders_fill() == 1
+    assert len(many) == len(one) <= 20
+    for user_id, ids in placed.items():
+        booked = LedgerEntry.objects.filter(user_id=user_id, order__isnull=False).order_by("id")
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == ids
+    assert Order.objects.filter(status="filled").count() == 301
+
+
+def test_one_users_failing_limit_order_does_not_block_another_users(monkeypatch, caplog):
+    alice, bob = user_create(usd="100000"), user_create(usd="100000")
+    (bad,) = _rest(alice, 1)
+    good = _rest(bob, 2)
+    fill = services._order_fill
+
+    def failing(*, order, **kwargs):
+        if order.id == bad:
+            raise ValueError("this order cannot be booked")
+        fill(order=order, **kwargs)
+
+    monkeypatch.setattr(services, "_order_fill", failing)
+    assert match({"bitcoin": "59000"}) == 2
+    assert Order.objects.get(pk=bad).status == "open"  # logged, left for the next poll
+    assert set(Order.objects.filter(pk__in=good).values_list("status", flat=True)) == {"filled"}
+    assert bal(alice)[1] == Decimal("60.06")  # still reserved
+    assert f"limit order {bad} could not be filled" in caplog.text
+
+
+def test_a_limit_batch_killed_mid_write_rolls_back_and_the_redelivery_books_once(monkeypatch):
+    from django.db import OperationalError
+
+    alice, bob = user_create(usd="100000"), user_create(usd="100000")
+    ids = _rest(alice, 3) + _rest(bob, 3)
+    coins_and_prices({"bitcoin": "59000"})
+    save = services._balances_save
+
+    def killed(balances):
+        save(balances)  # the orders, the ledger and the events are written by now
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(services, "_balances_save", killed)
+    with pytest.raises(OperationalError):  # an outage: the task retries, nothing isolated
+        services.limit_orders_fill()
+    assert Order.objects.filter(pk__in=ids, status="open").count() == 6
+    assert not LedgerEntry.objects.filter(order__in=ids).exists()
+    monkeypatch.setattr(services, "_balances_save", save)
+    assert services.limit_orders_fill() == 6  # the redelivered message
+    assert services.limit_orders_fill() == 0  # and a duplicate of it
+    assert LedgerEntry.objects.filter(order__in=ids).count() == 6 * 3
+    from orders.selectors import ledger_mismatches, reservation_mismatches
+
+    assert ledger_mismatches() == [] and reservation_mismatches() == []
+
+
+def test_a_batch_pushes_the_frames_the_serializers_produce(django_capture_on_commit_callbacks):
+    """Fills build their order and notification frames from plain values: they must be
+    what OrderOutputSerializer and NotificationSerializer make of the rows."""
+    from notifications.models import Notification, OutboxEmail, UserEvent
+    from notifications.serializers import notification_output
+    from orders.serializers import order_output
+
+    user = user_create(usd="100000")
+    ids = _rest(user, 2)
+    Order.objects.filter(pk=ids[0]).update(client_order_id="mine-1")
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert match({"bitcoin": "59000.5"}) == 2
+    (deliveries,) = [
+        c.__self__ for c in callbacks if hasattr(getattr(c, "__self__", None), "frames")
+    ]
+    frames = deliveries.frames[user.pk]
+    assert [f["type"] for f in frames] == ["order", "notification"] * 2
+    for order_frame, notification_frame in zip(frames[::2], frames[1::2], strict=True):
+        order = Order.objects.get(pk=order_frame["order"]["id"])
+        assert order_frame["order"] == order_output(order)
+        notification = Notification.objects.get(pk=notification_frame["notification"]["id"])
+        assert notification_frame["notification"] == notification_output(notification)
+        assert notification.data["order_id"] == order.pk
+    # The log holds what is pushed, ids gapless; the fills are emailed (the default).
+    logged = list(UserEvent.objects.filter(user=user).order_by("event_id"))
+    assert [e.frame for e in logged[-4:]] == deliveries.texts[user.pk]
+    assert [e.event_id for e in logged] == list(range(1, len(logged) + 1))
+    assert OutboxEmail.objects.filter(user=user, notification__kind="order_filled").count() == 2
