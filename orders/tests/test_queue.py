@@ -291,7 +291,8 @@ def _pending_orders_reserved(users, n: int) -> list[int]:
 def _queue_locks_held() -> int:
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s",
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
             [services.QUEUE_LOCK_NAMESPACE],
         )
         return cursor.fetchone()[0]
@@ -299,8 +300,9 @@ def _queue_locks_held() -> int:
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_fills_nothing_twice(tmp_path):
     """A real prefork worker; its pool children are SIGKILLed while a batch that holds
-    every user's queue is in flight. The batch rolls back, the message is redelivered
-    (acks_late, reject on worker lost) and the next run fills everything once, in order."""
+    every user's queue is in flight (held there: another connection holds one balance row
+    the batch must lock). The batch rolls back, the message is redelivered (acks_late,
+    reject on worker lost) and the next run fills everything once, in order."""
     import os
     import shutil
     import signal
@@ -311,16 +313,18 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_fills_nothing_twice(tmp_pat
     orders = _pending_orders_reserved(users, 600)
     order_queue_process.delay()  # the one run for all of them
     mine = Order.objects.filter(pk__in=orders)
+    last_balance = Balance.objects.select_for_update().filter(user=users[-1], asset=USD)
     with _worker_process(tmp_path / "worker.log", concurrency=2) as worker:
-        wait_until(lambda: _queue_locks_held() >= 1, timeout=90)
-        assert mine.filter(status="pending").count() == 600  # mid-batch: nothing committed
-        pgrep = shutil.which("pgrep")
-        children = subprocess.run(  # noqa: S603
-            [pgrep, "-P", str(worker.pid)], capture_output=True, text=True, check=False
-        ).stdout.split()
-        assert children
-        for pid in children:
-            os.kill(int(pid), signal.SIGKILL)
+        with held_elsewhere(last_balance.get):
+            wait_until(lambda: _queue_locks_held() >= 1 and _lock_waiters() >= 1, timeout=90)
+            assert mine.filter(status="pending").count() == 600  # mid-batch: nothing committed
+            pgrep = shutil.which("pgrep")
+            children = subprocess.run(  # noqa: S603
+                [pgrep, "-P", str(worker.pid)], capture_output=True, text=True, check=False
+            ).stdout.split()
+            assert children
+            for pid in children:
+                os.kill(int(pid), signal.SIGKILL)
         wait_until(lambda: not mine.filter(status="pending").exists(), timeout=120)
     assert mine.filter(status="filled").count() == 600
     per_order = LedgerEntry.objects.filter(order__in=orders).values("order").annotate(n=Count("id"))
