@@ -2,6 +2,7 @@
 platform's processes, and a meter of the CPU each part of the platform uses."""
 
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from functools import cache
@@ -155,3 +156,14 @@ class CpuMeter:
             before = self._start[name]
             used[name] = sum(cpu - before.get(pid, 0.0) for pid, cpu in readings.items())
         return used
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """Terminate the processes, then kill any still running 20 s later."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
+from bench.common import PRICES, production_env, stop_all, uvicorn_command  # noqa: E402
 from bench.streams import StreamClient, open_many  # noqa: E402
 
 # Production settings, as deployed; the server started below inherits them.
@@ -262,10 +262,7 @@ class Server:
         return pids
 
     def stop(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            process.wait(timeout=20)
+        stop_all(self.processes)
 
 
 def start_platform(args: argparse.Namespace) -> Server:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, production_env, uvicorn_command  # noqa: E402
+from bench.common import PRICES, production_env, stop_all, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -166,10 +166,7 @@ def main() -> None:
         (web_rps, *_), (bare_rps, *_) = results.values()
         print(f"ratio platform/bare: {web_rps / bare_rps:.2f}x (goal >= 0.60x)")
     finally:
-        for server in servers:
-            server.terminate()
-        for server in servers:
-            server.wait(timeout=10)
+        stop_all(servers)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, CpuMeter, production_env, uvicorn_command  # noqa: E402
+from bench.common import PRICES, CpuMeter, production_env, stop_all, uvicorn_command  # noqa: E402
 from bench.prices import fetch, load_python, load_wrk  # noqa: E402
 
 READS = {
@@ -191,10 +191,7 @@ def main() -> None:
             )
             time.sleep(0.5)
     finally:
-        for server in (web, bare):
-            server.terminate()
-        for server in (web, bare):
-            server.wait(timeout=10)
+        stop_all([web, bare])
 
 
 if __name__ == "__main__":

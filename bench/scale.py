@@ -47,7 +47,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
 from bench import orders as orders_bench  # noqa: E402
 from bench import prices as prices_bench  # noqa: E402
-from bench.common import CpuMeter, uvicorn_command  # noqa: E402
+from bench.common import CpuMeter, stop_all, uvicorn_command  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -115,16 +115,6 @@ def start_webs(ports: list[int]) -> list[subprocess.Popen]:
         )  # fmt: skip
         for port in ports
     ]
-
-
-def stop_all(processes: list[subprocess.Popen]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def with_platform(args: argparse.Namespace, web_ports: list[int], run):

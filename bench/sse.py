@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, uvicorn_command  # noqa: E402
+from bench.common import PRICES, stop_all, uvicorn_command  # noqa: E402
 from bench.fanout import RawSubscriber, Recorder, Server, rss_bytes  # noqa: E402
 from bench.orders import (  # noqa: E402
     COINS,
@@ -614,10 +614,7 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         stop.set()
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
+        stop_all(processes)
 
 
 if __name__ == "__main__":
