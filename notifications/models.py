@@ -15,8 +15,12 @@ class Notification(models.Model):
         NEW_LOGIN = "new_login", "New login"
         EMAIL_VERIFIED = "email_verified", "Email verified"
 
+    # Indexed by notif_user_created, which leads with it (every fill inserts a notification).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="notifications",
+        db_index=False,
     )
     kind = models.CharField(max_length=32, choices=Kind.choices)
     title = models.CharField(max_length=200)

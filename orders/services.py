@@ -17,6 +17,7 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Min, Q
+from django.db.models.functions import Mod
 from django.utils import timezone
 from django_redis import get_redis_connection
 from prometheus_client import Counter
@@ -76,6 +77,9 @@ QUEUE_BATCH_SIZE = 1000
 QUEUE_USER_BATCH_SIZE = 100
 # Crossing limit orders filled per transaction.
 LIMIT_FILL_BATCH = 2000
+# A crossing is filled in this many parts at once, split by user: one per process of the
+# worker (its concurrency), so a big crossing uses both cores of the machine.
+LIMIT_FILL_PARTS = 2
 
 
 def quantize_down(value: Decimal) -> Decimal:
@@ -1023,22 +1027,30 @@ def _queue_head_reject(*, user_id: int) -> int:
 def limit_orders_on_prices() -> None:
     """Hook of the price poll: match resting limit orders against the prices it stored.
 
-    Cheap by design (it runs inside the poll): one task is enqueued, which reads the
-    price store and finds the crossing orders through the partial index on open orders
-    by (coin, side, limit). A lost message costs nothing: the next poll enqueues again.
+    Cheap by design (it runs inside the poll): ``LIMIT_FILL_PARTS`` tasks are enqueued,
+    one per part of the users, so that the worker's processes fill a big crossing side
+    by side. Each reads the price store and finds its crossing orders through the
+    partial index on open orders by (coin, side, limit). A lost message costs nothing:
+    the next poll enqueues again.
     """
+    for part in range(LIMIT_FILL_PARTS):
+        _limit_orders_match_enqueue(part=part, parts=LIMIT_FILL_PARTS)
+
+
+def _limit_orders_match_enqueue(*, part: int, parts: int) -> None:
     # orders.tasks imports this module (tasks call services, services enqueue tasks).
-    from orders.tasks import limit_orders_match
+    from orders.tasks import limit_orders_match_part
 
     try:
-        limit_orders_match.delay()
+        limit_orders_match_part.delay(part, parts)
     except Exception:
         # Never fail the poll (and the other hooks) over this: the next poll matches.
         logger.exception("could not enqueue limit-order matching")
 
 
-def limit_orders_fill() -> int:
-    """Fill every open limit order that the stored prices cross.
+def limit_orders_fill(*, part: int = 0, parts: int = 1) -> int:
+    """Fill every open limit order that the stored prices cross (of the users whose id
+    is ``part`` modulo ``parts``: the whole book by default).
 
     Prices come from the price store (``markets.selectors.prices_tradable``): never
     simulated, stale or stamped in the future, and never from a caller, so a task
@@ -1048,12 +1060,20 @@ def limit_orders_fill() -> int:
     or a second run resolves to exactly one outcome. A batch that fails for any reason
     but an outage is retried one order at a time; an order that fails on its own is
     logged and stays open. A run that has worked ``QUEUE_RUN_SECONDS`` enqueues the next
-    and ends.
+    (of its part) and ends.
+
+    Parts split the book by user, so runs of different parts lock disjoint orders and
+    balances and run side by side without waiting on each other, and each user's orders
+    are all filled by one run, in id order.
     """
+    if not 0 <= part < parts:
+        raise ValueError(f"part {part} of {parts} does not exist")
     prices = {c: p for c, p in prices_tradable().items() if p.is_finite() and p > 0}
     crossing: list[int] = []
     for coin_id, price in prices.items():
         open_orders = Order.objects.filter(status=Order.Status.OPEN, coin_id=coin_id)
+        if parts > 1:
+            open_orders = open_orders.alias(part=Mod("user_id", parts)).filter(part=part)
         crossing += open_orders.filter(
             Q(side=Order.Side.BUY, limit_price__gte=price)
             | Q(side=Order.Side.SELL, limit_price__lte=price)
@@ -1064,7 +1084,7 @@ def limit_orders_fill() -> int:
         if time.monotonic() - started > QUEUE_RUN_SECONDS:
             # A big crossing is worked through by successive runs, each far from the
             # time limit: what is filled is committed, the next run finds the rest.
-            limit_orders_on_prices()
+            _limit_orders_match_enqueue(part=part, parts=parts)
             return filled
         chunk = crossing[start : start + LIMIT_FILL_BATCH]
         try:

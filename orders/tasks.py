@@ -40,6 +40,14 @@ def limit_orders_match(*_ignored_args, **_ignored_kwargs) -> int:
     return services.limit_orders_fill()
 
 
+@shared_task(name="orders.limit_orders_match_part", **_RETRY)
+def limit_orders_match_part(part: int, parts: int) -> int:
+    """Match the open limit orders of the users whose id is ``part`` modulo ``parts``
+    against the price store: each price tick enqueues every part, and the worker's
+    processes fill them side by side."""
+    return services.limit_orders_fill(part=part, parts=parts)
+
+
 @shared_task(name="orders.queue_sweep", acks_late=True, soft_time_limit=60, time_limit=90)
 def order_queue_sweep() -> int:
     return services.order_queue_sweep()

@@ -180,6 +180,8 @@ def test_a_price_poll_fills_crossing_limit_orders_through_the_tick_hook(celery_w
     from markets.services import prices_on_tick, prices_record
 
     buyer, seller = user_create(usd="10000"), user_create(ethereum="1")
+    # One in each part of the book: the tick enqueues a match per part.
+    assert buyer.pk % services.LIMIT_FILL_PARTS != seller.pk % services.LIMIT_FILL_PARTS
     buy = limit_order_place(buyer, quantity="0.1", limit_price="60000")
     sell = limit_order_place(
         seller, side="sell", quantity="1", limit_price="3100", coin_id="ethereum"
@@ -587,3 +589,49 @@ def test_a_limit_book_crossed_at_once_fills_in_batches_each_user_in_order(monkey
         booked = LedgerEntry.objects.filter(user=u, order__isnull=False).order_by("id")
         assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == placed[u.pk]
     assert set(Order.objects.values_list("filled_price", flat=True)) == {Decimal("59000")}
+
+
+def _crossing_book(n_users: int) -> dict[int, list[int]]:
+    """Three open limit buys per user (users of both parities), then a crossing price:
+    the ids of each user's orders in the order placed."""
+    users = [user_create(usd="100000") for _ in range(n_users)]
+    assert {u.pk % 2 for u in users} == {0, 1}
+    placed: dict[int, list[int]] = {u.pk: [] for u in users}
+    for limit in ("60000", "61000", "60500"):
+        for u in users:
+            placed[u.pk].append(limit_order_place(u, quantity="0.1", limit_price=limit).pk)
+    services.order_queue_process()
+    coins_and_prices({"bitcoin": "59000"})
+    return placed
+
+
+def test_a_part_of_the_crossing_fills_only_its_users():
+    placed = _crossing_book(4)
+    even = {pk for user_id, pks in placed.items() if user_id % 2 == 0 for pk in pks}
+    assert services.limit_orders_fill(part=0, parts=2) == len(even)
+    assert set(Order.objects.filter(status="filled").values_list("pk", flat=True)) == even
+    assert services.limit_orders_fill(part=1, parts=2) == 12 - len(even)
+    assert not Order.objects.filter(status="open").exists()
+    with pytest.raises(ValueError, match="part 2 of 2"):
+        services.limit_orders_fill(part=2, parts=2)
+
+
+def test_parts_of_a_crossing_run_side_by_side_and_fill_each_order_once_in_order(monkeypatch):
+    """Both parts at once (several batches each), with a duplicate of one and a whole-book
+    run racing them: every order fills exactly once, each user's in the order placed."""
+    from orders.selectors import ledger_mismatches, reservation_mismatches
+
+    monkeypatch.setattr(services, "LIMIT_FILL_BATCH", 2)
+    placed = _crossing_book(6)
+    runs = [(0, 2), (1, 2), (0, 2), (0, 1)]
+    results = race(
+        len(runs), lambda i: services.limit_orders_fill(part=runs[i][0], parts=runs[i][1])
+    )
+    assert all(isinstance(r, int) for r in results), results
+    assert sum(results) == 18
+    assert set(Order.objects.values_list("status", flat=True)) == {"filled"}
+    for user_id, pks in placed.items():
+        booked = LedgerEntry.objects.filter(user_id=user_id, order__isnull=False).order_by("id")
+        assert booked.count() == 3 * len(pks)
+        assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == pks
+    assert ledger_mismatches() == [] and reservation_mismatches() == []
