@@ -49,3 +49,10 @@ def audit_record(
         event.request_id = getattr(request, "request_id", None) or event.request_id
     event.save()
     return event
+
+
+def audit_record_own(
+    *, action: str, user: User, request: HttpRequest | None = None, data: dict | None = None
+) -> AuditEvent:
+    """Append an event a user caused to their own account (its actor and its target)."""
+    return audit_record(action=action, actor=user, target=user, request=request, data=data)

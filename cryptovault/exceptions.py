@@ -65,22 +65,29 @@ class ApplicationError(Exception):
     """A domain rule said no. Services raise it; the API layer maps it to HTTP.
 
     ``code`` is the machine-readable code clients switch on (``insufficient_funds``,
-    ``email_not_verified`` ...); ``status_code`` defaults to 400.
+    ``email_not_verified`` ...); ``status_code`` defaults to 400. A subclass for one fixed
+    refusal sets the defaults below rather than an ``__init__`` (as DRF's ``APIException``
+    subclasses set ``default_detail``, ``default_code`` and ``status_code``).
     """
+
+    default_message: str = "The request was refused."
+    default_code: str = "error"
+    default_status_code: int = status.HTTP_400_BAD_REQUEST
 
     def __init__(
         self,
-        message: str,
+        message: str | None = None,
         *,
-        code: str = "error",
-        status_code: int = status.HTTP_400_BAD_REQUEST,
+        code: str | None = None,
+        status_code: int | None = None,
         extra: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
+        message = self.default_message if message is None else message
         super().__init__(message)
         self.message = message
-        self.code = code
-        self.status_code = status_code
+        self.code = self.default_code if code is None else code
+        self.status_code = self.default_status_code if status_code is None else status_code
         self.extra = extra or {}
         self.headers = headers or {}
 

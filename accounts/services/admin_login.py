@@ -3,7 +3,7 @@
 from django.contrib.auth import authenticate
 from django.http import HttpRequest
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record, audit_record_own
 from accounts.models import User
 from accounts.services.lockout import (
     AccountLocked,
@@ -77,5 +77,5 @@ def admin_login(
             )
             raise AdminOtpRefused
     login_failures_forget(key)
-    audit_record(action="admin_login", actor=user, target=user, request=request)
+    audit_record_own(action="admin_login", user=user, request=request)
     return user

@@ -43,30 +43,21 @@ _KEY_ALPHABET = string.ascii_letters + string.digits
 
 
 class InvalidApiKey(ApplicationError):
-    def __init__(self) -> None:
-        super().__init__(
-            "Invalid, revoked or expired API key.",
-            code="invalid_api_key",
-            status_code=status.HTTP_401_UNAUTHORIZED,
-        )
+    default_message = "Invalid, revoked or expired API key."
+    default_code = "invalid_api_key"
+    default_status_code = status.HTTP_401_UNAUTHORIZED
 
 
 class IpNotAllowed(ApplicationError):
-    def __init__(self) -> None:
-        super().__init__(
-            "This API key may not be used from this address.",
-            code="ip_not_allowed",
-            status_code=status.HTTP_403_FORBIDDEN,
-        )
+    default_message = "This API key may not be used from this address."
+    default_code = "ip_not_allowed"
+    default_status_code = status.HTTP_403_FORBIDDEN
 
 
 class InvalidSignature(ApplicationError):
-    def __init__(self) -> None:
-        super().__init__(
-            "Invalid request signature.",
-            code="invalid_signature",
-            status_code=status.HTTP_401_UNAUTHORIZED,
-        )
+    default_message = "Invalid request signature."
+    default_code = "invalid_signature"
+    default_status_code = status.HTTP_401_UNAUTHORIZED
 
 
 def ed25519_public_key_parse(value: str) -> bytes:

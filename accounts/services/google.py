@@ -11,7 +11,7 @@ from google.auth.transport import requests as google_requests
 from google.oauth2 import id_token as google_id_token
 from rest_framework import status
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record_own
 from accounts.models import AuditEvent, User
 from accounts.services.login import login_complete
 from accounts.services.sessions import InvalidToken
@@ -75,10 +75,9 @@ def google_sign_in(
                     name=str(claims.get("name") or "")[:150],
                     google_sub=sub,
                 )
-                audit_record(
+                audit_record_own(
                     action=AuditEvent.Action.SIGNUP,
-                    actor=user,
-                    target=user,
+                    user=user,
                     request=request,
                     data={"provider": "google"},
                 )

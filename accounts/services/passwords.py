@@ -12,7 +12,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from accounts import emails
-from accounts.audit import audit_record
+from accounts.audit import audit_record_own
 from accounts.crypto import token_digest
 from accounts.models import AuditEvent, PasswordResetToken, Session, User
 from accounts.selectors import user_by_email
@@ -57,7 +57,7 @@ def password_reset_email_message(*, outbox: "OutboxEmail") -> EmailMessage | Non
             token_hash=token_digest(token),
             expires_at=timezone.now() + PASSWORD_RESET_TTL,
         )
-        audit_record(action=AuditEvent.Action.PASSWORD_RESET_REQUESTED, actor=user, target=user)
+        audit_record_own(action=AuditEvent.Action.PASSWORD_RESET_REQUESTED, user=user)
     return emails.password_reset_message(user=user, token=token)
 
 
@@ -82,7 +82,7 @@ def password_reset(*, token: str, new_password: str, request: HttpRequest | None
     user_sessions_revoke_all(user=user, reason="password_reset", actor=user, request=request)
     api_keys_revoke_all(user=user, reason="password_reset", actor=user, request=request)
     login_failures_clear(user=user)
-    audit_record(action=AuditEvent.Action.PASSWORD_RESET, actor=user, target=user, request=request)
+    audit_record_own(action=AuditEvent.Action.PASSWORD_RESET, user=user, request=request)
     return user
 
 
@@ -113,9 +113,7 @@ def user_password_change(
         request=request,
     )
     api_keys_revoke_all(user=user, reason="password_changed", actor=user, request=request)
-    audit_record(
-        action=AuditEvent.Action.PASSWORD_CHANGED, actor=user, target=user, request=request
-    )
+    audit_record_own(action=AuditEvent.Action.PASSWORD_CHANGED, user=user, request=request)
     session = Session.objects.select_related("user").filter(pk=session_id).first()
     if session is None:  # not authenticated through a session: open a fresh one
         return session_start(user=user, request=request)[1]

@@ -6,7 +6,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record_own
 from accounts.models import AuditEvent, User
 
 _UNSET: Any = object()
@@ -36,10 +36,9 @@ def user_profile_update(
                 user.save(update_fields=fields)
         except IntegrityError as exc:
             raise ValidationError({"username": ["This username is taken."]}) from exc
-        audit_record(
+        audit_record_own(
             action=AuditEvent.Action.PROFILE_UPDATED,
-            actor=user,
-            target=user,
+            user=user,
             request=request,
             data={"fields": fields},
         )

@@ -6,7 +6,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record_own
 from accounts.models import AuditEvent, User
 
 
@@ -45,7 +45,7 @@ def user_signup(
             user.save()
     except IntegrityError as exc:  # a concurrent signup won the race
         raise ValidationError({"email": ["A user with this email already exists."]}) from exc
-    audit_record(action=AuditEvent.Action.SIGNUP, actor=user, target=user, request=request)
+    audit_record_own(action=AuditEvent.Action.SIGNUP, user=user, request=request)
     outbox_email_add(kind="verification", user=user)
     return user
 

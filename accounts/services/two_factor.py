@@ -20,7 +20,7 @@ from django.utils.crypto import constant_time_compare
 from django_redis import get_redis_connection
 from rest_framework import status
 
-from accounts.audit import audit_record
+from accounts.audit import audit_record, audit_record_own
 from accounts.crypto import token_digest
 from accounts.models import AuditEvent, RecoveryCode, TwoFactor, User
 from accounts.secret_box import secret_decrypt, secret_encrypt
@@ -134,9 +134,7 @@ def two_factor_enable(*, user: User, code: str, request: HttpRequest | None = No
     device.enabled_at = timezone.now()
     device.save(update_fields=["enabled_at"])
     codes = _recovery_codes_issue(user=user)
-    audit_record(
-        action=AuditEvent.Action.TWO_FACTOR_ENABLED, actor=user, target=user, request=request
-    )
+    audit_record_own(action=AuditEvent.Action.TWO_FACTOR_ENABLED, user=user, request=request)
     return codes
 
 
@@ -160,10 +158,9 @@ def otp_verify(*, user: User, code: str, login: bool, request: HttpRequest | Non
         ).update(used_at=timezone.now())
         if spent:
             left = RecoveryCode.objects.filter(user=user, used_at__isnull=True).count()
-            audit_record(
+            audit_record_own(
                 action=AuditEvent.Action.RECOVERY_CODE_USED,
-                actor=user,
-                target=user,
+                user=user,
                 request=request,
                 data={"left": left},
             )
@@ -227,9 +224,7 @@ def two_factor_disable(
     with transaction.atomic():
         TwoFactor.objects.filter(user=user).delete()
         RecoveryCode.objects.filter(user=user).delete()
-        audit_record(
-            action=AuditEvent.Action.TWO_FACTOR_DISABLED, actor=user, target=user, request=request
-        )
+        audit_record_own(action=AuditEvent.Action.TWO_FACTOR_DISABLED, user=user, request=request)
 
 
 def two_factor_reset(
