@@ -6,8 +6,15 @@ cheaper sent as one array literal (``'{v1,v2,...}'``), which the type's input fu
 reads in a single pass: half the time of the statement for a batch of fills.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from decimal import Decimal
+from typing import Any
+
+from django.db import connection, models
+
+# The column types whose arrays are of strings (``pg_text_array``); others are numbers.
+TEXT_TYPES = frozenset({"text", "varchar", "jsonb"})
 
 
 def pg_array(values: Iterable[int | Decimal | None]) -> str:
@@ -24,3 +31,29 @@ def pg_text_array(values: Iterable[str | None]) -> str:
         for v in values
     ]
     return "{" + ",".join(quoted) + "}"
+
+
+def rows_update(
+    model: type[models.Model],
+    rows: Sequence[Any],
+    *,
+    columns: dict[str, str],
+    updated_at: datetime,
+) -> None:
+    """Write ``columns`` (name: PostgreSQL type) and ``updated_at`` of ``rows`` (objects
+    with an ``id`` and an attribute per column) to ``model``'s table in one
+    ``UPDATE .. FROM unnest(..)``."""
+    arrays = [
+        (pg_text_array if sql_type in TEXT_TYPES else pg_array)(getattr(row, name) for row in rows)
+        for name, sql_type in columns.items()
+    ]
+    names = ", ".join(columns)
+    sets = ", ".join(f"{name} = v.{name}" for name in columns)
+    casts = ", ".join(f"%s::{sql_type}[]" for sql_type in columns.values())
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # Identifiers and types are ours (a model's table, its column names), never input.
+            f"UPDATE {model._meta.db_table} AS t SET {sets}, updated_at = %s"  # noqa: S608
+            f" FROM unnest(%s::bigint[], {casts}) AS v(id, {names}) WHERE t.id = v.id",
+            [updated_at, pg_array(row.id for row in rows), *arrays],
+        )

@@ -111,6 +111,10 @@ def prices_record(
     return as_of
 
 
+# The figures of a quote a ``LatestPrice`` row keeps as they are (same names on both).
+LATEST_PRICE_QUOTE_FIELDS = ("price", "change_24h_pct", "market_cap", "volume_24h")
+
+
 def latest_prices_record(*, as_of: datetime, source: str, quotes: list[MarketQuote]) -> None:
     """Upsert each coin's latest real quote (one statement per poll), the record
     ``prices_restore`` refills Redis from."""
@@ -118,10 +122,7 @@ def latest_prices_record(*, as_of: datetime, source: str, quotes: list[MarketQuo
         [
             LatestPrice(
                 coin_id=quote.id,
-                price=quote.price,
-                change_24h_pct=quote.change_24h_pct,
-                market_cap=quote.market_cap,
-                volume_24h=quote.volume_24h,
+                **{field: getattr(quote, field) for field in LATEST_PRICE_QUOTE_FIELDS},
                 last_updated=quote.last_updated or as_of,
                 as_of=as_of,
                 source=source,
@@ -130,15 +131,7 @@ def latest_prices_record(*, as_of: datetime, source: str, quotes: list[MarketQuo
         ],
         update_conflicts=True,
         unique_fields=["coin"],
-        update_fields=[
-            "price",
-            "change_24h_pct",
-            "market_cap",
-            "volume_24h",
-            "last_updated",
-            "as_of",
-            "source",
-        ],  # fmt: skip
+        update_fields=[*LATEST_PRICE_QUOTE_FIELDS, "last_updated", "as_of", "source"],
     )
 
 

@@ -28,7 +28,7 @@ from accounts.models import User
 from cryptovault import metrics
 from cryptovault.decimals import decimal_str
 from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
-from cryptovault.sqlarrays import pg_array, pg_text_array
+from cryptovault.sqlarrays import pg_array, pg_text_array, rows_update
 from markets.models import Coin
 from markets.selectors import (
     PriceUnavailable,
@@ -188,45 +188,27 @@ def _balances_save(balances: list[Balance]) -> None:
     now = timezone.now()  # auto_now is the ORM's; this statement sets it itself
     for balance in balances:
         balance.updated_at = now
-    table = Balance._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} AS b SET available = v.available, locked = v.locked,"  # noqa: S608 - our table name
-            " updated_at = %s FROM unnest(%s::bigint[], %s::numeric[], %s::numeric[])"
-            " AS v(id, available, locked) WHERE b.id = v.id",
-            [
-                now,
-                [b.pk for b in balances],
-                [b.available for b in balances],
-                [b.locked for b in balances],
-            ],
-        )
+    rows_update(
+        Balance, balances, columns={"available": "numeric", "locked": "numeric"}, updated_at=now
+    )
 
 
 def _orders_save(orders: list["_Booking"], *, now: datetime) -> None:
     """Save what a batch changed on ``orders`` (at ``now``), in one statement."""
     if not orders:
         return
-    table = Order._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} AS o SET status = v.status, filled_price = v.filled_price,"  # noqa: S608 - our table name
-            " fee = v.fee, reject_reason = v.reject_reason,"
-            " reserved_amount = v.reserved_amount, updated_at = %s"
-            " FROM unnest(%s::bigint[], %s::varchar[], %s::numeric[], %s::numeric[],"
-            " %s::varchar[], %s::numeric[])"
-            " AS v(id, status, filled_price, fee, reject_reason, reserved_amount)"
-            " WHERE o.id = v.id",
-            [
-                now,
-                pg_array(o.id for o in orders),
-                pg_text_array(o.status for o in orders),
-                pg_array(o.filled_price for o in orders),
-                pg_array(o.fee for o in orders),
-                pg_text_array(o.reject_reason for o in orders),
-                pg_array(o.reserved_amount for o in orders),
-            ],
-        )
+    rows_update(
+        Order,
+        orders,
+        columns={
+            "status": "varchar",
+            "filled_price": "numeric",
+            "fee": "numeric",
+            "reject_reason": "varchar",
+            "reserved_amount": "numeric",
+        },
+        updated_at=now,
+    )
 
 
 def _ledger_insert(entries: list[tuple]) -> None:
@@ -843,12 +825,8 @@ def order_queue_process(*, user_id: int | None = None) -> int:
     get_redis_connection("default").delete(QUEUE_RUN_KEY)
     started, processed = time.monotonic(), 0
     while True:
-        try:
-            count = _queue_batch_process(user_id=user_id, limit=QUEUE_BATCH_SIZE)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception:
-            logger.exception("order batch failed; isolating")
+        count = _queue_batch_try(user_id=user_id, limit=QUEUE_BATCH_SIZE)
+        if count is None:
             count = sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
         processed += count
         # Nothing done: no pending order, or every user with one is another run's,
@@ -890,19 +868,28 @@ def _queue_user_isolated(*, user_id: int) -> int:
     rejecting an order that fails on its own."""
     processed, batch_size = 0, QUEUE_USER_BATCH_SIZE
     while True:
-        try:
-            count = _queue_batch_process(user_id=user_id, limit=batch_size)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception:
+        count = _queue_batch_try(user_id=user_id, limit=batch_size)
+        if count is None:
             if batch_size > 1:
                 batch_size = 1
                 continue
-            logger.exception("order failed on its own; rejecting it", extra={"user_id": user_id})
+            logger.warning("order failed on its own; rejecting it", extra={"user_id": user_id})
             count = _queue_head_reject(user_id=user_id)
         processed += count
         if count < batch_size:
             return processed
+
+
+def _queue_batch_try(*, user_id: int | None, limit: int) -> int | None:
+    """``_queue_batch_process``, or None (logged) when the batch failed for a reason other
+    than a transient one: those propagate, for the task to retry."""
+    try:
+        return _queue_batch_process(user_id=user_id, limit=limit)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        logger.exception("order batch failed", extra={"user_id": user_id, "limit": limit})
+        return None
 
 
 def _queue_users_lock(*, user_id: int | None) -> list[int]:
