@@ -32,7 +32,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--redis-port", type=int, default=6395)
-    parser.add_argument("--stall-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--stall-seconds", type=float, default=10.0, help="the worker's WORKER_STALL_SECONDS"
+    )
     parser.add_argument("--recover-timeout", type=float, default=60.0)
     parser.add_argument("--log", default="/tmp/worker_stall.log")  # noqa: S108 - bench output
     return parser.parse_args()

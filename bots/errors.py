@@ -6,6 +6,8 @@ Binance answers request problems with HTTP 400 and a negative code (-11xx: the r
 429 (-1003); its clients (ccxt, python-binance) switch on ``code`` and ``msg``.
 """
 
+from dataclasses import KW_ONLY, dataclass, field
+
 from cryptovault.exceptions import ApplicationError
 
 UNKNOWN = -1000
@@ -41,17 +43,18 @@ UNKNOWN_ORDER_MSG = "Unknown order sent."
 REJECTED_KEY_MSG = "Invalid API-key, IP, or permissions for action."
 
 
+@dataclass(eq=False)
 class BinanceError(Exception):
     """A request the compatible API refuses, rendered as Binance's error object."""
 
-    def __init__(
-        self, code: int, msg: str, *, status: int = 400, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(msg)
-        self.code = code
-        self.msg = msg
-        self.status = status
-        self.headers = headers or {}
+    code: int
+    msg: str
+    _: KW_ONLY
+    status: int = 400
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.msg)
 
     def body(self) -> dict:
         return {"code": self.code, "msg": self.msg}
