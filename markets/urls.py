@@ -1,12 +1,13 @@
 from django.urls import path
 
+from cryptovault.routes import api_path
 from markets import apis
 
 urlpatterns = [
-    path("coins", apis.CoinListApi.as_view(), name="coin-list"),
-    path("coins/<str:coin_id>", apis.CoinDetailApi.as_view(), name="coin-detail"),
-    path("coins/<str:coin_id>/history", apis.CoinHistoryApi.as_view(), name="coin-history"),
-    path("coins/<str:coin_id>/ohlc", apis.CoinOhlcApi.as_view(), name="coin-ohlc"),
+    api_path("coins", apis.CoinListApi, "coin-list"),
+    api_path("coins/<str:coin_id>", apis.CoinDetailApi, "coin-detail"),
+    api_path("coins/<str:coin_id>/history", apis.CoinHistoryApi, "coin-history"),
+    api_path("coins/<str:coin_id>/ohlc", apis.CoinOhlcApi, "coin-ohlc"),
     path("prices", apis.prices, name="prices"),
-    path("arbitrage", apis.ArbitrageApi.as_view(), name="arbitrage"),
+    api_path("arbitrage", apis.ArbitrageApi, "arbitrage"),
 ]

@@ -1,34 +1,22 @@
-from django.urls import path
-
-from notifications import apis
+from cryptovault.routes import api_path
+from notifications.apis import (
+    NotificationDeleteApi,
+    NotificationListApi,
+    NotificationPreferencesApi,
+    NotificationReadAllApi,
+    NotificationReadApi,
+    NotificationUnreadCountApi,
+    PriceAlertDetailApi,
+    PriceAlertListCreateApi,
+)
 
 urlpatterns = [
-    path("notifications", apis.NotificationListApi.as_view(), name="notification-list"),
-    path(
-        "notifications/unread-count",
-        apis.NotificationUnreadCountApi.as_view(),
-        name="notification-unread-count",
-    ),
-    path(
-        "notifications/read-all",
-        apis.NotificationReadAllApi.as_view(),
-        name="notification-read-all",
-    ),
-    path(
-        "notifications/preferences",
-        apis.NotificationPreferencesApi.as_view(),
-        name="notification-preferences",
-    ),
-    path(
-        "notifications/<int:notification_id>",
-        apis.NotificationDeleteApi.as_view(),
-        name="notification-detail",
-    ),
-    path(
-        "notifications/<int:notification_id>/read",
-        apis.NotificationReadApi.as_view(),
-        name="notification-read",
-    ),
-    path("alerts", apis.PriceAlertListCreateApi.as_view(), name="alert-list"),
-    path("alerts/<int:alert_id>", apis.PriceAlertDetailApi.as_view(), name="alert-detail"),
+    api_path("notifications", NotificationListApi, "notification-list"),
+    api_path("notifications/unread-count", NotificationUnreadCountApi, "notification-unread-count"),
+    api_path("notifications/read-all", NotificationReadAllApi, "notification-read-all"),
+    api_path("notifications/preferences", NotificationPreferencesApi, "notification-preferences"),
+    api_path("notifications/<int:notification_id>", NotificationDeleteApi, "notification-detail"),
+    api_path("notifications/<int:notification_id>/read", NotificationReadApi, "notification-read"),
+    api_path("alerts", PriceAlertListCreateApi, "alert-list"),
+    api_path("alerts/<int:alert_id>", PriceAlertDetailApi, "alert-detail"),
 ]
