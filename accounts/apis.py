@@ -567,11 +567,9 @@ class ApiKeyListCreateApi(APIView):
 
     @extend_schema(responses=ApiKeyOutputSerializer(many=True))
     def get(self, request):
+        keys = selectors.api_key_list(user=request.user)
         return paginated_response(
-            view=self,
-            request=request,
-            items=selectors.api_key_list(user=request.user),
-            serializer_class=ApiKeyOutputSerializer,
+            view=self, request=request, items=keys, serializer_class=ApiKeyOutputSerializer
         )
 
     @extend_schema(request=InputSerializer, responses={201: ApiKeyCreatedOutputSerializer})

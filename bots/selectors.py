@@ -57,6 +57,9 @@ AVG_PRICE_MINUTES = 5
 
 @dataclass(frozen=True, slots=True)
 class Market:
+    """A tracked coin as a Binance market: ``BTCUSD`` (``symbol``) trades ``BTC``
+    (``base_asset``, the coin ``bitcoin``) against ``QUOTE_ASSET``."""
+
     symbol: str
     base_asset: str
     coin_id: str

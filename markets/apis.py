@@ -6,6 +6,7 @@ Cache-Control for CDNs, and its encoded body is stored for ``markets.asgi``'s la
 which serves the next requests from Redis (``markets.read_cache``)."""
 
 import logging
+from typing import Any
 
 from django.http import Http404, HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -28,9 +29,18 @@ logger = logging.getLogger(__name__)
 class PublicApi(APIView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
-    # Its group in ``read_cache.READS_PER_MINUTE``, and the query parameters it reads.
+    # Its group in ``read_cache.READS_PER_MINUTE``.
     rate_group: str
+    # The query parameters it reads (what a cached answer is keyed by), set for each
+    # subclass: its InputSerializer's fields and its paginator's page parameters.
     query_params: frozenset[str] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = set(cls.InputSerializer().fields) if hasattr(cls, "InputSerializer") else set()
+        if paginator := getattr(cls, "pagination_class", None):
+            params |= {paginator.page_query_param, paginator.page_size_query_param}
+        cls.query_params = frozenset(params - {None})
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -70,7 +80,6 @@ class CoinQuoteSerializer(serializers.Serializer):
 
 class CoinListApi(PublicApi):
     rate_group = "coins"
-    query_params = frozenset({"search", "page", "page_size"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -129,7 +138,6 @@ class CoinDetailApi(PublicApi):
 
 class CoinHistoryApi(PublicApi):
     rate_group = "coin-history"
-    query_params = frozenset({"days"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -178,7 +186,6 @@ class CoinOhlcApi(PublicApi):
     by default); no invented candle fills a gap."""
 
     rate_group = "coin-ohlc"
-    query_params = frozenset({"interval", "limit"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:
@@ -216,7 +223,6 @@ class CoinOhlcApi(PublicApi):
 
 class ArbitrageApi(PublicApi):
     rate_group = "arbitrage"
-    query_params = frozenset({"min_net_pct"})
 
     class InputSerializer(serializers.Serializer):
         class Meta:

@@ -12,6 +12,8 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from cryptovault.models import TimestampedModel
+
 
 class _Digits(TypedDict):
     max_digits: int
@@ -52,7 +54,7 @@ class Balance(models.Model):
         return self.available + self.locked
 
 
-class Order(models.Model):
+class Order(TimestampedModel):
     class Side(models.TextChoices):
         BUY = "buy"
         SELL = "sell"
@@ -91,8 +93,6 @@ class Order(models.Model):
     # What is still reserved for this order (``usd`` for buys, the coin for sells).
     reserved_asset = models.CharField(max_length=100)
     reserved_amount = models.DecimalField(default=0, **MONEY)
-    created_at = models.DateTimeField(auto_now_add=True)
-    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = [
@@ -133,6 +133,9 @@ class Order(models.Model):
 
 
 class LedgerEntry(models.Model):
+    """One change of one user's balance of one asset, written in the transaction that
+    makes it: a user's entries of an asset sum to its balance (available + locked)."""
+
     class Kind(models.TextChoices):
         SIGNUP_BONUS = "signup_bonus"
         OPERATOR_CREDIT = "operator_credit"
