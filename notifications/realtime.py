@@ -167,7 +167,12 @@ def user_socket_closed(*, user_id: Any, channel: str) -> None:
 def users_with_sockets(user_ids: list[Any]) -> set[Any]:
     """Those of ``user_ids`` with a socket or stream open, in one round trip."""
     since = time.time() - _group_expiry()
-    pipe = get_redis_connection("default").pipeline(transaction=False)
+    redis = get_redis_connection("default")
+    if len(user_ids) == 1:  # an order placed: one command costs less than a pipeline
+        return (
+            set(user_ids) if redis.zcount(_user_sockets_key(user_ids[0]), since, "+inf") else set()
+        )
+    pipe = redis.pipeline(transaction=False)
     for user_id in user_ids:
         pipe.zcount(_user_sockets_key(user_id), since, "+inf")
     return {user_id for user_id, count in zip(user_ids, pipe.execute(), strict=True) if count}
