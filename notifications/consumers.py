@@ -25,6 +25,7 @@ none and full rights) needs ``trade`` for orders.
 """
 
 import asyncio
+import contextlib
 import logging
 from urllib.parse import parse_qs
 
@@ -44,6 +45,8 @@ from notifications.realtime import (
     frame_encode,
     session_group,
     user_group,
+    user_socket_closed,
+    user_socket_opened,
 )
 
 logger = logging.getLogger(__name__)
@@ -74,6 +77,11 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
         # Joined before accepting: Redis or PostgreSQL down is then a 503 handshake
         # (cryptovault.routing), not an open socket that closes at once.
         self.groups = [user_group(user.pk), session_group(self.scope["session_id"])]
+        # Marked before joining: pushes skip users with no socket (notifications.realtime).
+        await sync_to_async(user_socket_opened, thread_sensitive=False)(
+            user_id=user.pk, channel=self.channel_name
+        )
+        self._marked_user_id = user.pk
         for group in self.groups:
             await self.channel_layer.group_add(group, self.channel_name)
         # A revocation published between the token check and joining the session
@@ -124,6 +132,12 @@ class UserConsumer(WebSocketConnectionsCounted, AsyncWebsocketConsumer):
         check = getattr(self, "_session_check", None)
         if check is not None:
             check.cancel()
+        user_id = getattr(self, "_marked_user_id", None)
+        if user_id is not None:
+            with contextlib.suppress(*DEPENDENCY_ERRORS):
+                await sync_to_async(user_socket_closed, thread_sensitive=False)(
+                    user_id=user_id, channel=self.channel_name
+                )
 
     async def _check_session_alive(self) -> None:
         session_id = self.scope["session_id"]

@@ -49,62 +49,87 @@ class Event(NamedTuple):
     text: str  # the frame's JSON text
 
 
+# The whole of ``events_record`` in one statement. The users' rows are locked first
+# (FOR KEY SHARE, as the commit's foreign-key check of the log rows would take them), then
+# the counters; both in user id order. Taken at commit instead, they came after the
+# counter: a login holding its user's row FOR UPDATE and waiting for the counter
+# deadlocked with us. The counters' INSERT runs only once ``users`` has been read whole:
+# its one-time filter (an InitPlan, evaluated before the first row) counts the locked
+# rows. Its rows are inserted (and locked) in user id order: two batches touching the same
+# users cannot deadlock. A frame's id is its user's new last id minus ``back`` (how many
+# of the user's frames follow it), and its text the frame's JSON with the id put first.
+_EVENTS_RECORD = f"""
+WITH users AS MATERIALIZED (
+    SELECT id FROM {User._meta.db_table} WHERE id = ANY(%(user_ids)s::bigint[])
+    ORDER BY id FOR KEY SHARE
+), counters AS (
+    INSERT INTO {UserEventCounter._meta.db_table} AS c (user_id, last_id)
+    SELECT * FROM unnest(%(user_ids)s::bigint[], %(counts)s::bigint[])
+    WHERE (SELECT count(*) FROM users) >= 0
+    ORDER BY 1
+    ON CONFLICT (user_id) DO UPDATE SET last_id = c.last_id + EXCLUDED.last_id
+    RETURNING user_id, last_id
+), logged AS (
+    INSERT INTO {UserEvent._meta.db_table} (user_id, event_id, kind, frame, created_at)
+    SELECT f.user_id, c.last_id - f.back, f.kind,
+        '{{"id":' || (c.last_id - f.back) || ',' || f.tail, %(now)s
+    FROM unnest(%(frame_users)s::bigint[], %(backs)s::bigint[], %(kinds)s::varchar[],
+        %(tails)s::text[]) AS f (user_id, back, kind, tail)
+    JOIN counters c USING (user_id)
+)
+SELECT user_id, last_id FROM counters
+"""  # noqa: S608 - our table names
+
+
+def _frame_text(event_id: int, tail: str) -> str:
+    """``frame_encode({"id": event_id, **frame})`` given ``tail``, the frame's own JSON
+    text without its opening brace (as ``_EVENTS_RECORD`` builds it too)."""
+    return f'{{"id":{event_id},{tail}'
+
+
 def events_record(*, frames_by_user: dict[int, list[dict]]) -> dict[int, list[str]]:
     """Log the frames in the current transaction and give each its ``"id"`` (in place,
     first key), so what is pushed after commit is what the log replays. Returns each
     user's frames as logged (JSON text), for the push to send as they are.
 
-    Three statements whatever the number of users and frames: the users' rows, their
-    counters (one ``INSERT .. ON CONFLICT`` over the sorted users), the log rows (one
-    ``INSERT .. SELECT FROM unnest``)."""
+    One statement whatever the number of users and frames (``_EVENTS_RECORD``)."""
     user_ids = sorted(user_id for user_id, frames in frames_by_user.items() if frames)
     if not user_ids:
         return {}
-    counters = UserEventCounter._meta.db_table
+    tails = {
+        user_id: [frame_encode(frame)[1:] for frame in frames_by_user[user_id]]
+        for user_id in user_ids
+    }
+    columns: tuple[list, list, list, list] = ([], [], [], [])
+    for user_id in user_ids:
+        frames = frames_by_user[user_id]
+        for offset, frame in enumerate(frames):
+            columns[0].append(user_id)
+            columns[1].append(len(frames) - 1 - offset)
+            columns[2].append(frame["type"])
+            columns[3].append(tails[user_id][offset])
     with connection.cursor() as cursor:
-        # The users' rows first, as the commit's foreign-key check of the log rows would
-        # take them (FOR KEY SHARE), then the counters; both in user id order. Taken at
-        # commit instead, they came after the counter: a login holding its user's row
-        # FOR UPDATE and waiting for the counter deadlocked with us.
         cursor.execute(
-            f"SELECT 1 FROM {User._meta.db_table} WHERE id = ANY(%s)"  # noqa: S608 - our table name
-            " ORDER BY id FOR KEY SHARE",
-            [user_ids],
-        )
-        # The rows are inserted (and locked) in user id order: two batches touching the
-        # same users cannot deadlock.
-        cursor.execute(
-            f"INSERT INTO {counters} (user_id, last_id)"  # noqa: S608 - our table name
-            " SELECT * FROM unnest(%s::bigint[], %s::bigint[]) ORDER BY 1"
-            f" ON CONFLICT (user_id) DO UPDATE SET last_id = {counters}.last_id + EXCLUDED.last_id"
-            " RETURNING user_id, last_id",
-            [user_ids, [len(frames_by_user[user_id]) for user_id in user_ids]],
+            _EVENTS_RECORD,
+            {
+                "user_ids": pg_array(user_ids),
+                "counts": pg_array(len(frames_by_user[user_id]) for user_id in user_ids),
+                "now": timezone.now(),
+                "frame_users": pg_array(columns[0]),
+                "backs": pg_array(columns[1]),
+                "kinds": pg_text_array(columns[2]),
+                "tails": pg_text_array(columns[3]),
+            },
         )
         last_ids = dict(cursor.fetchall())
-        texts: dict[int, list[str]] = {}
-        columns: tuple[list, list, list, list] = ([], [], [], [])
-        for user_id in user_ids:
-            frames = frames_by_user[user_id]
-            first = last_ids[user_id] - len(frames) + 1
-            own = texts[user_id] = []
-            for offset, frame in enumerate(frames):
-                frames[offset] = {"id": first + offset, **frame}
-                own.append(frame_encode(frames[offset]))
-                columns[0].append(user_id)
-                columns[1].append(first + offset)
-                columns[2].append(frame["type"])
-                columns[3].append(own[-1])
-        cursor.execute(
-            f"INSERT INTO {UserEvent._meta.db_table} (user_id, event_id, kind, frame, created_at)"  # noqa: S608 - our table name
-            " SELECT *, %s FROM unnest(%s::bigint[], %s::bigint[], %s::varchar[], %s::text[])",
-            [
-                timezone.now(),
-                pg_array(columns[0]),
-                pg_array(columns[1]),
-                pg_text_array(columns[2]),
-                pg_text_array(columns[3]),
-            ],
-        )
+    texts: dict[int, list[str]] = {}
+    for user_id in user_ids:
+        frames = frames_by_user[user_id]
+        first = last_ids[user_id] - len(frames) + 1
+        texts[user_id] = [
+            _frame_text(first + offset, tail) for offset, tail in enumerate(tails[user_id])
+        ]
+        frames[:] = [{"id": first + offset, **frame} for offset, frame in enumerate(frames)]
     return texts
 
 

@@ -21,6 +21,18 @@ their order), and a failure is logged. A request or a fill thus never waits for 
 take its push; a push still queued when its process dies is lost, as one sent to a
 socket that just closed is.
 ``sessions_close`` waits, so a revocation has been published when it returns.
+
+Users with no socket open get no push at all: every ``/ws/user`` socket and user stream
+marks its channel in the user's socket set (``user_socket_opened``) before it joins the
+user's group, and so before it reads the event log, and unmarks it when it closes.
+``users_push_texts`` reads the sets of the users it pushes to (one Redis round trip for
+the batch, after the events committed) and sends only to users with a mark. Nothing is
+lost: a socket marked after that read joined the group and read the log after the
+events committed, so its replay (``?since=``, ``Last-Event-ID``) has them, and a socket
+opened without one starts after them. The set is in the channel layer's Redis and
+forgets a mark on the group's terms (``group_expiry``), so a mark lives exactly as long
+as the membership it stands for; a mark left by a process that died before unmarking
+only costs its user pushes nobody receives, until it expires.
 """
 
 import asyncio
@@ -29,11 +41,14 @@ import json
 import logging
 import os
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from channels.layers import get_channel_layer
+from django.conf import settings
+from django_redis import get_redis_connection
 from rest_framework.utils.encoders import JSONEncoder
 
 from cryptovault.logging import request_id_var
@@ -124,13 +139,65 @@ def frame_encode(frame: dict) -> str:
     return json.dumps(frame, cls=JSONEncoder, separators=(",", ":"))
 
 
+def _user_sockets_key(user_id: Any) -> str:
+    return f"cv:realtime:sockets:{user_id}"
+
+
+def _group_expiry() -> int:
+    layers: dict[str, Any] = settings.CHANNEL_LAYERS
+    return int(layers["default"]["CONFIG"]["group_expiry"])
+
+
+def user_socket_opened(*, user_id: Any, channel: str) -> None:
+    """Mark ``channel`` (a socket or stream of the user) as open, before it joins the
+    user's group (see the module docstring); drops marks past ``group_expiry``."""
+    now, expiry = time.time(), _group_expiry()
+    key = _user_sockets_key(user_id)
+    pipe = get_redis_connection("default").pipeline(transaction=False)
+    pipe.zremrangebyscore(key, "-inf", now - expiry)
+    pipe.zadd(key, {channel: now})
+    pipe.expire(key, expiry)
+    pipe.execute()
+
+
+def user_socket_closed(*, user_id: Any, channel: str) -> None:
+    get_redis_connection("default").zrem(_user_sockets_key(user_id), channel)
+
+
+def users_with_sockets(user_ids: list[Any]) -> set[Any]:
+    """Those of ``user_ids`` with a socket or stream open, in one round trip."""
+    since = time.time() - _group_expiry()
+    redis = get_redis_connection("default")
+    if len(user_ids) == 1:  # an order placed: one command costs less than a pipeline
+        return (
+            set(user_ids) if redis.zcount(_user_sockets_key(user_ids[0]), since, "+inf") else set()
+        )
+    pipe = redis.pipeline(transaction=False)
+    for user_id in user_ids:
+        pipe.zcount(_user_sockets_key(user_id), since, "+inf")
+    return {user_id for user_id, count in zip(user_ids, pipe.execute(), strict=True) if count}
+
+
 def user_push(*, user_id: Any, frames: list[dict]) -> None:
     """One channel-layer message carrying the frames, which each socket sends in order."""
-    user_push_texts(user_id=user_id, texts=[frame_encode(frame) for frame in frames])
+    users_push_texts({user_id: [frame_encode(frame) for frame in frames]})
 
 
-def user_push_texts(*, user_id: Any, texts: list[str]) -> None:
-    """``user_push`` of frames already encoded (as the event log holds them)."""
+def users_push_texts(texts_by_user: dict[Any, list[str]]) -> None:
+    """``user_push`` of frames already encoded (as the event log holds them), to each
+    user that has a socket open (one Redis round trip for all of them)."""
+    listening = users_with_sockets(list(texts_by_user)) if texts_by_user else set()
+    for user_id, texts in texts_by_user.items():
+        if user_id not in listening:
+            continue
+        try:
+            _user_push_texts(user_id=user_id, texts=texts)
+        except Exception:
+            # One user's failed push must not cost the others theirs.
+            logger.exception("could not push to user %s", user_id)
+
+
+def _user_push_texts(*, user_id: Any, texts: list[str]) -> None:
     layer = get_channel_layer()
     message = {"type": "user.frames", "texts": texts}
     _push_soon(lambda: layer.group_send(user_group(user_id), message))

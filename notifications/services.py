@@ -147,12 +147,11 @@ class _Deliveries:
         }
 
     def send(self) -> None:
-        for user_id, texts in self.texts.items():
-            try:
-                realtime.user_push_texts(user_id=user_id, texts=texts)
-            except Exception:
-                # One user's failed push must not cost the others theirs, nor the emails.
-                logger.exception("could not push to user %s", user_id)
+        try:
+            realtime.users_push_texts(self.texts)
+        except Exception:
+            # A failed push must not cost the emails their wake-up.
+            logger.exception("could not push to users %s", list(self.texts))
         if self.emails or self.emailed_rows:
             outbox_emails_wake()
 

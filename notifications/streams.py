@@ -52,7 +52,12 @@ from markets.realtime import price_ticks_follow, prices_channel
 from markets.selectors import coin_ids_tracked
 from notifications.events import EventCursor, event_id_parse
 from notifications.middleware import MAX_TOKEN_CHARS
-from notifications.realtime import session_group, user_group
+from notifications.realtime import (
+    session_group,
+    user_group,
+    user_socket_closed,
+    user_socket_opened,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -301,6 +306,8 @@ async def user_stream(scope, receive, send, headers: dict[bytes, bytes]) -> None
     channel = await layer.new_channel()
     groups = [user_group(user_id), session_group(session_id)]
     try:
+        # Marked before joining: pushes skip users with no socket (notifications.realtime).
+        await _in_thread(user_socket_opened)(user_id=user_id, channel=channel)
         for group in groups:
             await layer.group_add(group, channel)
         if not await _in_thread(session_is_live)(session_id=session_id):
@@ -317,6 +324,8 @@ async def user_stream(scope, receive, send, headers: dict[bytes, bytes]) -> None
         for group in groups:
             with contextlib.suppress(*DEPENDENCY_ERRORS):
                 await layer.group_discard(group, channel)
+        with contextlib.suppress(*DEPENDENCY_ERRORS):
+            await _in_thread(user_socket_closed)(user_id=user_id, channel=channel)
         with contextlib.suppress(*DEPENDENCY_ERRORS):
             await _in_thread(slot.release)()
 

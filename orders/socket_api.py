@@ -17,9 +17,9 @@ from accounts.selectors import session_is_live
 from cryptovault.exceptions import ApplicationError
 from cryptovault.ratelimit import RateLimited
 from orders import services
-from orders.apis import OrderListCreateApi
+from orders.apis import order_input
 from orders.limits import order_create_rate_limit
-from orders.serializers import OrderOutputSerializer
+from orders.serializers import order_output
 
 MAX_ORDER_ID = 2**63 - 1
 
@@ -44,9 +44,7 @@ def order_place_message(*, user_id: int, session_id: str, body: Any) -> dict:
     """The order as REST shows it; a repeated ``client_order_id`` gives the first order."""
     user = _trader(user_id=user_id, session_id=session_id)
     order_create_rate_limit(user=user)
-    serializer = OrderListCreateApi.InputSerializer(data=body)
-    serializer.is_valid(raise_exception=True)
-    data = serializer.validated_data
+    data = order_input(body)
     order, _ = services.order_place(
         user=user,
         coin_id=data["coin"],
@@ -56,7 +54,7 @@ def order_place_message(*, user_id: int, session_id: str, body: Any) -> dict:
         limit_price=data.get("limit_price"),
         client_order_id=data.get("client_order_id"),
     )
-    return OrderOutputSerializer(order).data
+    return order_output(order)
 
 
 def order_cancel_message(*, user_id: int, session_id: str, order_id: int) -> dict:
@@ -64,7 +62,7 @@ def order_cancel_message(*, user_id: int, session_id: str, order_id: int) -> dic
     if not 1 <= order_id <= MAX_ORDER_ID:
         # Not an id any order can have (and beyond PostgreSQL's bigint).
         raise ApplicationError("Not found.", code="not_found", status_code=404)
-    return OrderOutputSerializer(services.order_cancel(order_id=order_id, user=user)).data
+    return order_output(services.order_cancel(order_id=order_id, user=user))
 
 
 def error_frame(exc: Exception, *, request_id: Any) -> dict:

@@ -50,3 +50,40 @@ def test_a_transaction_holding_the_user_row_does_not_deadlock_with_an_event_bein
         thread.join(timeout=30)
     assert errors == []
     assert list(UserEvent.objects.filter(user=user).values_list("event_id", flat=True)) == [1, 2]
+
+
+def test_the_frames_are_logged_and_returned_with_their_ids_first():
+    """One statement logs every user's frames: ids go on from each user's last, the text
+    returned for the push is the one logged, and is the frame encoded with its id first."""
+    from notifications.realtime import frame_encode
+
+    first, second = user_create(), user_create()
+    with transaction.atomic():
+        events_record(frames_by_user={first.pk: [{"type": "order"}]})
+    frames = {
+        second.pk: [{"type": "order", "order": {"id": 7, "quantity": "0.5"}}],
+        first.pk: [
+            {"type": "notification", "notification": {"title": 'say "hi" \\ é {}'}},
+            {"type": "order", "order": None},
+        ],
+    }
+    originals = {user_id: [dict(frame) for frame in own] for user_id, own in frames.items()}
+    with transaction.atomic():
+        texts = events_record(frames_by_user=frames)
+    expected = {
+        first.pk: [{"id": 2, **originals[first.pk][0]}, {"id": 3, **originals[first.pk][1]}],
+        second.pk: [{"id": 1, **originals[second.pk][0]}],
+    }
+    assert frames == expected
+    assert texts == {
+        user_id: [frame_encode(frame) for frame in own] for user_id, own in expected.items()
+    }
+    logged = {
+        (row.user_id, row.event_id): (row.kind, row.frame)
+        for row in UserEvent.objects.filter(user__in=[first, second])
+    }
+    assert logged == {
+        (user_id, frame["id"]): (frame["type"], text)
+        for user_id, own in expected.items()
+        for frame, text in zip(own, texts[user_id], strict=True)
+    } | {(first.pk, 1): ("order", '{"id":1,"type":"order"}')}

@@ -115,6 +115,20 @@ def test_live_events_carry_ids_and_the_ws_shape(server):
         assert orjson.loads(logged.frame) == event["data"]
 
 
+def test_a_stream_marks_its_user_as_having_a_socket_while_open(server):
+    """User streams take part in the push skip of notifications.realtime as sockets do."""
+    from notifications.realtime import users_with_sockets
+
+    user, _, token = _login()
+    with httpx.Client() as client, _stream(client, server, token) as response:
+        assert SSE(response).next() == {"comment": "keep-alive"}
+        assert users_with_sockets([user.pk]) == {user.pk}
+    deadline = time.monotonic() + 10
+    while users_with_sockets([user.pk]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert users_with_sockets([user.pk]) == set()
+
+
 def test_replay_across_a_disconnect_with_an_event_committed_during_the_replay(server):
     user, _, token = _login()
     with httpx.Client() as client:

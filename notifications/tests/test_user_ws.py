@@ -283,6 +283,54 @@ def _notify(user, title: str) -> None:
     services.notification_create(user=user, kind="new_login", title=title)
 
 
+async def test_a_user_without_sockets_is_not_pushed_to_and_loses_nothing():
+    """Pushes skip users with no socket open (notifications.realtime): the event is in
+    the log, a socket opened later replays it (``?since=``), live pushes resume while a
+    socket is open, and closing the last one unmarks the user."""
+    from notifications.realtime import users_with_sockets
+
+    user, _, token = await sync_to_async(_login)()
+    assert await sync_to_async(users_with_sockets)([user.pk]) == set()
+    await sync_to_async(_notify)(user, "while away")  # id 1: logged, pushed to nobody
+    communicator = await _open(f"{token}&since=0")
+    assert (await ws_receive(communicator))["notification"]["title"] == "while away"
+    assert await sync_to_async(users_with_sockets)([user.pk]) == {user.pk}
+    await sync_to_async(_notify)(user, "live")
+    assert (await ws_receive(communicator))["id"] == 2
+    await communicator.disconnect()
+    assert await sync_to_async(users_with_sockets)([user.pk]) == set()
+
+
+async def test_a_socket_opened_before_the_event_commits_gets_it_live():
+    """Who has a socket is read after commit: a socket opened while the transaction that
+    makes an event is still open (no ``?since=``) gets the event pushed."""
+    import threading
+
+    from django.db import close_old_connections, transaction
+
+    user, _, token = await sync_to_async(_login)()
+    logged, opened = threading.Event(), threading.Event()
+
+    def notify_in_an_open_transaction() -> None:
+        try:
+            with transaction.atomic():
+                _notify(user, "mid-way")
+                logged.set()
+                opened.wait(timeout=10)
+        finally:
+            close_old_connections()
+
+    thread = threading.Thread(target=notify_in_an_open_transaction)
+    thread.start()
+    assert await sync_to_async(logged.wait)(timeout=10)
+    communicator = await _open(token)
+    opened.set()
+    frame = await ws_receive(communicator)
+    assert (frame["id"], frame["notification"]["title"]) == (1, "mid-way")
+    await sync_to_async(thread.join)(timeout=10)
+    await communicator.disconnect()
+
+
 async def test_resume_message_replays_what_was_missed_once():
     """``{"type":"resume","since":N}`` on an open socket: the ``?since=`` replay."""
     user, _, token = await sync_to_async(_login)()

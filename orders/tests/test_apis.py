@@ -163,6 +163,32 @@ def test_missing_fields_and_non_json_are_400(client):
     assert response.status_code == 400
 
 
+@pytest.mark.parametrize("body", ["null", "[]", '"bitcoin"', "1"])
+def test_a_body_that_is_not_an_object_is_400_as_the_serializer_says(client, body):
+    """Objects are validated by one shared serializer (orders.apis.order_input), anything
+    else by a serializer of its own: the errors are the serializer's, never a 500."""
+    import json
+
+    from orders.apis import OrderListCreateApi
+
+    response = client.post(ORDERS, body, content_type="application/json")
+    assert response.status_code == 400, response.content
+    serializer = OrderListCreateApi.InputSerializer(data=json.loads(body))
+    assert not serializer.is_valid()
+    assert response.json() == serializer.errors
+
+
+def test_field_errors_of_the_shared_serializer_are_each_requests_own(client):
+    """The shared input serializer keeps no state: one request's errors are not the next's."""
+    first = client.post(ORDERS, order_body(side="up", quantity="-1"), format="json")
+    assert first.status_code == 400
+    assert set(first.json()) == {"side", "quantity"}
+    second = client.post(ORDERS, order_body(type="limit"), format="json")
+    assert second.status_code == 400
+    assert set(second.json()) == {"limit_price"}
+    assert client.post(ORDERS, order_body(), format="json").status_code == 201
+
+
 def test_json_number_quantity_is_accepted_when_plain(client):
     response = client.post(ORDERS, order_body(quantity=0.5, side="sell"), format="json")
     assert response.status_code == 201, response.content
@@ -175,9 +201,9 @@ def test_insufficient_funds_is_400_with_code(client):
     assert response.json()["code"] == "insufficient_funds"
 
 
-def test_place_takes_one_statement_besides_the_event_log(client, user):
-    """The reservation and the INSERT are one statement; the rest is the event log's (the
-    user's row, its counter, the event row): a pinned count, so none creeps back."""
+def test_place_takes_two_statements_the_order_and_its_event(client, user):
+    """The reservation and the INSERT are one statement, the event log's (the user's
+    row, its counter, the event row) another: a pinned count, so none creeps back."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -187,8 +213,9 @@ def test_place_takes_one_statement_besides_the_event_log(client, user):
     statements = [
         query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]
     ]
-    assert len(statements) == 4, statements
+    assert len(statements) == 2, statements
     assert statements[0].lstrip().startswith("WITH b AS")
+    assert statements[1].lstrip().startswith("WITH users AS")
     order = Order.objects.get(pk=response.json()["id"])
     balance = Balance.objects.get(user=user, asset="usd")
     assert order.reserved_amount == balance.locked > 0
