@@ -478,6 +478,22 @@ def print_integrity(checks: dict) -> bool:
     return not any(checks.values())
 
 
+def print_batches(window) -> None:
+    """How many orders each batch of the queue booked: a batch stamps all its orders with
+    one ``updated_at`` (the time it started booking)."""
+    from django.db.models import Count
+
+    sizes = [
+        row["n"]
+        for row in window.exclude(status="pending").values("updated_at").annotate(n=Count("id"))
+    ]
+    if sizes:
+        print(
+            f"queue batches: {len(sizes)}, orders per batch mean {sum(sizes) / len(sizes):.1f},"
+            f" p50 {percentile(sizes, 50):.0f}, max {max(sizes)}"
+        )
+
+
 def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: int = 201) -> dict:
     """Prints the figures and the integrity checks once the window's orders drained."""
     from django.db.models import Max
@@ -512,6 +528,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: in
             f"          {statuses['filled'] / drained:8.1f} orders/s sustained (the window's "
             f"orders all filled {drained - seconds:.1f} s after it closed)"
         )
+    print_batches(window)
     print_percentiles("POST latency", latencies)
     print_percentiles("place->filled", lags)
     ok = print_integrity(integrity())

@@ -833,31 +833,79 @@ def order_queue_process(*, user_id: int | None = None) -> int:
     commits), and its orders are locked in id order, so a redelivered or concurrent
     run processes nothing twice and keeps the order of arrival.
 
+    A run of every user's queue holds the mark of ``_queue_enqueue`` while it works:
+    orders placed meanwhile enqueue nothing and are taken by its next batch, so under
+    load one run books batch after batch, each of what arrived during the last, with
+    no task in between. It releases the mark once a batch finds nothing, then books
+    one more batch (what was committed while it held the mark); see ``_queue_run``.
+
     A transient error (``TRANSIENT_ERRORS``: Redis, PostgreSQL, the soft time limit)
     rolls the batch back and propagates, for the task to retry: an outage never
     rejects an order. A batch that fails for any other reason is retried one user at a
     time, then one order at a time, and an order that fails on its own is rejected
     (funds released), so one bad order can never block its user's queue or another's.
     """
-    # Cleared before reading the orders: see _queue_enqueue.
+    if user_id is None:
+        return _queue_run()
+    # One user's queue (messages from before one run served every user): the mark is
+    # cleared before reading the orders, and the run looks again after each batch.
     get_redis_connection("default").delete(QUEUE_RUN_KEY)
     started, processed = time.monotonic(), 0
     while True:
-        try:
-            count = _queue_batch_process(user_id=user_id, limit=QUEUE_BATCH_SIZE)
-        except TRANSIENT_ERRORS:
-            raise
-        except Exception:
-            logger.exception("order batch failed; isolating")
-            count = sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
+        count = _queue_batch_isolating(user_id=user_id)
         processed += count
-        # Nothing done: no pending order, or every user with one is another run's,
-        # which reads again after its commit, as this run does now.
+        # Nothing done: no pending order, or the user is another run's, which reads
+        # again after its commit, as this run does now.
         if not count or not _queue_has_pending(user_id=user_id):
             return processed
         if time.monotonic() - started > QUEUE_RUN_SECONDS:
             _queue_enqueue(force=True)
             return processed
+
+
+def _queue_run() -> int:
+    """A run of every user's queue (``order_queue_process``).
+
+    Nothing committed waits for a run that will not come: an order committed while
+    the mark is set is read by a batch its holder books later (after every batch, a run
+    looks for pending orders, and looks once more after releasing the mark); one
+    committed after the release finds no mark and enqueues a run. A user another run
+    holds is skipped here and read by that run's next batch.
+    """
+    redis = get_redis_connection("default")
+    started, processed = time.monotonic(), 0
+    while True:
+        count = _queue_batch_isolating(user_id=None)
+        processed += count
+        if count and _queue_has_pending(user_id=None):
+            if time.monotonic() - started > QUEUE_RUN_SECONDS:
+                # The mark passes to the successor (its timeout starts again).
+                redis.set(QUEUE_RUN_KEY, 1, ex=QUEUE_MARK_SECONDS)
+                _queue_enqueue(force=True)
+                return processed
+            continue
+        redis.delete(QUEUE_RUN_KEY)
+        if not _queue_has_pending(user_id=None):
+            return processed
+        count = _queue_batch_isolating(user_id=None)
+        processed += count
+        # Nothing booked: what is pending is another run's, which reads again after its
+        # commit. Booked some: carry on holding the mark again, unless an order committed
+        # after the release has enqueued a run already (it reads what is left).
+        if not count or not redis.set(QUEUE_RUN_KEY, 1, nx=True, ex=QUEUE_MARK_SECONDS):
+            return processed
+
+
+def _queue_batch_isolating(*, user_id: int | None) -> int:
+    """One batch of the queue; a batch that fails for any reason but an outage is
+    retried one user at a time (``_queue_user_isolated``)."""
+    try:
+        return _queue_batch_process(user_id=user_id, limit=QUEUE_BATCH_SIZE)
+    except TRANSIENT_ERRORS:
+        raise
+    except Exception:
+        logger.exception("order batch failed; isolating")
+        return sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
 
 
 def _queue_has_pending(*, user_id: int | None) -> bool:
@@ -905,42 +953,58 @@ def _queue_user_isolated(*, user_id: int) -> int:
             return processed
 
 
-def _queue_users_lock(*, user_id: int | None) -> list[int]:
-    """In the current transaction, take the queue locks of the users with pending orders
-    (up to ``QUEUE_USERS_PER_BATCH``, oldest order first) that no other run holds; only
-    ``user_id``'s if given, waiting for it. Returns the users locked."""
+def _queue_users_lock(*, user_id: int) -> None:
+    """In the current transaction, take ``user_id``'s queue lock, waiting for it."""
     with connection.cursor() as cursor:
-        if user_id is not None:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)",
-                [QUEUE_LOCK_NAMESPACE, user_id % _QUEUE_LOCK_KEYS],
-            )
-            return [user_id]
-        # The LIMIT keeps the lock calls out of the subquery: only listed users are tried.
-        query = (
-            f"SELECT user_id FROM (SELECT user_id, min(id) AS first FROM {Order._meta.db_table}"  # noqa: S608 - our table name
-            " WHERE status = %s GROUP BY user_id ORDER BY first LIMIT %s) AS pending"
-            " WHERE pg_try_advisory_xact_lock(%s, (user_id %% %s)::int) ORDER BY first"
-        )
-        cursor.execute(
-            query,
-            [Order.Status.PENDING, QUEUE_USERS_PER_BATCH, QUEUE_LOCK_NAMESPACE, _QUEUE_LOCK_KEYS],
-        )
-        return [row[0] for row in cursor.fetchall()]
+        key = user_id % _QUEUE_LOCK_KEYS
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUEUE_LOCK_NAMESPACE, key])
+
+
+# The heads of the queues, in one statement: the queue locks of the users with pending
+# orders (up to QUEUE_USERS_PER_BATCH, oldest order first) that no other run holds, then
+# those users' pending orders, locked, in id order. The users' subquery is materialized
+# (each lock is tried once) and its LIMIT keeps the lock calls out of the innermost one
+# (only listed users are tried). An order that a run holding one of these users filled
+# after this statement's snapshot is re-read by FOR UPDATE once that run commits, and
+# left out as no longer pending.
+_QUEUE_HEADS_LOCK = f"""
+WITH heads AS MATERIALIZED (
+    SELECT user_id FROM (
+        SELECT user_id, min(id) AS first FROM {Order._meta.db_table} WHERE status = %(pending)s
+        GROUP BY user_id ORDER BY first LIMIT %(users)s
+    ) AS pending
+    WHERE pg_try_advisory_xact_lock(%(namespace)s, (user_id %% %(keys)s)::int)
+)
+SELECT {_BOOKING_COLUMNS} FROM {Order._meta.db_table}
+WHERE user_id IN (SELECT user_id FROM heads) AND status = %(pending)s
+ORDER BY id LIMIT %(limit)s FOR UPDATE
+"""  # noqa: S608 - our table names
 
 
 @transaction.atomic
 def _queue_batch_process(*, user_id: int | None, limit: int) -> int:
     # The batch's pushes go out as one per user, its emails as one task.
     with deliveries_batched():
-        user_ids = _queue_users_lock(user_id=user_id)
-        if not user_ids:
-            return 0
-        orders = _orders_lock(
-            where="user_id = ANY(%s) AND status = %s",
-            params=[user_ids, Order.Status.PENDING],
-            limit=limit,
-        )
+        if user_id is None:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _QUEUE_HEADS_LOCK,
+                    {
+                        "pending": Order.Status.PENDING,
+                        "users": QUEUE_USERS_PER_BATCH,
+                        "namespace": QUEUE_LOCK_NAMESPACE,
+                        "keys": _QUEUE_LOCK_KEYS,
+                        "limit": limit,
+                    },
+                )
+                orders = [_Booking(*row) for row in cursor.fetchall()]
+        else:
+            _queue_users_lock(user_id=user_id)
+            orders = _orders_lock(
+                where="user_id = %s AND status = %s",
+                params=[user_id, Order.Status.PENDING],
+                limit=limit,
+            )
         return _orders_book(orders=orders, prices=None)
 
 
