@@ -290,4 +290,4 @@ def _notification_parts(
         context={"title": title, "body": _BODY, "kind_label": kind_label, "link": link},
     )
     ((html, _),) = message.alternatives
-    return message.body, html
+    return str(message.body), str(html)

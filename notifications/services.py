@@ -4,7 +4,6 @@ Delivery happens after commit: a rolled-back order never notifies anyone, and
 the push carries exactly what the REST API will show.
 """
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import Case, DecimalField, Q, Value, When
 from django.utils import timezone
@@ -103,7 +103,7 @@ class _Deliveries:
                     "kinds": pg_text_array(row.kind for row in rows),
                     "titles": pg_text_array(row.title for row in rows),
                     "bodies": pg_text_array(row.body for row in rows),
-                    "data": pg_text_array(json.dumps(row.data) for row in rows),
+                    "data": pg_text_array(orjson.dumps(row.data).decode() for row in rows),
                     "outbox_kind": OutboxEmail.Kind.NOTIFICATION,
                     "outbox_status": OutboxEmail.Status.PENDING,
                     "default_kinds": pg_text_array(sorted(DEFAULT_EMAIL_KINDS)),

@@ -705,17 +705,19 @@ class _Book:
         self.datetimes = serializers.DateTimeField(default_timezone=timezone.get_current_timezone())
         self.updated_at = self.datetimes.to_representation(self.now)
         self.entries: list[tuple] = []
-        self.counts: dict[Any, int] = {}
+        self.counts: dict[tuple[Any, tuple[str, ...]], int] = {}
 
-    def count(self, counter: Any) -> None:
-        self.counts[counter] = self.counts.get(counter, 0) + 1
+    def count(self, metric: Any, *labels: str) -> None:
+        """Count one in ``metric``'s child of ``labels`` (resolved once per batch)."""
+        key = (metric, labels)
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def save(self) -> None:
         _ledger_insert(self.entries)
         # Counted once the transaction commits: a run rolled back and retried must not
         # count twice.
-        for counter, count in self.counts.items():
-            transaction.on_commit(partial(counter.inc, count), robust=True)
+        for (metric, labels), count in self.counts.items():
+            transaction.on_commit(partial(metric.labels(*labels).inc, count), robust=True)
 
 
 def _booking_status_set(*, order: _Booking, book: _Book, status: str, **changes: Any) -> None:
@@ -752,7 +754,7 @@ def _order_reject(
         order=order, book=book, status=Order.Status.REJECTED, reject_reason=reason[:200]
     )
     # Reasons are "<code>" or "<code>: <sentence>"; the code is the label.
-    book.count(metrics.ORDERS_REJECTED.labels(reason=reason.split(":", 1)[0]))
+    book.count(metrics.ORDERS_REJECTED, reason.split(":", 1)[0])
 
 
 def _order_fill(
@@ -799,7 +801,7 @@ def _order_fill(
     _booking_status_set(
         order=order, book=book, status=Order.Status.FILLED, filled_price=price, fee=fee
     )
-    book.count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
+    book.count(metrics.ORDERS_FILLED, order.side, order.type)
 
 
 def _limit_of(order: "Order | _Booking") -> Decimal:
