@@ -17,6 +17,7 @@ at least once, as with any mail queue.
 """
 
 import logging
+import secrets
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -260,7 +261,7 @@ def notification_email_message(*, outbox: OutboxEmail) -> EmailMultiAlternatives
         app_url=settings.APP_URL,
     )
     body = notification.body or notification.title
-    message = EmailMultiAlternatives(
+    message = _NotificationEmail(
         subject=subject,
         body=text.replace(_BODY, body),
         from_email=settings.DEFAULT_FROM_EMAIL,
@@ -268,6 +269,19 @@ def notification_email_message(*, outbox: OutboxEmail) -> EmailMultiAlternatives
     )
     message.attach_alternative(html.replace(_BODY, escape(body)), "text/html")
     return message
+
+
+class _NotificationEmail(EmailMultiAlternatives):
+    """A notification email whose MIME boundary is drawn up front: 128 random bits, which
+    a message written before they were drawn cannot contain. Left to itself the email
+    package draws a shorter one and compiles a regular expression to search the whole
+    message for it, a fifth of the cost of serializing a notification email."""
+
+    def message(self):
+        message = super().message()
+        if message.is_multipart():
+            message.set_boundary(f"=_cv{secrets.token_hex(16)}")
+        return message
 
 
 # Stands for the body in a rendered notification email: a token that HTML escaping

@@ -1,6 +1,7 @@
 """The email outbox against the real PostgreSQL, Redis and a real Celery worker; Django's
 locmem email backend (and the variants in ``backends.py``) plays the mail server."""
 
+import email
 import socket
 import threading
 import time
@@ -229,6 +230,12 @@ def test_a_notification_email_is_what_its_templates_render_for_any_body(settings
         )
         assert message.body == expected.body
         assert message.alternatives == expected.alternatives
+        # As sent: a multipart/alternative whose parts are those two.
+        sent = email.message_from_bytes(message.message().as_bytes())
+        assert sent.get_content_type() == "multipart/alternative"
+        text, html = sent.get_payload()
+        assert text.get_payload(decode=True).decode() == expected.body
+        assert html.get_payload(decode=True).decode() == expected.alternatives[0][0]
 
 
 @pytest.mark.django_db
