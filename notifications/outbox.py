@@ -22,6 +22,7 @@ import time
 import uuid
 from datetime import datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
@@ -277,8 +278,8 @@ class _NotificationEmail(EmailMultiAlternatives):
     package draws a shorter one and compiles a regular expression to search the whole
     message for it, a fifth of the cost of serializing a notification email."""
 
-    def message(self):
-        message = super().message()
+    def message(self, **kwargs: Any) -> Any:
+        message = super().message(**kwargs)
         if message.is_multipart():
             message.set_boundary(f"=_cv{secrets.token_hex(16)}")
         return message
