@@ -60,6 +60,7 @@ import time
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -478,6 +479,22 @@ def print_integrity(checks: dict) -> bool:
     return not any(checks.values())
 
 
+def print_batches(window) -> None:
+    """How many orders each batch of the queue booked: a batch stamps all its orders with
+    one ``updated_at`` (the time it started booking)."""
+    from django.db.models import Count
+
+    sizes = [
+        row["n"]
+        for row in window.exclude(status="pending").values("updated_at").annotate(n=Count("id"))
+    ]
+    if sizes:
+        print(
+            f"queue batches: {len(sizes)}, orders per batch mean {sum(sizes) / len(sizes):.1f},"
+            f" p50 {percentile(sizes, 50):.0f}, max {max(sizes)}"
+        )
+
+
 def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: int = 201) -> dict:
     """Prints the figures and the integrity checks once the window's orders drained."""
     from django.db.models import Max
@@ -512,6 +529,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: in
             f"          {statuses['filled'] / drained:8.1f} orders/s sustained (the window's "
             f"orders all filled {drained - seconds:.1f} s after it closed)"
         )
+    print_batches(window)
     print_percentiles("POST latency", latencies)
     print_percentiles("place->filled", lags)
     ok = print_integrity(integrity())
@@ -612,6 +630,44 @@ def limit_book(n: int, *, users: int) -> dict:
     return {"ok": ok and filled == n and in_order, "seconds": seconds}
 
 
+class DatabaseCpuMeter(CpuMeter):
+    """``CpuMeter`` with one more kind of group: the PostgreSQL backends connected to this
+    run's database (``DATABASE``), read at each sample. The machine's PostgreSQL is shared
+    (``"postgres"`` counts every database's backends, and the server's own processes:
+    WAL writer, checkpointer, autovacuum); this one counts this run's statements only."""
+
+    DATABASE = "postgres-of-this-database"
+
+    def __init__(self, groups: dict[str, int | list[int] | str]) -> None:
+        super().__init__(groups)
+        self.connection: Any = None
+
+    def _pids(self, group: int | list[int] | str) -> list[int]:
+        if group != self.DATABASE:
+            return super()._pids(group)
+        if self.connection is None:
+            # A connection of its own: the samples are taken inside the load's event loop,
+            # where Django's connections refuse to be used.
+            import psycopg2
+            from django.conf import settings
+
+            db = settings.DATABASES["default"]
+            self.connection = psycopg2.connect(
+                dbname=db["NAME"],
+                user=db["USER"],
+                password=db["PASSWORD"],
+                host=db["HOST"],
+                port=db["PORT"] or None,
+            )
+            self.connection.autocommit = True
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid()"
+            )
+            return [pid for (pid,) in cursor.fetchall()]
+
+
 def measure(
     args: argparse.Namespace,
     traders: list[Trader],
@@ -626,8 +682,14 @@ def measure(
     # The machine is shared: a figure means little without the load it ran under.
     load_before = os.getloadavg()[0]
     web, worker = processes
-    meter = CpuMeter(
-        {"web": web.pid, "worker": worker.pid, "postgres": "postgres", "client": [os.getpid()]}
+    meter = DatabaseCpuMeter(
+        {
+            "web": web.pid,
+            "worker": worker.pid,
+            "postgres": "postgres",
+            "pg-db": DatabaseCpuMeter.DATABASE,
+            "client": [os.getpid()],
+        }
     )
     t0 = timezone.now()
     stats = asyncio.run(load(args, traders, meter, via=via))

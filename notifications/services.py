@@ -4,7 +4,6 @@ Delivery happens after commit: a rolled-back order never notifies anyone, and
 the push carries exactly what the REST API will show.
 """
 
-import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -12,6 +11,7 @@ from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
 from django.db import connection, transaction
 from django.db.models import Case, DecimalField, Q, Value, When
 from django.utils import timezone
@@ -90,48 +90,29 @@ class _Deliveries:
             OutboxEmail.objects.bulk_create(self.emails)
 
     def _rows_save(self) -> dict[int, dict]:
-        """Insert ``self.rows`` and the outbox rows of those their users are emailed, one
-        statement each, and return each row's output (by ``id()`` of the row)."""
+        """Insert ``self.rows`` and the outbox rows of those their users are emailed, in
+        one statement (``_ROWS_INSERT``), and return each row's output (by ``id()`` of the
+        row)."""
         rows, now = self.rows, timezone.now()
-        table = Notification._meta.db_table
         with connection.cursor() as cursor:
-            # RETURNING gives the ids in the order of the rows inserted (as bulk_create
-            # relies on), which is the order of the arrays.
             cursor.execute(
-                f"INSERT INTO {table} (user_id, kind, title, body, data, created_at)"  # noqa: S608 - our table name
-                " SELECT *, %s FROM unnest(%s::bigint[], %s::varchar[], %s::varchar[],"
-                " %s::text[], %s::jsonb[]) RETURNING id",
-                [
-                    now,
-                    pg_array(row.user_id for row in rows),
-                    pg_text_array(row.kind for row in rows),
-                    pg_text_array(row.title for row in rows),
-                    pg_text_array(row.body for row in rows),
-                    pg_text_array(json.dumps(row.data) for row in rows),
-                ],
+                _ROWS_INSERT,
+                {
+                    "now": now,
+                    "user_ids": pg_array(row.user_id for row in rows),
+                    "kinds": pg_text_array(row.kind for row in rows),
+                    "titles": pg_text_array(row.title for row in rows),
+                    "bodies": pg_text_array(row.body for row in rows),
+                    "data": pg_text_array(orjson.dumps(row.data).decode() for row in rows),
+                    "outbox_kind": OutboxEmail.Kind.NOTIFICATION,
+                    "outbox_status": OutboxEmail.Status.PENDING,
+                    "default_kinds": pg_text_array(sorted(DEFAULT_EMAIL_KINDS)),
+                },
             )
-            ids = [notification_id for (notification_id,) in cursor.fetchall()]
-            emailed = _email_kinds_of_users({row.user_id for row in rows})
-            outbox = [
-                (notification_id, row.user_id)
-                for notification_id, row in zip(ids, rows, strict=True)
-                if row.kind in emailed[row.user_id]
-            ]
-            if outbox:
-                cursor.execute(
-                    f"INSERT INTO {OutboxEmail._meta.db_table} (kind, address, status,"  # noqa: S608 - our table name
-                    " attempts, next_attempt_at, last_error, created_at, notification_id, user_id)"
-                    " SELECT %s, '', %s, 0, %s, '', %s, * FROM unnest(%s::bigint[], %s::bigint[])",
-                    [
-                        OutboxEmail.Kind.NOTIFICATION,
-                        OutboxEmail.Status.PENDING,
-                        now,
-                        now,
-                        pg_array(notification_id for notification_id, _ in outbox),
-                        pg_array(user_id for _, user_id in outbox),
-                    ],
-                )
-            self.emailed_rows = len(outbox)
+            fetched = cursor.fetchall()
+        # Ids are handed out as the rows are inserted, in the order of the arrays.
+        ids = [notification_id for notification_id, _ in fetched]
+        self.emailed_rows = fetched[0][1] if fetched else 0
         created_at = _DATETIME.to_representation(now)
         return {
             id(row): {
@@ -156,28 +137,33 @@ class _Deliveries:
             outbox_emails_wake()
 
 
+# A batch's notifications (``notification_add``) and the outbox rows of those their
+# users are emailed, in one statement: a user is emailed a kind if they have an address,
+# are active and their preference lists the kind (no preference row: the defaults), as
+# ``_email_kinds`` decides for one. Returns the new ids in insertion order, each with the
+# number of outbox rows written.
+_ROWS_INSERT = f"""
+WITH n AS (
+    INSERT INTO {Notification._meta.db_table} (user_id, kind, title, body, data, created_at)
+    SELECT *, %(now)s FROM unnest(%(user_ids)s::bigint[], %(kinds)s::varchar[],
+        %(titles)s::varchar[], %(bodies)s::text[], %(data)s::jsonb[])
+    RETURNING id, user_id, kind
+), o AS (
+    INSERT INTO {OutboxEmail._meta.db_table} (kind, address, status, attempts, next_attempt_at,
+        last_error, created_at, notification_id, user_id)
+    SELECT %(outbox_kind)s, '', %(outbox_status)s, 0, %(now)s, '', %(now)s, n.id, n.user_id
+    FROM n JOIN {User._meta.db_table} u ON u.id = n.user_id
+    LEFT JOIN {NotificationPreference._meta.db_table} p ON p.user_id = n.user_id
+    WHERE u.email <> '' AND u.is_active AND CASE WHEN p.email_kinds IS NULL
+        THEN n.kind = ANY(%(default_kinds)s::varchar[]) ELSE p.email_kinds ? n.kind END
+    RETURNING 1
+)
+SELECT id, (SELECT count(*) FROM o) FROM n ORDER BY id
+"""  # noqa: S608 - our table names
+
+
 # How NotificationSerializer shows a datetime (``notification_add`` builds the output).
 _DATETIME = serializers.DateTimeField()
-
-
-def _email_kinds_of_users(user_ids: set[int]) -> dict[int, frozenset[str]]:
-    """The kinds each user is emailed (none without an address or once deactivated), in
-    one statement."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT u.id, u.email, u.is_active, p.email_kinds FROM {User._meta.db_table} u"  # noqa: S608 - our table names
-            f" LEFT JOIN {NotificationPreference._meta.db_table} p ON p.user_id = u.id"
-            " WHERE u.id = ANY(%s)",
-            [sorted(user_ids)],
-        )
-        return {
-            user_id: _email_kinds(
-                email=email,
-                is_active=is_active,
-                kinds=None if kinds is None else frozenset(json.loads(kinds)),
-            )
-            for user_id, email, is_active, kinds in cursor.fetchall()
-        }
 
 
 def _email_kinds(*, email: str, is_active: bool, kinds: frozenset[str] | None) -> frozenset[str]:

@@ -341,6 +341,11 @@ QUEUE_USERS_PER_BATCH = 500
 # A run (of the queue, of limit matching) that has worked this long enqueues its
 # successor and ends, so one run never meets its time limit under sustained load.
 QUEUE_RUN_SECONDS = 10.0
+# After a batch of at least QUEUE_GATHER_MIN orders (the queue is busy) a run waits this
+# long before its next batch, which so gathers more orders to spread its fixed cost
+# (statements, commit, pushes) over. Light load never waits: its batches are smaller.
+QUEUE_GATHER_MIN = 8
+QUEUE_GATHER_SECONDS = 0.02
 
 
 def _queue_enqueue(*, force: bool = False) -> None:
@@ -687,17 +692,19 @@ class _Book:
         self.datetimes = serializers.DateTimeField(default_timezone=timezone.get_current_timezone())
         self.updated_at = self.datetimes.to_representation(self.now)
         self.entries: list[tuple] = []
-        self.counts: dict[Any, int] = {}
+        self.counts: dict[tuple[Any, tuple[str, ...]], int] = {}
 
-    def count(self, counter: Any) -> None:
-        self.counts[counter] = self.counts.get(counter, 0) + 1
+    def count(self, metric: Any, *labels: str) -> None:
+        """Count one in ``metric``'s child of ``labels`` (resolved once per batch)."""
+        key = (metric, labels)
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def save(self) -> None:
         _ledger_insert(self.entries)
         # Counted once the transaction commits: a run rolled back and retried must not
         # count twice.
-        for counter, count in self.counts.items():
-            transaction.on_commit(partial(counter.inc, count), robust=True)
+        for (metric, labels), count in self.counts.items():
+            transaction.on_commit(partial(metric.labels(*labels).inc, count), robust=True)
 
 
 def _booking_status_set(*, order: _Booking, book: _Book, status: str, **changes: Any) -> None:
@@ -734,7 +741,7 @@ def _order_reject(
         order=order, book=book, status=Order.Status.REJECTED, reject_reason=reason[:200]
     )
     # Reasons are "<code>" or "<code>: <sentence>"; the code is the label.
-    book.count(metrics.ORDERS_REJECTED.labels(reason=reason.split(":", 1)[0]))
+    book.count(metrics.ORDERS_REJECTED, reason.split(":", 1)[0])
 
 
 def _order_fill(
@@ -781,7 +788,7 @@ def _order_fill(
     _booking_status_set(
         order=order, book=book, status=Order.Status.FILLED, filled_price=price, fee=fee
     )
-    book.count(metrics.ORDERS_FILLED.labels(side=order.side, type=order.type))
+    book.count(metrics.ORDERS_FILLED, order.side, order.type)
 
 
 def _limit_of(order: "Order | _Booking") -> Decimal:
@@ -815,27 +822,78 @@ def order_queue_process(*, user_id: int | None = None) -> int:
     commits), and its orders are locked in id order, so a redelivered or concurrent
     run processes nothing twice and keeps the order of arrival.
 
+    A run of every user's queue holds the mark of ``_queue_enqueue`` while it works:
+    orders placed meanwhile enqueue nothing and are taken by its next batch, so under
+    load one run books batch after batch, each of what arrived during the last, with
+    no task in between. It releases the mark once a batch finds nothing, then books
+    one more batch (what was committed while it held the mark); see ``_queue_run``.
+
     A transient error (``TRANSIENT_ERRORS``: Redis, PostgreSQL, the soft time limit)
     rolls the batch back and propagates, for the task to retry: an outage never
     rejects an order. A batch that fails for any other reason is retried one user at a
     time, then one order at a time, and an order that fails on its own is rejected
     (funds released), so one bad order can never block its user's queue or another's.
     """
-    # Cleared before reading the orders: see _queue_enqueue.
+    if user_id is None:
+        return _queue_run()
+    # One user's queue (messages from before one run served every user): the mark is
+    # cleared before reading the orders, and the run looks again after each batch.
     get_redis_connection("default").delete(QUEUE_RUN_KEY)
     started, processed = time.monotonic(), 0
     while True:
-        count = _queue_batch_try(user_id=user_id, limit=QUEUE_BATCH_SIZE)
-        if count is None:
-            count = sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
+        count = _queue_batch_isolating(user_id=user_id)
         processed += count
-        # Nothing done: no pending order, or every user with one is another run's,
-        # which reads again after its commit, as this run does now.
+        # Nothing done: no pending order, or the user is another run's, which reads
+        # again after its commit, as this run does now.
         if not count or not _queue_has_pending(user_id=user_id):
             return processed
         if time.monotonic() - started > QUEUE_RUN_SECONDS:
             _queue_enqueue(force=True)
             return processed
+
+
+def _queue_run() -> int:
+    """A run of every user's queue (``order_queue_process``).
+
+    Nothing committed waits for a run that will not come: an order committed while
+    the mark is set is read by a batch its holder books later (after every batch, a run
+    looks for pending orders, and looks once more after releasing the mark); one
+    committed after the release finds no mark and enqueues a run. A user another run
+    holds is skipped here and read by that run's next batch.
+    """
+    redis = get_redis_connection("default")
+    started, processed = time.monotonic(), 0
+    while True:
+        count = _queue_batch_isolating(user_id=None)
+        processed += count
+        if count and _queue_has_pending(user_id=None):
+            if time.monotonic() - started > QUEUE_RUN_SECONDS:
+                # The mark passes to the successor (its timeout starts again).
+                redis.set(QUEUE_RUN_KEY, 1, ex=QUEUE_MARK_SECONDS)
+                _queue_enqueue(force=True)
+                return processed
+            if count >= QUEUE_GATHER_MIN:
+                time.sleep(QUEUE_GATHER_SECONDS)
+            continue
+        redis.delete(QUEUE_RUN_KEY)
+        if not _queue_has_pending(user_id=None):
+            return processed
+        count = _queue_batch_isolating(user_id=None)
+        processed += count
+        # Nothing booked: what is pending is another run's, which reads again after its
+        # commit. Booked some: carry on holding the mark again, unless an order committed
+        # after the release has enqueued a run already (it reads what is left).
+        if not count or not redis.set(QUEUE_RUN_KEY, 1, nx=True, ex=QUEUE_MARK_SECONDS):
+            return processed
+
+
+def _queue_batch_isolating(*, user_id: int | None) -> int:
+    """One batch of the queue; a batch that fails for any reason but an outage is
+    retried one user at a time (``_queue_user_isolated``)."""
+    count = _queue_batch_try(user_id=user_id, limit=QUEUE_BATCH_SIZE)
+    if count is None:
+        count = sum(_queue_user_isolated(user_id=uid) for uid in _queue_users(user_id))
+    return count
 
 
 def _queue_has_pending(*, user_id: int | None) -> bool:
@@ -892,42 +950,58 @@ def _queue_batch_try(*, user_id: int | None, limit: int) -> int | None:
         return None
 
 
-def _queue_users_lock(*, user_id: int | None) -> list[int]:
-    """In the current transaction, take the queue locks of the users with pending orders
-    (up to ``QUEUE_USERS_PER_BATCH``, oldest order first) that no other run holds; only
-    ``user_id``'s if given, waiting for it. Returns the users locked."""
+def _queue_users_lock(*, user_id: int) -> None:
+    """In the current transaction, take ``user_id``'s queue lock, waiting for it."""
     with connection.cursor() as cursor:
-        if user_id is not None:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s, %s)",
-                [QUEUE_LOCK_NAMESPACE, user_id % _QUEUE_LOCK_KEYS],
-            )
-            return [user_id]
-        # The LIMIT keeps the lock calls out of the subquery: only listed users are tried.
-        query = (
-            f"SELECT user_id FROM (SELECT user_id, min(id) AS first FROM {Order._meta.db_table}"  # noqa: S608 - our table name
-            " WHERE status = %s GROUP BY user_id ORDER BY first LIMIT %s) AS pending"
-            " WHERE pg_try_advisory_xact_lock(%s, (user_id %% %s)::int) ORDER BY first"
-        )
-        cursor.execute(
-            query,
-            [Order.Status.PENDING, QUEUE_USERS_PER_BATCH, QUEUE_LOCK_NAMESPACE, _QUEUE_LOCK_KEYS],
-        )
-        return [row[0] for row in cursor.fetchall()]
+        key = user_id % _QUEUE_LOCK_KEYS
+        cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [QUEUE_LOCK_NAMESPACE, key])
+
+
+# The heads of the queues, in one statement: the queue locks of the users with pending
+# orders (up to QUEUE_USERS_PER_BATCH, oldest order first) that no other run holds, then
+# those users' pending orders, locked, in id order. The users' subquery is materialized
+# (each lock is tried once) and its LIMIT keeps the lock calls out of the innermost one
+# (only listed users are tried). An order that a run holding one of these users filled
+# after this statement's snapshot is re-read by FOR UPDATE once that run commits, and
+# left out as no longer pending.
+_QUEUE_HEADS_LOCK = f"""
+WITH heads AS MATERIALIZED (
+    SELECT user_id FROM (
+        SELECT user_id, min(id) AS first FROM {Order._meta.db_table} WHERE status = %(pending)s
+        GROUP BY user_id ORDER BY first LIMIT %(users)s
+    ) AS pending
+    WHERE pg_try_advisory_xact_lock(%(namespace)s, (user_id %% %(keys)s)::int)
+)
+SELECT {_BOOKING_COLUMNS} FROM {Order._meta.db_table}
+WHERE user_id IN (SELECT user_id FROM heads) AND status = %(pending)s
+ORDER BY id LIMIT %(limit)s FOR UPDATE
+"""  # noqa: S608 - our table names
 
 
 @transaction.atomic
 def _queue_batch_process(*, user_id: int | None, limit: int) -> int:
     # The batch's pushes go out as one per user, its emails as one task.
     with deliveries_batched():
-        user_ids = _queue_users_lock(user_id=user_id)
-        if not user_ids:
-            return 0
-        orders = _orders_lock(
-            where="user_id = ANY(%s) AND status = %s",
-            params=[user_ids, Order.Status.PENDING],
-            limit=limit,
-        )
+        if user_id is None:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    _QUEUE_HEADS_LOCK,
+                    {
+                        "pending": Order.Status.PENDING,
+                        "users": QUEUE_USERS_PER_BATCH,
+                        "namespace": QUEUE_LOCK_NAMESPACE,
+                        "keys": _QUEUE_LOCK_KEYS,
+                        "limit": limit,
+                    },
+                )
+                orders = [_Booking(*row) for row in cursor.fetchall()]
+        else:
+            _queue_users_lock(user_id=user_id)
+            orders = _orders_lock(
+                where="user_id = %s AND status = %s",
+                params=[user_id, Order.Status.PENDING],
+                limit=limit,
+            )
         return _orders_book(orders=orders, prices=None)
 
 

@@ -1,6 +1,7 @@
 """The email outbox against the real PostgreSQL, Redis and a real Celery worker; Django's
 locmem email backend (and the variants in ``backends.py``) plays the mail server."""
 
+import email
 import socket
 import threading
 import time
@@ -192,3 +193,67 @@ def test_no_transaction_or_row_lock_is_held_while_the_mail_server_is_talked_to(s
     row.refresh_from_db()
     assert (row.status, row.claimed_until) == ("sent", None)
     assert len(mails_to(user.email, "verification code")) == 1
+
+
+@pytest.mark.django_db
+def test_a_notification_email_is_what_its_templates_render_for_any_body(settings):
+    """A batch renders the notification templates once, with a stand-in for the body:
+    each email is still exactly what rendering them with its own body gives, its body
+    escaped in the HTML part and as it is in the text part."""
+    from cryptovault.emails import email_render
+    from notifications.models import Notification
+
+    settings.APP_URL = "https://vault.example"
+    user = user_create()
+    bodies = ["", "Filled at 65000 usd.", "<b>&amp; \"quoted\" 'single'</b> \\ {{ x }} %s"]
+    for body in bodies:
+        notification = Notification.objects.create(
+            user=user, kind="order_filled", title="Order <filled> & done", body=body
+        )
+        row = OutboxEmail.objects.create(kind="notification", user=user, notification=notification)
+        message = outbox.notification_email_message(outbox=row)
+        expected = email_render(
+            template="notification",
+            subject="CryptoVault: Order <filled> & done",
+            to=[user.email],
+            context={
+                "title": notification.title,
+                "body": body or notification.title,
+                "kind_label": "order filled",
+                "link": "https://vault.example/notifications",
+            },
+        )
+        assert (message.subject, message.to, message.from_email) == (
+            expected.subject,
+            expected.to,
+            expected.from_email,
+        )
+        assert message.body == expected.body
+        assert message.alternatives == expected.alternatives
+        # As sent: a multipart/alternative whose parts are those two.
+        sent = email.message_from_bytes(message.message().as_bytes())
+        assert sent.get_content_type() == "multipart/alternative"
+        text, html = sent.get_payload()
+        assert text.get_payload(decode=True).decode() == expected.body
+        assert html.get_payload(decode=True).decode() == expected.alternatives[0][0]
+
+
+@pytest.mark.django_db
+def test_a_drain_records_its_batch_together_each_row_once(settings, django_assert_max_num_queries):
+    """One claim and one mark for a batch of sent emails (whatever its size), skipped
+    rows marked too; each row sent once, with its own time."""
+    users = [user_create() for _ in range(30)]
+    for user in users:
+        outbox.outbox_email_add(kind="welcome", user=user)
+    gone = user_create(email_verified_at=None)  # no welcome for an unverified address
+    outbox.outbox_email_add(kind="welcome", user=gone)
+    # claim + read + the sent rows' mark + the skipped rows' mark + the empty claim.
+    with django_assert_max_num_queries(5):
+        assert outbox.outbox_emails_drain() == 30
+    assert sorted(m.to[0] for m in mail.outbox) == sorted(u.email for u in users)
+    rows = OutboxEmail.objects.all()
+    assert {(r.status, r.claim, r.claimed_until) for r in rows if r.user_id != gone.pk} == {
+        ("sent", None, None)
+    }
+    assert all(r.sent_at is not None for r in rows if r.status == "sent")
+    assert OutboxEmail.objects.get(user=gone).status == "skipped"

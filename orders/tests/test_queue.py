@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis.exceptions
@@ -635,3 +636,116 @@ def test_parts_of_a_crossing_run_side_by_side_and_fill_each_order_once_in_order(
         assert booked.count() == 3 * len(pks)
         assert list(dict.fromkeys(booked.values_list("order_id", flat=True))) == pks
     assert ledger_mismatches() == [] and reservation_mismatches() == []
+
+
+def _mark_set() -> bool:
+    from django_redis import get_redis_connection
+
+    return bool(get_redis_connection("default").exists(services.QUEUE_RUN_KEY))
+
+
+def _market_buy(user) -> Order:
+    return services.order_place(
+        user=user, coin_id="bitcoin", side="buy", type="market", quantity=Decimal("0.01")
+    )[0]
+
+
+def _run_while_held(user, meanwhile: Callable[[], Any]) -> tuple[list[int], Any]:
+    """``order_queue_process`` in a thread, its first batch held up by ``user``'s usd row
+    (held here) while ``meanwhile()`` runs: (what the run returned, what meanwhile did)."""
+    processed: list[int] = []
+
+    def run() -> None:
+        try:
+            processed.append(services.order_queue_process())
+        finally:
+            connection.close()
+
+    with row_lock_held(Balance.objects.get(user=user, asset=USD)):
+        thread = threading.Thread(target=run)
+        thread.start()
+        # The run's first batch holds ``user``'s queue and waits for the usd row.
+        wait_until(lambda: _queue_locks_held() >= 1 and _lock_waiters() >= 1)
+        outcome = meanwhile()
+    thread.join(timeout=60)
+    return processed, outcome
+
+
+def test_orders_placed_while_a_run_works_join_its_next_batch_with_no_task_between():
+    """A run holds the queue's mark while it works: orders placed meanwhile enqueue no
+    run and are booked by its next batch, each user's in order; the mark is released
+    once nothing is left, and the next order enqueues a run again."""
+    first = user_create(usd="10000", bitcoin="1")
+    others = [user_create(usd="10000") for _ in range(2)]
+    head = _market_buy(first)
+    assert (_queued(), _mark_set()) == (1, True)
+
+    def meanwhile() -> dict[int, list[int]]:
+        placed = {u.pk: [_market_buy(u).pk for _ in range(2)] for u in others}
+        sell = services.order_place(
+            user=first, coin_id="bitcoin", side="sell", type="market", quantity=Decimal("0.01")
+        )[0]
+        placed[first.pk] = [head.pk, sell.pk]
+        assert (_queued(), _mark_set()) == (1, True)  # nothing enqueued meanwhile
+        return placed
+
+    processed, placed = _run_while_held(first, meanwhile)
+    assert processed == [6]
+    assert set(Order.objects.values_list("status", flat=True)) == {"filled"}
+    _assert_booked_in_order(placed)
+    assert not _mark_set()
+    _market_buy(first)
+    assert _queued() == 2
+
+
+def test_an_order_committed_as_a_run_releases_its_mark_is_never_left_behind(monkeypatch):
+    """The moment a run finds nothing and lets go of the mark, an order commits: either
+    the run's last look finds it or the order, seeing no mark, enqueues a run."""
+    user = user_create(usd="10000")
+    _market_buy(user)
+    real_has_pending = services._queue_has_pending
+    late: list[Order] = []
+
+    def has_pending_then_a_late_order(*, user_id):
+        # Just before the run's look after its release, an order commits (it finds no
+        # mark and enqueues a run of its own).
+        if not _mark_set() and not late:
+            late.append(_market_buy(user))
+        return real_has_pending(user_id=user_id)
+
+    monkeypatch.setattr(services, "_queue_has_pending", has_pending_then_a_late_order)
+    queued = _queued()
+    assert services.order_queue_process() == 2
+    assert Order.objects.get(pk=late[0].pk).status == "filled"
+    assert _queued() == queued + 1  # its own run, which will find nothing: harmless
+    # That run finds nothing, releases the mark and ends.
+    assert services.order_queue_process() == 0
+    assert not _mark_set()
+
+
+def test_a_busy_run_waits_a_moment_between_batches_and_a_light_one_never(monkeypatch):
+    """After a batch of at least QUEUE_GATHER_MIN orders with more pending, a run waits
+    QUEUE_GATHER_SECONDS before its next batch (which so gathers more); after a smaller
+    batch it goes on at once."""
+    monkeypatch.setattr(services, "QUEUE_GATHER_MIN", 3)
+    waits: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(services.time, "sleep", sleep)
+    busy, light = user_create(usd="10000"), user_create(usd="10000")
+    heads = [_market_buy(busy) for _ in range(3)]
+
+    def meanwhile() -> list[Order]:
+        waits.clear()  # the helper's own polling
+        return [_market_buy(light) for _ in range(2)]  # pending when the first batch ends
+
+    processed, late = _run_while_held(busy, meanwhile)
+    assert processed == [5]
+    assert waits.count(services.QUEUE_GATHER_SECONDS) == 1  # after the 3, not after the 2
+    assert {o.status for o in Order.objects.filter(pk__in=[o.pk for o in heads + late])} == {
+        "filled"
+    }
