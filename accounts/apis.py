@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from accounts import crypto, selectors, services
 from accounts.models import ApiKey, Session, User
-from cryptovault.exceptions import ApplicationError
+from cryptovault.exceptions import ApplicationError, found_or_404
 from cryptovault.pagination import PageNumberPagination, paginated_response
 from cryptovault.ratelimit import rate_limit
 
@@ -406,9 +406,7 @@ class SessionRevokeApi(APIView):
 
     @extend_schema(responses={204: None})
     def delete(self, request, session_id: str):
-        session = selectors.session_get(user=request.user, session_id=session_id)
-        if session is None:
-            raise ApplicationError("Not found.", code="not_found", status_code=404)
+        session = found_or_404(selectors.session_get(user=request.user, session_id=session_id))
         services.session_revoke(
             session_id=session.pk, reason="user_revoked", actor=request.user, request=request
         )
@@ -586,8 +584,8 @@ class ApiKeyListCreateApi(APIView):
 class ApiKeyRevokeApi(APIView):
     @extend_schema(responses={204: None})
     def delete(self, request, key_id: int):
-        api_key = selectors.api_key_get(user=request.user, key_id=key_id)
-        if api_key is None:
-            raise ApplicationError("Not found.", code="not_found", status_code=404)
-        services.api_key_revoke(api_key=api_key, actor=request.user, request=request)
+        api_key = found_or_404(selectors.api_key_get(user=request.user, key_id=key_id))
+        services.api_key_revoke(
+            api_key=api_key, reason="user_revoked", actor=request.user, request=request
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,6 +1,6 @@
 """Domain errors and the one place that turns every error into a DRF-shaped answer."""
 
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.exceptions
 from celery.exceptions import SoftTimeLimitExceeded
@@ -90,6 +90,24 @@ class ApplicationError(Exception):
         self.status_code = self.default_status_code if status_code is None else status_code
         self.extra = extra or {}
         self.headers = headers or {}
+
+
+class NotFoundError(ApplicationError):
+    """What was asked for does not exist, or is not the caller's to see."""
+
+    default_message = "Not found."
+    default_code = "not_found"
+    default_status_code = status.HTTP_404_NOT_FOUND
+
+
+Found = TypeVar("Found")
+
+
+def found_or_404(found: Found | None) -> Found:
+    """``found``, or ``NotFoundError`` when a lookup found nothing (None)."""
+    if found is None:
+        raise NotFoundError()
+    return found
 
 
 def exception_handler(exc: Exception, context: dict) -> Response | None:

@@ -27,7 +27,7 @@ from rest_framework import status as http
 from accounts.models import User
 from cryptovault import metrics
 from cryptovault.decimals import decimal_str
-from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError
+from cryptovault.exceptions import TRANSIENT_ERRORS, ApplicationError, found_or_404
 from cryptovault.sqlarrays import pg_array, pg_text_array, rows_update
 from markets.models import Coin
 from markets.selectors import (
@@ -1189,9 +1189,7 @@ def order_cancel(*, order_id: int, user: User | None = None) -> Order:
     orders = Order.objects.select_for_update(of=("self",)).select_related("user")
     if user is not None:
         orders = orders.filter(user=user)
-    order = orders.filter(pk=order_id).first()
-    if order is None:
-        raise ApplicationError("Not found.", code="not_found", status_code=http.HTTP_404_NOT_FOUND)
+    order = found_or_404(orders.filter(pk=order_id).first())
     if order.status not in Order.ACTIVE_STATUSES:
         raise ApplicationError(
             f"Only pending or open orders can be cancelled; this one is {order.status}.",

@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from accounts.models import User
 from accounts.selectors import session_is_live
-from cryptovault.exceptions import ApplicationError
+from cryptovault.exceptions import ApplicationError, NotFoundError
 from cryptovault.ratelimit import RateLimited
 from orders import services
 from orders.apis import order_input
@@ -61,7 +61,7 @@ def order_cancel_message(*, user_id: int, session_id: str, order_id: int) -> dic
     user = _trader(user_id=user_id, session_id=session_id)
     if not 1 <= order_id <= MAX_ORDER_ID:
         # Not an id any order can have (and beyond PostgreSQL's bigint).
-        raise ApplicationError("Not found.", code="not_found", status_code=404)
+        raise NotFoundError()
     return order_output(services.order_cancel(order_id=order_id, user=user))
 
 

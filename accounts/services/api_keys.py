@@ -141,11 +141,12 @@ def api_key_create(
 def api_key_revoke(
     *,
     api_key: ApiKey,
-    reason: str = "user_revoked",
+    reason: str,
     actor: User | None = None,
     request: HttpRequest | None = None,
 ) -> bool:
-    """Revoke one key now; False when it already was."""
+    """Revoke one key now, for ``reason`` (the caller says why: the user, an operator, a
+    new password); False when it already was."""
     revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(
         revoked_at=timezone.now(), revoked_reason=reason
     )
