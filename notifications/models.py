@@ -49,9 +49,9 @@ class Notification(models.Model):
         return self.read_at is not None
 
 
-# Emails for what a user would want to hear about outside the app. Order updates
-# are visible in the app and would be noisy by mail; the welcome email already
-# covers a verification, so ``email_verified`` is off too.
+# Emails for what a user would want to hear about outside the app: a fill, an alert, a
+# new login. Cancellations and rejections follow the user's own action and show in the
+# app; the welcome email already covers a verification, so ``email_verified`` is off.
 DEFAULT_EMAIL_KINDS: frozenset[str] = frozenset(
     {Notification.Kind.PRICE_ALERT, Notification.Kind.NEW_LOGIN, Notification.Kind.ORDER_FILLED}
 )
