@@ -32,7 +32,6 @@ from channels.db import database_sync_to_async
 from django.db import connection
 from django.utils import timezone
 
-from accounts.models import User
 from cryptovault.sqlarrays import pg_array, pg_text_array
 from notifications.models import UserEvent, UserEventCounter
 from notifications.realtime import frame_encode
@@ -49,41 +48,25 @@ class Event(NamedTuple):
     text: str  # the frame's JSON text
 
 
-# The whole of ``events_record`` in one statement. The users' rows are locked first
-# (FOR KEY SHARE, as the commit's foreign-key check of the log rows would take them), then
-# the counters; both in user id order. Taken at commit instead, they came after the
-# counter: a login holding its user's row FOR UPDATE and waiting for the counter
-# deadlocked with us. The counters' INSERT runs only once ``users`` has been read whole:
-# its one-time filter (an InitPlan, evaluated before the first row) counts the locked
-# rows. Its rows are inserted (and locked) in user id order: two batches touching the same
-# users cannot deadlock. A frame's id is its user's new last id minus ``back`` (how many
-# of the user's frames follow it), and its text the frame's JSON with the id put first.
-_EVENTS_RECORD = f"""
-WITH users AS MATERIALIZED (
-    SELECT id FROM {User._meta.db_table} WHERE id = ANY(%(user_ids)s::bigint[])
-    ORDER BY id FOR KEY SHARE
-), counters AS (
-    INSERT INTO {UserEventCounter._meta.db_table} AS c (user_id, last_id)
-    SELECT * FROM unnest(%(user_ids)s::bigint[], %(counts)s::bigint[])
-    WHERE (SELECT count(*) FROM users) >= 0
-    ORDER BY 1
-    ON CONFLICT (user_id) DO UPDATE SET last_id = c.last_id + EXCLUDED.last_id
-    RETURNING user_id, last_id
-), logged AS (
-    INSERT INTO {UserEvent._meta.db_table} (user_id, event_id, kind, frame, created_at)
-    SELECT f.user_id, c.last_id - f.back, f.kind,
-        '{{"id":' || (c.last_id - f.back) || ',' || f.tail, %(now)s
-    FROM unnest(%(frame_users)s::bigint[], %(backs)s::bigint[], %(kinds)s::varchar[],
-        %(tails)s::text[]) AS f (user_id, back, kind, tail)
-    JOIN counters c USING (user_id)
-)
-SELECT user_id, last_id FROM counters
-"""  # noqa: S608 - our table names
+# The whole of ``events_record`` in one call of ``notifications_events_record``, a
+# PL/pgSQL function (migration 0007), whose statements each backend plans once. It locks
+# the users' rows first (FOR KEY SHARE, as the commit's foreign-key check of the log rows
+# would take them), then the counters; both in user id order. Taken at commit instead,
+# they came after the counter: a login holding its user's row FOR UPDATE and waiting for
+# the counter deadlocked with us. The counters are inserted (and locked) in user id
+# order: two batches touching the same users cannot deadlock. A frame's id is its user's
+# new last id minus ``back`` (how many of the user's frames follow it), and its text the
+# frame's JSON with the id put first.
+_EVENTS_RECORD = """
+SELECT user_id, last_id FROM notifications_events_record(
+    %(user_ids)s::bigint[], %(counts)s::bigint[], %(now)s, %(frame_users)s::bigint[],
+    %(backs)s::bigint[], %(kinds)s::varchar[], %(tails)s::text[])
+"""
 
 
 def _frame_text(event_id: int, tail: str) -> str:
     """``frame_encode({"id": event_id, **frame})`` given ``tail``, the frame's own JSON
-    text without its opening brace (as ``_EVENTS_RECORD`` builds it too)."""
+    text without its opening brace (as ``notifications_events_record`` builds it too)."""
     return f'{{"id":{event_id},{tail}'
 
 
@@ -92,7 +75,7 @@ def events_record(*, frames_by_user: dict[int, list[dict]]) -> dict[int, list[st
     first key), so what is pushed after commit is what the log replays. Returns each
     user's frames as logged (JSON text), for the push to send as they are.
 
-    One statement whatever the number of users and frames (``_EVENTS_RECORD``)."""
+    One call whatever the number of users and frames (``_EVENTS_RECORD``)."""
     user_ids = sorted(user_id for user_id, frames in frames_by_user.items() if frames)
     if not user_ids:
         return {}

@@ -481,30 +481,17 @@ def _order_reservation(
     return required, quantize_up(required * (1 + MARKET_BUY_BUFFER))
 
 
-# The reservation and the INSERT of an order in one statement: the balance row is locked
-# (FOR UPDATE re-reads it after any concurrent writer commits) only if the coin is
-# tracked and the row holds what the order requires; no row out means nothing written.
-# The timestamps are taken once the lock is held, as the ORM's save would take them.
-_ORDER_INSERT_RESERVING = f"""
-WITH b AS (
-    SELECT id, LEAST(available, %(cap)s) AS reserve FROM {Balance._meta.db_table}
-    WHERE user_id = %(user_id)s AND asset = %(asset)s AND available >= %(required)s
-    AND EXISTS (SELECT 1 FROM {Coin._meta.db_table} WHERE id = %(coin_id)s AND tracked)
-    FOR UPDATE OF {Balance._meta.db_table}
-), u AS (
-    UPDATE {Balance._meta.db_table} AS t
-    SET available = t.available - b.reserve, locked = t.locked + b.reserve,
-        updated_at = clock_timestamp()
-    FROM b WHERE t.id = b.id RETURNING b.reserve, t.updated_at AS at
-)
-INSERT INTO {Order._meta.db_table} (
-    user_id, client_order_id, coin_id, side, type, quantity, limit_price, status,
-    reserved_asset, reserved_amount, created_at, updated_at
-)
-SELECT %(user_id)s, %(client_order_id)s, %(coin_id)s, %(side)s, %(type)s, %(quantity)s,
-    %(limit_price)s, %(status)s, %(asset)s, u.reserve, u.at, u.at
-FROM u RETURNING id, reserved_amount, created_at
-"""  # noqa: S608 - our table names
+# The reservation and the INSERT of an order in one call of
+# ``orders_order_insert_reserving``, a PL/pgSQL function (migration 0004) whose
+# statements each backend plans once: the balance row is locked (FOR UPDATE re-reads it
+# after any concurrent writer commits) only if the coin is tracked and the row holds what
+# the order requires; no row out means nothing written. The timestamps are taken once
+# the lock is held, as the ORM's save would take them.
+_ORDER_INSERT_RESERVING = """
+SELECT id, reserved_amount, created_at FROM orders_order_insert_reserving(
+    %(user_id)s, %(asset)s, %(required)s, %(cap)s, %(coin_id)s, %(client_order_id)s,
+    %(side)s, %(type)s, %(quantity)s, %(limit_price)s, %(status)s)
+"""
 
 
 def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Decimal) -> bool:

@@ -202,8 +202,9 @@ def test_insufficient_funds_is_400_with_code(client):
 
 
 def test_place_takes_two_statements_the_order_and_its_event(client, user):
-    """The reservation and the INSERT are one statement, the event log's (the user's
-    row, its counter, the event row) another: a pinned count, so none creeps back."""
+    """The reservation and the INSERT are one call (``orders_order_insert_reserving``),
+    the event log's (the user's row, its counter, the event row) another
+    (``notifications_events_record``): a pinned count, so none creeps back."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
@@ -214,8 +215,8 @@ def test_place_takes_two_statements_the_order_and_its_event(client, user):
         query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]
     ]
     assert len(statements) == 2, statements
-    assert statements[0].lstrip().startswith("WITH b AS")
-    assert statements[1].lstrip().startswith("WITH users AS")
+    assert "FROM orders_order_insert_reserving(" in statements[0]
+    assert "FROM notifications_events_record(" in statements[1]
     order = Order.objects.get(pk=response.json()["id"])
     balance = Balance.objects.get(user=user, asset="usd")
     assert order.reserved_amount == balance.locked > 0
