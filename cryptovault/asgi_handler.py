@@ -27,9 +27,20 @@ on the server's loop.
 The ASGI side is this module's: it reads the body, builds the WSGI environ from the
 scope as a WSGI server would, and sends the response; a streaming response is sent chunk
 by chunk from its thread as it is produced.
+
+Django's caches (``django.core.cache.caches``) also live as under a threaded WSGI server:
+one set per thread, kept across its requests. ``caches`` keeps them in an asgiref
+``Local``, in a context variable whose value only the thread that set it sees; each
+request runs in a copy of its server task's context, set by the loop's thread, so without
+this every request built its own ``RedisCache`` and redis-py client (django-redis's
+``get_redis_connection``), a cost the Django test client, which runs every request in one
+thread and context, never shows. Each thread builds them once, in a context of its own,
+and every request starts with that context's values (what a request sets stays with it).
 """
 
+import contextvars
 import sys
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from tempfile import SpooledTemporaryFile
@@ -37,6 +48,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
+from django.core.cache import caches
 from django.core.handlers.wsgi import WSGIHandler
 
 Headers = list[tuple[bytes, bytes]]
@@ -86,8 +98,20 @@ class PooledThreadsASGIHandler:
             raise ValueError("threads must be at least 1")
         self.threads = threads
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="django-request")
-        self._wsgi = WSGIHandler()
+        # The WSGI app each request runs (Django's; a test may wrap it).
+        self.wsgi_app: Callable = WSGIHandler()
         self._run = sync_to_async(self._respond, thread_sensitive=False, executor=self.executor)
+        self._thread = threading.local()
+
+    def _thread_context(self) -> contextvars.Context:
+        """This thread's own context, holding what it keeps across its requests (its
+        caches), built on its first request."""
+        context = getattr(self._thread, "context", None)
+        if context is None:
+            context = contextvars.Context()
+            context.run(caches.all)
+            self._thread.context = context
+        return context
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -120,12 +144,16 @@ class PooledThreadsASGIHandler:
                 [(k.lower().encode("latin-1"), v.strip().encode("latin-1")) for k, v in headers],
             ]
 
+        # Runs in a copy of the request's context (sync_to_async's): what is set here
+        # stays with this request.
+        for var, value in self._thread_context().items():
+            var.set(value)
         environ = wsgi_environ(scope, body)
         # What was read, whatever the client declared (a chunked body declares nothing,
         # and Django reads no further than CONTENT_LENGTH).
         environ["CONTENT_LENGTH"] = str(length)
         # No write() callable comes back from start_response: Django never calls it.
-        result = self._wsgi(environ, start_response)  # type: ignore[arg-type]
+        result = self.wsgi_app(environ, start_response)
         try:
             if not getattr(result, "streaming", False):
                 return started[0], started[1], b"".join(result)

@@ -2,13 +2,16 @@
 
 import asyncio
 import threading
+from contextvars import Context, ContextVar
 from decimal import Decimal
 
 import httpx
 import pytest
+from django.core.cache import caches
 from django.core.handlers.asgi import ASGIHandler
 from django.db import connections
 from django.db.backends.signals import connection_created
+from django_redis import get_redis_connection
 
 from cryptovault.asgi_handler import PooledThreadsASGIHandler
 
@@ -159,3 +162,69 @@ async def test_a_body_without_content_length_reaches_the_view():
     # Credentials read and refused, unlike the empty body's missing fields.
     assert chunked.status_code == 401, chunked.text
     assert empty.status_code == 400
+
+
+def _observing(handler: PooledThreadsASGIHandler, observe) -> None:
+    """Run ``observe()`` on the request thread before each request reaches Django."""
+    django_app = handler.wsgi_app
+
+    def app(environ, start_response):
+        observe()
+        return django_app(environ, start_response)
+
+    handler.wsgi_app = app
+
+
+async def test_caches_persist_on_the_request_threads():
+    """One RedisCache (and redis-py client) per thread, as under a threaded WSGI server,
+    not one per request."""
+    handler = PooledThreadsASGIHandler(threads=2)
+    # The objects themselves, kept alive: the id of a freed one is reused.
+    seen: list[tuple[int, object, object]] = []
+    _observing(
+        handler,
+        lambda: seen.append(
+            (threading.get_ident(), caches["default"], get_redis_connection("default"))
+        ),
+    )
+    transport = httpx.ASGITransport(app=handler)
+    loop = asyncio.get_running_loop()
+
+    def request(client: httpx.AsyncClient) -> asyncio.Task:
+        # In a task of its own, from a context with nothing set, as uvicorn runs them.
+        return loop.create_task(client.get("/health"), context=Context())
+
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            responses = list(await asyncio.gather(*(request(client) for _ in range(12))))
+            responses += [await request(client) for _ in range(8)]
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+    assert [r.status_code for r in responses] == [200] * 20
+    threads = {thread for thread, _, _ in seen}
+    assert 1 <= len(threads) <= 2
+    assert len({(thread, id(cache)) for thread, cache, _ in seen}) == len(threads)
+    assert len({(thread, id(client)) for thread, _, client in seen}) == len(threads)
+
+
+async def test_what_a_request_sets_stays_with_it():
+    """Context variables start afresh on every request, also on one thread. (Each request
+    in a task of its own, as uvicorn runs them: sync_to_async copies what its function set
+    back into the calling task's context.)"""
+    marker: ContextVar[str | None] = ContextVar("marker", default=None)
+    handler = PooledThreadsASGIHandler(threads=1)
+    found: list[str | None] = []
+
+    def observe() -> None:
+        found.append(marker.get())
+        marker.set("set by a request")
+
+    _observing(handler, observe)
+    transport = httpx.ASGITransport(app=handler)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            responses = [await asyncio.create_task(client.get("/health")) for _ in range(3)]
+    finally:
+        await asyncio.to_thread(_close_connections_of, handler)
+    assert [r.status_code for r in responses] == [200] * 3
+    assert found == [None, None, None]
