@@ -426,6 +426,18 @@ def print_cpu(stats: dict, *, what: str, count: int, seconds: float) -> None:
     )
 
 
+# The processes whose CPU an order or a request costs the machine ("pg-db" is part of
+# "postgres", so it is left out of the sum).
+COST_PARTS = ("web", "worker", "postgres", "client")
+
+
+def cpu_cost(stats: dict, *, count: int, seconds: float) -> dict:
+    """CPU-seconds per request or order over every part, and how many of the 2 cores the
+    parts kept busy during the load."""
+    total = sum(stats["cpu"].get(name, 0.0) for name in COST_PARTS)
+    return {"cpu_per": total / max(count, 1), "busy_cores": total / seconds}
+
+
 def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> dict:
     """What the stack gives a request that does no work (``--ceiling``)."""
     answered = stats["status"].get(200, 0)
@@ -439,6 +451,7 @@ def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> dic
         "ok": answered == len(latencies),
         "rps": answered / seconds,
         "p99": percentile(latencies, 99),
+        **cpu_cost(stats, count=answered, seconds=seconds),
     }
 
 
@@ -542,6 +555,7 @@ def report(args: argparse.Namespace, stats: dict, t0, t1, *, accepted_status: in
         "post_p99": percentile(latencies, 99),
         "lag_p50": percentile(lags, 50),
         "lag_p99": percentile(lags, 99),
+        **cpu_cost(stats, count=accepted, seconds=seconds),
     }
 
 
@@ -719,6 +733,17 @@ def print_goals(ceiling: dict, light: dict, saturation: dict, book: dict) -> Non
         f"{ceiling['rps']:.1f} requests/s (goal >= 0.5x); POST p99 "
         f"{saturation['post_p99'] * 1000:.1f} ms: {saturation['post_p99'] / ceiling['p99']:.2f}x "
         f"the ceiling's {ceiling['p99'] * 1000:.1f} ms (goal <= 2x)"
+    )
+    # The throughput ratio is the cost ratio only while both loads keep every core busy:
+    # with two web processes sharing one listening socket, the kernel can hand most of
+    # the keep-alive connections to one of them, and the ceiling then stops at one core.
+    idle = ceiling["busy_cores"] < 1.8
+    print(
+        f"CPU per no-op request {ceiling['cpu_per'] * 1000:.1f} ms over CPU per order "
+        f"{saturation['cpu_per'] * 1000:.1f} ms (web, worker, postgres, client): "
+        f"{ceiling['cpu_per'] / saturation['cpu_per']:.2f}x; busy cores: ceiling "
+        f"{ceiling['busy_cores']:.1f}, saturation {saturation['busy_cores']:.1f} of 2"
+        + (" (the ceiling left CPU idle: read the CPU ratio)" if idle else "")
     )
     print(f"limit book: {book['seconds']:.2f}x of 1 s")
 
