@@ -937,7 +937,7 @@ def _queue_batch_try(*, user_id: int | None, limit: int) -> int | None:
         return None
 
 
-def _queue_users_lock(*, user_id: int) -> None:
+def _queue_user_lock(*, user_id: int) -> None:
     """In the current transaction, take ``user_id``'s queue lock, waiting for it."""
     with connection.cursor() as cursor:
         key = user_id % _QUEUE_LOCK_KEYS
@@ -983,7 +983,7 @@ def _queue_batch_process(*, user_id: int | None, limit: int) -> int:
                 )
                 orders = [_Booking(*row) for row in cursor.fetchall()]
         else:
-            _queue_users_lock(user_id=user_id)
+            _queue_user_lock(user_id=user_id)
             orders = _orders_lock(
                 where="user_id = %s AND status = %s",
                 params=[user_id, Order.Status.PENDING],
@@ -1055,7 +1055,7 @@ def _queue_quote(*, coin_id: str) -> Decimal | PriceUnavailable:
 @transaction.atomic
 def _queue_head_reject(*, user_id: int) -> int:
     with deliveries_batched():
-        _queue_users_lock(user_id=user_id)
+        _queue_user_lock(user_id=user_id)
         orders = _orders_lock(
             where="user_id = %s AND status = %s", params=[user_id, Order.Status.PENDING], limit=1
         )
