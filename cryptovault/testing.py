@@ -282,3 +282,10 @@ def chromium_page(binary: str, *, width: int = 1280, height: int = 900) -> Itera
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def minute_fresh(*, margin: float = 45.0) -> None:
+    """Rate limits count per wall-clock minute (fixed windows): a test that fills one
+    starts well inside a minute, or waits for the next, so its burst never straddles two."""
+    if time.time() % 60 > margin:
+        time.sleep(61 - time.time() % 60)

@@ -1,7 +1,6 @@
 """The Binance-compatible public endpoints over Django's test client: shapes, Binance's
 error objects and codes, the weight header, on the real PostgreSQL and Redis."""
 
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,6 +9,7 @@ from django.test import Client
 from django.utils import timezone
 
 from bots.weights import WEIGHT_PER_MINUTE
+from cryptovault.testing import minute_fresh
 from markets.models import PricePoint
 from markets.services import prices_record, tickers_record
 from orders.services import order_place, order_queue_process
@@ -27,14 +27,8 @@ def _get(client, path, **query):
     return client.get(BASE + path, query)
 
 
-def _minute_fresh() -> None:
-    """Weight is counted per minute: a test reading the counter starts well inside one."""
-    if time.time() % 60 > 45:
-        time.sleep(61 - time.time() % 60)
-
-
 def test_ping_time_and_the_weight_header(client, db):
-    _minute_fresh()
+    minute_fresh()
     first = _get(client, "ping")
     assert first.status_code == 200 and first.json() == {}
     assert first["X-MBX-USED-WEIGHT-1M"] == "1"
@@ -319,7 +313,7 @@ def test_unknown_endpoints_and_methods_are_binance_errors(client, db):
 
 
 def test_too_much_weight_is_429_with_retry_after(client, priced, settings):
-    _minute_fresh()
+    minute_fresh()
     for _ in range(WEIGHT_PER_MINUTE // 80):
         assert _get(client, "ticker/24hr").status_code == 200
     refused = _get(client, "ping")

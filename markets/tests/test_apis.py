@@ -9,6 +9,7 @@ import pytest
 from django.test import AsyncClient
 from django.utils import timezone
 
+from cryptovault.testing import minute_fresh
 from markets.models import Coin, PricePoint
 from markets.price_store import prices_snapshot_bytes
 from markets.services import coins_seed, prices_poll, prices_record, tickers_record
@@ -183,6 +184,7 @@ def test_coin_detail_rate_limited_per_ip(api_client, simulator, tracked, setting
     from markets.read_cache import READS_PER_MINUTE
 
     allowed = READS_PER_MINUTE["coin-detail"]
+    minute_fresh()
     for _ in range(allowed):
         assert api_client.get("/api/v1/coins/bitcoin").status_code == 200
     # Unknown ids count too, so probing them is no way around the limit.
