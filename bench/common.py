@@ -93,6 +93,53 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
+def serving_pids(pid: int) -> list[int]:
+    """The processes of a server that serve requests: a uvicorn supervisor's workers (its
+    children, without multiprocessing's resource tracker), or the server itself."""
+    children = [
+        int(child)
+        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if b"resource_tracker" not in Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+    return children or [pid]
+
+
+def connections_per_process(pids: Sequence[int], ports: Sequence[int]) -> list[int]:
+    """How many established TCP connections to ``ports`` each process holds (from /proc:
+    its socket inodes against the kernel's TCP table)."""
+    local = tuple(f":{port:04X}" for port in ports)
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].endswith(local) and fields[3] == "01":  # 01: ESTABLISHED
+                established.add(fields[9])
+    counts = []
+    for pid in pids:
+        held = 0
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                held += target.startswith("socket:[") and target[8:-1] in established
+        except OSError:
+            pass
+        counts.append(held)
+    return counts
+
+
+def machine_cpu_seconds() -> float:
+    """CPU-seconds every core of the machine has spent busy so far (all its processes)."""
+    with open("/proc/stat") as stat:
+        fields = [int(field) for field in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user already)
+    busy = sum(fields[:3]) + sum(fields[5:8])
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def _postgres_pids() -> list[int]:
     pids = []
     for entry in os.listdir("/proc"):

@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import PRICES, production_env, stop_all, uvicorn_command  # noqa: E402
+from bench.common import PRICES, production_env, serving_pids, stop_all, uvicorn_command  # noqa: E402
 from bench.streams import StreamClient, open_many  # noqa: E402
 
 # Production settings, as deployed; the server started below inherits them.
@@ -249,17 +249,7 @@ class Server:
 
     def pids(self) -> list[int]:
         """The processes serving sockets: uvicorn's workers, or the servers themselves."""
-        pids = []
-        for process in self.processes:
-            children_file = Path(f"/proc/{process.pid}/task/{process.pid}/children")
-            children = [
-                int(pid)
-                for pid in children_file.read_text().split()
-                # multiprocessing's resource tracker is a child too, but serves nothing.
-                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()
-            ]
-            pids += children or [process.pid]
-        return pids
+        return [pid for process in self.processes for pid in serving_pids(process.pid)]
 
     def stop(self) -> None:
         stop_all(self.processes)
