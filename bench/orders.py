@@ -3,7 +3,9 @@
     DATABASE_URL=postgres://postgres@localhost:5432/cv_orders \\
     REDIS_URL=redis://localhost:6379/12 .venv/bin/python bench/orders.py
 
-Starts its own uvicorn (``--port``, default 8612) and Celery worker against the given
+Starts its own web processes (``--web-workers``, default 2: one uvicorn each, on
+``--port``, default 8612, and the ports just above it; the client spreads its
+connections evenly over them) and Celery worker against the given
 database and Redis db (use your own: the Redis db is flushed first), creates
 ``--users`` funded users with live sessions, keeps prices fresh, and has
 ``--concurrency`` keep-alive connections POST market orders for ``--duration``
@@ -66,7 +68,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cryptovault.settings")
 
-from bench.common import CpuMeter, production_env, stop_all, uvicorn_command  # noqa: E402
+from bench.common import (  # noqa: E402
+    CpuMeter,
+    connections_per_process,
+    machine_cpu_seconds,
+    production_env,
+    serving_pids,
+    stop_all,
+    uvicorn_command,
+)
 
 # A production-like configuration (no debug query log), shared with the server and
 # worker started below, which must verify the tokens this process issues.
@@ -83,7 +93,18 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--port", type=int, default=8612)
-    parser.add_argument("--web-workers", type=int, default=2)
+    parser.add_argument(
+        "--web-workers",
+        type=int,
+        default=2,
+        help="web processes: one uvicorn each, on --port and the ports just above it",
+    )
+    parser.add_argument(
+        "--shared-socket",
+        action="store_true",
+        help="the web processes as one uvicorn --workers N on --port, sharing its listening "
+        "socket (how this bench ran until issue 18's one-core ceiling: see start_processes)",
+    )
     parser.add_argument("--worker-concurrency", type=int, default=2)
     parser.add_argument("--drain-timeout", type=float, default=120.0)
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after /health")
@@ -200,13 +221,43 @@ def keep_prices_fresh(stop: threading.Event) -> None:
     connection.close()
 
 
-def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
+def web_ports(args: argparse.Namespace) -> list[int]:
+    """One port per web process: ``--port``, then the ports just above it (only
+    ``--port`` with ``--shared-socket``)."""
+    return [args.port + n for n in range(1 if args.shared_socket else args.web_workers)]
+
+
+def start_processes(
+    args: argparse.Namespace, *, port_per_web_process: bool = True
+) -> list[subprocess.Popen]:
+    """The web processes (one uvicorn per port of ``web_ports``; without
+    ``port_per_web_process``, one ``uvicorn --workers N`` on ``--port``), then the worker.
+
+    Not one ``uvicorn --workers N`` on one port (``--shared-socket``): its processes
+    accept from one shared listening socket, and whichever wakes first takes the
+    connections queued at that moment, and the 32 keep-alive connections open at once
+    (measured: 5/27, 12/20 and 26/6 of 32; both light-load connections on one process in
+    every run). Each process runs Django's sync code under its own GIL, so it stops near
+    one core whatever connections it holds: a process holding nearly all of them on an
+    otherwise idle machine makes the ceiling one core's, not the stack's.
+    Nor one socket per process on one port with ``SO_REUSEPORT`` (uvicorn's ``--fd``):
+    the kernel picks a socket by a hash of each connection's addresses, a random split
+    (20/12 or worse about one run in five with 32 connections; both of 2 on one process
+    half the time). The clients spread their connections evenly over the ports instead
+    (connection n to process n mod N), as nginx's ``least_conn`` upstream
+    (``deploy/nginx.conf``) spreads long-lived connections over web instances.
+    """
     env = {**os.environ, "RATELIMIT_ENABLE": "false", "LOG_LEVEL": "WARNING"}
     python = sys.executable
-    web = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed arguments
-        uvicorn_command(port=args.port, workers=args.web_workers),
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+    commands = (
+        [uvicorn_command(port=port) for port in web_ports(args)]
+        if port_per_web_process
+        else [uvicorn_command(port=args.port, workers=args.web_workers)]
+    )
+    webs = [
+        subprocess.Popen(command, cwd=ROOT, env=env)  # noqa: S603 - our own interpreter
+        for command in commands
+    ]
     worker = subprocess.Popen(  # noqa: S603
         [
             python, "-m", "celery", "-A", "cryptovault", "worker", "-Q", "orders,celery",
@@ -215,7 +266,7 @@ def start_processes(args: argparse.Namespace) -> list[subprocess.Popen]:
         ],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    return [web, worker]
+    return [*webs, worker]
 
 
 def wait_worker_ready(timeout: float = 180.0) -> None:
@@ -312,9 +363,15 @@ def get_request(path: str, token: str) -> bytes:
 
 
 async def client(
-    args: argparse.Namespace, traders: list[Trader], until: float, stats: dict, *, via: str
+    args: argparse.Namespace,
+    traders: list[Trader],
+    until: float,
+    stats: dict,
+    *,
+    via: str,
+    port: int,
 ) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.monotonic() < until:
             trader = random.choice(traders)
@@ -334,7 +391,9 @@ async def client(
         writer.close()
 
 
-async def ws_client(args: argparse.Namespace, token: str, until: float, stats: dict) -> None:
+async def ws_client(
+    args: argparse.Namespace, token: str, until: float, stats: dict, *, port: int
+) -> None:
     """One user's socket: one ``order.place`` at a time, waiting for its ack; the fill
     events arrive on the same socket meanwhile. After ``until``, waits for the fills
     of what it placed (up to ``--drain-timeout``)."""
@@ -350,7 +409,7 @@ async def ws_client(args: argparse.Namespace, token: str, until: float, stats: d
             filled.add(order["id"])
             stats["fill_lag"].append(now - placed[order["id"]])
 
-    url = f"ws://127.0.0.1:{args.port}/ws/user?token={token}"
+    url = f"ws://127.0.0.1:{port}/ws/user?token={token}"
     async with websockets.connect(url, max_queue=None, compression=None) as socket:
         for request_id in itertools.count():
             if time.monotonic() >= until:
@@ -385,26 +444,42 @@ async def ws_client(args: argparse.Namespace, token: str, until: float, stats: d
 
 
 async def load(
-    args: argparse.Namespace, traders: list[Trader], meter: CpuMeter, *, via: str = "native"
+    args: argparse.Namespace,
+    traders: list[Trader],
+    meter: CpuMeter,
+    *,
+    via: str = "native",
+    extra: dict | None = None,
 ) -> dict:
-    stats: dict = {"latency": [], "status": {}, "fill_lag": []}
+    stats: dict = {"latency": [], "status": {}, "fill_lag": [], "web_pids": [], **(extra or {})}
     until = time.monotonic() + args.duration
+    ports = web_ports(args)  # connection n goes to web process n mod their number
     if via == "ws":
         clients = [
-            ws_client(args, traders[n % len(traders)].token, until, stats)
+            ws_client(
+                args, traders[n % len(traders)].token, until, stats, port=ports[n % len(ports)]
+            )
             for n in range(args.concurrency)
         ]
     else:
-        clients = [client(args, traders, until, stats, via=via) for _ in range(args.concurrency)]
+        clients = [
+            client(args, traders, until, stats, via=via, port=ports[n % len(ports)])
+            for n in range(args.concurrency)
+        ]
 
     async def sample_cpu() -> None:
         while time.monotonic() < until:
             await asyncio.sleep(1)
             meter.sample()
+            if "connections" not in stats and stats["web_pids"]:  # all connected by now
+                stats["connections"] = connections_per_process(stats["web_pids"], ports)
 
+    machine = machine_cpu_seconds()
     meter.start()
+    started = time.monotonic()
     await asyncio.gather(sample_cpu(), *clients)
     stats["cpu"] = meter.stop()
+    stats["machine_busy_cores"] = (machine_cpu_seconds() - machine) / (time.monotonic() - started)
     return stats
 
 
@@ -416,26 +491,61 @@ def print_percentiles(label: str, seconds: list[float], suffix: str = "") -> Non
 
 
 def print_cpu(stats: dict, *, what: str, count: int, seconds: float) -> None:
-    cpu = stats["cpu"]
+    cpu = {name: used for name, used in stats["cpu"].items() if not name.startswith("web-")}
+    cores = os.cpu_count() or 1
     print(
         f"CPU per {what} (during the load): "
         + ", ".join(f"{name} {cpu[name] / max(count, 1) * 1000:.1f} ms" for name in cpu)
-        + f" (of {2 * seconds:.0f} CPU-seconds on 2 cores: "
+        + f" (of {cores * seconds:.0f} CPU-seconds on {cores} cores: "
         + ", ".join(f"{name} {cpu[name]:.1f}" for name in cpu)
         + ")"
     )
+    print_web_share(stats, seconds=seconds)
 
 
-# The processes whose CPU an order or a request costs the machine ("pg-db" is part of
-# "postgres", so it is left out of the sum).
-COST_PARTS = ("web", "worker", "postgres", "client")
+def print_web_share(stats: dict, *, seconds: float) -> None:
+    """The busy cores of this run's processes and of the whole machine (other sessions'
+    load included), and how the web's CPU and connections split between its processes."""
+    cpu, cores = stats["cpu"], os.cpu_count() or 1
+    ours = sum(cpu.get(name, 0.0) for name in COST_PARTS)
+    print(
+        f"busy cores: {ours / seconds:.2f} of {cores} by this run ("
+        + ", ".join(f"{name} {cpu.get(name, 0.0) / seconds:.2f}" for name in COST_PARTS)
+        + f"), {stats['machine_busy_cores']:.2f} on the whole machine"
+    )
+    per_process = [cpu[f"web-{n}"] for n in range(1, len(stats["web_pids"]) + 1)]
+    if not per_process:  # a load whose caller measures no web processes
+        return
+    total = sum(per_process) or 1e-9
+    connections = stats.get("connections", [])
+    print(
+        "web processes: "
+        + ", ".join(
+            f"#{n} {used / total:.0%} of the web's CPU ({used / seconds:.2f} cores"
+            + (f", {connections[n - 1]} connections" if connections else "")
+            + ")"
+            for n, used in enumerate(per_process, 1)
+        )
+    )
+
+
+# The processes whose CPU an order or a request costs the machine: PostgreSQL's share is
+# this run's backends and the server's own processes ("postgres", every process of the
+# shared server, also counts other sessions' backends, so it is left out of the sum).
+COST_PARTS = ("web", "worker", "pg-db", "pg-server", "client")
 
 
 def cpu_cost(stats: dict, *, count: int, seconds: float) -> dict:
-    """CPU-seconds per request or order over every part, and how many of the 2 cores the
-    parts kept busy during the load."""
+    """CPU-seconds per request or order over every part, how many cores the parts kept
+    busy during the load, and the web processes' shares of the web's CPU."""
     total = sum(stats["cpu"].get(name, 0.0) for name in COST_PARTS)
-    return {"cpu_per": total / max(count, 1), "busy_cores": total / seconds}
+    per_process = [stats["cpu"][f"web-{n}"] for n in range(1, len(stats["web_pids"]) + 1)]
+    return {
+        "cpu_per": total / max(count, 1),
+        "busy_cores": total / seconds,
+        "machine_busy_cores": stats["machine_busy_cores"],
+        "web_shares": [used / (sum(per_process) or 1e-9) for used in per_process],
+    }
 
 
 def report_ceiling(args: argparse.Namespace, stats: dict, seconds: float) -> dict:
@@ -645,19 +755,22 @@ def limit_book(n: int, *, users: int) -> dict:
 
 
 class DatabaseCpuMeter(CpuMeter):
-    """``CpuMeter`` with one more kind of group: the PostgreSQL backends connected to this
-    run's database (``DATABASE``), read at each sample. The machine's PostgreSQL is shared
-    (``"postgres"`` counts every database's backends, and the server's own processes:
-    WAL writer, checkpointer, autovacuum); this one counts this run's statements only."""
+    """``CpuMeter`` with two more kinds of group, read at each sample: the PostgreSQL
+    backends connected to this run's database (``DATABASE``), and the server's own
+    processes (``SERVER``: WAL writer, checkpointer, background writer, autovacuum). The
+    machine's PostgreSQL is shared (``"postgres"`` counts every database's backends, other
+    sessions' test suites included); these two count this run's statements and what the
+    server does for every database."""
 
     DATABASE = "postgres-of-this-database"
+    SERVER = "postgres-server-processes"
 
     def __init__(self, groups: dict[str, int | list[int] | str]) -> None:
         super().__init__(groups)
         self.connection: Any = None
 
     def _pids(self, group: int | list[int] | str) -> list[int]:
-        if group != self.DATABASE:
+        if group not in (self.DATABASE, self.SERVER):
             return super()._pids(group)
         if self.connection is None:
             # A connection of its own: the samples are taken inside the load's event loop,
@@ -675,10 +788,15 @@ class DatabaseCpuMeter(CpuMeter):
             )
             self.connection.autocommit = True
         with self.connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-                " AND pid <> pg_backend_pid()"
-            )
+            if group == self.SERVER:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE backend_type <> 'client backend'"
+                )
+            else:
+                cursor.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND pid <> pg_backend_pid()"
+                )
             return [pid for (pid,) in cursor.fetchall()]
 
 
@@ -695,18 +813,22 @@ def measure(
 
     # The machine is shared: a figure means little without the load it ran under.
     load_before = os.getloadavg()[0]
-    web, worker = processes
+    *webs, worker = processes
+    web_pids = [pid for web in webs for pid in serving_pids(web.pid)]
     meter = DatabaseCpuMeter(
         {
-            "web": web.pid,
+            "web": web_pids,
             "worker": worker.pid,
             "postgres": "postgres",
             "pg-db": DatabaseCpuMeter.DATABASE,
+            "pg-server": DatabaseCpuMeter.SERVER,
             "client": [os.getpid()],
+            **{f"web-{n}": [pid] for n, pid in enumerate(web_pids, 1)},
         }
     )
+    stats_extra = {"web_pids": web_pids}
     t0 = timezone.now()
-    stats = asyncio.run(load(args, traders, meter, via=via))
+    stats = asyncio.run(load(args, traders, meter, via=via, extra=stats_extra))
     t1 = timezone.now()
     load_during = os.getloadavg()[0]
     if args.ceiling:
@@ -734,17 +856,32 @@ def print_goals(ceiling: dict, light: dict, saturation: dict, book: dict) -> Non
         f"{saturation['post_p99'] * 1000:.1f} ms: {saturation['post_p99'] / ceiling['p99']:.2f}x "
         f"the ceiling's {ceiling['p99'] * 1000:.1f} ms (goal <= 2x)"
     )
-    # The throughput ratio is the cost ratio only while both loads keep every core busy:
-    # with two web processes sharing one listening socket, the kernel can hand most of
-    # the keep-alive connections to one of them, and the ceiling then stops at one core.
-    idle = ceiling["busy_cores"] < 1.8
+    # The throughput ratio is the cost ratio only while both loads keep every core busy
+    # with this run's processes and share the web's work evenly between its processes.
+    cores = os.cpu_count() or 1
+
+    def phase(name: str, figures: dict) -> str:
+        shares = "/".join(f"{share:.0%}" for share in figures["web_shares"])
+        return (
+            f"{name} {figures['busy_cores']:.1f} of {cores} (machine "
+            f"{figures['machine_busy_cores']:.1f}), web processes {shares}"
+        )
+
     print(
         f"CPU per no-op request {ceiling['cpu_per'] * 1000:.1f} ms over CPU per order "
-        f"{saturation['cpu_per'] * 1000:.1f} ms (web, worker, postgres, client): "
-        f"{ceiling['cpu_per'] / saturation['cpu_per']:.2f}x; busy cores: ceiling "
-        f"{ceiling['busy_cores']:.1f}, saturation {saturation['busy_cores']:.1f} of 2"
-        + (" (the ceiling left CPU idle: read the CPU ratio)" if idle else "")
+        f"{saturation['cpu_per'] * 1000:.1f} ms (web, worker, pg-db, pg-server, client): "
+        f"{ceiling['cpu_per'] / saturation['cpu_per']:.2f}x; busy cores by this run: "
+        f"{phase('ceiling', ceiling)}; {phase('saturation', saturation)}"
     )
+    for name, figures in (("ceiling", ceiling), ("saturation", saturation)):
+        if figures["machine_busy_cores"] < 0.9 * cores:
+            print(f"  the {name} left CPU idle: read the CPU ratio")
+        elif figures["busy_cores"] < 0.8 * cores:
+            others = figures["machine_busy_cores"] - figures["busy_cores"]
+            print(
+                f"  during the {name} other processes took {others:.1f} cores: "
+                "the throughput ratio compares unequal shares of the machine; read the CPU ratio"
+            )
     print(f"limit book: {book['seconds']:.2f}x of 1 s")
 
 
@@ -798,14 +935,14 @@ def main() -> int:
     traders = prepare(
         args.users, fill_emails=not args.no_fill_emails, api_keys=args.via == "binance"
     )
-    processes = start_processes(args)
+    processes = start_processes(args, port_per_web_process=not args.shared_socket)
     stop = threading.Event()
     refresher = threading.Thread(target=keep_prices_fresh, args=(stop,), daemon=True)
     refresher.start()
     try:
-        asyncio.run(wait_healthy(args.port))
-        # Every uvicorn worker must be accepting before the keep-alive connections are
-        # opened, or the first one to boot takes them all.
+        for port in web_ports(args):
+            asyncio.run(wait_healthy(port))
+        # Settle before the first phase (the processes' start-up work winds down).
         time.sleep(args.warmup)
         wait_worker_ready()
         ok = goals(args, traders, processes) if args.goals else run(args, traders, processes)

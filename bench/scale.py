@@ -148,6 +148,8 @@ def orders_run(args: argparse.Namespace, traders: list[orders_bench.Trader]) -> 
 
     options = argparse.Namespace(
         port=args.nginx_port,
+        web_workers=1,  # one port: nginx's
+        shared_socket=False,
         users=args.users,
         concurrency=args.concurrency,
         duration=args.orders_duration,

@@ -594,7 +594,10 @@ def main() -> int:
     for _ in range(args.rounds):
         for transport in ("sse", "ws"):
             fanout.append(fanout_round(args, transport))
-    processes = start_processes(args)
+    # uvicorn --workers N on one port: the storm opens its streams over time, which the
+    # shared socket spreads well enough (orders.py's 32 keep-alive connections opened at
+    # once it did not, hence its port per process).
+    processes = start_processes(args, port_per_web_process=False)
     stop = threading.Event()
     try:
         asyncio.run(wait_healthy(args.port))
