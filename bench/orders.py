@@ -236,10 +236,10 @@ def start_processes(
     Not one ``uvicorn --workers N`` on one port (``--shared-socket``): its processes
     accept from one shared listening socket, and whichever wakes first takes the
     connections queued at that moment, and the 32 keep-alive connections open at once
-    (measured: 5/27, 12/20 and 26/6 of 32; both light-load connections on one process in
-    every run). Each process runs Django's sync code under its own GIL, so it stops near
-    one core whatever connections it holds: a process holding nearly all of them on an
-    otherwise idle machine makes the ceiling one core's, not the stack's.
+    (measured: 5/27, 12/20, 26/6 and 6/26 of 32; both light-load connections on one
+    process in four runs of five). Each process runs Django's sync code under its own
+    GIL, so it stops near one core whatever connections it holds: a process holding nearly
+    all of them on an otherwise idle machine makes the ceiling one core's, not the stack's.
     Nor one socket per process on one port with ``SO_REUSEPORT`` (uvicorn's ``--fd``):
     the kernel picks a socket by a hash of each connection's addresses, a random split
     (20/12 or worse about one run in five with 32 connections; both of 2 on one process
