@@ -146,11 +146,18 @@ def _claim(*, claim: uuid.UUID) -> list[OutboxEmail]:
         ids = [row[0] for row in cursor.fetchall()]
     if not ids:
         return []
-    return list(
+    rows = list(
         OutboxEmail.objects.filter(id__in=ids, claim=claim)
-        .select_related("user", "notification")
+        .select_related("notification")
         .order_by("next_attempt_at", "id")
     )
+    # Each user read once, not once per row: a busy user's digest has many rows.
+    users = User.objects.in_bulk({outbox.user_id for outbox in rows if outbox.user_id})
+    for outbox in rows:
+        if outbox.user_id is not None:
+            # None if the user went meanwhile (with their rows): nothing to send.
+            outbox.user = users.get(outbox.user_id)
+    return rows
 
 
 def _finish(outbox: OutboxEmail, **fields) -> None:
