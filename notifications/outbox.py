@@ -23,6 +23,7 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timedelta
+from email.policy import Compat32
 from functools import cache, lru_cache, partial
 from typing import Any
 
@@ -343,13 +344,46 @@ class _NotificationEmail(EmailMultiAlternatives):
     """A notification email whose MIME boundary is drawn up front: 128 random bits, which
     a message written before they were drawn cannot contain. Left to itself the email
     package draws a shorter one and compiles a regular expression to search the whole
-    message for it, a fifth of the cost of serializing a notification email."""
+    message for it, a fifth of the cost of serializing a notification email. Written
+    with ``_SHORT_HEADERS``: the same bytes, its headers written for less (the boundary,
+    22 characters of ``token_urlsafe``, keeps its Content-Type on one line)."""
 
     def message(self, **kwargs: Any) -> Any:
         message = super().message(**kwargs)
         if message.is_multipart():
-            message.set_boundary(f"=_cv{secrets.token_hex(16)}")
+            message.set_boundary(f"=_cv{secrets.token_urlsafe(16)}")
+        message.policy = _SHORT_HEADERS
         return message
+
+
+class _ShortHeadersCompat32(Compat32):
+    """The ``compat32`` policy Django's messages use, writing a header that fits on its
+    line, printable ASCII with no leading, trailing or doubled whitespace, as it is:
+    exactly what ``compat32`` writes for it, without the ``email.header.Header`` that
+    ``compat32`` builds for every header (most of the cost of serializing a message)."""
+
+    def fold(self, name: str, value: Any) -> str:
+        if self._fits(name, value):
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if self._fits(name, value):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+    def _fits(self, name: str, value: Any) -> bool:
+        return (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isprintable()
+            and len(name) + 2 + len(value) <= (self.max_line_length or 0)
+            and value == value.strip()
+            and "  " not in value
+        )
+
+
+_SHORT_HEADERS = _ShortHeadersCompat32()
 
 
 # Stands for the body in a rendered notification email: a token that HTML escaping

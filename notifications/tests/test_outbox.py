@@ -405,3 +405,55 @@ def test_an_inactive_users_digest_is_skipped():
     assert {r.status for r in OutboxEmail.objects.filter(pk__in=[r.pk for r in rows])} == {
         "skipped"
     }
+
+
+@pytest.mark.django_db
+def test_notification_emails_serialize_to_the_bytes_compat32_writes(settings):
+    """Notification emails are written with a policy that skips building a Header for
+    headers that fit on their line: byte for byte what Django's compat32 writes."""
+    from email.policy import compat32
+
+    from notifications.models import Notification
+
+    settings.DEFAULT_FROM_EMAIL = "CryptoVault Notifications <no-reply@cryptovault.example>"
+    user = user_create(email="trader@example.com")
+    titles = [
+        "Order filled",
+        "Ordre exécuté à 65 000 €",  # encoded words
+        "A title long enough that the subject line has to be folded by the email package",
+        "x" * (78 - len("Subject: CryptoVault: ")),  # fits exactly
+        "x" * (79 - len("Subject: CryptoVault: ")),  # one too many
+        "two  spaces\tand a tab =?utf-8?q?looks_encoded?=",
+    ]
+    rows = []
+    for title in titles:
+        notification = Notification.objects.create(
+            user=user, kind="order_filled", title=title, body=f"{title} — body"
+        )
+        rows.append(
+            OutboxEmail.objects.create(kind="notification", user=user, notification=notification)
+        )
+    messages = [outbox.notification_email_message(outbox=row) for row in rows]
+    messages.append(outbox.notification_digest_message(outboxes=rows))
+    for message in messages:
+        sent = message.message()
+        for linesep in ("\n", "\r\n"):
+            fast = sent.as_bytes(linesep=linesep)
+            sent.policy = compat32
+            assert fast == sent.as_bytes(linesep=linesep)
+            sent.policy = outbox._SHORT_HEADERS
+    # Header by header, at and around the line length.
+    for name, value in [
+        ("Subject", "a" * 69),
+        ("Subject", "a" * 70),
+        ("Subject", " leading"),
+        ("Subject", "trailing "),
+        ("To", "Ada <ada@example.com>, Grace <grace@example.com>"),
+        ("Subject", "caf\u00e9"),
+        ("Subject", "line\nbreak"),
+    ]:
+        for linesep in ("\n", "\r\n"):
+            policy = outbox._SHORT_HEADERS.clone(linesep=linesep)
+            reference = compat32.clone(linesep=linesep)
+            assert policy.fold_binary(name, value) == reference.fold_binary(name, value)
+            assert policy.fold(name, value) == reference.fold(name, value)
