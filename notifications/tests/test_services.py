@@ -302,3 +302,21 @@ def test_opted_in_kinds_are_emailed_by_the_worker(celery_worker):
         time.sleep(0.05)
     assert [m.subject for m in mail.outbox] == ["CryptoVault: Bitcoin is above 1"]
     assert emailed.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_notifications_is_emailed_by_the_worker_as_one_digest(celery_worker):
+    user = user_create()
+    with services.deliveries_batched():
+        for i in range(3):
+            services.notification_create(
+                user=user, kind="order_filled", title="Order filled", body=f"fill {i}"
+            )
+    emailed = OutboxEmail.objects.filter(user=user, status="sent")
+    deadline = time.monotonic() + 30  # a loaded CI box; returns as soon as it lands
+    while not (mail.outbox and emailed.count() == 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.subject for m in mail.outbox] == ["CryptoVault: 3 notifications"]
+    assert [mail.outbox[0].body.count(f"fill {i}") for i in range(3)] == [1, 1, 1]
+    assert emailed.count() == 3
+    assert Notification.objects.filter(user=user).count() == 3  # in-app: one per event
