@@ -7,10 +7,12 @@ drain every minute, so a wake-up lost with Redis delays an email, never loses it
 The drain never talks to the mail server inside a transaction:
 1. claim a batch in one statement (``FOR UPDATE SKIP LOCKED``, and a lease:
    ``claimed_until`` and a ``claim`` id);
-2. build and send each message with no transaction open and no row locked;
+2. build and send each message with no transaction open and no row locked: account
+   emails one by one, a user's notification emails of the batch as one digest
+   (:func:`notification_digest_message`; a single one is the usual email);
 3. mark the rows sent (or skipped) together, one statement for what was sent within
-   ``MARK_SECONDS`` (a failed one due again later, with backoff, on its own), only where
-   the lease is still this drain's.
+   ``MARK_SECONDS`` (the rows of a failed message due again later, with backoff, each
+   counting its own attempts), only where the lease is still this drain's.
 Two drains never claim the same row while a lease runs. An email whose send succeeded
 but whose mark was lost (a crash between the two) goes out again when its lease ends:
 at least once, as with any mail queue.
@@ -21,15 +23,18 @@ import secrets
 import time
 import uuid
 from datetime import datetime, timedelta
-from functools import lru_cache
+from email.policy import Compat32
+from functools import cache, lru_cache, partial
 from typing import Any
 
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 from django.db import connection, transaction
+from django.template.loader import render_to_string
 from django.utils import timezone
 from django.utils.html import escape
 from django.utils.module_loading import import_string
+from django.utils.safestring import mark_safe
 from django_redis import get_redis_connection
 
 from accounts.models import User
@@ -38,7 +43,14 @@ from notifications.models import Notification, OutboxEmail
 
 logger = logging.getLogger(__name__)
 
-BATCH = 100
+# A claim is what a digest can gather: a user's notification emails due together but
+# claimed in two batches go out as two emails.
+BATCH = 500
+# Notifications per digest at most; a longer run of one user's is split.
+DIGEST_MAX = 50
+# Kinds always emailed on their own, never inside a digest: a new login is a security
+# notice, which must not hide among a bot's fills.
+DIGEST_ALONE: frozenset[str] = frozenset({Notification.Kind.NEW_LOGIN})
 # Longer than the drain task's hard time limit: a lease ends only when its drain is gone.
 LEASE = timedelta(minutes=5)
 MAX_ATTEMPTS = 8
@@ -54,12 +66,16 @@ BUILDERS: dict[str, str] = {
     OutboxEmail.Kind.NOTIFICATION: "notifications.outbox.notification_email_message",
 }
 
-# The drain is woken at most once per EMAIL_DRAIN_DELAY: a commit that leaves emails
-# waiting schedules a run unless one is already scheduled, and the run sends everything
-# waiting by then (a busy order queue emails a fill per notification). The mark stops
-# suppressing new runs after EMAIL_DRAIN_MARK_SECONDS, should a scheduled run be lost.
+# The drain is woken at most once per delay: a commit that leaves emails waiting
+# schedules a run unless one is already scheduled, and the run sends everything waiting
+# by then. Account emails (a code the user waits for) wake it after EMAIL_DRAIN_DELAY;
+# notification emails after NOTIFICATION_EMAIL_DELAY, the window in which a busy user's
+# notifications gather into one digest. Each delay has its own mark, so a scheduled
+# notification run never holds up a verification code. A mark stops suppressing new runs
+# after EMAIL_DRAIN_MARK_SECONDS, should a scheduled run be lost.
 EMAIL_DRAIN_KEY = "cv:notifications:email-drain-scheduled"
 EMAIL_DRAIN_DELAY = 1.0
+NOTIFICATION_EMAIL_DELAY = 3.0
 EMAIL_DRAIN_MARK_SECONDS = 60
 # A drain records what it sent in one statement per batch, at the latest this long after
 # the first send not recorded yet.
@@ -79,24 +95,32 @@ def outbox_email_add(
         kind=kind, user=user, address=address, notification=notification
     )
     # robust: the row is committed; a broker outage only delays it to the next sweep.
-    transaction.on_commit(outbox_emails_wake, robust=True)
+    transaction.on_commit(partial(outbox_emails_wake, soon=True), robust=True)
     return outbox
 
 
-def outbox_emails_wake() -> bool:
-    """Schedule a drain run unless one is already scheduled. Returns whether this call
-    scheduled one."""
+def _drain_key(*, soon: bool) -> str:
+    return f"{EMAIL_DRAIN_KEY}:soon" if soon else EMAIL_DRAIN_KEY
+
+
+def outbox_emails_wake(*, soon: bool = False) -> bool:
+    """Schedule a drain run unless one is already scheduled: after EMAIL_DRAIN_DELAY if
+    ``soon`` (account emails), else after NOTIFICATION_EMAIL_DELAY. Returns whether this
+    call scheduled one."""
     # notifications.tasks imports this module (tasks call the outbox).
     from notifications.tasks import notification_emails_drain
 
+    key = _drain_key(soon=soon)
     redis = get_redis_connection("default")
-    if not redis.set(EMAIL_DRAIN_KEY, 1, nx=True, ex=EMAIL_DRAIN_MARK_SECONDS):
+    if not redis.set(key, 1, nx=True, ex=EMAIL_DRAIN_MARK_SECONDS):
         return False
     try:
-        notification_emails_drain.apply_async(countdown=EMAIL_DRAIN_DELAY)
+        notification_emails_drain.apply_async(
+            countdown=EMAIL_DRAIN_DELAY if soon else NOTIFICATION_EMAIL_DELAY
+        )
     except Exception:
         # Not scheduled after all: let the next commit try again (beat drains meanwhile).
-        redis.delete(EMAIL_DRAIN_KEY)
+        redis.delete(key)
         raise
     return True
 
@@ -123,11 +147,18 @@ def _claim(*, claim: uuid.UUID) -> list[OutboxEmail]:
         ids = [row[0] for row in cursor.fetchall()]
     if not ids:
         return []
-    return list(
+    rows = list(
         OutboxEmail.objects.filter(id__in=ids, claim=claim)
-        .select_related("user", "notification")
+        .select_related("notification")
         .order_by("next_attempt_at", "id")
     )
+    # Each user read once, not once per row: a busy user's digest has many rows.
+    users = User.objects.in_bulk({outbox.user_id for outbox in rows if outbox.user_id})
+    for outbox in rows:
+        if outbox.user_id is not None:
+            # None if the user went meanwhile (with their rows): nothing to send.
+            outbox.user = users.get(outbox.user_id)
+    return rows
 
 
 def _finish(outbox: OutboxEmail, **fields) -> None:
@@ -149,12 +180,14 @@ class _Outcomes:
         self.skipped: list[int] = []
         self.since: float | None = None
 
-    def add_sent(self, outbox: OutboxEmail) -> None:
-        self.sent.append((outbox.id, timezone.now()))
+    def add_sent(self, rows: list[OutboxEmail]) -> None:
+        """``rows`` went out in one message (one email, or a digest)."""
+        sent_at = timezone.now()
+        self.sent.extend((outbox.id, sent_at) for outbox in rows)
         self._added()
 
-    def add_skipped(self, outbox: OutboxEmail) -> None:
-        self.skipped.append(outbox.id)
+    def add_skipped(self, rows: list[OutboxEmail]) -> None:
+        self.skipped.extend(outbox.id for outbox in rows)
         self._added()
 
     def _added(self) -> None:
@@ -188,23 +221,27 @@ class _Outcomes:
         self.sent, self.skipped, self.since = [], [], None
 
 
-def _failed(outbox: OutboxEmail, exc: BaseException) -> None:
-    logger.warning("email %s (%s) not sent: %r", outbox.id, outbox.kind, exc)
+def _failed(rows: list[OutboxEmail], exc: BaseException) -> None:
+    """The message of ``rows`` was not sent: each row is due again after its own backoff
+    (rows that failed together with as many attempts stay together), or failed for good
+    after MAX_ATTEMPTS."""
+    logger.warning(
+        "email %s (%s) not sent: %r", ",".join(str(o.id) for o in rows), rows[0].kind, exc
+    )
     error = f"{type(exc).__name__}: {exc}"[:1000]
-    if outbox.attempts >= MAX_ATTEMPTS:
-        _finish(outbox, status=OutboxEmail.Status.FAILED, last_error=error)
-    else:
-        _finish(
-            outbox,
-            next_attempt_at=timezone.now() + _retry_delay(outbox.attempts),
-            last_error=error,
-        )
+    now = timezone.now()
+    for outbox in rows:
+        if outbox.attempts >= MAX_ATTEMPTS:
+            _finish(outbox, status=OutboxEmail.Status.FAILED, last_error=error)
+        else:
+            _finish(outbox, next_attempt_at=now + _retry_delay(outbox.attempts), last_error=error)
 
 
 def outbox_emails_drain() -> int:
-    """Send every due email; returns how many went out. Overlapping runs are safe."""
+    """Send every due email; returns how many outbox rows went out (a digest carries
+    several). Overlapping runs are safe."""
     # Cleared before the first claim, so a row committed after it schedules the next run.
-    get_redis_connection("default").delete(EMAIL_DRAIN_KEY)
+    get_redis_connection("default").delete(_drain_key(soon=False), _drain_key(soon=True))
     sent = 0
     while True:
         claim = uuid.uuid4()
@@ -214,36 +251,67 @@ def outbox_emails_drain() -> int:
             return sent
 
 
+def _messages(batch: list[OutboxEmail]) -> list[list[OutboxEmail]]:
+    """The claimed rows as messages to send, in the order of each message's first row:
+    an account email alone, a user's notification emails together (at most DIGEST_MAX
+    a message; kinds in DIGEST_ALONE alone)."""
+    messages: list[list[OutboxEmail]] = []
+    digests: dict[int, list[OutboxEmail]] = {}
+    for outbox in batch:
+        notification = outbox.notification
+        if (
+            outbox.kind != OutboxEmail.Kind.NOTIFICATION
+            or notification is None
+            or outbox.user_id is None
+            or notification.kind in DIGEST_ALONE
+        ):
+            messages.append([outbox])
+            continue
+        digest = digests.get(outbox.user_id)
+        if digest is None or len(digest) >= DIGEST_MAX:
+            digest = digests[outbox.user_id] = []
+            messages.append(digest)
+        digest.append(outbox)
+    return messages
+
+
+def _message(rows: list[OutboxEmail]) -> EmailMultiAlternatives | None:
+    if len(rows) > 1:
+        return notification_digest_message(outboxes=rows)
+    (outbox,) = rows
+    return import_string(BUILDERS[outbox.kind])(outbox=outbox)
+
+
 def _send(batch: list[OutboxEmail]) -> int:
-    """Build and send each claimed email over one connection; one failure costs only its
-    own email a retry."""
+    """Build and send each message over one connection; a failure costs only the rows of
+    its own message a retry."""
     if not batch:
         return 0
     sent = 0
-    pending = list(batch)
+    messages = _messages(batch)
+    done = 0
     outcomes = _Outcomes(batch[0].claim)
     try:
         with get_connection() as connection:
-            while pending:
-                outbox = pending[0]
+            for rows in messages:
                 try:
-                    message = import_string(BUILDERS[outbox.kind])(outbox=outbox)
+                    message = _message(rows)
                     if message is not None:
                         connection.send_messages([message])
                 except Exception as exc:
-                    _failed(outbox, exc)
+                    _failed(rows, exc)
                 else:
                     if message is None:
-                        outcomes.add_skipped(outbox)
+                        outcomes.add_skipped(rows)
                     else:
-                        outcomes.add_sent(outbox)
-                        sent += 1
-                pending.pop(0)
+                        outcomes.add_sent(rows)
+                        sent += len(rows)
+                done += 1
     except Exception as exc:
         # The connection itself failed (opening or closing it): every email this drain
         # did not get to is due again later.
-        for outbox in pending:
-            _failed(outbox, exc)
+        for rows in messages[done:]:
+            _failed(rows, exc)
     finally:
         outcomes.record()
     return sent
@@ -276,13 +344,46 @@ class _NotificationEmail(EmailMultiAlternatives):
     """A notification email whose MIME boundary is drawn up front: 128 random bits, which
     a message written before they were drawn cannot contain. Left to itself the email
     package draws a shorter one and compiles a regular expression to search the whole
-    message for it, a fifth of the cost of serializing a notification email."""
+    message for it, a fifth of the cost of serializing a notification email. Written
+    with ``_SHORT_HEADERS``: the same bytes, its headers written for less (the boundary,
+    22 characters of ``token_urlsafe``, keeps its Content-Type on one line)."""
 
     def message(self, **kwargs: Any) -> Any:
         message = super().message(**kwargs)
         if message.is_multipart():
-            message.set_boundary(f"=_cv{secrets.token_hex(16)}")
+            message.set_boundary(f"=_cv{secrets.token_urlsafe(16)}")
+        message.policy = _SHORT_HEADERS
         return message
+
+
+class _ShortHeadersCompat32(Compat32):
+    """The ``compat32`` policy Django's messages use, writing a header that fits on its
+    line, printable ASCII with no leading, trailing or doubled whitespace, as it is:
+    exactly what ``compat32`` writes for it, without the ``email.header.Header`` that
+    ``compat32`` builds for every header (most of the cost of serializing a message)."""
+
+    def fold(self, name: str, value: Any) -> str:
+        if self._fits(name, value):
+            return f"{name}: {value}{self.linesep}"
+        return super().fold(name, value)
+
+    def fold_binary(self, name: str, value: Any) -> bytes:
+        if self._fits(name, value):
+            return f"{name}: {value}{self.linesep}".encode("ascii")
+        return super().fold_binary(name, value)
+
+    def _fits(self, name: str, value: Any) -> bool:
+        return (
+            isinstance(value, str)
+            and value.isascii()
+            and value.isprintable()
+            and len(name) + 2 + len(value) <= (self.max_line_length or 0)
+            and value == value.strip()
+            and "  " not in value
+        )
+
+
+_SHORT_HEADERS = _ShortHeadersCompat32()
 
 
 # Stands for the body in a rendered notification email: a token that HTML escaping
@@ -306,3 +407,90 @@ def _notification_parts(
     )
     ((html, _),) = message.alternatives
     return str(message.body), str(html)
+
+
+def notification_digest_message(*, outboxes: list[OutboxEmail]) -> EmailMultiAlternatives | None:
+    """One email listing the notifications of several outbox rows of one user (as
+    ``_messages`` groups them), oldest first: the ``notification_digest`` templates, with
+    each notification as the ``_notification_item`` templates render it."""
+    user = outboxes[0].user
+    if user is None or not user.is_active or not user.email:
+        return None
+    notifications = [outbox.notification for outbox in outboxes if outbox.notification]
+    present = {n.kind for n in notifications}
+    labels = [kind.label.lower() for kind in Notification.Kind if kind in present]
+    kind_labels = labels[0] if len(labels) == 1 else f"{', '.join(labels[:-1])} and {labels[-1]}"
+    text, html = _digest_parts(
+        kind_labels=kind_labels,
+        link=f"{settings.APP_URL}/notifications",
+        app_url=settings.APP_URL,
+    )
+    item_text, item_html = _digest_item_parts()
+    count = len(notifications)
+    items = [(n.title, n.body) for n in notifications]
+    message = _NotificationEmail(
+        subject=f"CryptoVault: {count} notifications",
+        body=text.format(
+            count=count,
+            items="".join(item_text.format(title=title, body=body) for title, body in items),
+        ),
+        from_email=settings.DEFAULT_FROM_EMAIL,
+        to=[user.email],
+    )
+    items_html = "".join(
+        item_html.format(title=escape(title), body=escape(body)) for title, body in items
+    )
+    message.attach_alternative(html.format(count=count, items=items_html), "text/html")
+    return message
+
+
+# Stand for the count, the items, and an item's title in a rendered digest (as _BODY).
+_COUNT = f"cvcount{uuid.uuid4().hex}"
+_ITEMS = f"cvitems{uuid.uuid4().hex}"
+_TITLE = f"cvtitle{uuid.uuid4().hex}"
+
+
+def _format_template(rendered: str, **fields: str) -> str:
+    """``rendered`` as a ``str.format`` template: each stand-in becomes its field, so one
+    pass fills them all (what is filled in is never searched for another stand-in)."""
+    template = rendered.replace("{", "{{").replace("}", "}}")
+    for field, stand_in in fields.items():
+        template = template.replace(stand_in, f"{{{field}}}")
+    return template
+
+
+@lru_cache(maxsize=64)
+def _digest_parts(*, kind_labels: str, link: str, app_url: str) -> tuple[str, str]:
+    """A digest's text and HTML parts as format templates (``count``, ``items``)."""
+    message = email_render(
+        template="notification_digest",
+        subject=f"CryptoVault: {_COUNT} notifications",
+        to=[],
+        context={
+            "count": _COUNT,
+            "items_text": _ITEMS,
+            "items_html": mark_safe(_ITEMS),  # noqa: S308 - our own stand-in
+            "kind_labels": kind_labels,
+            "link": link,
+        },
+    )
+    ((html, _),) = message.alternatives
+    return (
+        _format_template(str(message.body), count=_COUNT, items=_ITEMS),
+        _format_template(str(html), count=_COUNT, items=_ITEMS),
+    )
+
+
+@cache
+def _digest_item_parts() -> tuple[str, str]:
+    """One digest item's text and HTML as format templates (``title``, ``body``; the
+    HTML one takes them escaped)."""
+    context = {"title": _TITLE, "body": _BODY}
+    return (
+        _format_template(
+            render_to_string("emails/_notification_item.txt", context), title=_TITLE, body=_BODY
+        ),
+        _format_template(
+            render_to_string("emails/_notification_item.html", context), title=_TITLE, body=_BODY
+        ),
+    )

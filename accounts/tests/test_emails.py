@@ -110,3 +110,25 @@ def test_notification_email_escapes_what_it_quotes(api):
     assert "<b>evil</b>" not in html
     for part in (text, html):
         assert "https://vault.example/notifications" in part
+
+
+def test_notification_digest_email():
+    """Several notification emails of one user due together go out as one digest."""
+    from notifications import outbox
+    from notifications.models import Notification, OutboxEmail
+
+    user = user_create(email="bot@example.com")
+    mail.outbox.clear()
+    for i in range(3):
+        notification = Notification.objects.create(
+            user=user, kind="order_filled", title="Order filled", body=f"<i>Order {i}</i> filled."
+        )
+        OutboxEmail.objects.create(kind="notification", user=user, notification=notification)
+    outbox.outbox_emails_drain()
+    [message] = mails_to(user.email, "CryptoVault: 3 notifications")
+    text, html = _parts(message, "notification_digest")
+    for i in range(3):
+        assert f"<i>Order {i}</i> filled." in text
+        assert f"&lt;i&gt;Order {i}&lt;/i&gt; filled." in html
+    for part in (text, html):
+        assert "https://vault.example/notifications" in part

@@ -223,19 +223,24 @@ def test_a_notification_email_is_what_its_templates_render_for_any_body(settings
                 "link": "https://vault.example/notifications",
             },
         )
-        assert (message.subject, message.to, message.from_email) == (
-            expected.subject,
-            expected.to,
-            expected.from_email,
-        )
-        assert message.body == expected.body
-        assert message.alternatives == expected.alternatives
-        # As sent: a multipart/alternative whose parts are those two.
-        sent = email.message_from_bytes(message.message().as_bytes())
-        assert sent.get_content_type() == "multipart/alternative"
-        text, html = sent.get_payload()
-        assert text.get_payload(decode=True).decode() == expected.body
-        assert html.get_payload(decode=True).decode() == expected.alternatives[0][0]
+        _assert_same_email(message, expected)
+
+
+def _assert_same_email(message, expected) -> None:
+    """``message`` is ``expected`` (headers and both parts), also as sent: a
+    multipart/alternative whose parts are those two."""
+    assert (message.subject, message.to, message.from_email) == (
+        expected.subject,
+        expected.to,
+        expected.from_email,
+    )
+    assert message.body == expected.body
+    assert message.alternatives == expected.alternatives
+    sent = email.message_from_bytes(message.message().as_bytes())
+    assert sent.get_content_type() == "multipart/alternative"
+    text, html = sent.get_payload()
+    assert text.get_payload(decode=True).decode() == expected.body
+    assert html.get_payload(decode=True).decode() == expected.alternatives[0][0]
 
 
 @pytest.mark.django_db
@@ -247,8 +252,9 @@ def test_a_drain_records_its_batch_together_each_row_once(settings, django_asser
         outbox.outbox_email_add(kind="welcome", user=user)
     gone = user_create(email_verified_at=None)  # no welcome for an unverified address
     outbox.outbox_email_add(kind="welcome", user=gone)
-    # claim + read + the sent rows' mark + the skipped rows' mark + the empty claim.
-    with django_assert_max_num_queries(5):
+    # claim + read (rows, then their users) + the sent rows' mark + the skipped rows'
+    # mark + the empty claim.
+    with django_assert_max_num_queries(6):
         assert outbox.outbox_emails_drain() == 30
     assert sorted(m.to[0] for m in mail.outbox) == sorted(u.email for u in users)
     rows = OutboxEmail.objects.all()
@@ -257,3 +263,197 @@ def test_a_drain_records_its_batch_together_each_row_once(settings, django_asser
     }
     assert all(r.sent_at is not None for r in rows if r.status == "sent")
     assert OutboxEmail.objects.get(user=gone).status == "skipped"
+
+
+def _notify(user, title: str, body: str = "", kind: str = "order_filled"):
+    """A notification of ``user`` and its outbox row, as a fill writes them."""
+    from notifications.models import Notification
+
+    notification = Notification.objects.create(user=user, kind=kind, title=title, body=body)
+    return OutboxEmail.objects.create(kind="notification", user=user, notification=notification)
+
+
+@pytest.mark.django_db
+def test_a_users_notification_emails_claimed_together_go_out_as_one_digest(settings):
+    settings.APP_URL = "https://vault.example"
+    bot, other = user_create(), user_create()
+    fills = [_notify(bot, "Order filled", f"Your market order {i} filled.") for i in range(3)]
+    alert = _notify(bot, "Bitcoin is above 1", "The price crossed 1 usd.", kind="price_alert")
+    single = _notify(other, "Order filled", "Your limit order filled.")
+    welcome = outbox.outbox_email_add(kind="welcome", user=bot)  # never digested
+
+    assert outbox.outbox_emails_drain() == 6  # rows that went out
+    assert sorted((m.to[0], m.subject) for m in mail.outbox) == sorted(
+        [
+            (bot.email, "CryptoVault: 4 notifications"),
+            (bot.email, "Welcome to CryptoVault"),
+            (other.email, "CryptoVault: Order filled"),
+        ]
+    )
+    (digest,) = mails_to(bot.email, "notifications")
+    # Each notification once, oldest first, in both parts.
+    [(html, _)] = digest.alternatives
+    for part in (digest.body, html):
+        positions = [part.index(f"Your market order {i} filled.") for i in range(3)]
+        positions.append(part.index("The price crossed 1 usd."))
+        assert positions == sorted(positions)
+        assert "https://vault.example/notifications" in part
+    assert "order filled and price alert emails" in html
+    # A single notification email is exactly the usual one.
+    (usual,) = mails_to(other.email)
+    assert usual.body == outbox.notification_email_message(outbox=single).body
+    rows = {row.pk: row for row in OutboxEmail.objects.all()}
+    assert {rows[o.pk].status for o in [*fills, alert, single, welcome]} == {"sent"}
+    # The digest's rows were sent together.
+    assert len({rows[o.pk].sent_at for o in [*fills, alert]}) == 1
+
+
+@pytest.mark.django_db
+def test_a_digest_is_what_its_templates_render_for_any_notifications(settings):
+    """The drain renders the digest and item templates once, with stand-ins: each
+    digest is still exactly what rendering them with its notifications gives."""
+    from django.template.loader import render_to_string
+    from django.utils.safestring import mark_safe
+
+    from cryptovault.emails import email_render
+
+    settings.APP_URL = "https://vault.example"
+    user = user_create()
+    contents = [
+        ("Order <filled> & done", "Filled at 65000 usd."),
+        ("Bitcoin {above} 1", "<b>&amp; \"quoted\" 'single'</b> \\ {{ x }} {count} %s"),
+        ("Order filled", ""),
+    ]
+    rows = [_notify(user, title, body) for title, body in contents]
+    rows = list(OutboxEmail.objects.filter(pk__in=[r.pk for r in rows]).order_by("id"))
+    message = outbox.notification_digest_message(outboxes=rows)
+
+    items = [{"title": title, "body": body} for title, body in contents]
+    expected = email_render(
+        template="notification_digest",
+        subject="CryptoVault: 3 notifications",
+        to=[user.email],
+        context={
+            "count": 3,
+            "items_text": "".join(
+                render_to_string("emails/_notification_item.txt", item) for item in items
+            ),
+            "items_html": mark_safe(  # noqa: S308 - rendered by the (escaping) templates
+                "".join(render_to_string("emails/_notification_item.html", item) for item in items)
+            ),
+            "kind_labels": "order filled",
+            "link": "https://vault.example/notifications",
+        },
+    )
+    _assert_same_email(message, expected)
+    assert "Bitcoin {above} 1\n<b>&amp;" in message.body  # the text part quotes as it is
+    assert "&lt;b&gt;&amp;amp;" in message.alternatives[0][0]  # the HTML part escapes
+
+
+@pytest.mark.django_db
+def test_a_refused_digest_leaves_all_its_rows_due_together_then_sends_them(settings):
+    settings.EMAIL_BACKEND = "notifications.tests.backends.BouncingBackend"
+    bounced, other = user_create(email="bounce@example.com"), user_create()
+    rows = [_notify(bounced, f"n{i}", f"body {i}") for i in range(3)]
+    fine = _notify(other, "Order filled", "fine")
+
+    assert outbox.outbox_emails_drain() == 1
+    assert [m.to for m in mail.outbox] == [[other.email]]
+    refused = OutboxEmail.objects.filter(pk__in=[r.pk for r in rows])
+    assert {(r.status, r.attempts, r.claimed_until) for r in refused} == {("pending", 1, None)}
+    assert len({r.next_attempt_at for r in refused}) == 1  # due again together
+    assert all(r.last_error.startswith("SMTPRecipientsRefused") for r in refused)
+    assert OutboxEmail.objects.get(pk=fine.pk).status == "sent"
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    refused.update(next_attempt_at=timezone.now())
+    assert outbox.outbox_emails_drain() == 3
+    (digest,) = mails_to(bounced.email)
+    assert digest.subject == "CryptoVault: 3 notifications"
+    assert {(r.status, r.attempts) for r in refused} == {("sent", 2)}
+
+
+@pytest.mark.django_db
+def test_new_logins_are_never_digested_and_a_digest_has_at_most_digest_max(monkeypatch):
+    monkeypatch.setattr(outbox, "DIGEST_MAX", 2)
+    user = user_create()
+    for i in range(5):
+        _notify(user, f"fill {i}", f"body {i}")
+    _notify(user, "New login", "From a new browser.", kind="new_login")
+
+    assert outbox.outbox_emails_drain() == 6
+    assert sorted(m.subject for m in mail.outbox) == sorted(
+        [
+            "CryptoVault: 2 notifications",
+            "CryptoVault: 2 notifications",
+            "CryptoVault: fill 4",
+            "CryptoVault: New login",
+        ]
+    )
+    bodies = "".join(m.body for m in mail.outbox)
+    assert all(bodies.count(f"body {i}") == 1 for i in range(5))
+
+
+@pytest.mark.django_db
+def test_an_inactive_users_digest_is_skipped():
+    user = user_create()
+    rows = [_notify(user, f"n{i}") for i in range(3)]
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    assert outbox.outbox_emails_drain() == 0
+    assert mail.outbox == []
+    assert {r.status for r in OutboxEmail.objects.filter(pk__in=[r.pk for r in rows])} == {
+        "skipped"
+    }
+
+
+@pytest.mark.django_db
+def test_notification_emails_serialize_to_the_bytes_compat32_writes(settings):
+    """Notification emails are written with a policy that skips building a Header for
+    headers that fit on their line: byte for byte what Django's compat32 writes."""
+    from email.policy import compat32
+
+    from notifications.models import Notification
+
+    settings.DEFAULT_FROM_EMAIL = "CryptoVault Notifications <no-reply@cryptovault.example>"
+    user = user_create(email="trader@example.com")
+    titles = [
+        "Order filled",
+        "Ordre exécuté à 65 000 €",  # encoded words
+        "A title long enough that the subject line has to be folded by the email package",
+        "x" * (78 - len("Subject: CryptoVault: ")),  # fits exactly
+        "x" * (79 - len("Subject: CryptoVault: ")),  # one too many
+        "two  spaces\tand a tab =?utf-8?q?looks_encoded?=",
+    ]
+    rows = []
+    for title in titles:
+        notification = Notification.objects.create(
+            user=user, kind="order_filled", title=title, body=f"{title} — body"
+        )
+        rows.append(
+            OutboxEmail.objects.create(kind="notification", user=user, notification=notification)
+        )
+    messages = [outbox.notification_email_message(outbox=row) for row in rows]
+    messages.append(outbox.notification_digest_message(outboxes=rows))
+    for message in messages:
+        sent = message.message()
+        for linesep in ("\n", "\r\n"):
+            fast = sent.as_bytes(linesep=linesep)
+            sent.policy = compat32
+            assert fast == sent.as_bytes(linesep=linesep)
+            sent.policy = outbox._SHORT_HEADERS
+    # Header by header, at and around the line length.
+    for name, value in [
+        ("Subject", "a" * 69),
+        ("Subject", "a" * 70),
+        ("Subject", " leading"),
+        ("Subject", "trailing "),
+        ("To", "Ada <ada@example.com>, Grace <grace@example.com>"),
+        ("Subject", "caf\u00e9"),
+        ("Subject", "line\nbreak"),
+    ]:
+        for linesep in ("\n", "\r\n"):
+            policy = outbox._SHORT_HEADERS.clone(linesep=linesep)
+            reference = compat32.clone(linesep=linesep)
+            assert policy.fold_binary(name, value) == reference.fold_binary(name, value)
+            assert policy.fold(name, value) == reference.fold(name, value)

@@ -1,6 +1,6 @@
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -77,28 +77,51 @@ def test_the_drain_emails_each_waiting_notification_once(monkeypatch):
     monkeypatch.setattr(outbox, "BATCH", 2)  # several batches
     user, other = user_create(), user_create()
     for i in range(5):
-        services.notification_create(user=user, kind="price_alert", title=f"n{i}")
+        services.notification_create(
+            user=user, kind="price_alert", title=f"n{i}", body=f"alert {i}"
+        )
     services.notification_create(user=user, kind="order_cancelled", title="not emailed")
     services.notification_create(user=other, kind="new_login", title="inactive by now")
     other.is_active = False
     other.save(update_fields=["is_active"])
     assert outbox.outbox_emails_drain() == 5
     assert outbox.outbox_emails_drain() == 0
-    assert sorted(m.subject for m in mail.outbox) == [f"CryptoVault: n{i}" for i in range(5)]
+    # The notifications of one user claimed together go out as one digest.
+    assert [m.subject for m in mail.outbox] == [
+        "CryptoVault: 2 notifications",
+        "CryptoVault: 2 notifications",
+        "CryptoVault: n4",
+    ]
+    bodies = "".join(m.body for m in mail.outbox)
+    assert [bodies.count(f"alert {i}") for i in range(5)] == [1] * 5
     assert all(m.to == [user.email] for m in mail.outbox)
     assert OutboxEmail.objects.filter(status="sent", sent_at__isnull=False).count() == 5
     assert OutboxEmail.objects.get(user=other).status == "skipped"
 
 
 def test_one_drain_run_is_scheduled_at_a_time():
+    import json
+
     from django_redis import get_redis_connection
 
+    redis = get_redis_connection("default")
+    redis.delete("celery")
     assert outbox.outbox_emails_wake() is True
     assert outbox.outbox_emails_wake() is False
-    # A run clears the mark as it starts: the next commit schedules the next run.
+    # Account emails do not wait for the notifications' later run: theirs comes sooner.
+    assert outbox.outbox_emails_wake(soon=True) is True
+    assert outbox.outbox_emails_wake(soon=True) is False
+    sooner, later = sorted(
+        datetime.fromisoformat(json.loads(raw)["headers"]["eta"])
+        for raw in redis.lrange("celery", 0, -1)
+    )
+    gap = outbox.NOTIFICATION_EMAIL_DELAY - outbox.EMAIL_DRAIN_DELAY
+    assert abs((later - sooner).total_seconds() - gap) < 0.5
+    # A run clears the marks as it starts: the next commit schedules the next run.
     outbox.outbox_emails_drain()
-    assert not get_redis_connection("default").exists(outbox.EMAIL_DRAIN_KEY)
+    assert not redis.exists(outbox.EMAIL_DRAIN_KEY)
     assert outbox.outbox_emails_wake() is True
+    assert outbox.outbox_emails_wake(soon=True) is True
 
 
 def test_notification_create_rejects_unknown_kind():
@@ -279,3 +302,21 @@ def test_opted_in_kinds_are_emailed_by_the_worker(celery_worker):
         time.sleep(0.05)
     assert [m.subject for m in mail.outbox] == ["CryptoVault: Bitcoin is above 1"]
     assert emailed.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_burst_of_notifications_is_emailed_by_the_worker_as_one_digest(celery_worker):
+    user = user_create()
+    with services.deliveries_batched():
+        for i in range(3):
+            services.notification_create(
+                user=user, kind="order_filled", title="Order filled", body=f"fill {i}"
+            )
+    emailed = OutboxEmail.objects.filter(user=user, status="sent")
+    deadline = time.monotonic() + 30  # a loaded CI box; returns as soon as it lands
+    while not (mail.outbox and emailed.count() == 3) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [m.subject for m in mail.outbox] == ["CryptoVault: 3 notifications"]
+    assert [mail.outbox[0].body.count(f"fill {i}") for i in range(3)] == [1, 1, 1]
+    assert emailed.count() == 3
+    assert Notification.objects.filter(user=user).count() == 3  # in-app: one per event
