@@ -13,6 +13,9 @@ one gives its ids back. Hence two properties readers rely on:
   sequence, whose ids are handed out at insert and commit in any order);
 - a gap in what a reader sees live (a push lost, or overtaken by another process's push)
   is exactly the ids between, all already in the log: ``EventCursor`` reads them.
+An order's placement logs its ``order`` frame the same way, inside the one call that
+places it (``orders_order_place``, orders migration 0005: the user's row, then the
+counter, after the order's balance row).
 The price is that one user's event-making transactions queue on that row from their
 first event to their commit; they already queue on the user's balances (order fills),
 and a batch locks its users' rows together, in user id order (no deadlock between
@@ -64,6 +67,13 @@ SELECT user_id, last_id FROM notifications_events_record(
 """
 
 
+def frame_tail(frame: dict) -> str:
+    """The frame's JSON text without its opening brace: what the log puts after the
+    event's id (``notifications_events_record`` and ``orders_order_place`` build the
+    logged text from it)."""
+    return frame_encode(frame)[1:]
+
+
 def _frame_text(event_id: int, tail: str) -> str:
     """``frame_encode({"id": event_id, **frame})`` given ``tail``, the frame's own JSON
     text without its opening brace (as ``notifications_events_record`` builds it too)."""
@@ -80,8 +90,7 @@ def events_record(*, frames_by_user: dict[int, list[dict]]) -> dict[int, list[st
     if not user_ids:
         return {}
     tails = {
-        user_id: [frame_encode(frame)[1:] for frame in frames_by_user[user_id]]
-        for user_id in user_ids
+        user_id: [frame_tail(frame) for frame in frames_by_user[user_id]] for user_id in user_ids
     }
     columns: tuple[list, list, list, list] = ([], [], [], [])
     for user_id in user_ids:

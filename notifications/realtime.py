@@ -26,7 +26,9 @@ Users with no socket open get no push at all: every ``/ws/user`` socket and user
 marks its channel in the user's socket set (``user_socket_opened``) before it joins the
 user's group, and so before it reads the event log, and unmarks it when it closes.
 ``users_push_texts`` reads the sets of the users it pushes to (one Redis round trip for
-the batch, after the events committed) and sends only to users with a mark. Nothing is
+the batch, after the events committed) and sends only to users with a mark; an order's
+placement reads its user's set in the round trip that also sets the order queue's mark
+(``user_sockets_watch``, ``user_push_listening``). Nothing is
 lost: a socket marked after that read joined the group and read the log after the
 events committed, so its replay (``?since=``, ``Last-Event-ID``) has them, and a socket
 opened without one starts after them. The set is in the channel layer's Redis and
@@ -166,16 +168,22 @@ def user_socket_closed(*, user_id: Any, channel: str) -> None:
 
 def users_with_sockets(user_ids: list[Any]) -> set[Any]:
     """Those of ``user_ids`` with a socket or stream open, in one round trip."""
-    since = time.time() - _group_expiry()
     redis = get_redis_connection("default")
-    if len(user_ids) == 1:  # an order placed: one command costs less than a pipeline
-        return (
-            set(user_ids) if redis.zcount(_user_sockets_key(user_ids[0]), since, "+inf") else set()
-        )
+    if len(user_ids) == 1:  # one command costs less than a pipeline
+        return set(user_ids) if redis.zcount(*user_sockets_watch(user_ids[0]), "+inf") else set()
     pipe = redis.pipeline(transaction=False)
     for user_id in user_ids:
-        pipe.zcount(_user_sockets_key(user_id), since, "+inf")
+        pipe.zcount(*user_sockets_watch(user_id), "+inf")
     return {user_id for user_id, count in zip(user_ids, pipe.execute(), strict=True) if count}
+
+
+def user_sockets_watch(user_id: Any) -> tuple[str, float]:
+    """``(key, since)``: the user has a socket or stream open if ``ZCOUNT key since
+    +inf`` (in the ``default`` Redis) is not 0. The check ``users_with_sockets`` makes,
+    for a caller that sends it with commands of its own after the same commit (an order
+    placed: with the queue's mark, in one script), and then hands the frames to
+    ``user_push_listening`` if a socket is open."""
+    return _user_sockets_key(user_id), time.time() - _group_expiry()
 
 
 def user_push(*, user_id: Any, frames: list[dict]) -> None:
@@ -195,6 +203,15 @@ def users_push_texts(texts_by_user: dict[Any, list[str]]) -> None:
         except Exception:
             # One user's failed push must not cost the others theirs.
             logger.exception("could not push to user %s", user_id)
+
+
+def user_push_listening(*, user_id: Any, texts: list[str]) -> None:
+    """``users_push_texts`` for one user whose socket check (``user_sockets_watch``)
+    found a socket open; a failure is logged, never raised."""
+    try:
+        _user_push_texts(user_id=user_id, texts=texts)
+    except Exception:
+        logger.exception("could not push to user %s", user_id)
 
 
 def _user_push_texts(*, user_id: Any, texts: list[str]) -> None:

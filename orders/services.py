@@ -36,6 +36,8 @@ from markets.selectors import (
     price_quotes,
     prices_tradable,
 )
+from notifications import realtime
+from notifications.events import frame_tail
 from notifications.services import (
     NotificationRow,
     deliveries_batched,
@@ -379,10 +381,11 @@ def order_place(
     commit. Returns ``(order, created)``: a repeated ``client_order_id`` returns the
     first order and reserves nothing, even when the two requests race.
 
-    The usual order takes one statement (``_order_insert_reserving``: the coin check, the
-    balance's lock and reservation and the INSERT); when that finds nothing to reserve
-    from, the step-by-step path below it names what is wrong (unknown coin, no balance
-    row yet, insufficient funds)."""
+    The usual order is one statement (``_order_place_logged``: the coin check, the
+    balance's lock and reservation, the INSERT and the order's event), its own
+    transaction unless the caller has one open; when it finds nothing to reserve from,
+    the step-by-step path below it names what is wrong (unknown coin, no balance row
+    yet, insufficient funds)."""
     if client_order_id:
         existing = Order.objects.filter(user=user, client_order_id=client_order_id).first()
         if existing is not None:
@@ -415,16 +418,27 @@ def order_place(
         reserved_asset=reserved_asset,
     )
     try:
-        with transaction.atomic():
-            if not _order_insert_reserving(order, required=required, reserve_cap=reserve_cap):
+        if transaction.get_autocommit():
+            frame = _order_place_logged(order, required=required, reserve_cap=reserve_cap)
+        else:
+            # Inside the caller's transaction: a savepoint, so that a racing twin's
+            # unique violation leaves that transaction usable.
+            with transaction.atomic():
+                frame = _order_place_logged(order, required=required, reserve_cap=reserve_cap)
+        if frame is not None:
+            transaction.on_commit(
+                partial(_order_placed_deliver, user_id=user.pk, frame=frame), robust=True
+            )
+        else:
+            with transaction.atomic():
                 _coin_tracked_check(coin_id=coin_id)
                 existing = _order_place_locked(order, required=required, reserve_cap=reserve_cap)
                 if existing is not None:
                     return existing, False
-            _order_notify(order)
-            _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
-            transaction.on_commit(_queue_enqueue, robust=True)
-            return order, True
+                _order_notify(order)
+                transaction.on_commit(_queue_enqueue, robust=True)
+        _order_count(metrics.ORDERS_PLACED.labels(side=side, type=type))
+        return order, True
     except IntegrityError:
         # Two requests with one client_order_id raced; the unique constraint let exactly
         # one through.
@@ -481,26 +495,51 @@ def _order_reservation(
     return required, quantize_up(required * (1 + MARKET_BUY_BUFFER))
 
 
-# The reservation and the INSERT of an order in one call of
-# ``orders_order_insert_reserving``, a PL/pgSQL function (migration 0004) whose
-# statements each backend plans once: the balance row is locked (FOR UPDATE re-reads it
-# after any concurrent writer commits) only if the coin is tracked and the row holds what
-# the order requires; no row out means nothing written. The timestamps are taken once
-# the lock is held, as the ORM's save would take them.
-_ORDER_INSERT_RESERVING = """
-SELECT id, reserved_amount, created_at FROM orders_order_insert_reserving(
+# An order's reservation, its INSERT and its ``order`` event in one call of
+# ``orders_order_place``, a PL/pgSQL function (migration 0005) whose statements each
+# backend plans once: the balance row is locked (FOR UPDATE re-reads it after any
+# concurrent writer commits) only if the coin is tracked and the row holds what the
+# order requires; no row out means nothing written. The timestamps are taken once the
+# lock is held, as the ORM's save would take them. The event is logged as
+# ``notifications.events.events_record`` logs one (the user's row, then its counter),
+# its text built from ``frame_parts`` around the order's id and timestamps.
+_ORDER_PLACE = """
+SELECT id, reserved_amount, created_at, frame FROM orders_order_place(
     %(user_id)s, %(asset)s, %(required)s, %(cap)s, %(coin_id)s, %(client_order_id)s,
-    %(side)s, %(type)s, %(quantity)s, %(limit_price)s, %(status)s)
+    %(side)s, %(type)s, %(quantity)s, %(limit_price)s, %(status)s, %(frame_parts)s)
 """
 
+# What stands in the order's frame for what only the INSERT knows (the id, the
+# timestamps): strings no order's JSON can otherwise hold (a NUL is escaped as \u0000,
+# and no field of an order takes a backslash).
+_ID_MARK, _AT_MARK = "\x00id\x00", "\x00at\x00"
+# The marks as the frame's JSON shows them: the id's with its quotes (an id is a number),
+# the timestamps' without (they stay strings).
+_ID_MARK_JSON = frame_tail({"i": _ID_MARK})[len('"i":') : -1]
+_AT_MARK_JSON = frame_tail({"a": _AT_MARK})[len('"a":"') : -2]
 
-def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Decimal) -> bool:
-    """Reserve the funds of the unsaved ``order`` and INSERT it (``_ORDER_INSERT_RESERVING``),
-    filling in its id, reservation and timestamps. False: nothing written (untracked coin,
-    no balance row, or not enough available)."""
+
+def _order_frame_parts(order: Order) -> list[str]:
+    """The ``order`` frame of the unsaved ``order`` as it will be logged and pushed, in
+    the four pieces ``orders_order_place`` puts its id and timestamps between (the
+    timestamps' pieces end and start with their quotes)."""
+    output = order_output(order) | {"id": _ID_MARK, "created_at": _AT_MARK, "updated_at": _AT_MARK}
+    tail = frame_tail({"type": "order", "order": output})
+    head, rest = tail.split(_ID_MARK_JSON)
+    parts = [head, *rest.split(_AT_MARK_JSON)]
+    if len(parts) != 4:
+        raise ValueError(f"unexpected order frame {tail!r}")
+    return parts
+
+
+def _order_place_logged(order: Order, *, required: Decimal, reserve_cap: Decimal) -> str | None:
+    """Reserve the funds of the unsaved ``order``, INSERT it and log its event
+    (``_ORDER_PLACE``), filling in its id, reservation and timestamps; returns the event's
+    frame as logged (JSON text). None: nothing written (untracked coin, no balance row,
+    or not enough available)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            _ORDER_INSERT_RESERVING,
+            _ORDER_PLACE,
             {
                 "user_id": order.user_id,
                 "asset": order.reserved_asset,
@@ -513,20 +552,55 @@ def _order_insert_reserving(order: Order, *, required: Decimal, reserve_cap: Dec
                 "quantity": order.quantity,
                 "limit_price": order.limit_price,
                 "status": order.status,
+                "frame_parts": _order_frame_parts(order),
             },
         )
         row = cursor.fetchone()
     if row is None:
-        return False
-    order.pk, order.reserved_amount, order.created_at = row
+        return None
+    order.pk, order.reserved_amount, order.created_at, frame = row
     order.updated_at = order.created_at
     order._state.adding = False
     order._state.db = connection.alias
-    return True
+    return frame
+
+
+# After an order is placed, in one round trip: the queue's mark (``_queue_enqueue``'s SET
+# NX: 1 if this call set it) and the user's socket check (``realtime.user_sockets_watch``:
+# how many sockets are open). A script, not a pipeline: one command costs redis-py less.
+_PLACED_SCRIPT = """
+local marked = redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1])
+return {marked and 1 or 0, redis.call('ZCOUNT', KEYS[2], ARGV[2], '+inf')}
+"""
+_placed_script: Any = None
+
+
+def _order_placed_deliver(*, user_id: int, frame: str) -> None:
+    """After an order placed by ``_order_place_logged`` commits: the queue's mark and the
+    user's socket check (``_PLACED_SCRIPT``), then the push to the user's sockets if any,
+    and a run of the queue if none is waiting to start."""
+    # orders.tasks imports this module (tasks call services, services enqueue tasks).
+    from orders.tasks import order_queue_process
+
+    global _placed_script
+    redis = get_redis_connection("default")
+    if _placed_script is None:
+        # Its SHA1, once; it loads itself into the Redis it is called on when that one
+        # does not know it yet (first use, a restart).
+        _placed_script = redis.register_script(_PLACED_SCRIPT)
+    sockets_key, since = realtime.user_sockets_watch(user_id)
+    marked, sockets = _placed_script(
+        keys=[QUEUE_RUN_KEY, sockets_key], args=[QUEUE_MARK_SECONDS, since], client=redis
+    )
+    if sockets:
+        realtime.user_push_listening(user_id=user_id, texts=[frame])
+    if marked:
+        order_queue_process.delay()
 
 
 def _order_place_locked(order: Order, *, required: Decimal, reserve_cap: Decimal) -> Order | None:
-    """What ``_order_insert_reserving`` does, step by step: creates the balance row if
+    """What ``_order_place_logged`` does, step by step (but the event, which the caller
+    logs): creates the balance row if
     missing and raises ``insufficient_funds`` with what is missing. Returns the first
     order when one with the same ``client_order_id`` committed meanwhile."""
     balance = balances_lock(user=order.user, assets=[order.reserved_asset])[order.reserved_asset]

@@ -10,18 +10,9 @@ once the lock is held, as the ORM's save would take them."""
 
 from django.db import migrations
 
-ORDER_INSERT_RESERVING = """
-CREATE FUNCTION orders_order_insert_reserving(
-    owner bigint, reserved_asset varchar, required numeric, cap numeric, coin varchar,
-    client_order_id varchar, side varchar, type varchar, quantity numeric,
-    limit_price numeric, status varchar
-) RETURNS TABLE (id bigint, reserved_amount numeric, created_at timestamptz)
-LANGUAGE plpgsql AS $$
-DECLARE
-    balance_id bigint;
-    reserve numeric;
-    at timestamptz;
-BEGIN
+# The reservation (0005's ``orders_order_place`` starts the same way): the balance row
+# locked and reserved from, or nothing done and nothing returned.
+RESERVE = """
     SELECT b.id, LEAST(b.available, cap) INTO balance_id, reserve
     FROM orders_balance b
     WHERE b.user_id = owner AND b.asset = reserved_asset
@@ -35,17 +26,39 @@ BEGIN
     UPDATE orders_balance
     SET available = available - reserve, locked = locked + reserve, updated_at = at
     WHERE orders_balance.id = balance_id;
-    RETURN QUERY
+"""
+
+# The order's INSERT, without its RETURNING clause.
+INSERT_ORDER = """
     INSERT INTO orders_order AS o (
         user_id, client_order_id, coin_id, side, type, quantity, limit_price, status,
         reserved_asset, reserved_amount, created_at, updated_at
     ) VALUES (
         owner, client_order_id, coin, side, type, quantity, limit_price, status,
         reserved_asset, reserve, at, at
-    ) RETURNING o.id, o.reserved_amount, o.created_at;
+    )"""
+
+ORDER_INSERT_RESERVING = (
+    """
+CREATE FUNCTION orders_order_insert_reserving(
+    owner bigint, reserved_asset varchar, required numeric, cap numeric, coin varchar,
+    client_order_id varchar, side varchar, type varchar, quantity numeric,
+    limit_price numeric, status varchar
+) RETURNS TABLE (id bigint, reserved_amount numeric, created_at timestamptz)
+LANGUAGE plpgsql AS $$
+DECLARE
+    balance_id bigint;
+    reserve numeric;
+    at timestamptz;
+BEGIN"""
+    + RESERVE
+    + "    RETURN QUERY"
+    + INSERT_ORDER
+    + """ RETURNING o.id, o.reserved_amount, o.created_at;
 END
 $$
 """
+)
 
 
 class Migration(migrations.Migration):

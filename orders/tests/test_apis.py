@@ -201,12 +201,16 @@ def test_insufficient_funds_is_400_with_code(client):
     assert response.json()["code"] == "insufficient_funds"
 
 
-def test_place_takes_two_statements_the_order_and_its_event(client, user):
-    """The reservation and the INSERT are one call (``orders_order_insert_reserving``),
-    the event log's (the user's row, its counter, the event row) another
-    (``notifications_events_record``): a pinned count, so none creeps back."""
+def test_place_takes_one_statement_the_order_and_its_event(client, user):
+    """The reservation, the INSERT and the event log's part (the user's row, its counter,
+    the event row) are one call (``orders_order_place``): a pinned count, so none creeps
+    back. Outside a transaction (a request's) that call is its own, so no ``BEGIN`` or
+    ``COMMIT`` either; here, inside the test's, it takes a savepoint."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
+
+    from notifications.models import UserEvent
+    from notifications.realtime import frame_encode
 
     with CaptureQueriesContext(connection) as queries:
         response = client.post(ORDERS, order_body(), format="json")
@@ -214,15 +218,18 @@ def test_place_takes_two_statements_the_order_and_its_event(client, user):
     statements = [
         query["sql"] for query in queries.captured_queries if "SAVEPOINT" not in query["sql"]
     ]
-    assert len(statements) == 2, statements
-    assert "FROM orders_order_insert_reserving(" in statements[0]
-    assert "FROM notifications_events_record(" in statements[1]
+    assert len(statements) == 1, statements
+    assert "FROM orders_order_place(" in statements[0]
     order = Order.objects.get(pk=response.json()["id"])
     balance = Balance.objects.get(user=user, asset="usd")
     assert order.reserved_amount == balance.locked > 0
-    # The answer shows the order as stored, timestamps included.
+    # The answer shows the order as stored, timestamps included, and so does its event.
     assert response.json() == order_output(order)
     assert order.created_at == order.updated_at == balance.updated_at
+    event = UserEvent.objects.get(user=user)
+    assert event.frame == frame_encode(
+        {"id": event.event_id, "type": "order", "order": order_output(order)}
+    )
 
 
 def test_first_order_of_an_asset_without_a_balance_row_is_refused_with_what_is_missing(client):
