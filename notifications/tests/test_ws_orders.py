@@ -14,7 +14,7 @@ from channels.testing import WebsocketCommunicator
 from accounts import services as account_services
 from accounts.tests.helpers import session_idle_out
 from cryptovault.asgi import application
-from cryptovault.testing import uvicorn_in_thread
+from cryptovault.testing import minute_fresh, uvicorn_in_thread
 from notifications.consumers import UserConsumer
 from notifications.middleware import JWTAuthMiddleware
 from notifications.tests.ws import RECEIVE_TIMEOUT, ws_closed_with, ws_connect, ws_receive
@@ -98,6 +98,8 @@ async def test_one_rate_limit_counter_with_rest():
     user, _, token = await sync_to_async(_trader)("100000")
     limit = int(ORDER_CREATE_RATE.split("/")[0])
     body = {**MARKET_BUY, "quantity": "0.0001"}
+    # The REST burst and the socket's two orders must fall in one rate-limit minute.
+    await sync_to_async(minute_fresh)()
     with uvicorn_in_thread(application) as address:
         async with httpx.AsyncClient(base_url=f"http://{address}") as http:
             for _ in range(limit - 1):
