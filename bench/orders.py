@@ -611,7 +611,11 @@ def limit_book(n: int, *, users: int, processes: list[subprocess.Popen]) -> dict
             locked=F("locked") + count * (notional + fee),
         )
     ids = [order.pk for order in orders]
-    book = Order.objects.filter(pk__in=ids)
+    # The book's ids are one range (one bulk insert, nothing else inserts orders meanwhile):
+    # polling it by range costs PostgreSQL ~1 ms, where ``pk__in`` a list of 10,000 ids
+    # took ~30 ms a poll, CPU taken from the fills it watches (and counted as theirs).
+    book = Order.objects.filter(pk__gte=min(ids), pk__lte=max(ids))
+    assert book.count() == n, "the book's ids are not one range"
     CURRENT["bitcoin"] = Decimal("59000")
     meter = DatabaseCpuMeter({"worker": processes[1].pid, "pg-db": DatabaseCpuMeter.DATABASE})
     meter.start()
