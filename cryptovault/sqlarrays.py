@@ -27,6 +27,9 @@ def pg_text_array(values: Iterable[str | None]) -> str:
     """The text of a PostgreSQL array of strings (``%s::text[]``, ``%s::jsonb[]``): each
     quoted, ``"`` and ``\\`` escaped; None is NULL."""
     values = list(values)
+    if values and values.count(None) == len(values):
+        # A column the batch leaves NULL (an order's reject reason when it fills).
+        return "{" + ",".join(["NULL"] * len(values)) + "}"
     if values and None not in values:
         # Escaped all at once (a batch's thousands of values cost two replaces of one
         # string, not two each), joined by a NUL, which no value holds (PostgreSQL's text

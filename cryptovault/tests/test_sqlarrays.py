@@ -18,6 +18,7 @@ pytestmark = pytest.mark.django_db
         ['{"k": "v \\" \\\\"}', "x"],
         ["with", None, "a null"],
         [None],
+        [None, None, None],
     ],
 )
 def test_a_text_array_reads_back_as_its_values(values):

@@ -8,8 +8,9 @@ converts the notifications app's) are now checked by triggers that do the same, 
 statement:
 
 - insert into the child: after the statement, every parent its new rows name is locked
-  ``FOR KEY SHARE`` (in id order) and counted; one missing raises ``foreign_key_violation``
-  (an ``IntegrityError``), as the constraint did. The lock is the constraint's own: a
+  ``FOR KEY SHARE`` in id order, by one static query (a function per reference, planned
+  once per backend); one missing raises ``foreign_key_violation`` (an ``IntegrityError``),
+  as the constraint did. The lock is the constraint's own: a
   concurrent delete of a parent waits for our commit, and one that committed first
   leaves the row unlockable, so the insert fails;
 - update of the child's column to another value: checked per row at commit (rare);
