@@ -20,6 +20,9 @@ TEXT_TYPES = frozenset({"text", "varchar", "jsonb"})
 def pg_array(values: Iterable[int | Decimal | None]) -> str:
     """The text of a PostgreSQL array of numbers (cast it in the SQL: ``%s::numeric[]``);
     None is NULL."""
+    values = list(values)
+    if None not in values:
+        return "{" + ",".join(map(str, values)) + "}"
     return "{" + ",".join(["NULL" if value is None else str(value) for value in values]) + "}"
 
 
