@@ -16,11 +16,13 @@ class Notification(models.Model):
         EMAIL_VERIFIED = "email_verified", "Email verified"
 
     # Indexed by notif_user_created, which leads with it (every fill inserts a notification).
+    # Checked once per statement by triggers, not per row by a constraint (migration 0008).
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         on_delete=models.CASCADE,
         related_name="notifications",
         db_index=False,
+        db_constraint=False,
     )
     kind = models.CharField(max_length=32, choices=Kind.choices)
     title = models.CharField(max_length=200)
@@ -149,13 +151,24 @@ class OutboxEmail(models.Model):
         FAILED = "failed", "Failed"
 
     kind = models.CharField(max_length=32, choices=Kind.choices)
+    # Both references are checked once per statement by triggers (migration 0008).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
     # The address a request named when it must not reveal whether an account has it.
     address = models.EmailField(blank=True, default="")
     notification = models.ForeignKey(
-        Notification, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+        Notification,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_constraint=False,
     )
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -198,8 +211,13 @@ class UserEventCounter(models.Model):
 class UserEvent(models.Model):
     """One frame pushed on a user's streams, replayable by its per-user ``event_id``."""
 
+    # Checked once per statement by a trigger (migration 0008).
     user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+", db_index=False
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="+",
+        db_index=False,
+        db_constraint=False,
     )
     event_id = models.BigIntegerField()
     kind = models.CharField(max_length=16)

@@ -145,8 +145,11 @@ class LedgerEntry(models.Model):
         FEE = "fee"
 
     # Indexed by orders_ledger_user_created and orders_ledger_once_per_order (which lead
-    # with them), not by an index each: a fill inserts three entries.
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False)
+    # with them), not by an index each: a fill inserts three entries. Both references are
+    # checked once per statement by triggers, not per row by a constraint (migration 0006).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, db_index=False, db_constraint=False
+    )
     asset = models.CharField(max_length=100)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     # Signed: credits positive, debits negative.
@@ -160,6 +163,7 @@ class LedgerEntry(models.Model):
         on_delete=models.PROTECT,
         related_name="ledger_entries",
         db_index=False,
+        db_constraint=False,
     )
     memo = models.CharField(max_length=255, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)

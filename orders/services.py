@@ -664,14 +664,23 @@ def _order_notify(order: Order) -> None:
         )
 
 
-def _order_notification(order: "Order | _Booking") -> NotificationRow | None:
-    """What the owner is told of an order that reached a final status (None: not final)."""
+def _order_notification(
+    order: "Order | _Booking", output: dict | None = None
+) -> NotificationRow | None:
+    """What the owner is told of an order that reached a final status (None: not final);
+    ``output`` (the order's ``order_output``, if built already) lends its decimal texts."""
     if order.status not in _TERMINAL_NOTIFICATIONS:
         return None
     kind, title = _TERMINAL_NOTIFICATIONS[order.status]
-    what = f"{order.side} {decimal_str(order.quantity)} {order.coin_id}"
+    if output is None:
+        output = {
+            "quantity": decimal_str(order.quantity),
+            "filled_price": decimal_str(order.filled_price),
+            "fee": decimal_str(order.fee),
+        }
+    what = f"{order.side} {output['quantity']} {order.coin_id}"
     if order.status == Order.Status.FILLED:
-        price, fee = decimal_str(order.filled_price), decimal_str(order.fee)
+        price, fee = output["filled_price"], output["fee"]
         body = f"Your {order.type} order to {what} filled at {price} usd (fee {fee} usd)."
     elif order.status == Order.Status.REJECTED:
         body = f"Your {order.type} order to {what} was rejected: {order.reject_reason}"
@@ -738,9 +747,12 @@ def _booking_output(order: _Booking, book: "_Book") -> dict:
         "filled_price": decimal_str(order.filled_price),
         "fee": decimal_str(order.fee),
         "reject_reason": order.reject_reason,
-        "created_at": book.datetimes.to_representation(order.created_at),
+        "created_at": book.datetime_text(order.created_at),
         "updated_at": book.updated_at,
     }
+
+
+_NO_OFFSET = timedelta(0)
 
 
 class _Book:
@@ -751,9 +763,17 @@ class _Book:
         self.now = timezone.now()
         # How OrderOutputSerializer shows a datetime, the current timezone read once.
         self.datetimes = serializers.DateTimeField(default_timezone=timezone.get_current_timezone())
+        self.utc = timezone.get_current_timezone_name() == "UTC"
         self.updated_at = self.datetimes.to_representation(self.now)
         self.entries: list[tuple] = []
         self.counts: dict[tuple[Any, tuple[str, ...]], int] = {}
+
+    def datetime_text(self, value: datetime) -> str:
+        """``self.datetimes.to_representation(value)``; for a UTC time shown in UTC (every
+        row PostgreSQL returns, by default) without its generic steps: the same text."""
+        if self.utc and value.utcoffset() == _NO_OFFSET:
+            return value.isoformat()[:-6] + "Z"
+        return self.datetimes.to_representation(value)
 
     def count(self, metric: Any, *labels: str) -> None:
         """Count one in ``metric``'s child of ``labels`` (resolved once per batch)."""
@@ -774,8 +794,9 @@ def _booking_status_set(*, order: _Booking, book: _Book, status: str, **changes:
     for name, value in changes.items():
         setattr(order, name, value)
     order.updated_at = book.now
-    order_event_push(user_id=order.user_id, order=_booking_output(order, book))
-    notification = _order_notification(order)
+    output = _booking_output(order, book)
+    order_event_push(user_id=order.user_id, order=output)
+    notification = _order_notification(order, output)
     if notification is not None:
         notification_add(notification)
 

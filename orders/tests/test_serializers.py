@@ -30,3 +30,29 @@ def test_order_output_is_what_the_output_serializer_makes_of_every_kind_of_order
     assert (
         order_output(filled)["filled_price"] == OrderOutputSerializer(filled).data["filled_price"]
     )
+
+
+def test_a_batch_shows_datetimes_as_the_serializer_does():
+    """``_Book.datetime_text`` skips DRF's steps for UTC times shown in UTC: the same text
+    for every time, with or without microseconds, in UTC or another zone, and under
+    another current timezone."""
+    from datetime import UTC, datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    from django.utils import timezone as django_timezone
+    from rest_framework import serializers
+
+    times = [
+        datetime(2026, 12, 3, 15, 4, 5, tzinfo=UTC),
+        datetime(2026, 12, 3, 15, 4, 5, 120, tzinfo=UTC),
+        datetime(2026, 12, 3, 15, 4, 5, 999999, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2026, 6, 1, 1, 2, 3, 450000, tzinfo=ZoneInfo("Europe/Berlin")),
+        django_timezone.now(),
+    ]
+    for zone in ("UTC", "America/New_York"):
+        with django_timezone.override(ZoneInfo(zone)):
+            book = services._Book()
+            field = serializers.DateTimeField()
+            assert [book.datetime_text(t) for t in times] == [
+                field.to_representation(t) for t in times
+            ]
