@@ -46,8 +46,10 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from enum import Enum
 from typing import Any
 
+import orjson
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django_redis import get_redis_connection
@@ -137,8 +139,68 @@ def session_group(session_id: Any) -> str:
     return f"session.{session_id}"
 
 
-def frame_encode(frame: dict) -> str:
+# The types orjson encodes exactly as the standard library's encoder does (checked by
+# ``_orjson_plain``): a str, int (orjson refuses one beyond 64 bits), bool or None, and
+# a dict (orjson refuses a key that is not a str), list or tuple of them; and a str enum
+# whose members' values are their own texts, such as an order's status (TextChoices):
+# the standard library writes a member's text; orjson writes a str subclass's text and
+# an enum member's value, here the same. Such an enum joins the set when first seen (its
+# members are fixed when its class is made). Not a float (orjson writes NaN and the
+# infinities as null), another subclass, a Decimal or a datetime (DRF's encoder shows
+# those).
+_ORJSON_PLAIN_TYPES: set[type] = {str, int, bool, type(None)}
+_ORJSON_CONTAINERS = frozenset({dict, list, tuple})
+
+
+def _orjson_enum_plain(kind: type) -> bool:
+    return (
+        issubclass(kind, str)
+        and issubclass(kind, Enum)
+        and all(
+            type(member.value) is str and member.value == str.__str__(member) for member in kind
+        )
+    )
+
+
+def _orjson_plain(value: dict | list | tuple) -> bool:
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind in _ORJSON_PLAIN_TYPES:
+            continue
+        if kind in _ORJSON_CONTAINERS:
+            if _orjson_plain(item):
+                continue
+            return False
+        if _orjson_enum_plain(kind):
+            _ORJSON_PLAIN_TYPES.add(kind)
+            continue
+        return False
+    return True
+
+
+def _frame_encode_stdlib(frame: dict) -> str:
     return json.dumps(frame, cls=JSONEncoder, separators=(",", ":"))
+
+
+def frame_encode(frame: dict) -> str:
+    """The frame's JSON text: the standard library's, with DRF's encoder for Decimals,
+    datetimes and the like, ``ensure_ascii`` and no spaces. This exact text is logged
+    and pushed, and ``notifications_events_record`` and ``orders_order_place`` build
+    frames around it.
+
+    orjson writes it about four times faster (a limit fill encodes two frames) and gives
+    the same bytes for plain values (``_orjson_plain``) whose text is printable ASCII:
+    it escapes the same characters the same way, but for DEL (0x7f), which it leaves as
+    it is, and for any non-ASCII character, which it writes as UTF-8. Anything else is
+    encoded by the standard library (``tests/test_realtime.py`` pins the equality)."""
+    if type(frame) is dict and _orjson_plain(frame):
+        try:
+            text = orjson.dumps(frame)
+        except TypeError:  # a key that is not a str, an int beyond 64 bits
+            return _frame_encode_stdlib(frame)
+        if text.isascii() and b"\x7f" not in text:
+            return text.decode()
+    return _frame_encode_stdlib(frame)
 
 
 def _user_sockets_key(user_id: Any) -> str:
