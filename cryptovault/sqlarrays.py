@@ -21,9 +21,12 @@ def pg_array(values: Iterable[int | Decimal | None]) -> str:
     """The text of a PostgreSQL array of numbers (cast it in the SQL: ``%s::numeric[]``);
     None is NULL."""
     values = list(values)
-    if None not in values:
-        return "{" + ",".join(map(str, values)) + "}"
-    return "{" + ",".join(["NULL" if value is None else str(value) for value in values]) + "}"
+    texts = list(map(str, values))
+    # Looked for among the texts (no number's is "None"): ``None in values`` compares
+    # each Decimal to None, which goes through the numbers ABCs (~0.2 us a value).
+    if "None" in texts:
+        texts = ["NULL" if value is None else str(value) for value in values]
+    return "{" + ",".join(texts) + "}"
 
 
 def pg_text_array(values: Iterable[str | None]) -> str:

@@ -40,7 +40,16 @@ def test_a_value_holding_a_nul_is_never_split():
 
 
 @pytest.mark.parametrize(
-    "values", [[], [1, 2], [Decimal("0.00000001"), Decimal("-5.5"), Decimal("1E+3")], [1, None]]
+    "values",
+    [
+        [],
+        [1, 2],
+        [Decimal("0.00000001"), Decimal("-5.5"), Decimal("1E+3")],
+        [1, None],
+        [Decimal("1.5"), None, Decimal("0")],
+        [None],
+        [None, None],
+    ],
 )
 def test_a_number_array_reads_back_as_its_values(values):
     with connection.cursor() as cursor:
