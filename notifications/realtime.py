@@ -188,7 +188,7 @@ def frame_encode(frame: dict) -> str:
     and pushed, and ``notifications_events_record`` and ``orders_order_place`` build
     frames around it.
 
-    orjson writes it about four times faster (a limit fill encodes two frames) and gives
+    orjson writes it about three times faster (a limit fill encodes two frames) and gives
     the same bytes for plain values (``_orjson_plain``) whose text is printable ASCII:
     it escapes the same characters the same way, but for DEL (0x7f), which it leaves as
     it is, and for any non-ASCII character, which it writes as UTF-8. Anything else is
