@@ -258,18 +258,14 @@ def users_push_texts(texts_by_user: dict[Any, list[str]]) -> None:
     user that has a socket open (one Redis round trip for all of them)."""
     listening = users_with_sockets(list(texts_by_user)) if texts_by_user else set()
     for user_id, texts in texts_by_user.items():
-        if user_id not in listening:
-            continue
-        try:
-            _user_push_texts(user_id=user_id, texts=texts)
-        except Exception:
-            # One user's failed push must not cost the others theirs.
-            logger.exception("could not push to user %s", user_id)
+        if user_id in listening:
+            user_push_listening(user_id=user_id, texts=texts)
 
 
 def user_push_listening(*, user_id: Any, texts: list[str]) -> None:
     """``users_push_texts`` for one user whose socket check (``user_sockets_watch``)
-    found a socket open; a failure is logged, never raised."""
+    found a socket open; a failure is logged, never raised (one user's failed push must
+    not cost the others theirs)."""
     try:
         _user_push_texts(user_id=user_id, texts=texts)
     except Exception:
